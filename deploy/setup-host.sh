@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Make this machine ready to run (and test) gpuhub on one host. Idempotent; run as root.
+#   - a Docker engine (Debian's docker.io), started here if none is running
+#   - the Python virtual environment .venv with gpuhub installed (and its test extra)
+#   - configurable-http-proxy (npm)
+#   - the local images (images/build.sh: debootstrap + docker import, no registry needed)
+# Environment: GPUHUB_SKIP_IMAGES=1 skips the image build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v git >/dev/null || need_apt+=(git)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  hookdir=""
+  if ! command -v nvidia-container-runtime-hook >/dev/null; then
+    # FAKE for machines without the NVIDIA driver: a no-op hook named like the real one makes
+    # dockerd accept GPU DeviceRequests, so allocation can be tested. It gives no GPU access.
+    hookdir=/usr/local/lib/gpuhub-fake-nvidia
+    mkdir -p "$hookdir"
+    printf '#!/bin/sh\n# FAKE NVIDIA hook installed by gpuhub deploy/setup-host.sh: does nothing.\nexit 0\n' \
+      >"$hookdir/nvidia-container-runtime-hook"
+    chmod 0755 "$hookdir/nvidia-container-runtime-hook"
+    log "no NVIDIA driver hook here: starting dockerd with gpuhub's FAKE no-op hook"
+  fi
+  log "starting dockerd (log: /var/log/gpuhub-dockerd.log)"
+  PATH="${hookdir:+$hookdir:}$PATH" nohup dockerd >/var/log/gpuhub-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not come up:"; tail -20 /var/log/gpuhub-dockerd.log >&2; exit 1; }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.gpuhub-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing gpuhub into .venv"
+  .venv/bin/pip install -q -e ".[test]"
+  touch "$stamp"
+fi
+
+if ! command -v configurable-http-proxy >/dev/null; then
+  log "installing configurable-http-proxy"
+  npm install -g --silent configurable-http-proxy >/dev/null 2>&1
+fi
+
+if [ "${GPUHUB_SKIP_IMAGES:-0}" != 1 ]; then
+  images/build.sh
+fi

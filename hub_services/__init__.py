@@ -1,0 +1,1 @@
+"""Hub-managed services of gpuhub (culler, tutorial sync, exporter, admin): each its own process."""

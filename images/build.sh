@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Build gpuhub's images with no registry: a Debian root filesystem from debootstrap is imported
+# as the base image, then ordinary `docker build` layers go on top.  Cached: an image that
+# already exists with the same build inputs is not built again.
+#
+#   images/build.sh            # base + singleuser
+#   FORCE=1 images/build.sh    # rebuild everything
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+BASE_IMAGE=${GPUHUB_BASE_IMAGE:-gpuhub/debian-base:bookworm}
+SINGLEUSER_IMAGE=${GPUHUB_SINGLEUSER_IMAGE:-gpuhub/singleuser:latest}
+SUITE=${GPUHUB_DEBIAN_SUITE:-bookworm}
+CACHE=${GPUHUB_IMAGE_CACHE:-/var/cache/gpuhub}
+FORCE=${FORCE:-0}
+
+log() { printf '[images] %s\n' "$*" >&2; }
+
+# The Debian mirror the host's apt already uses; debootstrap needs one by URL.
+debian_mirror() {
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list)
+  fi
+  [ -n "$uri" ] || { log "no Debian mirror found in the host's apt sources"; exit 1; }
+  printf '%s\n' "$uri"
+}
+
+image_label() { docker image inspect -f "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
+
+build_base() {
+  if [ "$FORCE" != 1 ] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $BASE_IMAGE present"
+    return
+  fi
+  command -v debootstrap >/dev/null || { log "debootstrap missing: apt-get install debootstrap"; exit 1; }
+  local root="$CACHE/rootfs-$SUITE"
+  if [ "$FORCE" = 1 ] || [ ! -f "$root/.complete" ]; then
+    rm -rf "$root"
+    mkdir -p "$root"
+    log "debootstrap $SUITE into $root"
+    debootstrap --variant=minbase "$SUITE" "$root" "$(debian_mirror)" >"$CACHE/debootstrap.log" 2>&1 \
+      || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    touch "$root/.complete"
+  fi
+  log "importing $root as $BASE_IMAGE"
+  tar -C "$root" --exclude=./.complete -c . | docker import - "$BASE_IMAGE" >/dev/null
+}
+
+build_singleuser() {
+  local ctx="$here/singleuser"
+  local tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  cp -r "$ctx"/. "$tmp"/
+  # The editable-copy logic is the suite's own tested module, run inside the container.
+  cp "$here/../gpuhub_spawner/usercopy.py" "$tmp/gpuhub_usercopy.py"
+  # TLS to PyPI may be intercepted by a CA only the host trusts: hand the host's bundle in.
+  cp /etc/ssl/certs/ca-certificates.crt "$tmp/host-ca.crt"
+  local digest
+  digest=$( (cd "$tmp" && find . -type f ! -name host-ca.crt -print0 | sort -z | xargs -0 sha256sum; echo "$BASE_IMAGE") | sha256sum | cut -c1-16)
+  if [ "$FORCE" != 1 ] && [ "$(image_label "$SINGLEUSER_IMAGE" org.gpuhub.build-digest)" = "$digest" ]; then
+    log "singleuser image $SINGLEUSER_IMAGE up to date"
+    return
+  fi
+  log "building $SINGLEUSER_IMAGE"
+  docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --label "org.gpuhub.build-digest=$digest" -t "$SINGLEUSER_IMAGE" "$tmp" >/dev/null
+}
+
+mkdir -p "$CACHE"
+build_base
+build_singleuser
+log "done: $SINGLEUSER_IMAGE"

@@ -1,0 +1,106 @@
+# gpuhub's JupyterHub configuration, driven by environment variables.
+#
+# With nothing set it runs the embedded default: one host, plain Docker, sqlite, the local
+# `gpuhub/singleuser` image, the hub on http://127.0.0.1:8000, and a shared sign-in password
+# generated once into the data directory (printed the first time). GPUs come from NVML when
+# the host has it, else from GPUHUB_GPU_INVENTORY; with neither, users get CPU-only servers.
+#
+# Settings (all optional):
+#   GPUHUB_DATA_DIR         where the database, cookie secret and password live (./data)
+#   GPUHUB_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
+#   GPUHUB_HUB_IP           address of the hub API; default: Docker's bridge gateway
+#   GPUHUB_HUB_PORT         port of the hub API (8081)
+#   GPUHUB_PROXY_API_PORT   port of the proxy's REST API (8001)
+#   GPUHUB_DB_URL           database URL (sqlite in GPUHUB_DATA_DIR)
+#   GPUHUB_IMAGE            single-user image (gpuhub/singleuser:latest)
+#   GPUHUB_GPU_DISCOVERY    auto | nvml | static (auto)
+#   GPUHUB_GPU_INVENTORY    static GPUs as JSON, or @/path/to/file.json
+#   GPUHUB_REPLICAS_PER_GPU time-slicing: servers per non-MIG GPU (1)
+#   GPUHUB_PROFILES         profiles as JSON, or @file (default: one per pool + CPU only)
+#   GPUHUB_QUEUE_MAX_WAIT   seconds a spawn waits in line for a GPU (300; 0 refuses at once)
+#   GPUHUB_TUTORIALS        tutorials volume name or absolute host path (gpuhub-tutorials)
+#   GPUHUB_ADMIN_USERS      comma-separated admin usernames
+#   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS,
+#   GPUHUB_ALLOWED_USERS    sign in with GitHub instead of the shared password
+#   GPUHUB_EXTRA_CONFIG     a Python config file loaded last, for anything else
+import os
+from pathlib import Path
+
+from gpuhub_spawner import hubconfig
+
+c = get_config()  # noqa: F821 - provided by JupyterHub
+
+here = Path(__file__).resolve().parent
+data_dir = Path(os.environ.get("GPUHUB_DATA_DIR", here / "data")).resolve()
+data_dir.mkdir(parents=True, exist_ok=True)
+
+try:
+    gpu_inventory = hubconfig.env_json("GPUHUB_GPU_INVENTORY", [])
+    profiles = hubconfig.env_json("GPUHUB_PROFILES", [])
+    replicas = int(hubconfig.env_number("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1))
+    queue_wait = hubconfig.env_number("GPUHUB_QUEUE_MAX_WAIT", 300)
+except hubconfig.ConfigError as e:
+    hubconfig.fail(str(e))
+
+# ---- hub, proxy, database -------------------------------------------------------------
+c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_ip = os.environ.get("GPUHUB_HUB_IP") or hubconfig.docker_bridge_gateway()
+c.JupyterHub.hub_port = int(os.environ.get("GPUHUB_HUB_PORT", "8081"))
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%s" % os.environ.get("GPUHUB_PROXY_API_PORT", "8001")
+c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+c.JupyterHub.db_url = os.environ.get("GPUHUB_DB_URL", f"sqlite:///{data_dir / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.cleanup_servers = False  # servers (and their GPUs) survive a hub restart
+
+# ---- spawner --------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "gpu-docker"
+c.GPUDockerSpawner.image = os.environ.get("GPUHUB_IMAGE", "gpuhub/singleuser:latest")
+c.GPUDockerSpawner.pull_policy = "ifnotpresent"
+c.GPUDockerSpawner.gpu_discovery = os.environ.get("GPUHUB_GPU_DISCOVERY", "auto")
+c.GPUDockerSpawner.gpu_inventory = gpu_inventory
+c.GPUDockerSpawner.gpu_replicas_per_gpu = replicas
+c.GPUDockerSpawner.gpu_profiles = profiles
+c.GPUDockerSpawner.gpu_queue_max_wait = queue_wait
+c.GPUDockerSpawner.tutorials_source = os.environ.get("GPUHUB_TUTORIALS", "gpuhub-tutorials")
+c.GPUDockerSpawner.http_timeout = 120
+c.Spawner.default_url = "/lab"
+
+# ---- sign-in --------------------------------------------------------------------------
+admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",") if u.strip()}
+c.Authenticator.admin_users = admins
+if os.environ.get("GITHUB_CLIENT_ID"):
+    c.JupyterHub.authenticator_class = "github"
+    c.GitHubOAuthenticator.oauth_callback_url = os.environ.get(
+        "GPUHUB_OAUTH_CALLBACK_URL", c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
+    )
+    orgs = {o.strip() for o in os.environ.get("GPUHUB_GITHUB_ORGS", "").split(",") if o.strip()}
+    users = {u.strip() for u in os.environ.get("GPUHUB_ALLOWED_USERS", "").split(",") if u.strip()}
+    c.GitHubOAuthenticator.allowed_organizations = orgs
+    c.GitHubOAuthenticator.allowed_users = users
+else:
+    # Safe by default: one generated password, kept private in the data directory.
+    password, new = hubconfig.shared_password(data_dir)
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = password
+    c.Authenticator.allow_all = True
+    if admins:
+        admin_password, new_admin = hubconfig.shared_password(data_dir, "admin-password")
+        c.SharedPasswordAuthenticator.admin_password = admin_password
+        if new_admin:
+            print(f"gpuhub: admins ({', '.join(sorted(admins))}) sign in with {admin_password}", flush=True)
+    if new:
+        print(
+            f"gpuhub: sign in with any username and the password {password}\n"
+            f"gpuhub: (kept in {data_dir / 'shared-password'}; set GITHUB_CLIENT_ID to use GitHub)",
+            flush=True,
+        )
+
+# ---- site-specific additions, then a check of the result ------------------------------
+extra = os.environ.get("GPUHUB_EXTRA_CONFIG")
+if extra:
+    load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
+
+try:
+    hubconfig.check_spawner_config(c.GPUDockerSpawner)
+except hubconfig.ConfigError as e:
+    hubconfig.fail(str(e))

@@ -1,0 +1,239 @@
+"""GPUDockerSpawner through a real JupyterHub, its proxy and a real Docker engine.
+
+GPUs are the only fake: the inventory lists made-up UUIDs and dockerd runs with a no-op
+NVIDIA hook, so GPU DeviceRequests start without a driver (see deploy/setup-host.sh).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import time
+
+import pytest
+from harness import fake_gpus, fake_mig_gpu
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+
+def container_of(docker_client, hub, user):
+    found = [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == user]
+    assert len(found) == 1, f"{user}: expected one container, found {[c.name for c in found]}"
+    found[0].reload()
+    return found[0]
+
+
+def server_env(container) -> dict[str, str]:
+    """The environment of the server process (PID 1), which is what notebooks inherit.
+
+    dockerd adds NVIDIA_VISIBLE_DEVICES from the DeviceRequest to the process itself, not to
+    the container config, so `docker exec env` would not show it.
+    """
+    code, out = exec_as_user(container, "cat /proc/1/environ")
+    assert code == 0, out
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def exec_as_user(container, cmd: str) -> tuple[int, str]:
+    code, out = container.exec_run(["sh", "-c", cmd], user="1000")
+    return code, out.decode(errors="replace")
+
+
+def test_gpu_unit_reaches_the_container(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": [fake_mig_gpu("a1", ["1g.10gb", "1g.10gb"]), *fake_gpus(1, "a1")]})
+    hub.create_users(["alice", "bob"])
+
+    assert hub.spawn("alice", {"profile": "mig-1g-10gb"}).status_code in (201, 202)
+    assert hub.spawn("bob", {"profile": "gpu"}).status_code in (201, 202)
+    for user, kind in (("alice", "mig"), ("bob", "gpu")):
+        hub.wait_ready(user)
+        container = container_of(docker_client, hub, user)
+        unit = container.labels["org.gpuhub.unit"]
+        requests_ = container.attrs["HostConfig"]["DeviceRequests"]
+        assert [r["DeviceIDs"] for r in requests_] == [[unit]]
+        assert requests_[0]["Capabilities"] == [["gpu"]]
+        env = server_env(container)
+        assert env["NVIDIA_VISIBLE_DEVICES"] == unit == env["GPUHUB_GPU_UNIT"]
+        assert unit.startswith("MIG-" if kind == "mig" else "GPU-")
+
+    alice_unit = container_of(docker_client, hub, "alice").labels["org.gpuhub.unit"]
+    bob_unit = container_of(docker_client, hub, "bob").labels["org.gpuhub.unit"]
+    assert alice_unit != bob_unit
+
+
+def test_cpu_profile_gets_no_gpu(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "c1")})
+    hub.create_users(["carol"])
+    assert hub.spawn("carol", {"profile": "cpu"}).status_code in (201, 202)
+    hub.wait_ready("carol")
+    container = container_of(docker_client, hub, "carol")
+    assert not container.attrs["HostConfig"].get("DeviceRequests")
+    assert "org.gpuhub.unit" not in container.labels
+    assert server_env(container)["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_stop_releases_the_unit_for_the_next_user(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "s1"), "gpu_queue_max_wait": 0})
+    hub.create_users(["dan", "erin"])
+    hub.spawn("dan", {"profile": "gpu"})
+    hub.wait_ready("dan")
+    unit = container_of(docker_client, hub, "dan").labels["org.gpuhub.unit"]
+
+    refused = hub.spawn("erin", {"profile": "gpu"})
+    assert refused.status_code == 503
+    assert "All 1 whole GPU units are in use" in refused.json()["message"]
+
+    hub.stop_server("dan")
+    assert hub.spawn("erin", {"profile": "gpu"}).status_code in (201, 202)
+    hub.wait_ready("erin")
+    assert container_of(docker_client, hub, "erin").labels["org.gpuhub.unit"] == unit
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        pytest.param({"profile": "no-such-thing"}, "There is no profile called 'no-such-thing'", id="unknown"),
+        pytest.param({"profile": 42}, "'profile' must be a profile name", id="not-a-string"),
+    ],
+)
+def test_bad_profile_is_a_clear_400(docker_client, hub_factory, options, expected):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "b1")})
+    hub.create_users(["frank"])
+    r = hub.spawn("frank", options)
+    assert r.status_code == 400, r.text
+    assert expected in r.json()["message"]
+    assert not hub.containers(docker_client)
+
+
+def test_forbidden_profile_is_refused_by_the_server(docker_client, hub_factory):
+    # the form hides nothing here: the check is on the server side, whatever the client sends
+    extra = (
+        "from gpuhub_spawner import GPUDockerSpawner\n"
+        "class OnlyCPU(GPUDockerSpawner):\n"
+        "    async def allowed_profiles(self):\n"
+        "        return {'cpu'}\n"
+        "c.JupyterHub.spawner_class = OnlyCPU\n"
+        "c.OnlyCPU.update(c.GPUDockerSpawner)\n"
+    )
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "f1")}, extra=extra)
+    hub.create_users(["gina"])
+    r = hub.spawn("gina", {"profile": "gpu"})
+    assert r.status_code == 400, r.text
+    assert "You may not use the profile 'gpu'" in r.json()["message"]
+    assert not hub.containers(docker_client)
+
+
+def test_twelve_users_four_units_refused_at_once(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(4, "q0"), "gpu_queue_max_wait": 0})
+    users = [f"u{i:02d}" for i in range(12)]
+    hub.create_users(users)
+    with cf.ThreadPoolExecutor(12) as pool:
+        timed = list(pool.map(lambda u: _timed_spawn(hub, u), users))
+    accepted = [u for u, (r, _) in zip(users, timed) if r.status_code in (201, 202)]
+    refused = [(u, r, dt) for u, (r, dt) in zip(users, timed) if r.status_code == 503]
+    assert len(accepted) == 4 and len(refused) == 8, [(u, r.status_code) for u, (r, _) in zip(users, timed)]
+    for _user, r, _dt in refused:
+        assert "All 4 whole GPU units are in use" in r.json()["message"]
+    for user in accepted:
+        hub.wait_ready(user)
+    units = [container_of(docker_client, hub, u).labels["org.gpuhub.unit"] for u in accepted]
+    assert len(set(units)) == 4
+    # refusals were answered while the four winners were still being created, not after a timeout
+    assert all(not hub.user(u)["servers"] for u, _r, _dt in refused)
+
+
+def _timed_spawn(hub, user):
+    t0 = time.monotonic()
+    r = hub.spawn(user, {"profile": "gpu"})
+    return r, time.monotonic() - t0
+
+
+def test_twelve_users_four_units_queue_with_positions(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(4, "q1"), "gpu_queue_max_wait": 20})
+    users = [f"w{i:02d}" for i in range(12)]
+    hub.create_users(users)
+    with cf.ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda u: hub.spawn(u, {"profile": "gpu"}, timeout=90).status_code, users))
+    assert all(code in (201, 202) for code in codes), codes
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        progress = dict(zip(users, pool.map(lambda u: hub.progress(u, timeout=90), users)))
+
+    ready = [u for u in users if progress[u][-1].get("ready")]
+    failed = [u for u in users if progress[u][-1].get("failed")]
+    assert len(ready) == 4 and len(failed) == 8, {u: progress[u][-1] for u in users}
+    positions = set()
+    for user in failed:
+        messages = [e.get("message", "") for e in progress[user]]
+        in_line = [m for m in messages if "in line" in m and "You are #" in m]
+        assert in_line, messages
+        positions.update(int(m.split("#")[1].split()[0]) for m in in_line)
+        assert "No whole GPU came free within" in messages[-1]
+    assert positions >= {1, 8}, positions
+    units = [container_of(docker_client, hub, u).labels["org.gpuhub.unit"] for u in ready]
+    assert len(set(units)) == 4
+
+
+def test_queued_user_gets_the_released_unit(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "q2"), "gpu_queue_max_wait": 60})
+    hub.create_users(["first", "second"])
+    hub.spawn("first", {"profile": "gpu"})
+    hub.wait_ready("first")
+    unit = container_of(docker_client, hub, "first").labels["org.gpuhub.unit"]
+
+    assert hub.spawn("second", {"profile": "gpu"}, timeout=30).status_code == 202
+    with cf.ThreadPoolExecutor(1) as pool:
+        events = pool.submit(hub.progress, "second", 90)
+        time.sleep(2)
+        hub.stop_server("first")
+        messages = [e.get("message", "") for e in events.result()]
+    assert any("You are #1 of 1 in line" in m for m in messages), messages
+    hub.wait_ready("second")
+    assert container_of(docker_client, hub, "second").labels["org.gpuhub.unit"] == unit
+
+
+def test_options_form_lists_profiles_with_free_counts(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": [*fake_gpus(2, "o1", replicas=2)]})
+    hub.create_users(["hank"])
+    hub.spawn("hank", {"profile": "shared"})
+    hub.wait_ready("hank")
+    # the form as the spawner renders it for another user
+    r = hub.api("GET", "/users/hank")
+    assert r.ok
+    form = _render_form(hub)
+    assert "shared GPU slot" in form and "3 of 4 free" in form
+    assert "NOT isolated" in form
+    assert "CPU only" in form
+
+
+def _render_form(hub) -> str:
+    # the hub renders the form on the spawn page; fetch it as a signed-in user
+    import requests
+
+    s = requests.Session()
+    password = (hub.data_dir / "shared-password").read_text().strip()
+    s.get(hub.url + "/hub/login")
+    xsrf = s.cookies.get("_xsrf")
+    r = s.post(
+        hub.url + "/hub/login",
+        data={"username": "ivy", "password": password, "_xsrf": xsrf},
+        allow_redirects=False,
+    )
+    assert r.status_code == 302, r.text
+    r = s.get(hub.url + "/hub/spawn")
+    assert r.ok, r.text
+    return r.text
+
+
+def test_engine_errors_are_reported_as_json(docker_client, hub_factory):
+    # a spawn against an engine that is not there fails fast with a readable message
+    hub = hub_factory(
+        {"gpu_inventory": fake_gpus(1, "e1"), "client_kwargs": {"base_url": "unix:///nonexistent/docker.sock"}}
+    )
+    hub.create_users(["ken"])
+    r = hub.spawn("ken", {"profile": "gpu"})
+    assert r.status_code == 503, r.text
+    message = r.json()["message"]
+    assert "container engine is not answering" in message
+    assert "Traceback" not in message and "nonexistent" not in message
+    json.dumps(message)

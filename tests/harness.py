@@ -1,0 +1,233 @@
+"""A real JupyterHub (with its real proxy) on a real Docker engine, for tests and benchmarks.
+
+:class:`HubProcess` starts ``jupyterhub -f jupyterhub_config.py`` as a subprocess on free
+ports with its own data directory, hub id and volume names, and talks to it through the
+REST API with a service token that the test's extra config grants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = os.environ.get("GPUHUB_TEST_IMAGE", "gpuhub/singleuser:latest")
+TEST_LABEL = "org.gpuhub.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_gpus(n: int, tag: str, **extra: Any) -> list[dict[str, Any]]:
+    """n whole GPUs with made-up but well-formed UUIDs (no GPU exists on these machines)."""
+    return [{"uuid": f"GPU-{tag}-{i:04d}-0000-0000-000000000000", **extra} for i in range(n)]
+
+
+def fake_mig_gpu(tag: str, profiles: list[str]) -> dict[str, Any]:
+    return {
+        "uuid": f"GPU-{tag}-mig0-0000-0000-000000000000",
+        "mig": [{"uuid": f"MIG-{tag}-{i:04d}-0000-0000-000000000000", "profile": p} for i, p in enumerate(profiles)],
+    }
+
+
+class HubProcess:
+    """One JupyterHub subprocess and the Docker objects it made."""
+
+    def __init__(self, workdir: Path, spawner_config: dict[str, Any] | None = None, extra: str = "",
+                 spawner_class: str = "gpu-docker"):
+        self.workdir = workdir
+        self.hub_id = "t" + secrets.token_hex(4)
+        self.token = secrets.token_hex(16)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "hub.log"
+        self.proc: subprocess.Popen | None = None
+        self.env = self._env(spawner_config or {}, extra, spawner_class)
+
+    def _env(self, spawner_config: dict[str, Any], extra: str, spawner_class: str) -> dict[str, str]:
+        settings = {
+            "gpu_hub_id": self.hub_id,
+            "scratch_volume_name": f"{self.hub_id}-{{username}}-scratch",
+            "tutorials_copy_volume_name": f"{self.hub_id}-{{username}}-my-tutorials",
+            "tutorials_source": f"{self.hub_id}-tutorials",
+            "prefix": self.hub_id,
+            **spawner_config,
+        }
+        lines = [f"c.GPUDockerSpawner.{k} = {v!r}" for k, v in settings.items()]
+        if spawner_class != "gpu-docker":
+            lines.append(f"c.JupyterHub.spawner_class = {spawner_class!r}")
+            lines += [f"c.DockerSpawner.{k} = {v!r}" for k, v in settings.items()
+                      if k in ("prefix", "image")]
+            lines.append("c.DockerSpawner.remove = True")
+        config = textwrap.dedent(
+            f"""
+            c.JupyterHub.services = [{{"name": "gpuhub-test", "api_token": {self.token!r}}}]
+            c.JupyterHub.load_roles = [{{
+                "name": "gpuhub-test",
+                "scopes": ["admin:users", "admin:servers", "read:servers", "tokens", "read:hub"],
+                "services": ["gpuhub-test"],
+            }}]
+            c.JupyterHub.log_level = "DEBUG"
+            c.Spawner.start_timeout = 120
+            c.JupyterHub.concurrent_spawn_limit = 200
+            """
+        ) + "\n".join(lines) + "\n" + extra
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        extra_path = self.workdir / "extra_config.py"
+        extra_path.write_text(config)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "JUPYTERHUB_"))}
+        env.update(
+            {
+                "GPUHUB_DATA_DIR": str(self.data_dir),
+                "GPUHUB_BIND_URL": self.url,
+                "GPUHUB_HUB_PORT": str(free_port()),
+                "GPUHUB_PROXY_API_PORT": str(free_port()),
+                "GPUHUB_EXTRA_CONFIG": str(extra_path),
+                "GPUHUB_IMAGE": IMAGE,
+                "GPUHUB_GPU_DISCOVERY": "static",
+            }
+        )
+        return env
+
+    # ---- process -----------------------------------------------------------------------
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the subprocess keeps it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyterhub_config.py")],
+            cwd=self.workdir,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_up()
+
+    def wait_up(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = requests.get(self.url + "/hub/api/", timeout=2)
+                if r.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the hub process only (its proxy child survives, as in a real crash)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        # the proxy is a child in our session: make sure nothing is left listening
+        pid_file = self.data_dir / "jupyterhub-proxy.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    # ---- REST API ----------------------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + "/hub/api" + path, headers=headers, **kwargs)
+
+    def create_users(self, names: list[str]) -> None:
+        r = self.api("POST", "/users", json={"usernames": names})
+        assert r.status_code in (201, 409), r.text
+
+    def spawn(self, user: str, options: dict[str, Any] | None = None, timeout: float = 60) -> requests.Response:
+        return self.api("POST", f"/users/{user}/server", json=options or {}, timeout=timeout)
+
+    def user(self, name: str) -> dict[str, Any]:
+        r = self.api("GET", f"/users/{name}")
+        r.raise_for_status()
+        return r.json()
+
+    def wait_ready(self, name: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.user(name).get("servers", {}).get("")
+            if server and server.get("ready"):
+                return server
+            if server is None and time.monotonic() > deadline - timeout + 5:
+                raise AssertionError(f"{name}'s server is gone (spawn failed?):\n{self.log_tail()}")
+            time.sleep(0.5)
+        raise AssertionError(f"{name}'s server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def progress(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """All progress events of the pending spawn, until it finishes or fails."""
+        events = []
+        with self.api("GET", f"/users/{name}/server/progress", stream=True, timeout=timeout) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    events.append(event)
+                    if event.get("ready") or event.get("failed"):
+                        break
+        return events
+
+    def stop_server(self, name: str, timeout: float = 60) -> None:
+        r = self.api("DELETE", f"/users/{name}/server", timeout=timeout)
+        assert r.status_code in (202, 204), r.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.user(name).get("servers"):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{name}'s server did not stop")
+
+    # ---- Docker objects ----------------------------------------------------------------
+
+    def containers(self, client: docker.DockerClient, all: bool = True) -> list:
+        return client.containers.list(all=all, filters={"label": f"org.gpuhub.hub={self.hub_id}"})
+
+    def cleanup(self, client: docker.DockerClient) -> None:
+        self.stop()
+        for c in self.containers(client):
+            try:
+                c.remove(force=True)
+            except docker.errors.APIError:
+                pass
+        for v in client.volumes.list(filters={"name": self.hub_id}):
+            try:
+                v.remove(force=True)
+            except docker.errors.APIError:
+                pass
