@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 import docker
 import requests
@@ -493,6 +494,21 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         self._emit(60, "Starting your server…")
         await super().start_object()
         self._emit(80, "Waiting for JupyterLab to answer…")
+
+    async def get_url(self) -> str:
+        """Where the server really listens: asked by a restarted hub about a spawn it lost.
+
+        A hub killed mid-spawn never recorded the server's address; the container knows it.
+        """
+        try:
+            ip, port = await self.get_ip_and_port()
+        except Exception as e:  # noqa: BLE001 - fall back to what the hub recorded
+            self.log.warning("Could not read the address of %s: %s", self._log_name, e)
+            return await super().get_url()
+        if ":" in ip:
+            ip = f"[{ip}]"
+        scheme = urlparse(self.server.url).scheme or "http"
+        return f"{scheme}://{ip}:{port}{self.server.base_url}"
 
     async def poll(self):
         status = await super().poll()

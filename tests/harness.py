@@ -231,3 +231,29 @@ class HubProcess:
                 v.remove(force=True)
             except docker.errors.APIError:
                 pass
+
+
+# ---- looking inside a user's container ------------------------------------------------
+
+
+def container_of(docker_client, hub, user):
+    found = [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == user]
+    assert len(found) == 1, f"{user}: expected one container, found {[c.name for c in found]}"
+    found[0].reload()
+    return found[0]
+
+
+def server_env(container) -> dict[str, str]:
+    """The environment of the server process (PID 1), which is what notebooks inherit.
+
+    dockerd adds NVIDIA_VISIBLE_DEVICES from the DeviceRequest to the process itself, not to
+    the container config, so `docker exec env` would not show it.
+    """
+    code, out = exec_as_user(container, "cat /proc/1/environ")
+    assert code == 0, out
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def exec_as_user(container, cmd: str) -> tuple[int, str]:
+    code, out = container.exec_run(["sh", "-c", cmd], user="1000")
+    return code, out.decode(errors="replace")

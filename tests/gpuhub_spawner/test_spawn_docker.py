@@ -11,32 +11,9 @@ import json
 import time
 
 import pytest
-from harness import fake_gpus, fake_mig_gpu
+from harness import container_of, fake_gpus, fake_mig_gpu, server_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
-
-
-def container_of(docker_client, hub, user):
-    found = [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == user]
-    assert len(found) == 1, f"{user}: expected one container, found {[c.name for c in found]}"
-    found[0].reload()
-    return found[0]
-
-
-def server_env(container) -> dict[str, str]:
-    """The environment of the server process (PID 1), which is what notebooks inherit.
-
-    dockerd adds NVIDIA_VISIBLE_DEVICES from the DeviceRequest to the process itself, not to
-    the container config, so `docker exec env` would not show it.
-    """
-    code, out = exec_as_user(container, "cat /proc/1/environ")
-    assert code == 0, out
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-
-
-def exec_as_user(container, cmd: str) -> tuple[int, str]:
-    code, out = container.exec_run(["sh", "-c", cmd], user="1000")
-    return code, out.decode(errors="replace")
 
 
 def test_gpu_unit_reaches_the_container(docker_client, hub_factory):
