@@ -1,0 +1,103 @@
+"""The ``gpuhub`` command for operators.
+
+    gpuhub inventory [--static FILE] [--replicas N]   what this host offers, as JSON
+    gpuhub doctor [--image NAME]                      is this host ready to run servers?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+
+from .hubconfig import ConfigError, env_json
+from .inventory import Inventory, InventoryError, default_profiles, units_from_gpus
+from .nvml import NVMLUnavailable, discover_gpus, load_nvml
+
+
+def _described_gpus(static: str | None) -> tuple[list, str]:
+    if static:
+        with open(static) as f:
+            return json.load(f), f"static file {static}"
+    try:
+        nvml = load_nvml()
+    except NVMLUnavailable as e:
+        gpus = env_json("GPUHUB_GPU_INVENTORY", [])
+        return gpus, f"GPUHUB_GPU_INVENTORY (NVML unavailable: {e})"
+    try:
+        return discover_gpus(nvml), "NVML"
+    finally:
+        nvml.nvmlShutdown()
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    gpus, source = _described_gpus(args.static)
+    inventory = Inventory(tuple(units_from_gpus(gpus, args.replicas)))
+    out = {
+        "source": source,
+        "pools": {name: len(units) for name, units in inventory.pools.items()},
+        "profiles": [p.slug for p in default_profiles(inventory)],
+        "units": [asdict(u) for u in inventory.units],
+    }
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        info = client.info()
+        checks.append(("docker engine", True, f"{info.get('ServerVersion')} ({info.get('Driver')})"))
+        try:
+            client.images.get(args.image)
+            checks.append(("single-user image", True, args.image))
+        except docker.errors.ImageNotFound:
+            checks.append(("single-user image", False, f"{args.image} missing: run images/build.sh"))
+    except Exception as e:  # noqa: BLE001 - report, don't crash
+        checks.append(("docker engine", False, f"not reachable ({e}); start dockerd"))
+    hook = shutil.which("nvidia-container-runtime-hook")
+    checks.append(
+        (
+            "NVIDIA hook on this shell's PATH",
+            bool(hook),
+            hook or "absent: dockerd needs nvidia-container-runtime-hook on its PATH for GPU requests",
+        )
+    )
+    try:
+        nvml = load_nvml()
+        count = nvml.nvmlDeviceGetCount()
+        nvml.nvmlShutdown()
+        checks.append(("NVML", True, f"{count} GPU(s)"))
+    except NVMLUnavailable as e:
+        checks.append(("NVML", False, f"{e}; the static inventory will be used"))
+    for name, ok, detail in checks:
+        print(f"[{'ok' if ok else '!!'}] {name}: {detail}")
+    return 0 if all(ok for name, ok, _ in checks if name in ("docker engine", "single-user image")) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuhub", description="gpuhub operator tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inv = sub.add_parser("inventory", help="show the GPU units this host offers")
+    inv.add_argument("--static", help="JSON file with a static GPU list instead of NVML")
+    inv.add_argument("--replicas", type=int, default=1, help="time-slicing slots per non-MIG GPU")
+    inv.set_defaults(func=cmd_inventory)
+    doc = sub.add_parser("doctor", help="check that this host can run servers")
+    doc.add_argument("--image", default="gpuhub/singleuser:latest")
+    doc.set_defaults(func=cmd_doctor)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (InventoryError, ConfigError, OSError, json.JSONDecodeError) as e:
+        print(f"gpuhub: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
