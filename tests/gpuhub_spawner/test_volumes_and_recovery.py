@@ -154,3 +154,35 @@ def test_bad_inventory_config_stops_the_hub_at_start(docker_client, hub_factory,
     assert code != 0
     assert expected in log, log[-2000:]
     assert "configuration error" in log and "Traceback" not in log
+
+
+def test_container_removed_behind_the_hubs_back_frees_its_unit(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "g1"), "gpu_queue_max_wait": 0})
+    hub.create_users(["olga", "pete"])
+    hub.spawn("olga", {"profile": "gpu"})
+    hub.wait_ready("olga")
+    container = container_of(docker_client, hub, "olga")
+    unit = container.labels["org.gpuhub.unit"]
+    container.remove(force=True)  # an operator's `docker rm -f`, unknown to the hub
+
+    r = hub.spawn("pete", {"profile": "gpu"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("pete")
+    assert container_of(docker_client, hub, "pete").labels["org.gpuhub.unit"] == unit
+
+
+def test_restarted_hub_rebuilds_the_held_set_from_labels(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(2, "h1"), "gpu_queue_max_wait": 0})
+    hub.create_users(["quin", "rita", "sam"])
+    hub.spawn("quin", {"profile": "gpu"})
+    hub.wait_ready("quin")
+    held = container_of(docker_client, hub, "quin").labels["org.gpuhub.unit"]
+    hub.stop()
+    hub.start()
+    # the restarted hub knows quin's unit is taken: rita gets the other one, sam is refused
+    hub.spawn("rita", {"profile": "gpu"})
+    hub.wait_ready("rita")
+    assert container_of(docker_client, hub, "rita").labels["org.gpuhub.unit"] != held
+    r = hub.spawn("sam", {"profile": "gpu"})
+    assert r.status_code == 503 and "All 2 whole GPU units are in use" in r.json()["message"]
+    assert container_of(docker_client, hub, "quin").labels["org.gpuhub.unit"] == held
