@@ -8,7 +8,6 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from harness import IMAGE, HubProcess
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,1 @@
+"""Fakes for what cannot exist on the test machines (kept small, named as fakes)."""
