@@ -154,7 +154,12 @@ class GPUSpawnerMixin(LoggingConfigurable):
             c.GPUDockerSpawner.tutorials_source = "/srv/tutorials"
         """,
     )
-    tutorials_mount_path = Unicode("/home/jovyan/tutorials", config=True, help="Where the tutorials appear.")
+    tutorials_mount_path = Unicode(
+        "/opt/gpuhub/tutorials",
+        config=True,
+        help="""Where the tutorials are mounted in the container. The image's start script links
+        ~/tutorials to it (to its `current` version when the tutorial-sync service publishes it).""",
+    )
     scratch_volume_name = Unicode(
         "gpuhub-{username}-scratch",
         config=True,
@@ -525,6 +530,9 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
         env.update(self.gpu_env(getattr(self, "_gpu_unit", None)))
+        # the image's start script finds the tutorials and the editable copy here
+        env["GPUHUB_TUTORIALS_STORE"] = self.tutorials_mount_path
+        env["GPUHUB_TUTORIALS_COPY_DIR"] = self.tutorials_copy_mount_path
         return env
 
     def docker(self, method: str, *args: Any, **kwargs: Any):

@@ -186,3 +186,26 @@ def test_restarted_hub_rebuilds_the_held_set_from_labels(docker_client, hub_fact
     r = hub.spawn("sam", {"profile": "gpu"})
     assert r.status_code == 503 and "All 2 whole GPU units are in use" in r.json()["message"]
     assert container_of(docker_client, hub, "quin").labels["org.gpuhub.unit"] == held
+
+
+def test_running_server_sees_a_newly_published_version_at_once(docker_client, hub_factory, tmp_path):
+    # the layout the tutorial-sync service publishes: versions/<commit>/ and a `current` link
+    store = tmp_path / "store"
+    _tutorials(store / "versions" / "c1", {"intro.py": "print('c1')\n"})
+    (store / "versions").chmod(0o755)
+    store.chmod(0o755)
+    (store / "current").symlink_to("versions/c1")
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "p1"), "tutorials_source": str(store)})
+    hub.create_users(["uma"])
+    hub.spawn("uma", {"profile": "gpu"})
+    hub.wait_ready("uma")
+    uma = container_of(docker_client, hub, "uma")
+    assert exec_as_user(uma, "cat ~/tutorials/intro.py") == (0, "print('c1')\n")
+    assert exec_as_user(uma, "cat ~/my-tutorials/intro.py") == (0, "print('c1')\n")
+
+    _tutorials(store / "versions" / "c2", {"intro.py": "print('c2')\n", "new.py": "pass\n"})
+    (store / "next").symlink_to("versions/c2")
+    (store / "next").replace(store / "current")  # the atomic switch
+    assert exec_as_user(uma, "cat ~/tutorials/intro.py ~/tutorials/new.py") == (0, "print('c2')\npass\n")
+    code, out = exec_as_user(uma, "ls ~/tutorials")
+    assert out.split() == ["intro.py", "new.py"]  # the versions themselves stay out of sight
