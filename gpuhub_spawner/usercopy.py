@@ -349,7 +349,22 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary(), file=sys.stderr)
     for line in report.detail_lines():
         print(f"  {line}", file=sys.stderr)
+    write_report_file(Path(args[1]), report)
     return 0
+
+
+REPORT_NAME = "TUTORIAL-UPDATES.txt"
+
+
+def write_report_file(dst: Path, report: Report) -> None:
+    """Leave the user a short note in their copy of what changed at this start."""
+    lines = [report.summary(), *("  " + line for line in report.detail_lines())]
+    if report.updated or report.copied:
+        lines.append("  updated or new: " + ", ".join(sorted(report.updated + report.copied)[:50]))
+    try:
+        _replace_atomic(dst / REPORT_NAME, lambda out: out.write(("\n".join(lines) + "\n").encode()), 0o644)
+    except OSError as exc:
+        print(f"gpuhub usercopy: could not write {REPORT_NAME}: {exc.strerror}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -428,6 +428,13 @@ def test_main_prints_summary_and_one_line_per_conflict(
         "  conflict: README.md: your edits kept; the new version is in README.upstream.md",
         "  conflict: intro.ipynb: your edits kept; the new version is in intro.upstream.ipynb",
     ]
+    # the same report is left in the user's copy, where they will see it
+    note = (dst / usercopy.REPORT_NAME).read_text().splitlines()
+    assert note[:3] == [line for line in lines[:3]]
+    assert note[3] == "  updated or new: new.ipynb"
+    # and it is never mistaken for one of the user's edits on the next start
+    assert usercopy.main([str(src), str(dst)]) == 0
+    assert usercopy.REPORT_NAME not in (dst / MANIFEST).read_text()
 
 
 def test_module_imports_only_the_standard_library() -> None:
@@ -454,7 +461,9 @@ def test_runs_standalone_as_a_script(dirs: tuple[Path, Path], tmp_path: Path,
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "tutorial copy: 3 new"
-    assert _tree(dst) == _tree(src)
+    copied = _tree(dst)
+    assert copied.pop("TUTORIAL-UPDATES.txt").startswith("tutorial copy: 3 new")
+    assert copied == _tree(src)
     missing = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "nope"),
                               str(dst)], capture_output=True, text=True, check=False)
     assert missing.returncode == 2
