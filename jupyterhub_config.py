@@ -22,8 +22,12 @@
 #   GPUHUB_ADMIN_USERS      comma-separated admin usernames
 #   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS,
 #   GPUHUB_ALLOWED_USERS    sign in with GitHub instead of the shared password
+#   GPUHUB_TUTORIALS_REPO   Git URL of the tutorials; starts the tutorial-sync service, which
+#                           publishes GPUHUB_TUTORIALS_BRANCH (main) into GPUHUB_DATA_DIR/tutorials
+#   GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, GPUHUB_TUTORIALS_POLL_INTERVAL (60)
 #   GPUHUB_EXTRA_CONFIG     a Python config file loaded last, for anything else
 import os
+import sys
 from pathlib import Path
 
 from gpuhub_spawner import hubconfig
@@ -64,6 +68,33 @@ c.GPUDockerSpawner.gpu_queue_max_wait = queue_wait
 c.GPUDockerSpawner.tutorials_source = os.environ.get("GPUHUB_TUTORIALS", "gpuhub-tutorials")
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
+
+# ---- tutorial sync: publish a Git branch to the store that servers mount -------------
+tutorials_repo = os.environ.get("GPUHUB_TUTORIALS_REPO")
+if tutorials_repo:
+    store = Path(os.environ.get("GPUHUB_TUTORIALS_STORE", data_dir / "tutorials"))
+    sync_port = os.environ.get("GPUHUB_TUTORIAL_SYNC_PORT", "8765")
+    c.JupyterHub.services.append(
+        {
+            "name": "tutorial-sync",
+            "display": False,
+            "url": f"http://127.0.0.1:{sync_port}",
+            "command": [
+                sys.executable, "-m", "hub_services.tutorial_sync",
+                "--repo", tutorials_repo,
+                "--branch", os.environ.get("GPUHUB_TUTORIALS_BRANCH", "main"),
+                "--store", str(store),
+                "--poll-interval", os.environ.get("GPUHUB_TUTORIALS_POLL_INTERVAL", "60"),
+            ],
+            # secrets travel in the environment, never on the command line
+            "environment": {
+                k: os.environ[k] for k in ("GPUHUB_TUTORIALS_TOKEN", "GPUHUB_WEBHOOK_SECRET") if os.environ.get(k)
+            },
+        }
+    )
+    # it needs no hub API access at all: no role, so its token holds no scopes
+    if not os.environ.get("GPUHUB_TUTORIALS"):
+        c.GPUDockerSpawner.tutorials_source = str(store)
 
 # ---- sign-in --------------------------------------------------------------------------
 admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",") if u.strip()}

@@ -77,10 +77,11 @@ class HubProcess:
             lines.append("c.DockerSpawner.remove = True")
         config = textwrap.dedent(
             f"""
-            c.JupyterHub.services = [{{"name": "gpuhub-test", "api_token": {self.token!r}}}]
+            c.JupyterHub.services.append({{"name": "gpuhub-test", "api_token": {self.token!r}}})
             c.JupyterHub.load_roles = [{{
                 "name": "gpuhub-test",
-                "scopes": ["admin:users", "admin:servers", "read:servers", "tokens", "read:hub"],
+                "scopes": ["admin:users", "admin:servers", "read:servers", "tokens", "read:hub",
+                           "read:services", "read:roles:services"],
                 "services": ["gpuhub-test"],
             }}]
             c.JupyterHub.log_level = "DEBUG"

@@ -1,0 +1,288 @@
+"""The tutorial-sync service: follow a branch, publish each commit to the shared store.
+
+Runs as a hub-managed service (``c.JupyterHub.services``) and needs no hub API scopes at
+all: it only serves its own pages under its prefix:
+
+- ``GET  <prefix>``             status page (synced commit, time, last error)
+- ``GET  <prefix>status.json``  the same as JSON
+- ``POST <prefix>webhook``      GitHub push webhook, verified with ``X-Hub-Signature-256``
+- ``GET  <prefix>metrics``      Prometheus metrics
+
+Nothing it shows contains the repository token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from html import escape
+from pathlib import Path
+from urllib.parse import urlparse
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import Application
+
+from .gitsource import GitSource, SyncError
+from .publish import current_version, publish
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> float:
+    """Wall-clock seconds; a module-level function so tests can patch time."""
+    return time.time()
+
+
+@dataclass
+class SyncStatus:
+    """What the status page and JSON show."""
+
+    repo: str
+    branch: str
+    commit: str | None = None
+    published_at: float | None = None
+    last_attempt_at: float | None = None
+    last_error: str | None = None
+    refused: list[dict[str, str]] = field(default_factory=list)
+    files: int = 0
+    trigger: str = ""
+
+
+class SyncMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "gpuhub_tutorial_sync_runs_total", "Sync attempts by result", ["result"], registry=self.registry
+        )
+        for result in ("published", "unchanged", "error"):
+            self.runs.labels(result)
+        self.last_success = Gauge(
+            "gpuhub_tutorial_sync_last_success_timestamp_seconds",
+            "When the store last matched the branch",
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gpuhub_tutorial_sync_publish_duration_seconds", "Time to publish one commit", registry=self.registry
+        )
+        self.refused = Gauge(
+            "gpuhub_tutorial_sync_refused_entries", "Entries of the last commit left out", registry=self.registry
+        )
+
+
+class Syncer:
+    """Fetch + publish, one at a time, triggered by the poll timer or a webhook."""
+
+    def __init__(self, source: GitSource, store: Path, max_file_bytes: int, keep: int, public_url: str):
+        self.source = source
+        self.store = store
+        self.max_file_bytes = max_file_bytes
+        self.keep = keep
+        self.status = SyncStatus(repo=public_url, branch=source.branch, commit=current_version(store))
+        self.metrics = SyncMetrics()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    async def run_once(self, trigger: str) -> SyncStatus:
+        async with self._lock:
+            self.status.last_attempt_at = utcnow()
+            self.status.trigger = trigger
+            loop = asyncio.get_running_loop()
+            try:
+                sha = await loop.run_in_executor(None, self.source.fetch)
+                if sha == current_version(self.store):
+                    self.metrics.runs.labels("unchanged").inc()
+                else:
+                    t0 = time.perf_counter()
+                    report = await loop.run_in_executor(
+                        None, lambda: publish(self.source, sha, self.store, self.max_file_bytes, self.keep)
+                    )
+                    self.metrics.duration.observe(time.perf_counter() - t0)
+                    self.metrics.runs.labels("published").inc()
+                    self.status.published_at = utcnow()
+                    self.status.files = report.files
+                    self.status.refused = [{"path": p, "reason": r} for p, r in report.refused]
+                    self.metrics.refused.set(len(report.refused))
+                    log.info("Published %s (%d files, %d left out) after %s", sha[:12], report.files,
+                             len(report.refused), trigger)
+                self.status.commit = sha
+                self.status.last_error = None
+                self.metrics.last_success.set(utcnow())
+            except SyncError as e:
+                self.metrics.runs.labels("error").inc()
+                self.status.last_error = str(e)
+                log.warning("Sync failed (%s): %s", trigger, e)
+            return self.status
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    async def loop(self, interval: float) -> None:
+        trigger = "start"
+        while True:
+            await self.run_once(trigger)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+                trigger = "webhook"
+            except (asyncio.TimeoutError, TimeoutError):
+                trigger = "poll"
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
+    """GitHub's ``X-Hub-Signature-256: sha256=<hex>`` check, in constant time."""
+    if not secret or not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[len("sha256="):])
+
+
+class _Base(web.RequestHandler):
+    @property
+    def syncer(self) -> Syncer:
+        return self.settings["syncer"]
+
+
+class StatusPage(_Base):
+    def get(self) -> None:
+        s = self.syncer.status
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.published_at)) if s.published_at else "never"
+        refused = "".join(f"<li><code>{escape(r['path'])}</code>: {escape(r['reason'])}</li>" for r in s.refused)
+        self.write(
+            "<!doctype html><title>Tutorial sync</title><h1>Tutorial sync</h1>"
+            f"<p>Following <code>{escape(s.repo)}</code>, branch <code>{escape(s.branch)}</code>.</p>"
+            f"<p>Published commit: <code>{escape(s.commit or 'none yet')}</code> ({escape(when)}), "
+            f"{s.files} files.</p>"
+            + (f"<p class='error'>Last error: {escape(s.last_error)}</p>" if s.last_error else "<p>No errors.</p>")
+            + (f"<p>Left out of the last commit:</p><ul>{refused}</ul>" if refused else "")
+        )
+
+
+class StatusJSON(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(asdict(self.syncer.status)))
+
+
+class Webhook(_Base):
+    def post(self) -> None:
+        secret = self.settings["webhook_secret"]
+        if not secret:
+            raise web.HTTPError(404, "webhooks are not enabled (no secret configured)")
+        if not verify_signature(secret, self.request.body, self.request.headers.get("X-Hub-Signature-256")):
+            log.warning("Rejected a webhook call with a missing or wrong signature from %s", self.request.remote_ip)
+            raise web.HTTPError(401, "bad signature")
+        event = self.request.headers.get("X-GitHub-Event", "")
+        if event == "ping":
+            self.write({"ok": True})
+            return
+        try:
+            ref = json.loads(self.request.body or b"{}").get("ref", "")
+        except (json.JSONDecodeError, AttributeError):
+            raise web.HTTPError(400, "body is not a JSON object") from None
+        if event == "push" and ref == f"refs/heads/{self.syncer.source.branch}":
+            self.syncer.trigger()
+            self.set_status(202)
+            self.write({"sync": "started"})
+        else:
+            self.set_status(200)
+            self.write({"sync": "ignored", "reason": f"not a push to {self.syncer.source.branch}"})
+
+    def check_xsrf_cookie(self) -> None:  # signed by HMAC instead
+        return None
+
+
+class Metrics(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.write(generate_latest(self.syncer.metrics.registry))
+
+
+class TutorialSyncApp(Application):
+    """gpuhub-tutorial-sync: publish a Git branch to the shared tutorial store."""
+
+    name = "gpuhub-tutorial-sync"
+    repo_url = Unicode(config=True, help="Git URL of the tutorial repository (no credentials in it).")
+    branch = Unicode("main", config=True, help="Branch to follow.")
+    store = Unicode(config=True, help="The shared tutorial store directory (mounted into servers).")
+    cache_dir = Unicode(config=True, help="Where the bare mirror lives (default: <store>/../.tutorial-cache).")
+    poll_interval = Float(60, config=True, help="Seconds between polls; webhooks sync at once.")
+    max_file_mb = Integer(100, config=True, help="Files larger than this are left out.")
+    keep = Integer(3, config=True, help="Published versions kept (readers may still use old ones).")
+    token = Unicode(config=True, help="HTTPS token for a private repository (env GPUHUB_TUTORIALS_TOKEN).")
+    ssh_key = Unicode(config=True, help="Deploy key file for an SSH repository.")
+    webhook_secret = Unicode(config=True, help="GitHub webhook secret (env GPUHUB_WEBHOOK_SECRET).")
+    service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
+    prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
+
+    aliases = {
+        "repo": "TutorialSyncApp.repo_url",
+        "branch": "TutorialSyncApp.branch",
+        "store": "TutorialSyncApp.store",
+        "poll-interval": "TutorialSyncApp.poll_interval",
+        "max-file-mb": "TutorialSyncApp.max_file_mb",
+        "keep": "TutorialSyncApp.keep",
+    }
+
+    @default("token")
+    def _token_env(self) -> str:
+        return os.environ.get("GPUHUB_TUTORIALS_TOKEN", "")
+
+    @default("webhook_secret")
+    def _secret_env(self) -> str:
+        return os.environ.get("GPUHUB_WEBHOOK_SECRET", "")
+
+    @default("service_url")
+    def _url_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8765")
+
+    @default("prefix")
+    def _prefix_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    def make_syncer(self) -> Syncer:
+        if not self.repo_url or not self.store:
+            raise SystemExit("gpuhub-tutorial-sync: set --repo and --store")
+        store = Path(self.store)
+        cache = Path(self.cache_dir) if self.cache_dir else store.parent / ".tutorial-cache"
+        source = GitSource(self.repo_url, self.branch, cache, token=self.token or None, ssh_key=self.ssh_key or None)
+        return Syncer(source, store, self.max_file_mb * 1024 * 1024, self.keep, self.repo_url)
+
+    def make_web_app(self, syncer: Syncer) -> web.Application:
+        p = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+        return web.Application(
+            [
+                (p, StatusPage),
+                (p + "status.json", StatusJSON),
+                (p + "webhook", Webhook),
+                (p + "metrics", Metrics),
+            ],
+            syncer=syncer,
+            webhook_secret=self.webhook_secret.encode(),
+        )
+
+    async def serve(self) -> None:
+        syncer = self.make_syncer()
+        url = urlparse(self.service_url)
+        server = HTTPServer(self.make_web_app(syncer), xheaders=True)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        log.info("Tutorial sync for branch %s listening on %s%s", self.branch, self.service_url, self.prefix)
+        await syncer.loop(self.poll_interval)
+
+    def start(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+        asyncio.run(self.serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = TutorialSyncApp()
+    app.initialize(argv)
+    app.start()

@@ -1,0 +1,162 @@
+"""The tutorial-sync service: as a real hub-managed service, and its sync loop in-process.
+
+Real Git throughout: bare repositories served over HTTP by git's own http-backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+import requests
+from gitserver import WorkClone, make_bare, serve_http
+from harness import container_of, exec_as_user, fake_gpus, free_port
+
+from hub_services.tutorial_sync.app import Syncer, verify_signature
+from hub_services.tutorial_sync.gitsource import GitSource
+from hub_services.tutorial_sync.publish import current_version
+
+TOKEN = "tok-5f1e-not-for-logs"
+SECRET = "webhook-s3cret"
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "secret, header, ok",
+    [
+        pytest.param(SECRET, sign(b"{}"), True, id="valid"),
+        pytest.param(SECRET, sign(b"{}", "other"), False, id="wrong-secret"),
+        pytest.param(SECRET, None, False, id="unsigned"),
+        pytest.param(SECRET, "sha1=" + "0" * 40, False, id="sha1-only"),
+        pytest.param("", sign(b"{}", ""), False, id="no-secret-configured"),
+    ],
+)
+def test_verify_signature(secret, header, ok):
+    assert verify_signature(secret.encode(), b"{}", header) is ok
+
+
+@pytest.fixture
+def remote(tmp_path):
+    bare = make_bare(tmp_path / "repos" / "tutorials.git")
+    clone = WorkClone(bare, tmp_path / "author")
+    with serve_http(tmp_path / "repos", token=TOKEN) as base:
+        yield f"{base}/tutorials.git", clone
+
+
+async def test_poll_publishes_a_push_within_an_interval(remote, tmp_path):
+    url, clone = remote
+    clone.write("intro.py", "print('v1')\n")
+    first = clone.commit_and_push("v1")
+    store = tmp_path / "store"
+    syncer = Syncer(GitSource(url, "main", tmp_path / "cache", token=TOKEN), store, 10**6, 3, url)
+    task = asyncio.create_task(syncer.loop(0.3))
+    try:
+        await _until(lambda: current_version(store) == first)
+        clone.write("intro.py", "print('v2')\n")
+        second = clone.commit_and_push("v2")
+        await _until(lambda: current_version(store) == second)
+        assert (store / "current" / "intro.py").read_text() == "print('v2')\n"
+        assert syncer.status.trigger == "poll" and syncer.status.last_error is None
+    finally:
+        task.cancel()
+
+
+async def test_unreachable_remote_is_reported_not_fatal(tmp_path):
+    store = tmp_path / "store"
+    url = f"http://127.0.0.1:{free_port()}/nothing.git"
+    syncer = Syncer(GitSource(url, "main", tmp_path / "cache", timeout=10), store, 10**6, 3, url)
+    status = await syncer.run_once("test")
+    assert status.last_error and status.commit is None
+    assert current_version(store) is None
+
+
+async def _until(check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+def _wait_status(base: str, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(base + "status.json", timeout=5)
+            if r.ok:
+                last = r.json()
+                if predicate(last):
+                    return last
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"status never matched; last: {last}")
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_path):
+    url, clone = remote
+    clone.write("intro.py", "print('v1')\n")
+    first = clone.commit_and_push("v1")
+    store = tmp_path / "store"
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "ts"), "tutorials_source": str(store)}, start=False)
+    hub.start(
+        env={
+            "GPUHUB_TUTORIALS_REPO": url,
+            "GPUHUB_TUTORIALS_STORE": str(store),
+            "GPUHUB_TUTORIALS_TOKEN": TOKEN,
+            "GPUHUB_WEBHOOK_SECRET": SECRET,
+            "GPUHUB_TUTORIALS_POLL_INTERVAL": "3600",  # so only the webhook can explain a sync
+            "GPUHUB_TUTORIAL_SYNC_PORT": str(free_port()),
+        }
+    )
+    base = hub.url + "/services/tutorial-sync/"
+    status = _wait_status(base, lambda s: s["commit"] == first)
+    assert status["last_error"] is None and status["files"] == 1
+
+    hub.create_users(["vera"])
+    hub.spawn("vera", {"profile": "gpu"})
+    hub.wait_ready("vera")
+    vera = container_of(docker_client, hub, "vera")
+    assert exec_as_user(vera, "cat ~/tutorials/intro.py") == (0, "print('v1')\n")
+
+    clone.write("intro.py", "print('v2')\n")
+    second = clone.commit_and_push("v2")
+    push = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
+    # forged and unsigned calls change nothing
+    before = requests.get(base + "status.json", timeout=5).json()
+    for headers in ({"X-Hub-Signature-256": sign(push, "guess")}, {}):
+        r = requests.post(base + "webhook", data=push, headers={"X-GitHub-Event": "push", **headers}, timeout=5)
+        assert r.status_code == 401
+    time.sleep(1)
+    assert requests.get(base + "status.json", timeout=5).json() == before
+
+    r = requests.post(
+        base + "webhook",
+        data=push,
+        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(push)},
+        timeout=5,
+    )
+    assert r.status_code == 202, r.text
+    _wait_status(base, lambda s: s["commit"] == second and s["trigger"] == "webhook")
+    # the running server sees the new commit without a restart
+    assert exec_as_user(vera, "cat ~/tutorials/intro.py") == (0, "print('v2')\n")
+
+    page = requests.get(base, timeout=5).text
+    metrics = requests.get(base + "metrics", timeout=5).text
+    assert second in page
+    assert 'gpuhub_tutorial_sync_runs_total{result="published"} 2.0' in metrics
+    for text in (page, metrics, json.dumps(before), hub.log_path.read_text(errors="replace")):
+        assert TOKEN not in text and SECRET not in text
+
+    # the service's own token holds no scopes: it needs no hub API access
+    service = hub.api("GET", "/services/tutorial-sync").json()
+    assert service["roles"] == [], service
