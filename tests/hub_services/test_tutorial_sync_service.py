@@ -157,6 +157,23 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     for text in (page, metrics, json.dumps(before), hub.log_path.read_text(errors="replace")):
         assert TOKEN not in text and SECRET not in text
 
+    # vera edits her copy; upstream changes the same file; her edit survives her next start
+    assert exec_as_user(vera, "echo \"print('mine')\" > ~/my-tutorials/intro.py")[0] == 0
+    clone.write("intro.py", "print('v3')\n")
+    third = clone.commit_and_push("v3")
+    push = json.dumps({"ref": "refs/heads/main", "after": third}).encode()
+    headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(push)}
+    assert requests.post(base + "webhook", data=push, headers=headers, timeout=5).status_code == 202
+    _wait_status(base, lambda s: s["commit"] == third)
+    hub.stop_server("vera")
+    hub.spawn("vera", {"profile": "gpu"})
+    hub.wait_ready("vera")
+    vera = container_of(docker_client, hub, "vera")
+    assert exec_as_user(vera, "cat ~/my-tutorials/intro.py") == (0, "print('mine')\n")
+    assert exec_as_user(vera, "cat ~/my-tutorials/intro.upstream.py") == (0, "print('v3')\n")
+    code, note = exec_as_user(vera, "cat ~/my-tutorials/TUTORIAL-UPDATES.txt")
+    assert code == 0 and "conflict" in note and "intro.upstream.py" in note
+
     # the service's own token holds no scopes: it needs no hub API access
     service = hub.api("GET", "/services/tutorial-sync").json()
     assert service["roles"] == [], service
