@@ -1,9 +1,8 @@
-"""GPU-reserving spawners: a shared mixin and the single-host ``GPUDockerSpawner``."""
+"""``GPUDockerSpawner``: DockerSpawner that gives each server one GPU unit on a single host."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from typing import Any
 from urllib.parse import urlparse
@@ -13,360 +12,21 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
-from traitlets import Bool, Float, Int, List, TraitError, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
+from traitlets import TraitError, default, validate
 
-from . import forms
-from .allocator import Allocator, HeldRecord, NoUnitFree
+from .allocator import HeldRecord, NoUnitFree
 from .errors import spawn_error
-from .inventory import (
-    Inventory,
-    InventoryError,
-    Profile,
-    Unit,
-    pool_label,
-    profiles_from_config,
-    units_from_gpus,
+from .inventory import Profile, Unit
+from .mixin import (
+    LABEL_HUB,
+    LABEL_POOL,
+    LABEL_PROFILE,
+    LABEL_SERVER,
+    LABEL_UNIT,
+    LABEL_USER,
+    GPUSpawnerMixin,
 )
-from .nvml import discover_or_none
-from .volumes import VolumePlan, build_mounts, check_source
-
-LABEL_PREFIX = "org.gpuhub."
-LABEL_HUB = LABEL_PREFIX + "hub"
-LABEL_USER = LABEL_PREFIX + "user"
-LABEL_SERVER = LABEL_PREFIX + "server"
-LABEL_UNIT = LABEL_PREFIX + "unit"
-LABEL_POOL = LABEL_PREFIX + "pool"
-LABEL_PROFILE = LABEL_PREFIX + "profile"
-
-# resolved once per process: NVML discovery and config parsing are not redone per spawner
-_INVENTORY_CACHE: dict[str, Inventory] = {}
-_ALLOCATORS: dict[tuple[str, str], Allocator] = {}
-
-
-def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
-    """The inventory from NVML (``auto``/``nvml``) or the static list; cached per process."""
-    key = json.dumps([gpus, discovery, replicas], sort_keys=True, default=str)
-    if key not in _INVENTORY_CACHE:
-        described = None
-        if discovery in ("auto", "nvml"):
-            described = discover_or_none()
-            if described is None and discovery == "nvml":
-                raise InventoryError(
-                    "gpu_discovery",
-                    "'nvml' was asked for but NVML is not available on this host",
-                    "Install the NVIDIA driver, or set gpu_discovery='static' and list the GPUs in gpu_inventory.",
-                )
-        if described is None:
-            described = gpus
-        _INVENTORY_CACHE[key] = Inventory(tuple(units_from_gpus(described, replicas)))
-    return _INVENTORY_CACHE[key]
-
-
-class GPUSpawnerMixin(LoggingConfigurable):
-    """What the Docker and Swarm GPU spawners share: config, profiles, allocation, progress."""
-
-    # ---- inventory ------------------------------------------------------------------
-    gpu_inventory = List(
-        config=True,
-        help="""Static GPU inventory, used where NVML is absent (or with gpu_discovery='static').
-
-        A list of GPUs, each with its full UUID, and either its MIG instances or a replica count
-        for time-slicing::
-
-            c.GPUDockerSpawner.gpu_inventory = [
-                {"uuid": "GPU-8a1f...", "mig": [{"uuid": "MIG-41c2...", "profile": "1g.10gb"}]},
-                {"uuid": "GPU-3e77...", "replicas": 4, "memory_mb": 81920},
-            ]
-        """,
-    )
-    gpu_discovery = Unicode(
-        "auto",
-        config=True,
-        help="""Where the GPU inventory comes from: 'auto' (NVML when present, else gpu_inventory),
-        'nvml' (fail if NVML is absent) or 'static' (gpu_inventory only).
-
-            c.GPUDockerSpawner.gpu_discovery = "static"
-        """,
-    )
-    gpu_replicas_per_gpu = Int(
-        1,
-        config=True,
-        help="""Time-slicing: how many servers share each non-MIG GPU (1 = whole GPUs).
-
-        Shared slots have no memory isolation; the UI says so. A GPU in gpu_inventory can set
-        its own 'replicas'.
-
-            c.GPUDockerSpawner.gpu_replicas_per_gpu = 4
-        """,
-    )
-    gpu_profiles = List(
-        config=True,
-        help="""The profiles users choose from; empty means one per pool plus 'CPU only'.
-
-        Each entry: slug, display_name, pool (a pool name such as 'gpu', 'shared',
-        'mig-1g.10gb', or None for CPU-only), and optionally description, mem_limit,
-        cpu_limit, default::
-
-            c.GPUDockerSpawner.gpu_profiles = [
-                {"slug": "small", "display_name": "MIG 1g.10gb", "pool": "mig-1g.10gb", "default": True},
-                {"slug": "cpu", "display_name": "CPU only", "pool": None},
-            ]
-        """,
-    )
-    gpu_queue_max_wait = Float(
-        300,
-        config=True,
-        help="""Seconds a spawn waits in line for a GPU unit when its pool is empty.
-
-        Users see their place in line while they wait. 0 refuses at once with a clear message.
-        start_timeout is raised to cover the wait.
-
-            c.GPUDockerSpawner.gpu_queue_max_wait = 120
-        """,
-    )
-    gpu_hub_id = Unicode(
-        "gpuhub",
-        config=True,
-        help="""Name of this hub in the labels of the objects it creates.
-
-        Only needed when two hubs share one Docker engine: each then cleans up only its own.
-
-            c.GPUDockerSpawner.gpu_hub_id = "course-a"
-        """,
-    )
-    gpu_memory_hints = Bool(
-        True,
-        config=True,
-        help="""On shared GPU slots, set environment variables that ask frameworks to use
-        only their share of GPU memory (JAX's XLA_PYTHON_CLIENT_MEM_FRACTION, TensorFlow's
-        memory growth, and GPUHUB_GPU_MEMORY_LIMIT_MB for user code). Hints, not limits.
-        """,
-    )
-
-    # ---- volumes ---------------------------------------------------------------------
-    tutorials_source = Unicode(
-        "gpuhub-tutorials",
-        config=True,
-        help="""The shared tutorials, mounted read-only: a named volume or an absolute host path.
-        Empty: no tutorials mount.
-
-            c.GPUDockerSpawner.tutorials_source = "/srv/tutorials"
-        """,
-    )
-    tutorials_mount_path = Unicode(
-        "/opt/gpuhub/tutorials",
-        config=True,
-        help="""Where the tutorials are mounted in the container. The image's start script links
-        ~/tutorials to it (to its `current` version when the tutorial-sync service publishes it).""",
-    )
-    scratch_volume_name = Unicode(
-        "gpuhub-{username}-scratch",
-        config=True,
-        help="""Template of the per-user scratch volume ({username} is escaped). Empty: none.""",
-    )
-    scratch_mount_path = Unicode("/home/jovyan/scratch", config=True, help="Where scratch appears.")
-    tutorials_copy_volume_name = Unicode(
-        "gpuhub-{username}-my-tutorials",
-        config=True,
-        help="""Template of the per-user volume holding the editable copy of the tutorials.
-        Empty: no editable copy.""",
-    )
-    tutorials_copy_mount_path = Unicode(
-        "/home/jovyan/my-tutorials", config=True, help="Where the editable copy appears."
-    )
-
-    @validate("gpu_discovery")
-    def _check_discovery(self, proposal: Any) -> str:
-        if proposal.value not in ("auto", "nvml", "static"):
-            raise TraitError(
-                f"gpu_discovery={proposal.value!r} is not one of 'auto', 'nvml', 'static'. "
-                "Use 'auto' unless you need to force one."
-            )
-        return proposal.value
-
-    @validate("gpu_replicas_per_gpu")
-    def _check_replicas(self, proposal: Any) -> int:
-        value = proposal.value
-        if value < 1:
-            raise TraitError(f"gpu_replicas_per_gpu={value!r} must be a whole number ≥ 1, e.g. 4.")
-        return value
-
-    @validate("tutorials_source")
-    def _check_tutorials(self, proposal: Any) -> str:
-        problem = check_source("tutorials_source", proposal.value)
-        if problem:
-            raise TraitError(problem)
-        return proposal.value
-
-    @validate("gpu_queue_max_wait")
-    def _check_wait(self, proposal: Any) -> float:
-        if proposal.value < 0:
-            raise TraitError(f"gpu_queue_max_wait={proposal.value!r} must be ≥ 0 seconds (0 refuses at once).")
-        return proposal.value
-
-    @default("start_timeout")
-    def _start_timeout_covers_queue(self) -> int:
-        return int(self.gpu_queue_max_wait) + 120
-
-    @default("options_form")
-    def _default_gpu_options_form(self) -> Any:
-        return type(self)._render_gpu_form
-
-    @default("options_from_form")
-    def _default_gpu_options_from_form(self) -> Any:
-        return forms.options_from_form
-
-    # ---- runtime state (persisted by get_state) --------------------------------------
-
-    gpu_unit_id: str = ""
-    gpu_profile_slug: str = ""
-
-    def _progress_init(self) -> None:
-        self._progress_events: list[dict[str, Any]] = []
-        self._progress_changed = asyncio.Event()
-
-    def _emit(self, progress: int, message: str) -> None:
-        if not hasattr(self, "_progress_events"):
-            self._progress_init()
-        self._progress_events.append({"progress": progress, "message": message})
-        self._progress_changed.set()
-
-    async def progress(self):
-        """Stream the real steps of this spawn: reserving, place in line, assignment, start."""
-        if not hasattr(self, "_progress_events"):
-            self._progress_init()
-        sent = 0
-        while True:
-            events = self._progress_events
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            self._progress_changed.clear()
-            try:
-                await asyncio.wait_for(self._progress_changed.wait(), 1)
-            except TimeoutError:
-                if not (self._spawn_pending or self._start_pending):
-                    return
-
-    # ---- inventory, profiles, allocator ----------------------------------------------
-
-    @property
-    def gpu_inventory_resolved(self) -> Inventory:
-        return resolve_inventory(list(self.gpu_inventory), self.gpu_discovery, int(self.gpu_replicas_per_gpu))
-
-    @property
-    def profiles(self) -> list[Profile]:
-        return profiles_from_config(list(self.gpu_profiles), self.gpu_inventory_resolved)
-
-    async def allowed_profiles(self) -> set[str] | None:
-        """Slugs this user may choose, or None for all. Quotas plug in here."""
-        return None
-
-    def choose_profile(self, allowed: set[str] | None) -> Profile:
-        try:
-            return forms.choose_profile(self.profiles, self.user_options or {}, allowed)
-        except forms.ProfileChoiceError as e:
-            raise spawn_error(str(e), e.reason) from None
-
-    def _engine_key(self) -> str:
-        raise NotImplementedError
-
-    async def _list_held(self) -> list[HeldRecord]:
-        raise NotImplementedError
-
-    async def _remove_stale(self, record: HeldRecord) -> None:
-        raise NotImplementedError
-
-    def get_allocator(self) -> Allocator:
-        key = (self._engine_key(), self.gpu_hub_id)
-        allocator = _ALLOCATORS.get(key)
-        if allocator is None:
-            allocator = Allocator(self.gpu_inventory_resolved, self._list_held, self._remove_stale)
-            _ALLOCATORS[key] = allocator
-        return allocator
-
-    async def _render_gpu_form(self) -> str:
-        inventory = self.gpu_inventory_resolved
-        allocator = self.get_allocator()
-        try:
-            await allocator.ensure_synced()
-        except Exception as e:  # noqa: BLE001 - show the form even if the engine is down
-            self.log.warning("Could not read GPU usage for the options form: %s", e)
-        sizes = {pool: inventory.pool_size(pool) for pool in inventory.pools}
-        waiting = {pool: allocator.queue_length(pool) for pool in inventory.pools}
-        return forms.render_options_form(
-            self.profiles, allocator.free_counts(), sizes, waiting, await self.allowed_profiles()
-        )
-
-    async def reserve_unit(self, profile: Profile):
-        """Context manager reserving a unit of ``profile``'s pool, with progress and errors."""
-        allocator = self.get_allocator()
-        label = pool_label(profile.pool)
-        self._emit(10, f"Reserving a {label}…")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-
-        def on_position(position: int, total: int) -> None:
-            waited = int(loop.time() - started)
-            self._emit(
-                15,
-                f"All {label} units are in use. You are #{position} of {total} in line "
-                f"(waited {waited}s, at most {int(self.gpu_queue_max_wait)}s). "
-                "Or cancel and start a CPU-only server.",
-            )
-
-        try:
-            await allocator.ensure_synced()
-        except (DockerException, requests.RequestException) as e:
-            raise self._engine_error(e) from None
-        return allocator.reserve(profile.pool, self.object_name, self.gpu_queue_max_wait, on_position)
-
-    def no_unit_error(self, err: NoUnitFree) -> Exception:
-        label = pool_label(err.pool)
-        size = self.gpu_inventory_resolved.pool_size(err.pool)
-        if err.waited:
-            msg = (
-                f"No {label} came free within {int(err.waited)} seconds "
-                f"(all {size} are in use; you were #{err.position or 1} in line). "
-                "Try again later, or start a CPU-only server."
-            )
-        else:
-            msg = f"All {size} {label} units are in use. Try again later, or start a CPU-only server."
-        return spawn_error(msg, "gpu-unavailable")
-
-    def _engine_error(self, err: Exception) -> Exception:
-        return spawn_error(
-            "The container engine is not answering, so your server cannot start right now. "
-            "Please try again in a minute; if it keeps happening, tell the hub's admin.",
-            "engine-unavailable",
-            log_message=f"Docker engine error for {self._log_name}: {err}",
-        )
-
-    def gpu_env(self, unit: Unit | None) -> dict[str, str]:
-        """Environment for the unit: void devices for CPU-only, memory hints on shared slots."""
-        if unit is None:
-            return {"NVIDIA_VISIBLE_DEVICES": "void", "GPUHUB_GPU_UNIT": ""}
-        env = {"GPUHUB_GPU_UNIT": unit.id, "GPUHUB_GPU_KIND": unit.kind}
-        if unit.shared and self.gpu_memory_hints:
-            env["GPUHUB_GPU_SHARED"] = "1"
-            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / unit.slots:.3f}"
-            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-            if unit.memory_mb:
-                env["GPUHUB_GPU_MEMORY_LIMIT_MB"] = str(unit.memory_mb)
-        return env
-
-    def load_gpu_state(self, state: dict[str, Any]) -> None:
-        self.gpu_unit_id = state.get("gpu_unit", "")
-        self.gpu_profile_slug = state.get("gpu_profile", "")
-
-    def gpu_state(self) -> dict[str, Any]:
-        state = {}
-        if self.gpu_unit_id:
-            state["gpu_unit"] = self.gpu_unit_id
-        if self.gpu_profile_slug:
-            state["gpu_profile"] = self.gpu_profile_slug
-        return state
+from .volumes import VolumePlan, build_mounts
 
 
 class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
@@ -451,6 +111,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     async def create_object(self):
         allowed = await self.allowed_profiles()
         profile = self.choose_profile(allowed)
+        self._quota = self.check_quota(profile)
         self.gpu_profile_slug = profile.slug
         if profile.cpu_only:
             self._emit(30, "Creating your CPU-only server…")
@@ -557,12 +218,12 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             labels[LABEL_UNIT] = unit.id
             labels[LABEL_POOL] = unit.pool
             host_config["DeviceRequests"] = [DeviceRequest(device_ids=[unit.device_id], capabilities=[["gpu"]])]
-        profile = self._profile_by_slug(self.gpu_profile_slug)
-        if profile is not None and profile.mem_limit and "Memory" not in host_config:
-            host_config["Memory"] = docker.utils.parse_bytes(profile.mem_limit)
-        if profile is not None and profile.cpu_limit and "CpuQuota" not in host_config:
+        memory, cpus = self._limits()
+        if memory and "Memory" not in host_config:
+            host_config["Memory"] = memory
+        if cpus and "CpuQuota" not in host_config:
             host_config["CpuPeriod"] = 100_000
-            host_config["CpuQuota"] = int(profile.cpu_limit * 100_000)
+            host_config["CpuQuota"] = int(cpus * 100_000)
         mounts = list(host_config.get("Mounts") or []) + build_mounts(self.volume_plan())
         host_config["Mounts"] = mounts
         security = list(host_config.get("SecurityOpt") or [])
@@ -571,6 +232,18 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         host_config["SecurityOpt"] = security
         kwargs["labels"] = labels
         return kwargs
+
+    def _limits(self) -> tuple[int | None, float | None]:
+        """Memory bytes and CPUs: the stricter of the profile's and the quota's."""
+        profile = self._profile_by_slug(self.gpu_profile_slug)
+        quota = getattr(self, "_quota", None)
+        memories = [docker.utils.parse_bytes(profile.mem_limit)] if profile and profile.mem_limit else []
+        cpus = [profile.cpu_limit] if profile and profile.cpu_limit else []
+        if quota is not None and quota.mem_limit:
+            memories.append(quota.mem_limit)
+        if quota is not None and quota.cpu_limit:
+            cpus.append(quota.cpu_limit)
+        return (min(memories) if memories else None), (min(cpus) if cpus else None)
 
     def _profile_by_slug(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)

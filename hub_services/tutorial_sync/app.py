@@ -128,8 +128,9 @@ class Syncer:
     async def loop(self, interval: float) -> None:
         trigger = "start"
         while True:
-            await self.run_once(trigger)
+            # clear before syncing: a webhook that arrives during this sync runs another one
             self._wake.clear()
+            await self.run_once(trigger)
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
                 trigger = "webhook"
@@ -216,6 +217,7 @@ class TutorialSyncApp(Application):
     cache_dir = Unicode(config=True, help="Where the bare mirror lives (default: <store>/../.tutorial-cache).")
     poll_interval = Float(60, config=True, help="Seconds between polls; webhooks sync at once.")
     max_file_mb = Integer(100, config=True, help="Files larger than this are left out.")
+    fetch_timeout = Float(1800, config=True, help="Seconds one git fetch may take (a first fetch of a big repo).")
     keep = Integer(3, config=True, help="Published versions kept (readers may still use old ones).")
     token = Unicode(config=True, help="HTTPS token for a private repository (env GPUHUB_TUTORIALS_TOKEN).")
     ssh_key = Unicode(config=True, help="Deploy key file for an SSH repository.")
@@ -230,6 +232,7 @@ class TutorialSyncApp(Application):
         "poll-interval": "TutorialSyncApp.poll_interval",
         "max-file-mb": "TutorialSyncApp.max_file_mb",
         "keep": "TutorialSyncApp.keep",
+        "fetch-timeout": "TutorialSyncApp.fetch_timeout",
     }
 
     @default("token")
@@ -253,7 +256,14 @@ class TutorialSyncApp(Application):
             raise SystemExit("gpuhub-tutorial-sync: set --repo and --store")
         store = Path(self.store)
         cache = Path(self.cache_dir) if self.cache_dir else store.parent / ".tutorial-cache"
-        source = GitSource(self.repo_url, self.branch, cache, token=self.token or None, ssh_key=self.ssh_key or None)
+        source = GitSource(
+            self.repo_url,
+            self.branch,
+            cache,
+            token=self.token or None,
+            ssh_key=self.ssh_key or None,
+            timeout=self.fetch_timeout,
+        )
         return Syncer(source, store, self.max_file_mb * 1024 * 1024, self.keep, self.repo_url)
 
     def make_web_app(self, syncer: Syncer) -> web.Application:

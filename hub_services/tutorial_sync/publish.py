@@ -14,6 +14,8 @@ sees one whole commit; the newest ``keep`` versions stay on disk for readers sti
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import fcntl
 import json
@@ -313,7 +315,7 @@ def _build_version(source: GitSource, sha: str, store: Path, max_file_bytes: int
         report.files, report.bytes = _build(source, plan, staging)
         _write_meta(store, report)
         os.chmod(staging, 0o755)
-        os.sync()  # the tree is on disk before any reader can be pointed at it
+        _sync_filesystem(staging)  # the tree is on disk before any reader can be pointed at it
         os.rename(staging, store / "versions" / sha)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -344,6 +346,22 @@ def _publish_locked(
     pruned = _prune(store, keep, sha)
     log.info("Tutorial commit %s is current; pruned %d old versions", sha[:12], len(pruned))
     return report
+
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Flush the filesystem holding ``path`` only (syncfs), not every disk of the host."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def publish(

@@ -177,3 +177,22 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     # the service's own token holds no scopes: it needs no hub API access
     service = hub.api("GET", "/services/tutorial-sync").json()
     assert service["roles"] == [], service
+
+
+async def test_webhook_arriving_during_a_sync_is_not_lost(tmp_path):
+    syncer = Syncer(GitSource("http://127.0.0.1:9/x.git", "main", tmp_path / "cache"), tmp_path / "store", 1, 1, "x")
+    calls = []
+
+    async def slow_sync(trigger):  # stands in for a long fetch; the loop logic is what is tested
+        calls.append(trigger)
+        if len(calls) == 1:
+            syncer.trigger()  # a push webhook arrives mid-sync
+        await asyncio.sleep(0.05)
+
+    syncer.run_once = slow_sync
+    task = asyncio.create_task(syncer.loop(3600))
+    try:
+        await _until(lambda: len(calls) >= 2, timeout=5)
+    finally:
+        task.cancel()
+    assert calls[:2] == ["start", "webhook"]
