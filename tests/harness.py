@@ -182,7 +182,7 @@ class HubProcess:
         r.raise_for_status()
         return r.json()
 
-    def wait_ready(self, name: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_ready(self, name: str, timeout: float = 180) -> dict[str, Any]:
         start = time.monotonic()
         missing_since = None
         while time.monotonic() < start + timeout:
