@@ -12,6 +12,7 @@
 #   GPUHUB_HUB_PORT         port of the hub API (8081)
 #   GPUHUB_PROXY_API_PORT   port of the proxy's REST API (8001)
 #   GPUHUB_DB_URL           database URL (sqlite in GPUHUB_DATA_DIR)
+#   GPUHUB_USAGE_DB_URL     GPU usage ledger and per-user quota overrides (sqlite in GPUHUB_DATA_DIR)
 #   GPUHUB_IMAGE            single-user image (gpuhub/singleuser:latest)
 #   GPUHUB_GPU_DISCOVERY    auto | nvml | static (auto)
 #   GPUHUB_GPU_INVENTORY    static GPUs as JSON, or @/path/to/file.json
@@ -66,6 +67,9 @@ c.GPUDockerSpawner.gpu_replicas_per_gpu = replicas
 c.GPUDockerSpawner.gpu_profiles = profiles
 c.GPUDockerSpawner.gpu_queue_max_wait = queue_wait
 c.GPUDockerSpawner.tutorials_source = os.environ.get("GPUHUB_TUTORIALS", "gpuhub-tutorials")
+c.GPUDockerSpawner.usage_db_url = os.environ.get(
+    "GPUHUB_USAGE_DB_URL", f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"
+)
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
 

@@ -14,6 +14,8 @@ command -v dockerd >/dev/null || need_apt+=(docker.io)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v git >/dev/null || need_apt+=(git)
 command -v npm >/dev/null || need_apt+=(npm)
+# PostgreSQL server binaries: the ledger's tests run against a real, throwaway cluster
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq

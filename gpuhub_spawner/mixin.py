@@ -24,8 +24,9 @@ from .inventory import (
     profiles_from_config,
     units_from_gpus,
 )
+from .ledger import UsageLedger
 from .nvml import discover_or_none
-from .quotas import QuotaError, QuotaPolicy, check_spawn, parse_quota, resolve_policy
+from .quotas import QuotaError, QuotaPolicy, check_spawn, parse_quota, period_bounds, resolve_policy
 from .volumes import check_source
 
 LABEL_PREFIX = "org.gpuhub."
@@ -39,6 +40,8 @@ LABEL_PROFILE = LABEL_PREFIX + "profile"
 # resolved once per process: NVML discovery and config parsing are not redone per spawner
 _INVENTORY_CACHE: dict[str, Inventory] = {}
 _ALLOCATORS: dict[tuple[str, str], Allocator] = {}
+_LEDGERS: dict[str, UsageLedger] = {}
+_LEDGER_RECONCILED: set[tuple[str, str]] = set()
 
 
 def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
@@ -152,7 +155,19 @@ class GPUSpawnerMixin(LoggingConfigurable):
             c.GPUDockerSpawner.quota_defaults = {"max_gpu_units": 1, "allowed_profiles": "cpu,shared"}
 
         Admins change a group's quota in the admin panel (group properties, e.g. max_gpu_units=2);
-        it applies from the next spawn. GPU-hour budgets are not enforced yet (no usage ledger).
+        it applies from the next spawn. GPU-hour budgets need the usage ledger (usage_db_url).
+        """,
+    )
+
+    usage_db_url = Unicode(
+        "",
+        config=True,
+        help="""Database of the GPU usage ledger and per-user quota overrides (SQLAlchemy URL).
+
+        sqlite by default in the embedded config; PostgreSQL by URL. Empty: no ledger, so
+        GPU-hour budgets cannot be enforced (a warning says so when a quota sets one).
+
+            c.GPUDockerSpawner.usage_db_url = "postgresql+psycopg://gpuhub@db/gpuhub"
         """,
     )
 
@@ -279,11 +294,46 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def profiles(self) -> list[Profile]:
         return profiles_from_config(list(self.gpu_profiles), self.gpu_inventory_resolved)
 
+    @property
+    def usage_ledger(self) -> UsageLedger | None:
+        if not self.usage_db_url:
+            return None
+        if self.usage_db_url not in _LEDGERS:
+            _LEDGERS[self.usage_db_url] = UsageLedger(self.usage_db_url)
+        return _LEDGERS[self.usage_db_url]
+
+    async def sync_allocations(self) -> None:
+        """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""
+        allocator = self.get_allocator()
+        await allocator.ensure_synced()
+        ledger = self.usage_ledger
+        key = (self._engine_key(), self.usage_db_url)
+        if ledger is not None and key not in _LEDGER_RECONCILED:
+            _LEDGER_RECONCILED.add(key)
+            holders = set(allocator.ledger.holders())
+            closed = await asyncio.to_thread(ledger.close_all_except, holders)
+            if closed:
+                self.log.info("Closed %d GPU usage interval(s) of servers gone while the hub was down", closed)
+
+    async def record_usage(self, unit: Unit | None, holder: str) -> None:
+        ledger = self.usage_ledger
+        if ledger is not None and unit is not None:
+            await asyncio.to_thread(
+                ledger.start, self.user.name, self.name or "", unit.id, unit.pool, holder, unit.node
+            )
+
+    async def end_usage(self, holder: str) -> None:
+        ledger = self.usage_ledger
+        if ledger is not None:
+            await asyncio.to_thread(ledger.end, holder)
+
     def quota_policy(self) -> QuotaPolicy:
-        """This user's quota now: defaults, then their groups' properties (read fresh each time)."""
+        """This user's quota now: defaults, their groups' properties, their override (read fresh)."""
         groups = [dict(group.properties or {}) for group in self.user.groups]
+        ledger = self.usage_ledger
+        override = ledger.get_override(self.user.name) if ledger is not None else None
         try:
-            return resolve_policy(self.quota_defaults, groups, None)
+            return resolve_policy(self.quota_defaults, groups, override)
         except QuotaError as e:
             raise spawn_error(
                 "Your quota settings cannot be read, so no server can start. Tell the hub's admin.",
@@ -304,16 +354,28 @@ class GPUSpawnerMixin(LoggingConfigurable):
             if spawner is not self and getattr(spawner, "gpu_unit_id", "") and spawner.active
         )
 
-    def check_quota(self, profile: Profile) -> QuotaPolicy:
+    async def gpu_seconds_used(self, policy: QuotaPolicy, now: datetime) -> float:
+        """GPU-seconds this user used in the current budget period (0 without a ledger)."""
+        ledger = self.usage_ledger
+        if ledger is None:
+            if policy.gpu_hours_per_period is not None:
+                self.log.warning("A GPU-hour budget is set but usage_db_url is empty: it is not enforced")
+            return 0.0
+        since, _ = period_bounds(now, policy.period)
+        return await asyncio.to_thread(ledger.gpu_seconds, self.user.name, since, now)
+
+    async def check_quota(self, profile: Profile) -> QuotaPolicy:
         """Refuse the spawn if the user's quota does not allow ``profile`` now."""
         policy = self.quota_policy()
+        now = datetime.now(timezone.utc)
+        gpu = not profile.cpu_only
         decision = check_spawn(
             policy,
             profile.slug,
-            gpu=not profile.cpu_only,
-            units_held=self.gpu_units_held_by_user() if not profile.cpu_only else 0,
-            gpu_seconds_used=0.0,  # no usage ledger yet: GPU-hour budgets are not enforced
-            now=datetime.now(timezone.utc),
+            gpu=gpu,
+            units_held=self.gpu_units_held_by_user() if gpu else 0,
+            gpu_seconds_used=await self.gpu_seconds_used(policy, now) if gpu else 0.0,
+            now=now,
         )
         if not decision.ok:
             raise spawn_error(decision.message, decision.reason)
@@ -346,7 +408,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
         inventory = self.gpu_inventory_resolved
         allocator = self.get_allocator()
         try:
-            await allocator.ensure_synced()
+            await self.sync_allocations()
         except Exception as e:  # noqa: BLE001 - show the form even if the engine is down
             self.log.warning("Could not read GPU usage for the options form: %s", e)
         sizes = {pool: inventory.pool_size(pool) for pool in inventory.pools}
@@ -373,7 +435,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
             )
 
         try:
-            await allocator.ensure_synced()
+            await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
         return allocator.reserve(profile.pool, self.object_name, self.gpu_queue_max_wait, on_position)

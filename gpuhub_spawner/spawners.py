@@ -106,12 +106,13 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         self.object_id = ""
         if self.gpu_unit_id:
             await self.get_allocator().release(self.object_name)
+            await self.end_usage(self.object_name)
             self.gpu_unit_id = ""
 
     async def create_object(self):
         allowed = await self.allowed_profiles()
         profile = self.choose_profile(allowed)
-        self._quota = self.check_quota(profile)
+        self._quota = await self.check_quota(profile)
         self.gpu_profile_slug = profile.slug
         if profile.cpu_only:
             self._emit(30, "Creating your CPU-only server…")
@@ -126,6 +127,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 obj = await self._create_shielded()
         except NoUnitFree as e:
             raise self.no_unit_error(e) from None
+        await self.record_usage(unit, self.object_name)
         return obj
 
     async def _create_shielded(self):
@@ -181,11 +183,13 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         if status is not None and self.gpu_unit_id and not (self._spawn_pending or self._start_pending):
             # the container exited: it no longer uses the GPU
             await self.get_allocator().release(self.object_name)
+            await self.end_usage(self.object_name)
         return status
 
     async def stop(self, now: bool = False):
         await super().stop(now=now)
         await self.get_allocator().release(self.object_name)
+        await self.end_usage(self.object_name)
         self.gpu_unit_id = ""
 
     def get_env(self) -> dict[str, str]:

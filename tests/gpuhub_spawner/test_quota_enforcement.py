@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from harness import container_of, fake_gpus
 
@@ -66,3 +68,27 @@ def test_unreadable_group_quota_is_a_clear_error(docker_client, hub_factory):
     assert r.status_code == 500
     assert r.json()["message"] == "Your quota settings cannot be read, so no server can start. Tell the hub's admin."
     assert "max_gpu_units: 'two' is not a whole number" in hub.log_tail(200)
+
+
+def test_gpu_hour_budget_from_the_ledger(docker_client, hub_factory):
+    # a budget of about one second of GPU time per week: used up by the first server
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "qd"), "quota_defaults": {"gpu_hours_per_period": 0.0003}})
+    hub.create_users(["zoe"])
+    assert hub.spawn("zoe", {"profile": "gpu"}).status_code in (201, 202)
+    hub.wait_ready("zoe")
+    time.sleep(2)
+    hub.stop_server("zoe")
+
+    r = hub.spawn("zoe", {"profile": "gpu"})
+    assert r.status_code == 403, r.text
+    message = r.json()["message"]
+    assert "GPU-hours for this week; it resets on Monday" in message and "CPU-only server" in message
+    assert hub.spawn("zoe", {"profile": "cpu"}).status_code in (201, 202)
+
+    # the ledger (sqlite in the hub's data dir) survives a hub restart: still out of GPU time
+    hub.wait_ready("zoe")
+    hub.stop()
+    hub.start()
+    hub.stop_server("zoe")
+    r = hub.spawn("zoe", {"profile": "gpu"})
+    assert r.status_code == 403 and "GPU-hours for this week" in r.json()["message"], r.text

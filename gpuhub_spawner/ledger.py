@@ -1,0 +1,298 @@
+"""GPU usage ledger: who held which GPU unit when, and per-user quota overrides.
+
+The ledger lives in its own tables (``gpuhub_usage``, ``gpuhub_user_quota``) in a SQL database
+given by URL: a sqlite file by default, PostgreSQL for larger hubs.  It survives hub restarts:
+after a restart the spawner re-adopts running servers with :meth:`UsageLedger.start` (which
+returns the interval already open for that holder) and closes the rest with
+:meth:`UsageLedger.close_all_except`.
+
+Every method is one short transaction and may be called from several threads.  Datetimes are
+stored and returned timezone-aware in UTC; a naive datetime passed in is taken to be UTC.
+
+Example::
+
+    ledger = UsageLedger("sqlite:////srv/jupyterhub/gpuhub.sqlite")
+    ledger.start("ada", "", "GPU-1f2e/0", "mig-1g-10gb", holder="jupyter-ada")
+    used = ledger.gpu_seconds("ada", since, now)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (tests may patch this)."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime column that always gives back aware UTC datetimes.
+
+    PostgreSQL stores ``timestamptz``; sqlite has no time zones, so naive UTC is stored there
+    (its text form then sorts and compares correctly) and UTC is put back on read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UsageInterval(Base):
+    """One GPU unit held by one server, from ``started_at`` until ``ended_at`` (open: ``None``)."""
+
+    __tablename__ = "gpuhub_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    server: Mapped[str] = mapped_column(String(255))
+    unit_id: Mapped[str] = mapped_column(String(255))
+    pool: Mapped[str] = mapped_column(String(255))
+    node: Mapped[str] = mapped_column(String(255), default="")
+    holder: Mapped[str] = mapped_column(String(255), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    # At most one open interval per holder, even with several threads or hubs writing.
+    __table_args__ = (
+        Index(
+            "ux_gpuhub_usage_open_holder",
+            "holder",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = ("user", "server", "unit_id", "pool", "node", "holder", "started_at")
+        return {name: getattr(self, name) for name in fields}
+
+
+class UserQuota(Base):
+    """A per-user quota override: quota fields as JSON text, and who set them when."""
+
+    __tablename__ = "gpuhub_user_quota"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    values: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``, set up for use from several threads."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if backend == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _overlap_seconds(row: UsageInterval, since: datetime, now: datetime) -> float:
+    start = max(row.started_at, since)
+    end = min(row.ended_at or now, now)
+    return max(0.0, (end - start).total_seconds())
+
+
+class UsageLedger:
+    """The GPU usage ledger in the database at ``url`` (tables are created when missing)."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        log.debug("GPU usage ledger on %s", self.engine.url.render_as_string(hide_password=True))
+
+    # ---- intervals ------------------------------------------------------------------------
+
+    def _open_id(self, session: Session, holder: str) -> int | None:
+        query = select(UsageInterval.id).where(
+            UsageInterval.holder == holder, UsageInterval.ended_at.is_(None)
+        )
+        return session.scalars(query.order_by(UsageInterval.id).limit(1)).first()
+
+    def start(
+        self,
+        user: str,
+        server: str,
+        unit_id: str,
+        pool: str,
+        holder: str,
+        node: str = "",
+        now: datetime | None = None,
+    ) -> int:
+        """Open an interval for ``holder``; if one is open already, return its id instead."""
+        row = UsageInterval(
+            user=user,
+            server=server,
+            unit_id=unit_id,
+            pool=pool,
+            node=node,
+            holder=holder,
+            started_at=as_utc(now or utcnow()),
+        )
+        with self._session() as session:
+            existing = self._open_id(session, holder)
+            if existing is not None:
+                return existing
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                # another thread or hub opened one for this holder in the meantime
+                session.rollback()
+                existing = self._open_id(session, holder)
+                if existing is None:
+                    raise
+                return existing
+        log.info("GPU usage started: %s/%s holds %s (%s) as %s", user, server, unit_id, pool, holder)
+        return row.id
+
+    def _close(self, condition: Any, now: datetime | None) -> int:
+        query = update(UsageInterval).where(UsageInterval.ended_at.is_(None), condition)
+        with self._session.begin() as session:
+            result = session.execute(query.values(ended_at=as_utc(now or utcnow())))
+            return int(result.rowcount or 0)
+
+    def end(self, holder: str, now: datetime | None = None) -> int:
+        """Close the open interval(s) of ``holder``; how many were closed (0 when none)."""
+        closed = self._close(UsageInterval.holder == holder, now)
+        if closed:
+            log.info("GPU usage ended for %s", holder)
+        return closed
+
+    def close_all_except(self, holders: Iterable[str], now: datetime | None = None) -> int:
+        """Close every open interval whose holder is not in ``holders`` (after a hub restart)."""
+        closed = self._close(UsageInterval.holder.not_in(set(holders)), now)
+        if closed:
+            log.info("Closed %d GPU usage interval(s) of servers that are gone", closed)
+        return closed
+
+    # ---- reports --------------------------------------------------------------------------
+
+    def _overlapping(self, since: datetime, now: datetime, user: str | None = None) -> list[UsageInterval]:
+        query = select(UsageInterval).where(
+            UsageInterval.started_at < now,
+            UsageInterval.ended_at.is_(None) | (UsageInterval.ended_at > since),
+        )
+        if user is not None:
+            query = query.where(UsageInterval.user == user)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def gpu_seconds(self, user: str, since: datetime, now: datetime) -> float:
+        """GPU-seconds ``user`` used in [since, now]: intervals clipped at both ends, open ones up to now."""
+        since, now = as_utc(since), as_utc(now)
+        return sum(_overlap_seconds(row, since, now) for row in self._overlapping(since, now, user))
+
+    def usage_by_user(self, since: datetime, now: datetime) -> dict[str, float]:
+        """GPU-seconds per user in [since, now], for users with any usage in it."""
+        since, now = as_utc(since), as_utc(now)
+        usage: dict[str, float] = {}
+        for row in self._overlapping(since, now):
+            usage[row.user] = usage.get(row.user, 0.0) + _overlap_seconds(row, since, now)
+        return usage
+
+    def open_allocations(self) -> list[dict[str, Any]]:
+        """The open intervals, oldest first: user, server, unit_id, pool, node, holder, started_at."""
+        query = select(UsageInterval).where(UsageInterval.ended_at.is_(None))
+        with self._session() as session:
+            rows = session.scalars(query.order_by(UsageInterval.started_at, UsageInterval.id))
+            return [row.as_dict() for row in rows]
+
+    # ---- per-user quota overrides ---------------------------------------------------------
+
+    def get_override(self, user: str) -> dict[str, Any]:
+        """The quota fields set for ``user`` alone; ``{}`` when none."""
+        with self._session() as session:
+            row = session.get(UserQuota, user)
+            if row is None:
+                return {}
+            try:
+                values = json.loads(row.values)
+            except ValueError:
+                log.warning("Ignoring unreadable quota override of %s", user)
+                return {}
+            return values if isinstance(values, dict) else {}
+
+    def set_override(self, user: str, values: Mapping[str, Any], by: str) -> None:
+        """Replace the quota override of ``user`` with ``values`` (stored as JSON)."""
+        encoded = json.dumps(dict(values), sort_keys=True)
+        for attempt in range(2):
+            try:
+                with self._session.begin() as session:
+                    row = session.get(UserQuota, user) or UserQuota(user=user)
+                    row.values, row.updated_at, row.updated_by = encoded, utcnow(), by
+                    session.add(row)
+                break
+            except IntegrityError:
+                if attempt:  # inserted concurrently twice in a row: give up
+                    raise
+        log.info("Quota override of %s set by %s: %s", user, by, encoded)
+
+    def delete_override(self, user: str) -> None:
+        """Remove the quota override of ``user`` (nothing happens when there is none)."""
+        with self._session.begin() as session:
+            row = session.get(UserQuota, user)
+            if row is not None:
+                session.delete(row)
+                log.info("Quota override of %s deleted", user)
+
+    def dispose(self) -> None:
+        """Close the engine's connections."""
+        self.engine.dispose()
