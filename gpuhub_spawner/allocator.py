@@ -55,6 +55,18 @@ class _UnitPool:
         if unit_id not in self._free:
             self._free.add(unit_id)
             self._queue.append(unit_id)
+            if len(self._queue) > 2 * self.size + 16:
+                self.compact()
+
+    def compact(self) -> None:
+        """Drop queue entries of units that are no longer free (left by remove())."""
+        seen: set[str] = set()
+        kept = deque()
+        for unit_id in self._queue:
+            if unit_id in self._free and unit_id not in seen:
+                seen.add(unit_id)
+                kept.append(unit_id)
+        self._queue = kept
 
     @property
     def free(self) -> int:
@@ -116,6 +128,11 @@ class Ledger:
     def holders(self) -> dict[str, str]:
         """holder -> unit id, a copy."""
         return dict(self._unit_of)
+
+    def compact(self) -> None:
+        """After many hold() calls (a rebuild from labels), keep the next take() O(1)."""
+        for unit_pool in self._pools.values():
+            unit_pool.compact()
 
     def free_count(self, pool: str) -> int:
         unit_pool = self._pools.get(pool)
@@ -220,6 +237,8 @@ class Allocator:
                     rec.unit_id,
                     rec.holder,
                 )
+        if startup:
+            self.ledger.compact()
         for holder in list(self.ledger.holders()):
             if holder not in seen and holder not in self._pending:
                 unit = self.ledger.release(holder)

@@ -248,6 +248,17 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def _default_gpu_options_form(self) -> Any:
         return type(self)._render_gpu_form
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self) -> Any:
+        # the profile is checked (with the user's quota) when the server is created; this only
+        # tells JupyterHub that 'profile' is handled, and flags anything else
+        def note_options(spawner: Any, user_options: dict) -> None:
+            unknown = sorted(set(user_options or {}) - {"profile"})
+            if unknown:
+                spawner.log.warning("Ignoring unknown user_options for %s: %s", spawner._log_name, unknown)
+
+        return note_options
+
     @default("options_from_form")
     def _default_gpu_options_from_form(self) -> Any:
         return forms.options_from_form
@@ -288,7 +299,12 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     @property
     def gpu_inventory_resolved(self) -> Inventory:
-        return resolve_inventory(list(self.gpu_inventory), self.gpu_discovery, int(self.gpu_replicas_per_gpu))
+        # config does not change while the hub runs: resolve once per spawner
+        cached = self.__dict__.get("_inventory")
+        if cached is None:
+            cached = resolve_inventory(list(self.gpu_inventory), self.gpu_discovery, int(self.gpu_replicas_per_gpu))
+            self.__dict__["_inventory"] = cached
+        return cached
 
     @property
     def profiles(self) -> list[Profile]:

@@ -485,3 +485,19 @@ async def test_pending_reservation_survives_a_resync():
         assert alloc.unit_of("a") == unit
         engine.run("a", unit)
     assert alloc.free_counts() == {"gpu": 0}
+
+
+def test_rebuild_leaves_no_stale_queue_entries():
+    # after holding most units (a hub restart re-adopting them), the next take is O(1):
+    # the free queue holds exactly the free units, once each
+    units = [Unit(f"GPU-c{i}", "gpu", "gpu", f"GPU-c{i}", f"GPU-c{i}") for i in range(100)]
+    ledger = Ledger(Inventory(tuple(units)))
+    for i in range(90):
+        assert ledger.hold(f"GPU-c{i}", f"h{i}")
+    ledger.compact()
+    queue = ledger._pools["gpu"]._queue
+    assert sorted(queue) == sorted(f"GPU-c{i}" for i in range(90, 100))
+    for i in range(90):  # churn never grows the queue without bound
+        ledger.release(f"h{i}")
+        assert ledger.take("gpu", f"h{i}") is not None
+    assert len(ledger._pools["gpu"]._queue) <= 2 * 100 + 16
