@@ -21,8 +21,9 @@
 #   GPUHUB_QUEUE_MAX_WAIT   seconds a spawn waits in line for a GPU (300; 0 refuses at once)
 #   GPUHUB_TUTORIALS        tutorials volume name or absolute host path (gpuhub-tutorials)
 #   GPUHUB_ADMIN_USERS      comma-separated admin usernames
-#   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS,
-#   GPUHUB_ALLOWED_USERS    sign in with GitHub instead of the shared password
+#   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS
+#   (orgs or org:team), GPUHUB_ALLOWED_USERS, GPUHUB_GITHUB_ADMIN_TEAMS, JUPYTERHUB_CRYPT_KEY
+#                           sign in with GitHub instead of the shared password
 #   GPUHUB_TUTORIALS_REPO   Git URL of the tutorials; starts the tutorial-sync service, which
 #                           publishes GPUHUB_TUTORIALS_BRANCH (main) into GPUHUB_DATA_DIR/tutorials
 #   GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, GPUHUB_TUTORIALS_POLL_INTERVAL (60)
@@ -104,7 +105,17 @@ if tutorials_repo:
 admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",") if u.strip()}
 c.Authenticator.admin_users = admins
 if os.environ.get("GITHUB_CLIENT_ID"):
-    c.JupyterHub.authenticator_class = "github"
+    # GitHub sign-in: orgs and org:team allowlists, a roster (users an admin put in the
+    # "roster" group), GitHub teams mirrored as groups named org:team, admin teams
+    c.JupyterHub.authenticator_class = "gpuhub-github"
+    c.Authenticator.allow_all = False
+    c.GPUHubGitHubAuthenticator.admin_teams = {
+        t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()
+    }
+    if os.environ.get("JUPYTERHUB_CRYPT_KEY"):
+        # auth state lets the hub re-check membership on refresh, so removed attendees lose access
+        c.GPUHubGitHubAuthenticator.enable_auth_state = True
+        c.Authenticator.auth_refresh_age = 900
     c.GitHubOAuthenticator.oauth_callback_url = os.environ.get(
         "GPUHUB_OAUTH_CALLBACK_URL", c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
     )

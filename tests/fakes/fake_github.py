@@ -1,0 +1,187 @@
+"""A FAKE GitHub, for tests only: the OAuth web flow and the few REST calls oauthenticator makes.
+
+GitHub cannot be reached from the test machines, so :class:`FakeGitHub` serves, on 127.0.0.1
+in a thread, exactly what oauthenticator 17.4's ``GitHubOAuthenticator`` calls when
+``github_url`` points at it (the API then lives under ``/api/v3``, as on GitHub Enterprise):
+
+- ``GET  /login/oauth/authorize``: no sign-in page; redirects at once to ``redirect_uri`` with a
+  code for whoever :attr:`FakeGitHub.signed_in` names, and the ``state``;
+- ``POST /login/oauth/access_token``: the code (and PKCE verifier) for a token, errors the way
+  GitHub reports them (HTTP 200 with ``error``/``error_description``);
+- ``GET /user``, ``/user/orgs``, ``/user/teams`` (one page, no ``Link`` header);
+- ``GET /orgs/{org}/members/{user}`` and ``/orgs/{org}/teams/{team}/members/{user}``
+  (the legacy team-member call oauthenticator uses for ``org:team``): 204 or 404.
+
+Users, orgs and teams live in :attr:`FakeGitHub.users` and may be changed while a hub uses the
+fake (``github.users["ann"].teams.discard("acme:gpu")``). Production code never imports this.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+API = "/api/v3"
+NOT_FOUND = (404, {}, {"message": "Not Found"})
+
+
+@dataclass
+class FakeUser:
+    login: str
+    id: int
+    orgs: set[str] = field(default_factory=set)
+    teams: set[str] = field(default_factory=set)  # "<org>:<team-slug>"
+
+    def in_org(self, org: str) -> bool:
+        """A team member is an org member, as on GitHub."""
+        return org.lower() in {o.lower() for o in self.orgs} | {t.split(":")[0].lower() for t in self.teams}
+
+    def in_team(self, org: str, team: str) -> bool:
+        return f"{org}:{team}".lower() in {t.lower() for t in self.teams}
+
+
+class FakeGitHub:
+    """A fake github.com on a free local port; use as a context manager."""
+
+    def __init__(self, client_id: str = "fake-client-id", client_secret: str = "fake-client-secret"):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.users: dict[str, FakeUser] = {}
+        self.signed_in: str | None = None  # the browser's GitHub session, for /login/oauth/authorize
+        self.calls: list[str] = []  # "GET /path" of every request served
+        self._codes: dict[str, tuple[str, str, str | None]] = {}  # code -> (login, scope, PKCE challenge)
+        self._tokens: dict[str, str] = {}  # access token -> login
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server, "FakeGitHub is not started"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def add_user(self, login: str, orgs: set[str] = frozenset(), teams: set[str] = frozenset()) -> FakeUser:
+        user = FakeUser(login, 1000 + len(self.users), set(orgs), set(teams))
+        self.users[login.lower()] = user
+        return user
+
+    def issue_code(self, login: str, scope: str = "read:org", challenge: str | None = None) -> str:
+        """What the authorize page does once ``login`` clicks "Authorize"."""
+        code = secrets.token_hex(10)
+        with self._lock:
+            self._codes[code] = (login, scope, challenge)
+        return code
+
+    # ---- server -------------------------------------------------------------------------
+
+    def start(self) -> FakeGitHub:
+        handler = type("Handler", (_Handler,), {"github": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._server.serve_forever, name="fake-github", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeGitHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- endpoints: each returns (status, headers, body) -----------------------------------
+
+    def authorize(self, q: dict[str, str], headers: Any) -> tuple[int, dict, Any]:
+        if q.get("client_id") != self.client_id:
+            return NOT_FOUND
+        if not self.signed_in:
+            return 403, {}, {"message": "nobody is signed in to the fake GitHub (set FakeGitHub.signed_in)"}
+        code = self.issue_code(self.signed_in, q.get("scope", ""), q.get("code_challenge"))
+        back = {"code": code, **({"state": q["state"]} if "state" in q else {})}
+        sep = "&" if "?" in q["redirect_uri"] else "?"
+        return 302, {"Location": q["redirect_uri"] + sep + urlencode(back)}, None
+
+    def access_token(self, form: dict[str, str], headers: Any) -> tuple[int, dict, Any]:
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if headers.get("Authorization", "").startswith("Basic "):
+            client_id, _, secret = base64.b64decode(headers["Authorization"][6:]).decode().partition(":")
+        if (client_id, secret) != (self.client_id, self.client_secret):
+            return 200, {}, {"error": "incorrect_client_credentials", "error_description": "bad client"}
+        with self._lock:
+            login, scope, challenge = self._codes.pop(form.get("code", ""), (None, "", None))
+        verifier = form.get("code_verifier", "")
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if login is None or (challenge and digest != challenge):
+            error = "The code passed is incorrect or expired."
+            return 200, {}, {"error": "bad_verification_code", "error_description": error}
+        token = "gho_" + secrets.token_hex(16)
+        with self._lock:
+            self._tokens[token] = login
+        # GitHub lists granted scopes comma-separated
+        return 200, {}, {"access_token": token, "token_type": "bearer", "scope": ",".join(scope.split())}
+
+    def api(self, path: str, headers: Any) -> tuple[int, dict, Any]:
+        kind, _, token = headers.get("Authorization", "").partition(" ")
+        login = self._tokens.get(token) if kind.lower() in ("bearer", "token") else None
+        me = self.users.get((login or "").lower())
+        if me is None:
+            return 401, {}, {"message": "Bad credentials"}
+        if path == "/user":
+            return 200, {}, {"login": me.login, "id": me.id, "name": me.login.title(), "email": None}
+        if path == "/user/orgs":
+            orgs = sorted({o for o in me.orgs} | {t.split(":")[0] for t in me.teams})
+            return 200, {}, [{"login": o} for o in orgs]
+        if path == "/user/teams":
+            teams = [t.split(":") for t in sorted(me.teams)]
+            return 200, {}, [{"slug": t, "name": t, "organization": {"login": o}} for o, t in teams]
+        if m := re.fullmatch(r"/orgs/([^/]+)/members/([^/]+)", path):
+            user = self.users.get(m[2].lower())
+            return (204, {}, None) if user and user.in_org(m[1]) else NOT_FOUND
+        if m := re.fullmatch(r"/orgs/([^/]+)/teams/([^/]+)/members/([^/]+)", path):
+            user = self.users.get(m[3].lower())
+            return (204, {}, None) if user and user.in_team(m[1], m[2]) else NOT_FOUND
+        return NOT_FOUND
+
+
+class _Handler(BaseHTTPRequestHandler):
+    github: FakeGitHub
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/login/oauth/authorize":
+            self._reply(*self.github.authorize(query, self.headers))
+        elif url.path.startswith(API + "/"):
+            self._reply(*self.github.api(url.path.removeprefix(API), self.headers))
+        else:
+            self._reply(*NOT_FOUND)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        if urlsplit(self.path).path == "/login/oauth/access_token":
+            form = {k: v[0] for k, v in parse_qs(body).items()}
+            self._reply(*self.github.access_token(form, self.headers))
+        else:
+            self._reply(*NOT_FOUND)
+
+    def _reply(self, status: int, headers: dict[str, str], body: Any) -> None:
+        self.github.calls.append(f"{self.command} {urlsplit(self.path).path}")
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        for k, v in {"Content-Type": "application/json", **headers}.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass

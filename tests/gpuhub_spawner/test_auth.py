@@ -1,0 +1,332 @@
+"""GPUHubGitHubAuthenticator against a fake GitHub: first alone, then inside a real JupyterHub."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import textwrap
+import time
+
+import pytest
+import requests
+from fakes.fake_github import FakeGitHub
+from harness import HubProcess
+from jupyterhub import orm
+from jupyterhub.app import JupyterHub
+from traitlets import TraitError
+
+from gpuhub_spawner.auth import GPUHubGitHubAuthenticator, team_names
+
+
+@pytest.fixture(scope="module")
+def github():
+    with FakeGitHub() as gh:
+        gh.add_user("ann", teams={"acme:gpu"})
+        gh.add_user("bob", orgs={"acme"}, teams={"acme:cooks"})
+        gh.add_user("eve", teams={"acme:gpu"})
+        gh.add_user("ada", teams={"acme:staff", "other:x"})
+        gh.add_user("rory")
+        gh.add_user("nora")
+        yield gh
+
+
+@pytest.fixture
+def hub_app():
+    """A JupyterHub application with its database, as the authenticator's parent (no server)."""
+    app = JupyterHub(db_url="sqlite://")
+    app.init_db()
+    yield app
+    app.db.close()
+
+
+def make(github, parent=None, **config) -> GPUHubGitHubAuthenticator:
+    return GPUHubGitHubAuthenticator(
+        parent=parent,
+        github_url=github.url,
+        client_id=github.client_id,
+        client_secret=github.client_secret,
+        oauth_callback_url="http://127.0.0.1/hub/oauth_callback",
+        enable_pkce=False,  # the real hub test below runs the PKCE flow
+        **config,
+    )
+
+
+class CallbackHandler:
+    """What oauthenticator reads from the /hub/oauth_callback request (PKCE off)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def get_argument(self, name: str, default=None):
+        return self.code if name == "code" else default
+
+
+class HubUser:
+    """What refresh_user reads from JupyterHub's User."""
+
+    def __init__(self, name: str, auth_state: dict):
+        self.name = name
+        self.auth_state = auth_state
+
+    async def get_auth_state(self):
+        return self.auth_state
+
+
+async def sign_in(auth: GPUHubGitHubAuthenticator, github: FakeGitHub, login: str):
+    """JupyterHub's own entry point: authenticate, blocked_users, check_allowed. None = 403."""
+    return await auth.get_authenticated_user(CallbackHandler(github.issue_code(login)), None)
+
+
+def add_hub_user(app: JupyterHub, name: str, groups: set[str]) -> None:
+    user = orm.User(name=name)
+    app.db.add(user)
+    for g in groups:
+        group = orm.Group.find(app.db, g) or orm.Group(name=g)
+        app.db.add(group)
+        user.groups.append(group)
+    app.db.commit()
+
+
+# ---- alone: oauthenticator's rules, kept ----------------------------------------------------
+
+ACCESS = [
+    ("team-member", {"allowed_organizations": {"acme:gpu"}}, "ann", True),
+    ("org-member-other-team", {"allowed_organizations": {"acme:gpu"}}, "bob", False),
+    ("org-allowed", {"allowed_organizations": {"acme"}}, "bob", True),
+    ("in-no-org", {"allowed_organizations": {"acme"}}, "rory", False),
+    ("blocked-team-member", {"allowed_organizations": {"acme:gpu"}, "blocked_users": {"eve"}}, "eve", False),
+    ("allowed-users", {"allowed_users": {"nora"}}, "nora", True),
+    ("admin-team-member", {"admin_teams": {"acme:staff"}}, "ada", True),
+    ("nothing-configured", {}, "ann", False),
+]
+
+
+@pytest.mark.parametrize("config, login, allowed", [c[1:] for c in ACCESS], ids=[c[0] for c in ACCESS])
+async def test_access(github, config, login, allowed):
+    model = await sign_in(make(github, **config), github, login)
+    assert (model is not None) is allowed
+
+
+async def test_team_check_uses_the_team_member_endpoint(github):
+    github.calls.clear()
+    assert await sign_in(make(github, allowed_organizations={"acme:gpu"}), github, "ann")
+    assert "GET /api/v3/orgs/acme/teams/gpu/members/ann" in github.calls
+
+
+ADMIN = [
+    ("admin-team", {"admin_teams": {"acme:staff"}}, "ada", True),
+    ("admin-team-any-case", {"admin_teams": {"ACME:Staff"}}, "ada", True),
+    ("not-in-admin-team-revoked", {"admin_teams": {"acme:staff"}}, "ann", False),
+    ("admin-users-kept", {"admin_teams": {"acme:staff"}, "admin_users": {"ann"}}, "ann", True),
+    ("no-admin-teams-unchanged", {}, "ann", None),
+]
+
+
+@pytest.mark.parametrize("config, login, admin", [c[1:] for c in ADMIN], ids=[c[0] for c in ADMIN])
+async def test_admin(github, config, login, admin):
+    model = await sign_in(make(github, allowed_organizations={"acme"}, **config), github, login)
+    assert model["admin"] is admin
+
+
+async def test_teams_become_group_names(github):
+    auth = make(github, allowed_organizations={"acme"})
+    assert (auth.scope, auth.manage_groups, auth.populate_teams_in_auth_state) == (["read:org"], True, True)
+    model = await sign_in(auth, github, "ada")
+    assert model["groups"] == ["acme:staff", "other:x"]
+    assert team_names(model["auth_state"]) == {"acme:staff", "other:x"}
+
+
+async def test_team_groups_off(github):
+    auth = make(github, allowed_organizations={"acme"}, team_groups=False)
+    assert (auth.manage_groups, auth.populate_teams_in_auth_state) == (False, False)
+    model = await sign_in(auth, github, "ada")
+    assert "groups" not in model and "teams" not in model["auth_state"]
+
+
+@pytest.mark.parametrize(
+    "trait, value",
+    [("admin_teams", {"staff"}), ("admin_teams", {"acme:"}), ("roster_groups", {"acme:gpu"})],
+    ids=["team-without-org", "empty-team", "roster-with-colon"],
+)
+def test_bad_config_is_refused_with_the_fix(github, trait, value):
+    with pytest.raises(TraitError, match=f"GPUHubGitHubAuthenticator.{trait}: .*e.g."):
+        make(github, **{trait: value})
+
+
+@pytest.mark.parametrize(
+    "config, warned",
+    [
+        ({}, True),
+        ({"enable_auth_state": True}, False),
+        ({"enable_auth_state": True, "auth_refresh_age": 0}, True),
+    ],
+    ids=["no-auth-state", "rechecked", "refresh-off"],
+)
+def test_start_up_warns_when_access_is_never_rechecked(github, caplog, config, warned):
+    auth = make(github, allowed_organizations={"acme"}, log=logging.getLogger("test_auth"), **config)
+    with caplog.at_level(logging.WARNING, logger="test_auth"):
+        auth.check_allow_config()
+    assert ("checked only at sign-in" in caplog.text) is warned
+
+
+# ---- alone, with the hub's database: roster and kept groups ---------------------------------
+
+ROSTER = [
+    ("in-roster-group", {}, {"roster"}, True),
+    ("in-other-group", {}, {"cpu-only"}, False),
+    ("custom-roster-group", {"roster_groups": {"day1", "day2"}}, {"day2"}, True),
+    ("roster-off", {"roster_groups": set()}, {"roster"}, False),
+    ("not-a-hub-user", {}, None, False),
+]
+
+
+@pytest.mark.parametrize("config, groups, allowed", [c[1:] for c in ROSTER], ids=[c[0] for c in ROSTER])
+async def test_roster(github, hub_app, config, groups, allowed):
+    if groups is not None:
+        add_hub_user(hub_app, "rory", groups)
+    auth = make(github, hub_app, allowed_organizations={"acme"}, **config)
+    assert ((await sign_in(auth, github, "rory")) is not None) is allowed
+
+
+async def test_sign_in_keeps_admin_groups_and_replaces_team_groups(github, hub_app):
+    add_hub_user(hub_app, "ann", {"roster", "cpu-only", "acme:old-team"})
+    model = await sign_in(make(github, hub_app, allowed_organizations={"acme"}), github, "ann")
+    assert model["groups"] == ["acme:gpu", "cpu-only", "roster"]
+
+
+async def test_refresh_follows_teams_then_refuses(github, hub_app):
+    github.add_user("tim", teams={"acme:gpu", "acme:cooks"})
+    auth = make(github, hub_app, allowed_organizations={"acme:gpu"}, enable_auth_state=True)
+    user = HubUser("tim", (await sign_in(auth, github, "tim"))["auth_state"])
+
+    github.users["tim"].teams.discard("acme:cooks")
+    assert (await auth.refresh_user(user))["groups"] == ["acme:gpu"]
+
+    github.users["tim"].teams.clear()  # out of the allowed team: a new login is required
+    assert await auth.refresh_user(user) is False
+
+    add_hub_user(hub_app, "tim", {"roster"})  # ...unless on the roster
+    assert (await auth.refresh_user(user))["groups"] == ["roster"]
+
+    auth.blocked_users = {"tim"}
+    assert await auth.refresh_user(user) is False
+
+
+# ---- inside a real JupyterHub --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hub(github, docker_client, tmp_path_factory, request):
+    extra = textwrap.dedent(
+        f"""
+        import os
+        c.JupyterHub.authenticator_class = "gpuhub_spawner.auth.GPUHubGitHubAuthenticator"
+        c.Authenticator.allow_all = False  # the embedded default allows all (shared password)
+        c.GPUHubGitHubAuthenticator.github_url = {github.url!r}
+        c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
+        c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
+        c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
+        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
+        c.GPUHubGitHubAuthenticator.admin_teams = {{"acme:staff"}}
+        c.GPUHubGitHubAuthenticator.enable_auth_state = True
+        c.GPUHubGitHubAuthenticator.auth_refresh_age = 2
+        """
+    )
+    hub = HubProcess(tmp_path_factory.mktemp("auth-hub"), extra=extra)
+    failed_before = request.session.testsfailed
+    hub.start(env={"JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32)})
+    yield hub
+    if request.session.testsfailed > failed_before:
+        print(f"\n---- hub {hub.hub_id} log ----\n{hub.log_tail(120)}")
+    hub.cleanup(docker_client)
+
+
+def hub_login(hub: HubProcess, github: FakeGitHub, login: str) -> tuple[requests.Session, requests.Response]:
+    """The browser's OAuth round trip, one redirect at a time (the last one would spawn)."""
+    s = requests.Session()
+    github.signed_in = login
+    r = s.get(hub.url + "/hub/oauth_login", allow_redirects=False, timeout=10)
+    assert r.status_code == 302, r.text
+    assert r.headers["Location"].startswith(github.url + "/login/oauth/authorize")
+    r = s.get(r.headers["Location"], allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and "/hub/oauth_callback?" in r.headers["Location"], r.text
+    return s, s.get(r.headers["Location"], allow_redirects=False, timeout=30)
+
+
+def home(hub: HubProcess, s: requests.Session) -> int:
+    return s.get(hub.url + "/hub/home", allow_redirects=False, timeout=10).status_code
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_rostered_user_in_no_org_gets_in(hub, github):
+    hub.create_users(["rory"])
+    assert hub.api("POST", "/groups/roster").status_code in (201, 409)
+    assert hub.api("POST", "/groups/roster/users", json={"users": ["rory"]}).ok
+
+    s, r = hub_login(hub, github, "rory")
+    assert r.status_code == 302, r.text
+    assert home(hub, s) == 200
+    assert hub.user("rory")["groups"] == ["roster"]  # sign-in kept the admin's group
+    log = hub.log_path.read_text()
+    assert "Allowing rory: on the roster" in log
+    assert "Authenticator.db is deprecated" not in log  # the roster reads JupyterHub.db
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_user_in_no_org_and_not_rostered_is_refused(hub, github):
+    s, r = hub_login(hub, github, "nora")
+    assert r.status_code == 403
+    assert home(hub, s) == 302
+    assert hub.api("GET", "/users/nora").status_code == 404
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_team_member_lands_in_team_group_and_admin_team_is_admin(hub, github):
+    s, r = hub_login(hub, github, "ann")
+    assert r.status_code == 302, r.text
+    assert home(hub, s) == 200
+    assert (hub.user("ann")["groups"], hub.user("ann")["admin"]) == (["acme:gpu"], False)
+
+    s, r = hub_login(hub, github, "ada")
+    assert r.status_code == 302, r.text
+    assert (sorted(hub.user("ada")["groups"]), hub.user("ada")["admin"]) == (["acme:staff", "other:x"], True)
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_refresh_follows_teams_and_ends_access(hub, github):
+    github.add_user("remy", teams={"acme:gpu", "acme:cooks"})
+    s, r = hub_login(hub, github, "remy")
+    assert r.status_code == 302, r.text
+    assert sorted(hub.user("remy")["groups"]) == ["acme:cooks", "acme:gpu"]
+
+    github.users["remy"].teams.discard("acme:cooks")
+    time.sleep(2.2)  # auth_refresh_age
+    assert home(hub, s) == 200
+    assert sorted(hub.user("remy")["groups"]) == ["acme:gpu"]
+
+    github.users["remy"].teams.clear()
+    time.sleep(2.2)
+    assert home(hub, s) == 302  # refresh_user said False: sign in again...
+    assert hub_login(hub, github, "remy")[1].status_code == 403  # ...which is refused
+
+
+def test_embedded_config_switches_to_github_sign_in(hub_factory):
+    # jupyterhub_config.py picks the gpuhub GitHub authenticator when a client id is set
+    hub = hub_factory({}, start=False)
+    hub.start(
+        env={
+            "GITHUB_CLIENT_ID": "client-id",
+            "GITHUB_CLIENT_SECRET": "client-secret",
+            "GPUHUB_GITHUB_ORGS": "acme:gpu",
+            "GPUHUB_GITHUB_ADMIN_TEAMS": "acme:staff",
+        }
+    )
+    log = hub.log_path.read_text()
+    assert "Using Authenticator: gpuhub_spawner.auth.GPUHubGitHubAuthenticator" in log
+    assert "sign in with any username" not in log  # no shared password once GitHub is configured
+    r = requests.get(hub.url + "/hub/login", timeout=10)
+    assert r.ok and "Sign in with GitHub" in r.text
