@@ -3,6 +3,7 @@
 #   - a Docker engine (Debian's docker.io), started here if none is running
 #   - the Python virtual environment .venv with gpuhub installed (and its test extra)
 #   - configurable-http-proxy (npm)
+#   - for the tests: PostgreSQL server binaries and Debian's Chromium + chromedriver
 #   - the local images (images/build.sh: debootstrap + docker import, no registry needed)
 # Environment: GPUHUB_SKIP_IMAGES=1 skips the image build.
 set -euo pipefail
@@ -16,6 +17,9 @@ command -v git >/dev/null || need_apt+=(git)
 command -v npm >/dev/null || need_apt+=(npm)
 # PostgreSQL server binaries: the ledger's tests run against a real, throwaway cluster
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# Debian's Chromium for the browser tests (tools that download their own browser cannot run here)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq

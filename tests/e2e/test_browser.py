@@ -1,0 +1,122 @@
+"""A person's path through the hub in a real browser (Debian's Chromium, headless).
+
+GitHub is the only fake (tests/fakes/fake_github.py); the hub, proxy, spawner, engine and
+JupyterLab are real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from fakes.fake_github import FakeGitHub
+from harness import HubProcess, container_of, fake_gpus, fake_mig_gpu
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (CHROMIUM and CHROMEDRIVER):
+        reason = "Debian's chromium and chromium-driver are not installed (deploy/setup-host.sh installs them)"
+        pytest.fail(reason) if IN_CI else pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--disable-quic", "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def github():
+    with FakeGitHub() as gh:
+        gh.add_user("ann", teams={"acme:gpu"})
+        yield gh
+
+
+def _hub(tmp_path: Path, github: FakeGitHub) -> HubProcess:
+    extra = textwrap.dedent(
+        f"""
+        import os
+        c.JupyterHub.authenticator_class = "gpuhub-github"
+        c.Authenticator.allow_all = False
+        c.GPUHubGitHubAuthenticator.github_url = {github.url!r}
+        c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
+        c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
+        c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
+        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
+        """
+    )
+    inventory = [fake_mig_gpu("br", ["1g.10gb", "1g.10gb"]), *fake_gpus(1, "br")]
+    return HubProcess(tmp_path / "hub", {"gpu_inventory": inventory}, extra=extra)
+
+
+def test_sign_in_pick_a_profile_watch_progress_land_in_jupyterlab(browser, github, docker_client, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hub = _hub(tmp_path, github)
+    github.signed_in = "ann"
+    hub.start()
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(hub.url + "/hub/login")
+        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+
+        # the options form: profiles with free counts, the shared-memory warning where it applies
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile]")))
+        form = browser.find_element(By.CSS_SELECTOR, ".gpuhub-profiles").text
+        assert "MIG 1g.10gb" in form and "2 of 2 free" in form and "CPU only" in form
+        browser.save_screenshot(str(tmp_path / "1-options.png"))
+        browser.find_element(By.CSS_SELECTOR, "input[name=profile][value='mig-1g-10gb']").click()
+        browser.find_element(By.CSS_SELECTOR, "form input[type=submit], form button[type=submit]").click()
+
+        # progress: the real steps, streamed into the page's event log while the server starts
+        seen = _progress_messages(browser, until="Assigned MIG 1g.10gb")
+        assert any("Reserving a MIG 1g.10gb" in m for m in seen), seen
+        browser.save_screenshot(str(tmp_path / "2-progress.png"))
+
+        WebDriverWait(browser, 180).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
+        assert "/user/ann/lab" in browser.current_url
+        browser.save_screenshot(str(tmp_path / "3-jupyterlab.png"))
+        unit = container_of(docker_client, hub, "ann").labels["org.gpuhub.unit"]
+        assert unit.startswith("MIG-br-")
+    finally:
+        if os.environ.get("GPUHUB_KEEP_SCREENSHOTS"):
+            shutil.copytree(tmp_path, os.environ["GPUHUB_KEEP_SCREENSHOTS"], dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("chromium-profile", "data", "*.sqlite"))
+        hub.cleanup(docker_client)
+
+
+def _progress_messages(browser, until: str, timeout: float = 120) -> list[str]:
+    """Text of the spawn-pending page's progress log (hidden inside a <details>), polled."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = browser.execute_script(
+            "const log = document.querySelector('#progress-log');"
+            "return log ? log.textContent : document.body.textContent;"
+        )
+        if until in text or "/lab" in browser.current_url:
+            break
+        time.sleep(0.2)
+    assert until in text, text
+    return [line.strip() for line in text.splitlines() if line.strip()]
