@@ -19,6 +19,8 @@
 #   GPUHUB_REPLICAS_PER_GPU time-slicing: servers per non-MIG GPU (1)
 #   GPUHUB_PROFILES         profiles as JSON, or @file (default: one per pool + CPU only)
 #   GPUHUB_QUEUE_MAX_WAIT   seconds a spawn waits in line for a GPU (300; 0 refuses at once)
+#   GPUHUB_QUOTA_DEFAULTS   quota of every user before group properties, JSON ({})
+#   GPUHUB_ADMIN_SERVICE_PORT  port of the "GPU Hub" admin service (8766)
 #   GPUHUB_TUTORIALS        tutorials volume name or absolute host path (gpuhub-tutorials)
 #   GPUHUB_ADMIN_USERS      comma-separated admin usernames
 #   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS
@@ -28,6 +30,7 @@
 #                           publishes GPUHUB_TUTORIALS_BRANCH (main) into GPUHUB_DATA_DIR/tutorials
 #   GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, GPUHUB_TUTORIALS_POLL_INTERVAL (60)
 #   GPUHUB_EXTRA_CONFIG     a Python config file loaded last, for anything else
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,6 +48,7 @@ try:
     profiles = hubconfig.env_json("GPUHUB_PROFILES", [])
     replicas = int(hubconfig.env_number("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1))
     queue_wait = hubconfig.env_number("GPUHUB_QUEUE_MAX_WAIT", 300)
+    quota_defaults = hubconfig.env_json("GPUHUB_QUOTA_DEFAULTS", {})
 except hubconfig.ConfigError as e:
     hubconfig.fail(str(e))
 
@@ -70,6 +74,30 @@ c.GPUDockerSpawner.gpu_queue_max_wait = queue_wait
 c.GPUDockerSpawner.tutorials_source = os.environ.get("GPUHUB_TUTORIALS", "gpuhub-tutorials")
 c.GPUDockerSpawner.usage_db_url = os.environ.get(
     "GPUHUB_USAGE_DB_URL", f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"
+)
+c.GPUDockerSpawner.quota_defaults = quota_defaults
+
+# ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
+c.JupyterHub.services.append(
+    {
+        "name": "gpuhub-admin",
+        "display": True,  # in the Services menu
+        "oauth_no_confirm": True,  # the hub's own admin-only service: no consent page
+        "url": "http://127.0.0.1:%s" % os.environ.get("GPUHUB_ADMIN_SERVICE_PORT", "8766"),
+        "command": [sys.executable, "-m", "hub_services.admin"],
+        "environment": {
+            "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
+            "GPUHUB_QUOTA_DEFAULTS": json.dumps(quota_defaults),
+        },
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "gpuhub-admin",
+        # create roster users, edit group quotas, see and stop servers: nothing more
+        "scopes": ["admin:users", "admin:groups", "read:servers", "delete:servers"],
+        "services": ["gpuhub-admin"],
+    }
 )
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"

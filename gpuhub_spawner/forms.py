@@ -23,12 +23,17 @@ def render_options_form(
     sizes: Mapping[str, int],
     waiting: Mapping[str, int],
     allowed: set[str] | None = None,
+    notice: str = "",
 ) -> str:
-    """HTML radio list of profiles with free counts; forbidden profiles are shown disabled."""
+    """HTML radio list of the profiles this user may pick, with free counts.
+
+    Profiles outside ``allowed`` are left out (the server refuses them anyway); ``notice`` is a
+    line shown above the list, such as the GPU time left.
+    """
     rows = []
     checked_done = False
-    for profile in profiles:
-        is_allowed = allowed is None or profile.slug in allowed
+    shown = [p for p in profiles if allowed is None or p.slug in allowed]
+    for profile in shown:
         if profile.cpu_only:
             status = "always available"
         else:
@@ -37,23 +42,27 @@ def render_options_form(
             if n_free == 0:
                 queued = waiting.get(profile.pool, 0)
                 status += f", {queued} waiting" if queued else ", you may have to wait"
-        if not is_allowed:
-            status = "not available to you"
         checked = ""
-        if is_allowed and not checked_done and (profile.default or profile is profiles[-1]):
+        if not checked_done and (profile.default or profile is shown[-1]):
             checked, checked_done = " checked", True
-        disabled = "" if is_allowed else " disabled"
         rows.append(
             '<div class="radio gpuhub-profile">\n'
-            f'  <label><input type="radio" name="profile" value="{escape(profile.slug)}"{checked}{disabled}>\n'
+            f'  <label><input type="radio" name="profile" value="{escape(profile.slug)}"{checked}>\n'
             f"  <strong>{escape(profile.display_name)}</strong>"
             f' <span class="text-muted">({escape(status)})</span>\n'
             f"  <br><small>{escape(profile.description)}</small></label>\n"
             "</div>"
         )
-    return '<div class="form-group gpuhub-profiles">\n<p>Choose what your server gets:</p>\n' + "\n".join(
-        rows
-    ) + "\n</div>"
+    if not rows:
+        rows.append("<p>No server profile is available to you. Ask the hub's admin.</p>")
+    head = f'<p class="gpuhub-notice">{escape(notice)}</p>\n' if notice else ""
+    return (
+        '<div class="form-group gpuhub-profiles">\n'
+        + head
+        + "<p>Choose what your server gets:</p>\n"
+        + "\n".join(rows)
+        + "\n</div>"
+    )
 
 
 def options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict[str, Any]:

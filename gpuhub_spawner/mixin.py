@@ -26,7 +26,15 @@ from .inventory import (
 )
 from .ledger import UsageLedger
 from .nvml import discover_or_none
-from .quotas import QuotaError, QuotaPolicy, check_spawn, parse_quota, period_bounds, resolve_policy
+from .quotas import (
+    QuotaError,
+    QuotaPolicy,
+    budget_left_seconds,
+    check_spawn,
+    parse_quota,
+    period_bounds,
+    resolve_policy,
+)
 from .volumes import check_source
 
 LABEL_PREFIX = "org.gpuhub."
@@ -429,9 +437,20 @@ class GPUSpawnerMixin(LoggingConfigurable):
             self.log.warning("Could not read GPU usage for the options form: %s", e)
         sizes = {pool: inventory.pool_size(pool) for pool in inventory.pools}
         waiting = {pool: allocator.queue_length(pool) for pool in inventory.pools}
+        policy = self.quota_policy()
+        allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
-            self.profiles, allocator.free_counts(), sizes, waiting, await self.allowed_profiles()
+            self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy)
         )
+
+    async def _budget_notice(self, policy: QuotaPolicy) -> str:
+        """'GPU time left this week: 1.5 h', when the user has a GPU-hour budget."""
+        if policy.gpu_hours_per_period is None or self.usage_ledger is None:
+            return ""
+        used = await self.gpu_seconds_used(policy, datetime.now(timezone.utc))
+        left = budget_left_seconds(policy, used) or 0.0
+        when = {"day": "today", "week": "this week", "month": "this month"}.get(policy.period, "in total")
+        return f"GPU time left {when}: {left / 3600:.1f} h of {policy.gpu_hours_per_period:g} h."
 
     async def reserve_unit(self, profile: Profile):
         """Context manager reserving a unit of ``profile``'s pool, with progress and errors."""

@@ -27,6 +27,26 @@ IMAGE = os.environ.get("GPUHUB_TEST_IMAGE", "gpuhub/singleuser:latest")
 TEST_LABEL = "org.gpuhub.test"
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,12 +98,13 @@ class HubProcess:
         config = textwrap.dedent(
             f"""
             c.JupyterHub.services.append({{"name": "gpuhub-test", "api_token": {self.token!r}}})
-            c.JupyterHub.load_roles = [{{
+            c.JupyterHub.load_roles.append({{
                 "name": "gpuhub-test",
                 "scopes": ["admin:users", "admin:servers", "read:servers", "tokens", "read:hub",
-                           "read:services", "read:roles:services", "admin:groups"],
+                           "read:services", "read:roles:services", "admin:groups",
+                           "access:services"],
                 "services": ["gpuhub-test"],
-            }}]
+            }})
             c.JupyterHub.log_level = "DEBUG"
             c.Spawner.start_timeout = 120
             c.JupyterHub.concurrent_spawn_limit = 200
@@ -99,6 +120,8 @@ class HubProcess:
                 "GPUHUB_BIND_URL": self.url,
                 "GPUHUB_HUB_PORT": str(free_port()),
                 "GPUHUB_PROXY_API_PORT": str(free_port()),
+                "GPUHUB_ADMIN_SERVICE_PORT": str(free_port()),
+                "GPUHUB_TUTORIAL_SYNC_PORT": str(free_port()),
                 "GPUHUB_EXTRA_CONFIG": str(extra_path),
                 "GPUHUB_IMAGE": IMAGE,
                 "GPUHUB_GPU_DISCOVERY": "static",
@@ -136,10 +159,20 @@ class HubProcess:
         raise RuntimeError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
 
     def kill(self) -> None:
-        """SIGKILL the hub process only (its proxy child survives, as in a real crash)."""
+        """SIGKILL the hub process (its proxy child survives, as in a real crash).
+
+        Its managed services are killed too: a restarted hub starts them again on the same
+        ports, which a real operator would see as "address in use" until they exit.
+        """
         if self.proc and self.proc.poll() is None:
+            services = [pid for pid in _children(self.proc.pid) if b"hub_services" in _cmdline(pid)]
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+            for pid in services:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -265,3 +298,20 @@ def server_env(container) -> dict[str, str]:
 def exec_as_user(container, cmd: str) -> tuple[int, str]:
     code, out = container.exec_run(["sh", "-c", cmd], user="1000")
     return code, out.decode(errors="replace")
+
+
+def render_form(hub: HubProcess, username: str) -> str:
+    """The spawn page's options form as ``username`` sees it (shared-password sign-in)."""
+    s = requests.Session()
+    password = (hub.data_dir / "shared-password").read_text().strip()
+    s.get(hub.url + "/hub/login", timeout=10)
+    r = s.post(
+        hub.url + "/hub/login",
+        data={"username": username, "password": password, "_xsrf": s.cookies.get("_xsrf")},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert r.status_code == 302, r.text
+    r = s.get(hub.url + "/hub/spawn", timeout=30)
+    assert r.ok, r.text
+    return r.text

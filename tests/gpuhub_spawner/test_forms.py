@@ -58,13 +58,18 @@ def test_form_checks_the_last_profile_when_none_is_default():
     assert html.count(" checked") == 1
 
 
-def test_form_disables_forbidden_profiles_and_checks_an_allowed_one():
+def test_form_leaves_out_forbidden_profiles_and_checks_an_allowed_one():
     html = render_options_form(PROFILES, {"gpu": 1}, {"gpu": 1}, {}, allowed={"big", "cpu"})
-    small = row(html, "small")
-    assert " disabled" in small and "(not available to you)" in small and " checked" not in small
-    assert " disabled" not in row(html, "big")
+    assert 'value="small"' not in html
+    assert 'value="big"' in html
     assert " checked" in row(html, "cpu")  # the default is forbidden: fall back to the last one
     assert html.count(" checked") == 1
+
+
+def test_form_shows_a_notice_and_says_when_nothing_is_allowed():
+    html = render_options_form(PROFILES, {}, {}, {}, allowed=set(), notice="GPU time left this week: 2.0 h")
+    assert "GPU time left this week: 2.0 h" in html
+    assert "No server profile is available to you" in html and 'name="profile"' not in html
 
 
 @pytest.mark.parametrize(

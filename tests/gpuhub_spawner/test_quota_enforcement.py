@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import container_of, fake_gpus
+from harness import container_of, fake_gpus, render_form
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -22,6 +22,8 @@ def test_group_quota_applies_on_the_next_spawn_without_restart(docker_client, hu
     hub.create_users(["wes"])
     _group(hub, "cpu-only", ["wes"], {"allowed_profiles": "cpu"})
 
+    form = render_form(hub, "wes")
+    assert 'value="cpu"' in form and 'value="gpu"' not in form  # the form offers only what is allowed
     r = hub.spawn("wes", {"profile": "gpu"})
     assert r.status_code == 400, r.text
     assert r.json()["message"] == "You may not use the profile 'gpu'. Choose another one."
@@ -83,6 +85,8 @@ def test_gpu_hour_budget_from_the_ledger(docker_client, hub_factory):
     assert r.status_code == 403, r.text
     message = r.json()["message"]
     assert "GPU-hours for this week; it resets on Monday" in message and "CPU-only server" in message
+    form = render_form(hub, "zoe")
+    assert "GPU time left this week: 0.0 h of 0.0003 h." in form
     assert hub.spawn("zoe", {"profile": "cpu"}).status_code in (201, 202)
 
     # the ledger (sqlite in the hub's data dir) survives a hub restart: still out of GPU time

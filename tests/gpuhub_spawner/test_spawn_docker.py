@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from harness import container_of, fake_gpus, fake_mig_gpu, server_env
+from harness import container_of, fake_gpus, fake_mig_gpu, render_form, server_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -177,29 +177,10 @@ def test_options_form_lists_profiles_with_free_counts(docker_client, hub_factory
     # the form as the spawner renders it for another user
     r = hub.api("GET", "/users/hank")
     assert r.ok
-    form = _render_form(hub)
+    form = render_form(hub, "ivy")
     assert "shared GPU slot" in form and "3 of 4 free" in form
     assert "NOT isolated" in form
     assert "CPU only" in form
-
-
-def _render_form(hub) -> str:
-    # the hub renders the form on the spawn page; fetch it as a signed-in user
-    import requests
-
-    s = requests.Session()
-    password = (hub.data_dir / "shared-password").read_text().strip()
-    s.get(hub.url + "/hub/login")
-    xsrf = s.cookies.get("_xsrf")
-    r = s.post(
-        hub.url + "/hub/login",
-        data={"username": "ivy", "password": password, "_xsrf": xsrf},
-        allow_redirects=False,
-    )
-    assert r.status_code == 302, r.text
-    r = s.get(hub.url + "/hub/spawn")
-    assert r.ok, r.text
-    return r.text
 
 
 def test_engine_errors_are_reported_as_json(docker_client, hub_factory):

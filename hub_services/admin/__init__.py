@@ -1,0 +1,1 @@
+"""The "GPU Hub" admin service: allocations, usage, quotas, roster import, stop a server."""

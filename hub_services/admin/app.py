@@ -1,0 +1,373 @@
+"""The "GPU Hub" admin service: a web page and a JSON API for hub admins only.
+
+Runs as a hub-managed service (``python -m hub_services.admin``), under its prefix:
+
+==============================================  ==============================================
+``GET  api/allocations``                         open GPU allocations from the usage ledger
+``GET  api/usage``                               per user: GPU-seconds this period, budget left
+``GET  api/quotas``                              defaults, group quota fields, user overrides
+``PUT  api/quotas/groups/{group}``               merge quota fields into the group's properties
+``PUT|DELETE api/quotas/users/{user}``           set or remove a user's override
+``POST api/roster``                              import ``github_username,group`` rows
+``POST api/servers/{user}[/{server}]/stop``      stop a server
+``GET  ``, ``quotas``, ``roster``                the HTML pages; their forms POST to the same
+                                                 paths without ``api/``
+==============================================  ==============================================
+
+Every route needs a hub user whose hub model says ``admin: true`` (HubOAuth: browser cookie
+after the OAuth flow, or ``Authorization: token ...``); anyone else gets 403.  Forms carry an
+``_xsrf`` token; API calls authenticated by a token header are exempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from typing import Any
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from traitlets import Dict, Float, Unicode, default
+from traitlets.config import Application
+
+from gpuhub_spawner.ledger import UsageLedger
+from gpuhub_spawner.quotas import FIELDS, QuotaError, parse_quota
+
+from . import core, pages
+from .hubapi import HubClient
+
+log = logging.getLogger(__name__)
+
+
+class Base(HubOAuthenticated, web.RequestHandler):
+    api = False
+
+    @property
+    def ctx(self) -> core.Context:
+        return self.settings["admin_context"]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings["admin_prefix"]
+
+    def check_hub_user(self, model: dict[str, Any]) -> dict[str, Any]:
+        model = super().check_hub_user(model)  # the token may access this service at all
+        if model.get("kind", "user") != "user" or model.get("admin") is not True:
+            log.warning("Refused %s %s: not a hub admin", model.get("kind", "user"), model.get("name"))
+            raise UserNotAllowed(model)
+        return model
+
+    def check_xsrf_cookie(self) -> None:
+        # Tornado checks before we know how the request is authenticated; with a token header
+        # the check is made in prepare(), once we know whether the token (not a cookie) was used.
+        if self.request.headers.get("Authorization"):
+            return
+        super().check_xsrf_cookie()
+
+    def prepare(self) -> None:
+        if self.current_user is None:
+            if self.api or self.request.method not in ("GET", "HEAD"):
+                raise web.HTTPError(403, "Only hub admins may use this service.")
+            self.redirect(self.get_login_url())  # raises 403 for a signed-in non-admin
+            return
+        if self.request.method not in ("GET", "HEAD") and not getattr(self, "_token_authenticated", False):
+            HubOAuthenticated.check_xsrf_cookie(self)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, core.AdminError):  # e.g. a bad name in the URL
+            self.send_error(e.status, exc_info=(type(e), e, None))
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, core.AdminError):
+            reason = exc.message
+        elif isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        if self.api:
+            self.finish(exc.as_dict() if isinstance(exc, core.AdminError) else {"error": reason})
+        else:
+            self.finish(pages.page(self.prefix, f"Error {status_code}", "", reason))
+
+    @property
+    def xsrf_input(self) -> str:
+        return self.xsrf_form_html()
+
+
+class ApiBase(Base):
+    api = True
+
+    def body_json(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except (ValueError, RecursionError):
+            raise web.HTTPError(400, "The body is not valid JSON.") from None
+
+    async def answer(self, coro: Any, status: int = 200) -> None:
+        try:
+            result = await coro
+        except core.AdminError as e:
+            self.set_status(e.status)
+            self.finish(e.as_dict())
+            return
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result))
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+class ApiAllocations(ApiBase):
+    async def get(self) -> None:
+        await self.answer(_value(core.allocations(self.ctx)))
+
+
+class ApiUsage(ApiBase):
+    async def get(self) -> None:
+        await self.answer(core.usage(self.ctx))
+
+
+class ApiQuotas(ApiBase):
+    async def get(self) -> None:
+        await self.answer(core.quotas(self.ctx))
+
+
+class ApiGroupQuota(ApiBase):
+    async def put(self, group: str) -> None:
+        await self.answer(
+            core.edit_group_quota(self.ctx, core.check_name(group, "group name"), self.body_json())
+        )
+
+
+class ApiUserQuota(ApiBase):
+    async def put(self, user: str) -> None:
+        body = self.body_json()
+        await self.answer(
+            core.set_override(self.ctx, core.check_name(user, "user name"), body, self.current_user["name"])
+        )
+
+    async def delete(self, user: str) -> None:
+        await self.answer(core.delete_override(self.ctx, core.check_name(user, "user name")))
+
+
+class ApiRoster(ApiBase):
+    async def post(self) -> None:
+        ctype = self.request.headers.get("Content-Type", "")
+        if "json" in ctype:
+            body = self.body_json()
+        else:
+            try:
+                body = self.request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise web.HTTPError(400, "The roster is not UTF-8 text.") from None
+        await self.answer(core.import_roster(self.ctx, body))
+
+
+class ApiStop(ApiBase):
+    async def post(self, user: str, server: str | None) -> None:
+        await self.answer(core.stop_server(self.ctx, core.check_name(user, "user name"), server), 202)
+
+
+class IndexPage(Base):
+    async def get(self, message: str = "") -> None:
+        try:
+            usage = await core.usage(self.ctx)
+        except core.AdminError as e:
+            usage, message = [], e.message
+        body = pages.index(self.prefix, self.xsrf_input, core.allocations(self.ctx), usage)
+        self.finish(pages.page(self.prefix, "GPU Hub", body, message))
+
+
+class QuotasPage(Base):
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, message: str = "", status: int = 200) -> None:
+        try:
+            data = await core.quotas(self.ctx)
+        except core.AdminError as e:
+            data = {"fields": list(FIELDS), "defaults": self.ctx.defaults, "groups": {}, "overrides": {}}
+            message = message or e.message
+        self.set_status(status)
+        self.finish(
+            pages.page(self.prefix, "Quotas", pages.quotas(self.prefix, self.xsrf_input, data), message)
+        )
+
+    def form_fields(self) -> dict[str, str]:
+        return {f: v for f in FIELDS if (v := self.get_body_argument(f, None)) is not None}
+
+    async def apply(self, coro: Any) -> None:
+        try:
+            await coro
+        except core.AdminError as e:
+            await self.show(e.message, e.status)
+            return
+        self.redirect(self.prefix + "quotas")
+
+
+class GroupQuotaForm(QuotasPage):
+    async def post(self, group: str) -> None:
+        await self.apply(
+            core.edit_group_quota(self.ctx, core.check_name(group, "group name"), self.form_fields())
+        )
+
+
+class UserQuotaForm(QuotasPage):
+    async def post(self, user: str | None = None, delete: str | None = None) -> None:
+        user = core.check_name(user or self.get_body_argument("user", "").strip(), "user name")
+        if delete:
+            await self.apply(core.delete_override(self.ctx, user))
+        else:
+            await self.apply(core.set_override(self.ctx, user, self.form_fields(), self.current_user["name"]))
+
+
+class RosterPage(Base):
+    async def get(self) -> None:
+        self.finish(pages.page(self.prefix, "Roster import", pages.roster(self.prefix, self.xsrf_input)))
+
+    async def post(self) -> None:
+        text = self.get_body_argument("roster", "")
+        try:
+            report, message = await core.import_roster(self.ctx, text), ""
+        except core.AdminError as e:
+            report, message = None, e.message
+        body = pages.roster(self.prefix, self.xsrf_input, text, report)
+        self.finish(pages.page(self.prefix, "Roster import", body, message))
+
+
+class StopForm(Base):
+    async def post(self, user: str, server: str | None) -> None:
+        try:
+            await core.stop_server(self.ctx, core.check_name(user, "user name"), server)
+        except core.AdminError as e:
+            await IndexPage.get(self, e.message)  # type: ignore[arg-type]
+            return
+        self.redirect(self.prefix)
+
+
+def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
+    name, opt_server = r"([^/]+)", r"(?:/([^/]+))?"
+    return [
+        (prefix, IndexPage),
+        (prefix + "oauth_callback", HubOAuthCallbackHandler),
+        (prefix + "quotas", QuotasPage),
+        (prefix + "quotas/groups/" + name, GroupQuotaForm),
+        (prefix + "quotas/users", UserQuotaForm),
+        (prefix + "quotas/users/" + name + "(/delete)?", UserQuotaForm),
+        (prefix + "roster", RosterPage),
+        (prefix + "servers/" + name + opt_server + "/stop", StopForm),
+        (prefix + "api/allocations", ApiAllocations),
+        (prefix + "api/usage", ApiUsage),
+        (prefix + "api/quotas", ApiQuotas),
+        (prefix + "api/quotas/groups/" + name, ApiGroupQuota),
+        (prefix + "api/quotas/users/" + name, ApiUserQuota),
+        (prefix + "api/roster", ApiRoster),
+        (prefix + "api/servers/" + name + opt_server + "/stop", ApiStop),
+    ]
+
+
+class AdminServiceApp(Application):
+    """gpuhub-admin: the "GPU Hub" admin page and JSON API, for hub admins only."""
+
+    name = "gpuhub-admin"
+    api_url = Unicode(config=True, help="The hub's REST API (env JUPYTERHUB_API_URL).")
+    api_token = Unicode(config=True, help="This service's hub API token (env JUPYTERHUB_API_TOKEN).")
+    usage_db_url = Unicode(config=True, help="The GPU usage ledger database URL (env GPUHUB_USAGE_DB_URL).")
+    quota_defaults = Dict(
+        config=True,
+        help="Quota defaults, as the spawner has them (env GPUHUB_QUOTA_DEFAULTS, JSON); "
+        'e.g. c.AdminServiceApp.quota_defaults = {"gpu_hours_per_period": 10}.',
+    )
+    hub_timeout = Float(20, config=True, help="Seconds one hub API request may take.")
+    service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
+    prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
+
+    aliases = {
+        "usage-db-url": "AdminServiceApp.usage_db_url",
+        "hub-timeout": "AdminServiceApp.hub_timeout",
+        "url": "AdminServiceApp.service_url",
+    }
+
+    @default("api_url")
+    def _api_url_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+
+    @default("api_token")
+    def _api_token_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    @default("usage_db_url")
+    def _usage_db_env(self) -> str:
+        return os.environ.get("GPUHUB_USAGE_DB_URL", "")
+
+    @default("quota_defaults")
+    def _defaults_env(self) -> dict[str, Any]:
+        text = os.environ.get("GPUHUB_QUOTA_DEFAULTS", "").strip()
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError:
+            raise SystemExit(
+                "gpuhub-admin: GPUHUB_QUOTA_DEFAULTS is not valid JSON; give a JSON object"
+            ) from None
+        if not isinstance(value, dict):
+            raise SystemExit("gpuhub-admin: GPUHUB_QUOTA_DEFAULTS must be a JSON object of quota fields")
+        return value
+
+    @default("service_url")
+    def _url_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8766")
+
+    @default("prefix")
+    def _prefix_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+
+    def make_context(self) -> core.Context:
+        if not self.usage_db_url or not self.api_token:
+            raise SystemExit(
+                "gpuhub-admin: set GPUHUB_USAGE_DB_URL and run it as a hub service (JUPYTERHUB_API_TOKEN)"
+            )
+        try:
+            parse_quota(self.quota_defaults, "quota defaults")
+        except QuotaError as e:
+            raise SystemExit(f"gpuhub-admin: {e}; fix GPUHUB_QUOTA_DEFAULTS") from None
+        hub = HubClient(self.api_url, self.api_token, self.hub_timeout)
+        return core.Context(hub, UsageLedger(self.usage_db_url), dict(self.quota_defaults))
+
+    def make_web_app(self, ctx: core.Context) -> web.Application:
+        prefix = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+        return web.Application(
+            routes(prefix),
+            admin_context=ctx,
+            admin_prefix=prefix,
+            cookie_secret=secrets.token_bytes(32),
+            xsrf_cookies=True,
+        )
+
+    def start(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+        ctx = self.make_context()
+        url = urlparse(self.service_url)
+        server = HTTPServer(self.make_web_app(ctx), xheaders=True)
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        log.info("GPU Hub admin service listening on %s%s", self.service_url, self.prefix)
+        try:
+            IOLoop.current().start()
+        except KeyboardInterrupt:  # the hub stops its services with SIGINT
+            log.info("GPU Hub admin service stopping")
+        finally:
+            ctx.ledger.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = AdminServiceApp()
+    app.initialize(argv)
+    app.start()

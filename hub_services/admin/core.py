@@ -1,0 +1,271 @@
+"""What the admin service does, shared by its JSON API and its HTML forms (one code path)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpuhub_spawner.ledger import UsageLedger, UserQuota
+from gpuhub_spawner.quotas import (
+    FIELDS,
+    QuotaError,
+    budget_left_seconds,
+    period_bounds,
+    resolve_policy,
+    validate_quota_edit,
+)
+
+from .hubapi import HubAPIError, HubClient, seg
+from .roster import USERNAME, parse_roster
+
+log = logging.getLogger(__name__)
+
+
+class AdminError(Exception):
+    """A request that cannot be done, with the status and a message an admin can act on."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        self.status = status
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.message, **({"field": self.field} if self.field else {})}
+
+
+@dataclass
+class Context:
+    hub: HubClient
+    ledger: UsageLedger
+    defaults: dict[str, Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(when: Any) -> Any:
+    return when.isoformat() if isinstance(when, datetime) else when
+
+
+def _jsonable(value: Any) -> Any:
+    return sorted(value) if isinstance(value, frozenset) else value
+
+
+def _hub_error(e: HubAPIError, what: str) -> AdminError:
+    if e.status == 404:
+        return AdminError(404, f"{what} does not exist")
+    return AdminError(502, f"the hub refused: {e.message}")
+
+
+def check_quota_body(body: Any) -> dict[str, Any]:
+    """Validated quota fields (JSON-able), or a 400 naming the field."""
+    try:
+        parsed = validate_quota_edit(body)
+    except QuotaError as e:
+        raise AdminError(400, str(e), e.field) from None
+    return {k: _jsonable(v) for k, v in parsed.items()}
+
+
+def allocations(ctx: Context) -> list[dict[str, Any]]:
+    return [
+        {
+            "user": a["user"],
+            "server": a["server"],
+            "unit": a["unit_id"],
+            "pool": a["pool"],
+            "node": a["node"],
+            "since": _iso(a["started_at"]),
+        }
+        for a in ctx.ledger.open_allocations()
+    ]
+
+
+async def _group_props(ctx: Context) -> dict[str, dict[str, Any]]:
+    try:
+        groups = await ctx.hub.groups()
+    except HubAPIError as e:
+        raise _hub_error(e, "groups") from None
+    return {g["name"]: g.get("properties") or {} for g in groups}
+
+
+async def usage(ctx: Context, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per user: GPU-seconds used this period, budget left, groups, running servers."""
+    now = now or utcnow()
+    try:
+        users = await ctx.hub.users()
+    except HubAPIError as e:
+        raise _hub_error(e, "users") from None
+    props = await _group_props(ctx)
+    by_period: dict[str, dict[str, float]] = {}
+    rows = []
+    for user in users:
+        name, groups = user["name"], sorted(user.get("groups") or [])
+        row: dict[str, Any] = {
+            "user": name,
+            "groups": groups,
+            "admin": bool(user.get("admin")),
+            "servers": sorted((user.get("servers") or {}).keys()),
+        }
+        try:
+            policy = resolve_policy(
+                ctx.defaults, [props.get(g, {}) for g in groups], ctx.ledger.get_override(name)
+            )
+        except QuotaError as e:
+            row.update(period=None, gpu_seconds=None, budget_left_seconds=None, error=str(e))
+            rows.append(row)
+            continue
+        if policy.period not in by_period:
+            start, _ = period_bounds(now, policy.period)
+            by_period[policy.period] = ctx.ledger.usage_by_user(start, now)
+        used = by_period[policy.period].get(name, 0.0)
+        row.update(
+            period=policy.period,
+            gpu_seconds=round(used, 1),
+            budget_left_seconds=budget_left_seconds(policy, used),
+        )
+        rows.append(row)
+    return rows
+
+
+def overrides(ctx: Context) -> dict[str, dict[str, Any]]:
+    with Session(ctx.ledger.engine) as session:
+        names = list(session.scalars(select(UserQuota.user).order_by(UserQuota.user)))
+    return {name: ctx.ledger.get_override(name) for name in names}
+
+
+async def quotas(ctx: Context) -> dict[str, Any]:
+    props = await _group_props(ctx)
+    groups = {name: {k: v for k, v in p.items() if k in FIELDS} for name, p in sorted(props.items())}
+    return {"fields": list(FIELDS), "defaults": ctx.defaults, "groups": groups, "overrides": overrides(ctx)}
+
+
+async def edit_group_quota(ctx: Context, group: str, body: Any) -> dict[str, Any]:
+    """Merge the quota fields of ``body`` into the group's properties; a blank field is removed."""
+    values = check_quota_body(body)
+    try:
+        current = (await ctx.hub.group(group)).get("properties") or {}
+        merged = {k: v for k, v in current.items() if k not in body}
+        merged.update(values)
+        result = await ctx.hub.request("PUT", f"/groups/{seg(group)}/properties", merged)
+    except HubAPIError as e:
+        raise _hub_error(e, f"group '{group[:60]}'") from None
+    log.info("Quota of group %s set to %s", group, values)
+    return {"group": group, "properties": (result or {}).get("properties", merged)}
+
+
+async def _require_user(ctx: Context, user: str) -> None:
+    try:
+        await ctx.hub.user(user)
+    except HubAPIError as e:
+        raise _hub_error(e, f"user '{user[:60]}'") from None
+
+
+async def set_override(ctx: Context, user: str, body: Any, by: str) -> dict[str, Any]:
+    values = check_quota_body(body)
+    await _require_user(ctx, user)
+    ctx.ledger.set_override(user, values, by)
+    return {"user": user, "override": values}
+
+
+async def delete_override(ctx: Context, user: str) -> dict[str, Any]:
+    ctx.ledger.delete_override(user)
+    return {"user": user, "override": {}}
+
+
+async def stop_server(ctx: Context, user: str, server: str | None) -> dict[str, Any]:
+    path = f"/users/{seg(user)}/server" if not server else f"/users/{seg(user)}/servers/{seg(server)}"
+    try:
+        await ctx.hub.request("DELETE", path)
+    except HubAPIError as e:
+        what = f"server '{server}' of '{user}'" if server else f"user '{user}' or their server"
+        raise (AdminError(400, e.message) if e.status == 400 else _hub_error(e, what[:120])) from None
+    log.info("Stop of %s/%s requested", user, server or "")
+    return {"user": user, "server": server or "", "stopping": True}
+
+
+def check_name(value: str, what: str) -> str:
+    if not value or len(value) > 255 or any(ord(ch) < 32 for ch in value):
+        raise AdminError(400, f"'{value[:60]}' is not a valid {what}")
+    return value
+
+
+async def import_roster(ctx: Context, body: Any) -> dict[str, Any]:
+    """Check every row, then apply the good ones; a row is applied fully or not at all."""
+    if not isinstance(body, (str, list)):
+        raise AdminError(400, "the roster is CSV text or a JSON list of rows", "roster")
+    good, rejected = parse_roster(body)
+    report = {"applied": [], "rejected": [r.as_dict() for r in rejected]}
+    if not good:
+        return report
+    try:
+        existing_users = {u["name"] for u in await ctx.hub.users()}
+        existing_groups = set((await _group_props(ctx)).keys())
+    except HubAPIError as e:
+        raise _hub_error(e, "users") from None
+    failed = await _create_groups(ctx, {r.group for r in good} - existing_groups)
+    rows = [r for r in good if r.group not in failed or _reject(report, r, failed[r.group])]
+    new_users = sorted({r.username for r in rows} - existing_users)
+    if new_users:
+        try:
+            await ctx.hub.request("POST", "/users", {"usernames": new_users})
+        except HubAPIError as e:
+            for r in rows:
+                _reject(report, r, f"could not create user: {e.message}")
+            return report
+    placed: set[str] = set()
+    unplaced: set[str] = set()
+    for group in sorted({r.group for r in rows}):
+        members = [r for r in rows if r.group == group]
+        try:
+            await ctx.hub.request(
+                "POST", f"/groups/{seg(group)}/users", {"users": sorted({r.username for r in members})}
+            )
+        except HubAPIError as e:
+            for r in members:
+                _reject(report, r, f"could not add to group: {e.message}")
+            unplaced.update(r.username for r in members)
+            continue
+        placed.update(r.username for r in members)
+        report["applied"] += [
+            {"line": r.line, "github_username": r.username, "group": r.group} for r in members
+        ]
+    await _remove_users(ctx, (unplaced & set(new_users)) - placed)
+    report["applied"].sort(key=lambda a: a["line"])
+    report["rejected"].sort(key=lambda a: a["line"])
+    log.info("Roster import: %d rows applied, %d rejected", len(report["applied"]), len(report["rejected"]))
+    return report
+
+
+def _reject(report: dict[str, Any], row: Any, reason: str) -> bool:
+    report["rejected"].append({"line": row.line, "row": f"{row.username},{row.group}", "reason": reason})
+    return False
+
+
+async def _remove_users(ctx: Context, names: set[str]) -> None:
+    """Undo users this import created for rows that could not be applied."""
+    for name in sorted(names):
+        try:
+            await ctx.hub.request("DELETE", f"/users/{seg(name)}")
+        except HubAPIError as e:
+            log.warning("Could not remove user %s after a failed roster row: %s", name, e.message)
+
+
+async def _create_groups(ctx: Context, names: set[str]) -> dict[str, str]:
+    failed = {}
+    for name in sorted(names):
+        try:
+            await ctx.hub.request("POST", f"/groups/{seg(name)}")
+        except HubAPIError as e:
+            if e.status != 409:
+                failed[name] = f"could not create group: {e.message}"
+    return failed
+
+
+__all__ = ["USERNAME", "AdminError", "Context"]
