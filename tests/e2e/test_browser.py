@@ -49,7 +49,7 @@ def github():
         yield gh
 
 
-def _hub(tmp_path: Path, github: FakeGitHub) -> HubProcess:
+def _hub(tmp_path: Path, github: FakeGitHub, admin_teams: set[str] | None = None) -> HubProcess:
     extra = textwrap.dedent(
         f"""
         import os
@@ -59,7 +59,8 @@ def _hub(tmp_path: Path, github: FakeGitHub) -> HubProcess:
         c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
         c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
         c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
-        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
+        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu", "acme:staff"}}
+        c.GPUHubGitHubAuthenticator.admin_teams = {admin_teams or set()!r}
         """
     )
     inventory = [fake_mig_gpu("br", ["1g.10gb", "1g.10gb"]), *fake_gpus(1, "br")]
@@ -120,3 +121,39 @@ def _progress_messages(browser, until: str, timeout: float = 120) -> list[str]:
         time.sleep(0.2)
     assert until in text, text
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker_client, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    github.add_user("ada", teams={"acme:staff"})
+    hub = _hub(tmp_path, github, admin_teams={"acme:staff"})
+    hub.start()
+    try:
+        assert hub.api("POST", "/groups/students").status_code == 201
+        github.signed_in = "ada"
+        wait = WebDriverWait(browser, 60)
+        browser.get(hub.url + "/hub/login")
+        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile]")))
+
+        # the Services menu leads admins to the GPU Hub page
+        browser.get(hub.url + "/hub/home")
+        assert "gpuhub-admin" in browser.page_source
+        browser.get(hub.url + "/services/gpuhub-admin/quotas")
+        form = wait.until(
+            ec.presence_of_element_located((By.XPATH, "//h3[text()='students']/following-sibling::form[1]"))
+        )
+        field = form.find_element(By.NAME, "max_gpu_units")
+        field.clear()
+        field.send_keys("2")
+        browser.save_screenshot(str(tmp_path / "4-gpu-hub-quotas.png"))
+        form.find_element(By.TAG_NAME, "button").click()
+        wait.until(lambda d: hub.api("GET", "/groups/students").json()["properties"].get("max_gpu_units") == 2)
+    finally:
+        if os.environ.get("GPUHUB_KEEP_SCREENSHOTS"):
+            shutil.copytree(tmp_path, os.environ["GPUHUB_KEEP_SCREENSHOTS"], dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("chromium-profile", "data", "*.sqlite"))
+        hub.cleanup(docker_client)
