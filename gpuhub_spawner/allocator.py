@@ -167,6 +167,7 @@ class NoUnitFree(Exception):
 class _Waiter:
     holder: str
     on_position: Callable[[int, int], None] | None
+    priority: int = 0
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -255,6 +256,7 @@ class Allocator:
         holder: str,
         max_wait: float = 0.0,
         on_position: Callable[[int, int], None] | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[Unit]:
         """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
 
@@ -262,10 +264,11 @@ class Allocator:
         the body ends, so a re-read of the engine labels never frees a unit whose object is
         still being created: choose+create is atomic without serialising the creates
         themselves.  If the body raises (or is cancelled), the unit is released.  Raises :class:`NoUnitFree` when no
-        unit comes free within ``max_wait`` seconds.
+        unit comes free within ``max_wait`` seconds.  In line, a higher ``priority`` goes
+        ahead of lower ones; equal priorities keep their arrival order.
         """
         await self.ensure_synced()
-        unit = await self._take_or_wait(pool, holder, max_wait, on_position)
+        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority)
         self._pending.add(holder)
         try:
             yield unit
@@ -276,7 +279,12 @@ class Allocator:
             self._pending.discard(holder)
 
     async def _take_or_wait(
-        self, pool: str, holder: str, max_wait: float, on_position: Callable[[int, int], None] | None
+        self,
+        pool: str,
+        holder: str,
+        max_wait: float,
+        on_position: Callable[[int, int], None] | None,
+        priority: int = 0,
     ) -> Unit:
         async with self.lock:
             existing = self.ledger.unit_of(holder)
@@ -292,8 +300,11 @@ class Allocator:
                 return unit
             if max_wait <= 0 or pool not in self._queues:
                 raise NoUnitFree(pool)
-            waiter = _Waiter(holder, on_position)
-            self._queues[pool].append(waiter)
+            waiter = _Waiter(holder, on_position, priority)
+            queue = self._queues[pool]
+            # behind everyone of equal or higher priority: FIFO within a priority
+            index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
+            queue.insert(index, waiter)
             self._notify_positions(pool)
         return await self._wait_in_line(pool, waiter, max_wait)
 

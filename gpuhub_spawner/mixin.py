@@ -403,6 +403,14 @@ class GPUSpawnerMixin(LoggingConfigurable):
         )
         if not decision.ok:
             raise spawn_error(decision.message, decision.reason)
+        if self.name and policy.max_named_servers is not None:
+            named = sum(1 for n, sp in self.user.spawners.items() if n and sp is not self and sp.active)
+            if named >= policy.max_named_servers:
+                raise spawn_error(
+                    f"Your quota allows {policy.max_named_servers} named server(s) at once and you have "
+                    f"{named}. Stop one first.",
+                    "quota-exceeded",
+                )
         return policy
 
     def choose_profile(self, allowed: set[str] | None) -> Profile:
@@ -452,7 +460,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
         when = {"day": "today", "week": "this week", "month": "this month"}.get(policy.period, "in total")
         return f"GPU time left {when}: {left / 3600:.1f} h of {policy.gpu_hours_per_period:g} h."
 
-    async def reserve_unit(self, profile: Profile):
+    async def reserve_unit(self, profile: Profile, priority: int = 0):
         """Context manager reserving a unit of ``profile``'s pool, with progress and errors."""
         allocator = self.get_allocator()
         label = pool_label(profile.pool)
@@ -473,7 +481,9 @@ class GPUSpawnerMixin(LoggingConfigurable):
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
-        return allocator.reserve(profile.pool, self.object_name, self.gpu_queue_max_wait, on_position)
+        return allocator.reserve(
+            profile.pool, self.object_name, self.gpu_queue_max_wait, on_position, priority=priority
+        )
 
     def no_unit_error(self, err: NoUnitFree) -> Exception:
         label = pool_label(err.pool)

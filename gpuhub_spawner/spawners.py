@@ -117,7 +117,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         if profile.cpu_only:
             self._emit(30, "Creating your CPU-only server…")
             return await self._create_shielded()
-        reservation = await self.reserve_unit(profile)
+        reservation = await self.reserve_unit(profile, priority=self._quota.priority)
         try:
             async with reservation as unit:
                 self._gpu_unit = unit

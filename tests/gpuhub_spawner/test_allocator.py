@@ -501,3 +501,34 @@ def test_rebuild_leaves_no_stale_queue_entries():
         ledger.release(f"h{i}")
         assert ledger.take("gpu", f"h{i}") is not None
     assert len(ledger._pools["gpu"]._queue) <= 2 * 100 + 16
+
+
+async def test_higher_priority_waiters_go_first_fifo_within_a_priority():
+    units = [Unit("GPU-p0", "gpu", "gpu", "GPU-p0", "GPU-p0")]
+    records: list[HeldRecord] = []
+
+    async def list_held() -> list[HeldRecord]:
+        return list(records)
+
+    alloc = Allocator(Inventory(tuple(units)), list_held, resync_interval=30)
+    async with alloc.reserve("gpu", "owner"):
+        records.append(HeldRecord("owner", "GPU-p0", "running"))
+    order: list[str] = []
+
+    async def wait(holder: str, priority: int) -> None:
+        async with alloc.reserve("gpu", holder, max_wait=10, priority=priority):
+            order.append(holder)
+            records[:] = [HeldRecord(holder, "GPU-p0", "running")]
+        await asyncio.sleep(0)
+
+    tasks = []
+    for holder, priority in (("low-1", 0), ("low-2", 0), ("high", 5), ("mid", 1)):
+        tasks.append(asyncio.create_task(wait(holder, priority)))
+        await asyncio.sleep(0.01)
+    assert [w.holder for w in alloc._queues["gpu"]] == ["high", "mid", "low-1", "low-2"]
+    for current in ("owner", "high", "mid", "low-1"):
+        records[:] = []
+        await alloc.release(current)
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    assert order == ["high", "mid", "low-1", "low-2"]

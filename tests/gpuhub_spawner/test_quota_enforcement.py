@@ -96,3 +96,18 @@ def test_gpu_hour_budget_from_the_ledger(docker_client, hub_factory):
     hub.stop_server("zoe")
     r = hub.spawn("zoe", {"profile": "gpu"})
     assert r.status_code == 403 and "GPU-hours for this week" in r.json()["message"], r.text
+
+
+def test_max_named_servers(docker_client, hub_factory):
+    hub = hub_factory(
+        {"gpu_inventory": fake_gpus(1, "qe"), "quota_defaults": {"max_named_servers": 1}},
+        extra="c.JupyterHub.allow_named_servers = True\n",
+    )
+    hub.create_users(["ivan"])
+    r = hub.api("POST", "/users/ivan/servers/one", json={"profile": "cpu"})
+    assert r.status_code in (201, 202), r.text
+    r = hub.api("POST", "/users/ivan/servers/two", json={"profile": "cpu"})
+    assert r.status_code == 403, r.text
+    assert r.json()["message"] == "Your quota allows 1 named server(s) at once and you have 1. Stop one first."
+    # the default server is not a named one
+    assert hub.spawn("ivan", {"profile": "cpu"}).status_code in (201, 202)
