@@ -134,7 +134,7 @@ class Syncer:
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
                 trigger = "webhook"
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 trigger = "poll"
 
 
