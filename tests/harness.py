@@ -260,9 +260,15 @@ class HubProcess:
     def containers(self, client: docker.DockerClient, all: bool = True) -> list:
         return client.containers.list(all=all, filters={"label": f"org.gpuhub.hub={self.hub_id}"})
 
+    def all_containers(self, client: docker.DockerClient) -> list:
+        """Ours plus plain DockerSpawner's (unlabelled, but named with the hub id as prefix)."""
+        named = client.containers.list(all=True, filters={"name": f"{self.hub_id}-"})
+        by_id = {c.id: c for c in [*self.containers(client), *named]}
+        return list(by_id.values())
+
     def cleanup(self, client: docker.DockerClient) -> None:
         self.stop()
-        for c in self.containers(client):
+        for c in self.all_containers(client):
             try:
                 c.remove(force=True)
             except docker.errors.APIError:
