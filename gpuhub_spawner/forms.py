@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from .inventory import Profile, pool_label
+from .inventory import Profile
 
 
 class ProfileChoiceError(ValueError):
@@ -100,7 +100,3 @@ def choose_profile(
             f"You may not use the profile '{slug}'. Choose another one.", reason="forbidden-profile"
         )
     return by_slug[slug]
-
-
-def describe_pool(pool: str | None) -> str:
-    return "CPU only" if pool is None else pool_label(pool)

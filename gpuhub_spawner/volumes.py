@@ -62,22 +62,12 @@ def build_mounts(plan: VolumePlan) -> list[Mount]:
                 read_only=True,
             )
         )
-    if plan.scratch_volume:
-        mounts.append(Mount(
-                target=plan.scratch_target,
-                source=plan.scratch_volume,
-                type="volume",
-                labels=volume_labels(plan.user, "scratch"),
-            )
-        )
-    if plan.copy_volume:
-        mounts.append(Mount(
-                target=plan.copy_target,
-                source=plan.copy_volume,
-                type="volume",
-                labels=volume_labels(plan.user, "tutorials-copy"),
-            )
-        )
+    for volume, target, purpose in (
+        (plan.scratch_volume, plan.scratch_target, "scratch"),
+        (plan.copy_volume, plan.copy_target, "tutorials-copy"),
+    ):
+        if volume:
+            mounts.append(Mount(target=target, source=volume, type="volume", labels=volume_labels(plan.user, purpose)))
     return mounts
 
 
