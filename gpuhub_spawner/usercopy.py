@@ -8,6 +8,13 @@ version is saved beside it as ``intro.upstream.ipynb``; a deleted file is never 
 files removed upstream stay.  Symlinks in SRC and VCS directories are skipped, and nothing
 is written outside DST.  All writes are atomic (temp file + os.replace).
 
+Each start also leaves a short report, ``TUTORIAL-UPDATES.txt``, at the top of DST.  That
+name belongs to whoever has it first: when a tutorial or the user has a file of that name, the
+report goes to the first free ``TUTORIAL-UPDATES-<n>.txt`` instead (and says so).  The manifest
+records which file is the report and what was written; a report the user edited becomes theirs
+and is never written again.  So the report never overwrites a user's file and never keeps an
+upstream file from being delivered.
+
 Standard library only: the image build copies this file to ``gpuhub_usercopy.py`` and the
 start script runs ``python3 gpuhub_usercopy.py SRC DST``.
 """
@@ -25,7 +32,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 MANIFEST_NAME = ".gpuhub-copy.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the report file is recorded ("report")
+REPORT_NAME = "TUTORIAL-UPDATES.txt"
+REPORT_ALTERNATES = 99  # TUTORIAL-UPDATES-2.txt ... TUTORIAL-UPDATES-100.txt
+_OLD_REPORT_MAX = 1 << 16
 SKIP_DIR_NAMES = frozenset({".git", ".hg", ".svn", ".bzr", ".ipynb_checkpoints", "__pycache__"})
 USAGE = "usage: gpuhub_usercopy.py SRC DST  (copy the tutorials in SRC into the editable DST)"
 _TMP_PREFIX = ".gpuhub-tmp-"
@@ -197,6 +207,41 @@ def _clean_table(value: object) -> dict[str, str]:
             if isinstance(k, str) and is_safe_rel(k) and isinstance(v, str) and len(v) == 64}
 
 
+def report_names() -> list[str]:
+    """The report's possible names, preferred first."""
+    stem, _, suffix = REPORT_NAME.rpartition(".")
+    return [REPORT_NAME] + [f"{stem}-{n}.{suffix}" for n in range(2, REPORT_ALTERNATES + 2)]
+
+
+def _clean_report(value: object) -> dict[str, str]:
+    """The manifest's record of the report file: ``{"path": name, "sha256": hash}`` or empty."""
+    if (isinstance(value, dict) and value.get("path") in report_names()
+            and isinstance(value.get("sha256"), str) and len(value["sha256"]) == 64):
+        return {"path": value["path"], "sha256": value["sha256"]}
+    return {}
+
+
+def _looks_like_old_report(path: Path) -> bool:
+    """A report written by the old script (manifest version 1 kept no record of it)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _OLD_REPORT_MAX:
+            return False
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return (lines[0].startswith("tutorial copy: ") and lines[-1] == ""
+            and all(line.startswith("  ") for line in lines[1:-1]))
+
+
+def report_text(report: Report, name: str) -> str:
+    lines = [report.summary(), *("  " + line for line in report.detail_lines())]
+    if report.updated or report.copied:
+        lines.append("  updated or new: " + ", ".join(sorted(report.updated + report.copied)[:50]))
+    if name != REPORT_NAME:
+        lines.append(f"  note: {REPORT_NAME} is your file or a tutorial's, so this report is in {name}")
+    return "\n".join(lines) + "\n"
+
+
 class _Sync:
     """One run: the manifest tables plus the per-file decisions."""
 
@@ -204,6 +249,8 @@ class _Sync:
         self.src, self.dst, self.report = src, dst, Report()
         self.files: dict[str, str] = {}  # path -> hash of the upstream version we wrote
         self.siblings: dict[str, str] = {}  # .upstream path -> hash we wrote there
+        self.report_file: dict[str, str] = {}  # {"path", "sha256"} of the last report written
+        self.old_version = MANIFEST_VERSION
         self.dirty = not self._load_manifest()
 
     def _load_manifest(self) -> bool:
@@ -213,6 +260,8 @@ class _Sync:
             data = json.loads(path.read_bytes())
             raw = data.get("files", {}), data.get("upstream_copies", {})
             self.files, self.siblings = _clean_table(raw[0]), _clean_table(raw[1])
+            self.report_file = _clean_report(data.get("report"))
+            self.old_version = data.get("version")
         except FileNotFoundError:
             return False
         except OSError as exc:  # unreadable: going on could resurrect deleted files
@@ -225,21 +274,64 @@ class _Sync:
         # Rewrite it when anything had to be dropped or the format is older.
         return (self.files, self.siblings) == raw and data.get("version") == MANIFEST_VERSION
 
-    def run(self) -> Report:
-        for rel, src_path in _walk_source(self.src, self.report):
+    def run(self, write_report: bool = False) -> Report:
+        found = _walk_source(self.src, self.report)
+        upstream = {rel for rel, _ in found}
+        self.release_report(upstream)
+        for rel, src_path in found:
             try:
                 self.sync_file(rel, src_path)
             except OSError as exc:
                 self.report.note(self.report.skipped, rel, f"error: {exc.strerror or exc}")
+        if write_report:
+            self.write_report(upstream)
         if self.dirty:
             data = {"version": MANIFEST_VERSION, "files": self.files,
-                    "upstream_copies": self.siblings}
+                    "upstream_copies": self.siblings, "report": self.report_file}
             body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
             try:
                 _replace_atomic(self.dst / MANIFEST_NAME, lambda out: out.write(body), 0o600)
             except OSError as exc:
                 raise CopyError(f"cannot write {MANIFEST_NAME} in {self.dst}: {exc}") from exc
         return self.report
+
+    def is_our_report(self, name: str) -> bool:
+        """Whether DST/name is the report we last wrote there, unedited since."""
+        path = self.dst / name
+        if path.is_symlink() or not path.is_file():
+            return False
+        if self.report_file.get("path") == name:
+            return _hash_file(path) == self.report_file["sha256"]
+        return self.old_version == 1 and name == REPORT_NAME and _looks_like_old_report(path)
+
+    def release_report(self, upstream: set[str]) -> None:
+        """Give a report name back when a tutorial now has a file of that name."""
+        for name in {self.report_file.get("path"), REPORT_NAME} & upstream:
+            if name and self.is_our_report(name):
+                (self.dst / name).unlink()
+                if self.report_file.get("path") == name:
+                    self.report_file, self.dirty = {}, True
+
+    def write_report(self, upstream: set[str]) -> None:
+        """Write the report under the first name that is free or already ours."""
+        taken = upstream | set(self.files) | set(self.siblings)
+        previous = self.report_file.get("path")
+        for name in report_names():
+            if name in taken or (os.path.lexists(self.dst / name) and not self.is_our_report(name)):
+                continue
+            body = report_text(self.report, name).encode()
+            try:
+                _replace_atomic(self.dst / name, lambda out, data=body: out.write(data), 0o644)
+            except OSError as exc:
+                self.report.warnings.append(f"could not write {name}: {exc.strerror}")
+                return
+            if previous and previous != name and self.is_our_report(previous):
+                (self.dst / previous).unlink()  # an older report of ours, under a name now free
+            record = {"path": name, "sha256": hashlib.sha256(body).hexdigest()}
+            if record != self.report_file:
+                self.report_file, self.dirty = record, True
+            return
+        self.report.warnings.append("no free name for the report; it was not written")
 
     def target_for(self, rel: str) -> Path | None:
         """DST path for ``rel``; None when a directory on the way leads outside DST."""
@@ -324,9 +416,12 @@ def _prepare(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
     return Path(src_real), Path(dst_real)
 
 
-def sync_copy(src: str | Path, dst: str | Path) -> Report:
-    """Bring DST up to date with SRC without touching anything the user changed."""
-    return _Sync(*_prepare(src, dst)).run()
+def sync_copy(src: str | Path, dst: str | Path, write_report: bool = False) -> Report:
+    """Bring DST up to date with SRC without touching anything the user changed.
+
+    With ``write_report``, also leave the user the report file (see the module docstring).
+    """
+    return _Sync(*_prepare(src, dst)).run(write_report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        report = sync_copy(args[0], args[1])
+        report = sync_copy(args[0], args[1], write_report=True)
     except CopyError as exc:
         print(f"gpuhub usercopy: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -349,22 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary(), file=sys.stderr)
     for line in report.detail_lines():
         print(f"  {line}", file=sys.stderr)
-    write_report_file(Path(args[1]), report)
     return 0
-
-
-REPORT_NAME = "TUTORIAL-UPDATES.txt"
-
-
-def write_report_file(dst: Path, report: Report) -> None:
-    """Leave the user a short note in their copy of what changed at this start."""
-    lines = [report.summary(), *("  " + line for line in report.detail_lines())]
-    if report.updated or report.copied:
-        lines.append("  updated or new: " + ", ".join(sorted(report.updated + report.copied)[:50]))
-    try:
-        _replace_atomic(dst / REPORT_NAME, lambda out: out.write(("\n".join(lines) + "\n").encode()), 0o644)
-    except OSError as exc:
-        print(f"gpuhub usercopy: could not write {REPORT_NAME}: {exc.strerror}", file=sys.stderr)
 
 
 if __name__ == "__main__":

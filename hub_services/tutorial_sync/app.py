@@ -3,11 +3,17 @@
 Runs as a hub-managed service (``c.JupyterHub.services``) and needs no hub API scopes at
 all: it only serves its own pages under its prefix:
 
-- ``GET  <prefix>``             status page (synced commit, time, last error)
-- ``GET  <prefix>status.json``  the same as JSON
-- ``POST <prefix>webhook``      GitHub push webhook, verified with ``X-Hub-Signature-256``
-- ``GET  <prefix>metrics``      Prometheus metrics
+- ``GET  <prefix>``             status page (synced commit, time, last error); hub sign-in
+- ``GET  <prefix>status.json``  the same as JSON; hub sign-in or a token
+- ``POST <prefix>webhook``      GitHub push webhook: no sign-in, verified with ``X-Hub-Signature-256``
+- ``GET  <prefix>metrics``      Prometheus metrics; a token with the ``read:metrics`` scope
 
+Who may read the status: hub users and services holding ``access:services!service=<name>``,
+JupyterHub's own scope for reaching a service (admins hold it; grant it to tutorial authors with
+a role). It shows the repository URL, branch and errors, which attendees do not need.
+
+The webhook body is capped (``max_webhook_kb``) before it is read; anything the endpoint
+cannot use (bad signature, oversized, not UTF-8 JSON, nested too deeply) is a 4xx, never a 500.
 Nothing it shows contains the repository token.
 """
 
@@ -19,20 +25,22 @@ import hmac
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .gitsource import GitSource, SyncError
-from .publish import current_version, publish
+from .publish import CommitLimits, current_version, publish
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +89,20 @@ class SyncMetrics:
 class Syncer:
     """Fetch + publish, one at a time, triggered by the poll timer or a webhook."""
 
-    def __init__(self, source: GitSource, store: Path, max_file_bytes: int, keep: int, public_url: str):
+    def __init__(
+        self,
+        source: GitSource,
+        store: Path,
+        max_file_bytes: int,
+        keep: int,
+        public_url: str,
+        limits: CommitLimits | None = None,
+    ):
         self.source = source
         self.store = store
         self.max_file_bytes = max_file_bytes
         self.keep = keep
+        self.limits = limits or CommitLimits()
         self.status = SyncStatus(repo=public_url, branch=source.branch, commit=current_version(store))
         self.metrics = SyncMetrics()
         self._lock = asyncio.Lock()
@@ -103,7 +120,8 @@ class Syncer:
                 else:
                     t0 = time.perf_counter()
                     report = await loop.run_in_executor(
-                        None, lambda: publish(self.source, sha, self.store, self.max_file_bytes, self.keep)
+                        None,
+                        lambda: publish(self.source, sha, self.store, self.max_file_bytes, self.keep, self.limits),
                     )
                     self.metrics.duration.observe(time.perf_counter() - t0)
                     self.metrics.runs.labels("published").inc()
@@ -139,11 +157,31 @@ class Syncer:
 
 
 def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
-    """GitHub's ``X-Hub-Signature-256: sha256=<hex>`` check, in constant time."""
+    """GitHub's ``X-Hub-Signature-256: sha256=<hex>`` check, in constant time.
+
+    Compared as bytes: a header with non-ASCII characters is simply wrong, not an error.
+    """
     if not secret or not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[len("sha256="):])
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    given = header[len("sha256="):].encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(expected, given)
+
+
+def push_ref(body: bytes) -> str:
+    """The ``ref`` of a push event body; :class:`ValueError` when it is not a UTF-8 JSON object.
+
+    Only the top level is needed, but ``json`` parses everything: a body nested too deeply
+    for the parser (RecursionError) is refused like any other malformed body.
+    """
+    try:
+        event = json.loads(body.decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, RecursionError, ValueError):
+        raise ValueError("the body is not UTF-8 JSON") from None
+    if not isinstance(event, dict):
+        raise ValueError("the body is not a JSON object")
+    ref = event.get("ref", "")
+    return ref if isinstance(ref, str) else ""
 
 
 class _Base(web.RequestHandler):
@@ -151,8 +189,31 @@ class _Base(web.RequestHandler):
     def syncer(self) -> Syncer:
         return self.settings["syncer"]
 
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        """A short JSON error, never a traceback (``{"error": "..."}``)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]  # type: ignore[index]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
 
-class StatusPage(_Base):
+
+class _SignedIn(HubOAuthenticated, _Base):
+    """Hub users and services allowed to reach this service (``access:services!service=NAME``)."""
+
+    api = True
+
+    def prepare(self) -> None:
+        if self.current_user is None:
+            if self.api:
+                raise web.HTTPError(403, "Sign in to the hub as an admin or a user allowed to see this service.")
+            self.redirect(self.get_login_url())  # raises 403 for a signed-in user without access
+
+
+class StatusPage(_SignedIn):
+    api = False
+
     def get(self) -> None:
         s = self.syncer.status
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.published_at)) if s.published_at else "never"
@@ -167,18 +228,41 @@ class StatusPage(_Base):
         )
 
 
-class StatusJSON(_Base):
+class StatusJSON(_SignedIn):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(asdict(self.syncer.status)))
 
 
+@web.stream_request_body
 class Webhook(_Base):
-    def post(self) -> None:
-        secret = self.settings["webhook_secret"]
-        if not secret:
+    """GitHub push webhooks: no sign-in, an HMAC signature; the body is capped as it arrives."""
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._cap = self.settings["max_webhook_bytes"]
+        if not self.settings["webhook_secret"]:
             raise web.HTTPError(404, "webhooks are not enabled (no secret configured)")
-        if not verify_signature(secret, self.request.body, self.request.headers.get("X-Hub-Signature-256")):
+        try:
+            declared = int(self.request.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise web.HTTPError(400, "bad Content-Length") from None
+        if declared > self._cap:
+            raise web.HTTPError(413, f"webhook bodies are limited to {self._cap} bytes")
+        # a chunked body is cut off by the server (400) once it passes the cap
+        self.request.connection.set_max_body_size(self._cap)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self._cap:
+            self._chunks.append(chunk)
+
+    def post(self) -> None:
+        body = b"".join(self._chunks)
+        if self._size > self._cap:
+            raise web.HTTPError(413, f"webhook bodies are limited to {self._cap} bytes")
+        if not verify_signature(self.settings["webhook_secret"], body, self.request.headers.get("X-Hub-Signature-256")):
             log.warning("Rejected a webhook call with a missing or wrong signature from %s", self.request.remote_ip)
             raise web.HTTPError(401, "bad signature")
         event = self.request.headers.get("X-GitHub-Event", "")
@@ -186,9 +270,9 @@ class Webhook(_Base):
             self.write({"ok": True})
             return
         try:
-            ref = json.loads(self.request.body or b"{}").get("ref", "")
-        except (json.JSONDecodeError, AttributeError):
-            raise web.HTTPError(400, "body is not a JSON object") from None
+            ref = push_ref(body)
+        except ValueError as e:
+            raise web.HTTPError(400, "%s", e) from None
         if event == "push" and ref == f"refs/heads/{self.syncer.source.branch}":
             self.syncer.trigger()
             self.set_status(202)
@@ -202,9 +286,24 @@ class Webhook(_Base):
 
 
 class Metrics(_Base):
-    def get(self) -> None:
+    """Prometheus metrics, for a token holding ``metrics_scope`` (``read:metrics``)."""
+
+    async def get(self) -> None:
+        scope = self.settings["metrics_scope"]
+        if not await self._token_has(scope):
+            raise web.HTTPError(403, "These metrics need a hub token with the '%s' scope.", scope)
         self.set_header("Content-Type", "text/plain; version=0.0.4")
         self.write(generate_latest(self.syncer.metrics.registry))
+
+    async def _token_has(self, scope: str) -> bool:
+        kind, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if kind.lower() not in ("bearer", "token") or not token.strip():
+            return False
+        auth: HubOAuth = self.settings["hub_auth"]
+        if not auth.api_token:
+            return False  # not running under a hub: nobody can be checked, so nobody gets in
+        model = await auth.user_for_token(token.strip(), use_cache=True, sync=False)
+        return bool(model) and scope in (model.get("scopes") or [])
 
 
 class TutorialSyncApp(Application):
@@ -217,6 +316,30 @@ class TutorialSyncApp(Application):
     cache_dir = Unicode(config=True, help="Where the bare mirror lives (default: <store>/../.tutorial-cache).")
     poll_interval = Float(60, config=True, help="Seconds between polls; webhooks sync at once.")
     max_file_mb = Integer(100, config=True, help="Files larger than this are left out.")
+    max_total_mb = Integer(
+        10240,
+        config=True,
+        help="""Largest commit published, in MiB (all files together).
+
+        A commit over it is not published at all: the previous one stays current and the status
+        page says why. Example: ``c.TutorialSyncApp.max_total_mb = 2048``.""",
+    )
+    max_files = Integer(
+        100_000,
+        config=True,
+        help="""Most files (and symlinks) a published commit may hold.
+
+        A commit with more is not published; the status page says why.
+        Example: ``c.TutorialSyncApp.max_files = 20000``.""",
+    )
+    max_webhook_kb = Integer(
+        5120,
+        config=True,
+        help="""Largest webhook body accepted, in KiB (GitHub push events are usually a few KiB).
+
+        Bigger bodies are refused with 413 before they are read; the next poll still syncs.
+        Example: ``c.TutorialSyncApp.max_webhook_kb = 1024``.""",
+    )
     fetch_timeout = Float(1800, config=True, help="Seconds one git fetch may take (a first fetch of a big repo).")
     keep = Integer(3, config=True, help="Published versions kept (readers may still use old ones).")
     token = Unicode(config=True, help="HTTPS token for a private repository (env GPUHUB_TUTORIALS_TOKEN).")
@@ -224,6 +347,19 @@ class TutorialSyncApp(Application):
     webhook_secret = Unicode(config=True, help="GitHub webhook secret (env GPUHUB_WEBHOOK_SECRET).")
     service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
     prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
+    service_name = Unicode(
+        config=True,
+        help="""This service's name in the hub (env JUPYTERHUB_SERVICE_NAME, else tutorial-sync).
+
+        The status needs ``access:services!service=<this name>``.""",
+    )
+    metrics_scope = Unicode(
+        "read:metrics",
+        config=True,
+        help="""Scope a token needs to read the metrics (the one /hub/metrics asks for).
+
+        Example: ``c.TutorialSyncApp.metrics_scope = "read:metrics"``.""",
+    )
 
     aliases = {
         "repo": "TutorialSyncApp.repo_url",
@@ -231,9 +367,23 @@ class TutorialSyncApp(Application):
         "store": "TutorialSyncApp.store",
         "poll-interval": "TutorialSyncApp.poll_interval",
         "max-file-mb": "TutorialSyncApp.max_file_mb",
+        "max-total-mb": "TutorialSyncApp.max_total_mb",
+        "max-files": "TutorialSyncApp.max_files",
+        "max-webhook-kb": "TutorialSyncApp.max_webhook_kb",
         "keep": "TutorialSyncApp.keep",
         "fetch-timeout": "TutorialSyncApp.fetch_timeout",
     }
+
+    @validate("max_total_mb", "max_files", "max_webhook_kb", "max_file_mb")
+    def _positive(self, proposal: dict) -> int:
+        if proposal["value"] < 1:
+            name = proposal["trait"].name
+            raise TraitError(f"TutorialSyncApp.{name} must be at least 1, not {proposal['value']}; raise it.")
+        return proposal["value"]
+
+    @default("service_name")
+    def _name_env(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "tutorial-sync")
 
     @default("token")
     def _token_env(self) -> str:
@@ -264,25 +414,36 @@ class TutorialSyncApp(Application):
             ssh_key=self.ssh_key or None,
             timeout=self.fetch_timeout,
         )
-        return Syncer(source, store, self.max_file_mb * 1024 * 1024, self.keep, self.repo_url)
+        limits = CommitLimits(self.max_total_mb * 1024 * 1024, self.max_files)
+        return Syncer(source, store, self.max_file_mb * 1024 * 1024, self.keep, self.repo_url, limits)
 
     def make_web_app(self, syncer: Syncer) -> web.Application:
         p = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+        hub_auth = HubOAuth(
+            access_scopes={f"access:services!service={self.service_name}"},
+            cache_max_age=60,
+        )
         return web.Application(
             [
                 (p, StatusPage),
                 (p + "status.json", StatusJSON),
                 (p + "webhook", Webhook),
                 (p + "metrics", Metrics),
+                (p + "oauth_callback", HubOAuthCallbackHandler),
             ],
             syncer=syncer,
             webhook_secret=self.webhook_secret.encode(),
+            max_webhook_bytes=self.max_webhook_kb * 1024,
+            metrics_scope=self.metrics_scope,
+            hub_auth=hub_auth,
+            cookie_secret=secrets.token_bytes(32),
         )
 
     async def serve(self) -> None:
         syncer = self.make_syncer()
         url = urlparse(self.service_url)
-        server = HTTPServer(self.make_web_app(syncer), xheaders=True)
+        # no route takes a body bigger than a webhook: larger ones are refused (400) unread
+        server = HTTPServer(self.make_web_app(syncer), xheaders=True, max_body_size=self.max_webhook_kb * 1024)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         log.info("Tutorial sync for branch %s listening on %s%s", self.branch, self.service_url, self.prefix)
         await syncer.loop(self.poll_interval)

@@ -6,6 +6,10 @@ and blobs from it with git's plumbing (``ls-tree``, one streaming ``cat-file --b
 Credentials never reach a URL, an argv, a log line or an exception message: an HTTPS token
 travels as an ``http.extraHeader`` set through git's environment config, an SSH deploy key through
 ``GIT_SSH_COMMAND``, and any git output quoted in a :class:`SyncError` is scrubbed first.
+
+git runs with a minimal environment (:data:`PASS_ENV`: search path, home, locale, proxies and
+CA settings), never the service's own (hub API token, webhook secret), so no helper git starts
+can read those; and with ``transfer.fsckObjects``, so a fetch of malformed objects is refused.
 """
 
 from __future__ import annotations
@@ -30,16 +34,29 @@ log = logging.getLogger(__name__)
 SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 ALLOWED_PROTOCOLS = "http:https:ssh:git:file"
 CHUNK = 1 << 20
-# Inherited variables that would point git at another repository, config or transport command.
-REPO_ENV = frozenset(
-    "GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_COMMON_DIR GIT_NAMESPACE"
-    " GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_SSH GIT_PROXY_COMMAND".split()
+# The only variables of the service's environment git sees: where programs are, home, locale,
+# how to reach the network (proxies) and which CAs to trust. Nothing else: the service holds its
+# hub API token and the webhook secret in its environment, and git starts helpers (ssh, remote
+# helpers, hooks) that would inherit them.
+PASS_ENV = frozenset(
+    "PATH HOME LANG TZ TMPDIR http_proxy https_proxy no_proxy all_proxy HTTP_PROXY HTTPS_PROXY"
+    " NO_PROXY ALL_PROXY SSL_CERT_FILE SSL_CERT_DIR GIT_SSL_CAINFO GIT_SSL_CAPATH".split()
 )
+# Checks that publish.py makes itself, entry by entry, reporting each path it leaves out
+# (``..``, ``.git``, duplicates, odd modes): with strict transfer checks they would turn one bad
+# entry into a refused commit. Every other fsck check (malformed commits, trees, tags, broken
+# links between objects) stays fatal.
+PATH_FSCK_CHECKS = (
+    "hasDot", "hasDotdot", "hasDotgit", "fullPathname", "emptyName", "duplicateEntries",
+    "zeroPaddedFilemode", "badFilemode", "treeNotSorted",
+)  # fmt: skip
 # Lower-cased git/ssh messages that mean the remote refused our credentials (or wanted some).
 AUTH_FAILURES = (
     "authentication failed", "could not read username", "could not read password",
     "returned error: 401", "returned error: 403", "permission denied (publickey",
 )  # fmt: skip
+# Lower-cased git messages that mean the fetched objects failed git's fsck checks.
+FSCK_FAILURES = ("fsck error", "index-pack failed", "unpack-objects abnormal exit", "invalid object")
 
 
 class SyncError(Exception):
@@ -178,7 +195,8 @@ class GitSource:
 
     def command(self, *args: str) -> tuple[list[str], dict[str, str]]:
         """The argv and environment to run ``git ARGS`` against the mirror; argv holds no secret."""
-        env = {k: v for k, v in os.environ.items() if k not in REPO_ENV and not k.startswith("GIT_CONFIG")}
+        env = {k: v for k, v in os.environ.items() if k in PASS_ENV}
+        env.setdefault("PATH", os.defpath)
         env.update(
             GIT_TERMINAL_PROMPT="0",
             GIT_ASKPASS="/bin/false",
@@ -188,7 +206,13 @@ class GitSource:
             GIT_ALLOW_PROTOCOL=ALLOWED_PROTOCOLS,
             LC_ALL="C",
         )
-        config = [("credential.helper", "")]
+        config = [
+            ("credential.helper", ""),
+            ("core.hooksPath", os.devnull),
+            ("transfer.fsckObjects", "true"),
+            ("fetch.fsckObjects", "true"),
+            *((f"fetch.fsck.{check}", "ignore") for check in PATH_FSCK_CHECKS),
+        ]
         if self._token:
             config.append(
                 ("http.extraHeader", f"Authorization: {self._auth_scheme.title()} {self._credential()}")
@@ -242,6 +266,11 @@ class GitSource:
         low = detail.lower()
         if "couldn't find remote ref" in low:
             return f"Branch {self.branch!r} does not exist in {self.url}; check the branch setting."
+        if any(marker in low for marker in FSCK_FAILURES):
+            return (
+                f"{what} from {self.url} was refused: the repository holds malformed Git objects "
+                "(git fsck). Nothing was published; rewrite the offending commit and push again."
+            )
         if any(marker in low for marker in AUTH_FAILURES):
             return (
                 f"{what} from {self.url} was refused: authentication failed. Check the token or deploy "

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .gitsource import SHA_RE, GitSource, SyncError, TreeEntry
 
-__all__ = ["PublishReport", "SyncError", "current_version", "publish"]
+__all__ = ["CommitLimits", "PublishReport", "SyncError", "current_version", "publish"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class PublishReport:
     bytes: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)
     duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class CommitLimits:
+    """The most a published commit may hold, all files together; a commit over either is refused."""
+
+    max_total_bytes: int = 10 * 1024 * MiB
+    max_files: int = 100_000
 
 
 @dataclass
@@ -134,6 +142,16 @@ def link_problem(target: str) -> str | None:
         return "symlink with an empty or malformed target"
     if target.startswith("/"):
         return "symlink with an absolute target"
+    return None
+
+
+def limits_problem(entries: list[TreeEntry], limits: CommitLimits) -> str | None:
+    """Why a commit whose publishable entries are ``entries`` is too big to publish, or None."""
+    total = sum(entry.size or 0 for entry in entries)
+    if len(entries) > limits.max_files:
+        return f"it has {len(entries)} files, over the limit of {limits.max_files} (max_files)"
+    if total > limits.max_total_bytes:
+        return f"its files hold {total} bytes, over the limit of {limits.max_total_bytes} bytes (max_total_mb)"
     return None
 
 
@@ -288,11 +306,7 @@ def _switch(store: Path, sha: str) -> None:
     tmp = store / f".current-{secrets.token_hex(4)}"
     os.symlink(f"versions/{sha}", tmp)
     os.replace(tmp, store / "current")
-    fd = os.open(store, DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(store)
 
 
 def _prune(store: Path, keep: int, current: str) -> list[str]:
@@ -306,8 +320,26 @@ def _prune(store: Path, keep: int, current: str) -> list[str]:
     return pruned
 
 
-def _build_version(source: GitSource, sha: str, store: Path, max_file_bytes: int) -> PublishReport:
-    plan = _plan(source, source.tree(sha), max_file_bytes)
+def _fsync_dir(path: Path) -> None:
+    """Make a rename into or out of ``path`` durable (the directory entry itself)."""
+    fd = os.open(path, DIR_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _build_version(
+    source: GitSource, sha: str, store: Path, max_file_bytes: int, limits: CommitLimits
+) -> PublishReport:
+    entries = source.tree(sha)
+    too_big = limits_problem([e for e in entries if not entry_problem(e, max_file_bytes)], limits)
+    if too_big:
+        raise SyncError(
+            f"Commit {sha[:12]} was not published: {too_big}. The previous commit stays current; "
+            "make the commit smaller or raise the limit."
+        )
+    plan = _plan(source, entries, max_file_bytes)
     report = PublishReport(sha, published=False, refused=plan.refused)
     staging = store / ".staging" / f"{sha}-{secrets.token_hex(4)}"
     os.mkdir(staging, 0o700)
@@ -317,6 +349,8 @@ def _build_version(source: GitSource, sha: str, store: Path, max_file_bytes: int
         os.chmod(staging, 0o755)
         _sync_filesystem(staging)  # the tree is on disk before any reader can be pointed at it
         os.rename(staging, store / "versions" / sha)
+        _fsync_dir(store / "versions")  # the new name survives a crash before `current` moves
+        _fsync_dir(store / ".staging")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -327,7 +361,7 @@ def _build_version(source: GitSource, sha: str, store: Path, max_file_bytes: int
 
 
 def _publish_locked(
-    source: GitSource, sha: str, store: Path, max_file_bytes: int, keep: int
+    source: GitSource, sha: str, store: Path, max_file_bytes: int, keep: int, limits: CommitLimits
 ) -> PublishReport:
     for leftover in (store / ".staging").iterdir():
         shutil.rmtree(leftover, ignore_errors=True)
@@ -340,7 +374,7 @@ def _publish_locked(
             return report
         _write_meta(store, report)  # now the newest, so pruning keeps it
     else:
-        report = _build_version(source, sha, store, max_file_bytes)
+        report = _build_version(source, sha, store, max_file_bytes, limits)
     _switch(store, sha)
     report.published = True
     pruned = _prune(store, keep, sha)
@@ -365,9 +399,19 @@ def _sync_filesystem(path: Path) -> None:
 
 
 def publish(
-    source: GitSource, sha: str, store: Path, max_file_bytes: int = 100 * MiB, keep: int = 3
+    source: GitSource,
+    sha: str,
+    store: Path,
+    max_file_bytes: int = 100 * MiB,
+    keep: int = 3,
+    limits: CommitLimits | None = None,
 ) -> PublishReport:
-    """Publish commit ``sha`` of ``source`` as ``STORE/versions/<sha>`` and make it ``current``."""
+    """Publish commit ``sha`` of ``source`` as ``STORE/versions/<sha>`` and make it ``current``.
+
+    Entries over ``max_file_bytes`` are left out and reported; a commit whose publishable
+    entries are over ``limits`` (total size, file count) is refused whole with a
+    :class:`SyncError`, and the current version stays.
+    """
     started = time.monotonic()
     if not SHA_RE.match(sha):
         raise SyncError(f"{sha!r} is not a full commit sha.")
@@ -378,7 +422,7 @@ def publish(
         for sub in ("versions", ".staging", ".meta"):
             (store / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
         with _locked(store):
-            report = _publish_locked(source, sha, store, max_file_bytes, keep)
+            report = _publish_locked(source, sha, store, max_file_bytes, keep, limits or CommitLimits())
     except OSError as e:
         raise SyncError(f"Writing the tutorial store {store} failed: {e.strerror or e}.") from e
     report.duration_s = time.monotonic() - started

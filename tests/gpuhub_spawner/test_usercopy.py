@@ -432,9 +432,10 @@ def test_main_prints_summary_and_one_line_per_conflict(
     note = (dst / usercopy.REPORT_NAME).read_text().splitlines()
     assert note[:3] == [line for line in lines[:3]]
     assert note[3] == "  updated or new: new.ipynb"
-    # and it is never mistaken for one of the user's edits on the next start
+    # and it is never mistaken for one of the user's edits or a tutorial on the next start
     assert usercopy.main([str(src), str(dst)]) == 0
-    assert usercopy.REPORT_NAME not in (dst / MANIFEST).read_text()
+    assert usercopy.REPORT_NAME not in _manifest(dst)["files"]
+    assert _manifest(dst)["report"]["path"] == usercopy.REPORT_NAME
 
 
 def test_module_imports_only_the_standard_library() -> None:
@@ -468,3 +469,131 @@ def test_runs_standalone_as_a_script(dirs: tuple[Path, Path], tmp_path: Path,
                               str(dst)], capture_output=True, text=True, check=False)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
+
+
+# -- the report file: never over a user's file, never in the way of a tutorial's ---------------
+
+REPORT = usercopy.REPORT_NAME
+REPORT_2 = "TUTORIAL-UPDATES-2.txt"
+
+
+def _start(src: Path, dst: Path) -> None:
+    """One container start, as the image's start script runs it."""
+    assert usercopy.main([str(src), str(dst)]) == 0
+
+
+def test_users_own_file_of_the_reports_name_is_never_overwritten(dirs: tuple[Path, Path]) -> None:
+    src, dst = dirs
+    _write(dst / REPORT, "my own notes")
+    for _ in range(2):
+        _start(src, dst)
+        assert (dst / REPORT).read_text() == "my own notes"
+        note = (dst / REPORT_2).read_text()
+        assert note.startswith("tutorial copy: ")
+        assert f"note: {REPORT} is your file or a tutorial's, so this report is in {REPORT_2}" in note
+    assert _manifest(dst)["report"]["path"] == REPORT_2
+    # once the name is free again the report goes back to it, and the stand-in is removed
+    (dst / REPORT).unlink()
+    _start(src, dst)
+    assert (dst / REPORT).read_text().startswith("tutorial copy: ")
+    assert not (dst / REPORT_2).exists()
+
+
+def test_report_the_user_edited_becomes_theirs(dirs: tuple[Path, Path]) -> None:
+    src, dst = dirs
+    _start(src, dst)
+    assert (dst / REPORT).read_text().startswith("tutorial copy: 3 new")
+    _write(dst / REPORT, "tutorial copy: my notes on what changed\n")
+    _start(src, dst)
+    assert (dst / REPORT).read_text() == "tutorial copy: my notes on what changed\n"
+    assert (dst / REPORT_2).read_text().startswith("tutorial copy: up to date")
+
+
+@pytest.mark.parametrize("when", ["from-the-start", "added-later"])
+def test_upstream_file_of_the_reports_name_is_delivered(dirs: tuple[Path, Path], when: str) -> None:
+    src, dst = dirs
+    if when == "added-later":
+        _start(src, dst)  # our report now holds the name
+    _write(src / REPORT, "what changed in the tutorials, by the authors")
+    _start(src, dst)
+    assert (dst / REPORT).read_text() == "what changed in the tutorials, by the authors"
+    assert not (dst / usercopy.upstream_name(REPORT)).exists()
+    assert (dst / REPORT_2).read_text().startswith("tutorial copy: ")
+    assert _manifest(dst)["files"][REPORT] == _sha("what changed in the tutorials, by the authors")
+    # it follows upstream like any tutorial file
+    _write(src / REPORT, "v2 of the authors' notes")
+    _start(src, dst)
+    assert (dst / REPORT).read_text() == "v2 of the authors' notes"
+
+
+def test_report_left_by_the_old_script_is_taken_over_but_a_users_file_is_not(dirs: tuple[Path, Path]) -> None:
+    src, dst = dirs
+    usercopy.sync_copy(src, dst)
+    data = _manifest(dst)
+    data["version"] = 1  # as the old script left it: no record of the report
+    del data["report"]
+    (dst / MANIFEST).write_text(json.dumps(data))
+    _write(dst / REPORT, "tutorial copy: 3 new\n  updated or new: README.md\n")
+    _start(src, dst)
+    assert (dst / REPORT).read_text().startswith("tutorial copy: up to date")
+    assert not (dst / REPORT_2).exists()
+
+    (dst / MANIFEST).write_text(json.dumps(data))
+    _write(dst / REPORT, "tutorial copy: my own notes\nwith lines of my own\n")
+    _start(src, dst)
+    assert (dst / REPORT).read_text() == "tutorial copy: my own notes\nwith lines of my own\n"
+    assert (dst / REPORT_2).exists()
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+if given is not None:
+    _NAMES = [REPORT, REPORT_2, "TUTORIAL-UPDATES-3.txt", "a.txt", "sub/TUTORIAL-UPDATES.txt"]
+    _OPS = st.one_of(
+        st.tuples(st.just("upstream-write"), st.sampled_from(_NAMES), st.integers(0, 3)),
+        st.tuples(st.just("upstream-delete"), st.sampled_from(_NAMES), st.just(0)),
+        st.tuples(st.just("user-write"), st.sampled_from(_NAMES), st.integers(0, 3)),
+        st.tuples(st.just("user-delete"), st.sampled_from(_NAMES), st.just(0)),
+        st.tuples(st.just("start"), st.just(""), st.just(0)),
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(_OPS, min_size=1, max_size=30))
+    def test_random_sequences_never_lose_a_user_file_and_deliver_every_untouched_tutorial(ops) -> None:
+        """Any interleaving of authors' pushes, user edits and starts: a file the user wrote keeps
+        its content; an upstream file at a path the user never touched arrives; one report exists."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "src", Path(tmp) / "dst"
+            src.mkdir()
+            upstream: dict[str, str] = {}
+            users: dict[str, str | None] = {}  # path -> what the user last wrote (None: deleted)
+            for op, name, n in [*ops, ("start", "", 0)]:
+                if op == "upstream-write":
+                    upstream[name] = f"upstream {name} #{n}"
+                    _write(src / name, upstream[name])
+                elif op == "upstream-delete" and name in upstream:
+                    del upstream[name]
+                    (src / name).unlink()
+                elif op == "user-write" and dst.is_dir():
+                    users[name] = f"user {name} #{n}"
+                    _write(dst / name, users[name])
+                elif op == "user-delete" and (dst / name).is_file():
+                    users[name] = None
+                    (dst / name).unlink()
+                elif op == "start":
+                    _start(src, dst)
+                    for path, text in users.items():
+                        if text is not None:
+                            assert (dst / path).read_text() == text, f"the user's {path} was changed"
+                    for path, text in upstream.items():
+                        if path not in users:
+                            assert (dst / path).read_text() == text, f"upstream {path} not delivered"
+                    report = _manifest(dst)["report"]["path"]
+                    assert report not in upstream and users.get(report) is None
+                    assert (dst / report).read_text().startswith("tutorial copy: ")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,63 @@ def test_read_blobs_missing_object(remote: WorkClone, tmp_path: Path):
     source.fetch()
     with pytest.raises(SyncError, match="missing"):
         list(source.read_blobs(["0" * 40]))
+
+
+def test_git_children_see_none_of_the_services_secrets(
+    remote: WorkClone, http_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A fake ``git`` first on PATH records the environment each git process gets, then runs git."""
+    record = tmp_path / "envs"
+    record.mkdir()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    real_git = shutil.which("git")
+    wrapper = fake_bin / "git"
+    wrapper.write_text(f'#!/bin/sh\nenv -0 > "{record}/$$.env"\necho "$1" > "{record}/$$.arg"\nexec {real_git} "$@"\n')
+    wrapper.chmod(0o755)
+    secrets = {
+        "JUPYTERHUB_API_TOKEN": "hub-token-9d1c",
+        "GPUHUB_WEBHOOK_SECRET": "webhook-secret-77af",
+        "GPUHUB_TUTORIALS_TOKEN": TOKEN,
+        "JUPYTERHUB_CLIENT_ID": "service-tutorial-sync",
+        "GIT_DIR": str(tmp_path / "elsewhere"),
+        "GIT_CONFIG_PARAMETERS": "'core.sshcommand'='touch /tmp/pwned'",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    source = GitSource(http_url, "main", tmp_path / "cache", token=TOKEN)
+    sha = source.fetch()
+    assert sha == git("rev-parse", "refs/heads/main", cwd=remote.bare)
+    ours = [f for f in record.glob("*.arg") if f.read_text().strip() == f"--git-dir={tmp_path / 'cache'}"]
+    envs = [
+        dict(item.split("=", 1) for item in f.with_suffix(".env").read_text().split("\0") if "=" in item)
+        for f in ours
+    ]
+    assert len(envs) >= 3  # init, fetch, rev-parse: each through the fake (the test's own git too)
+    for env in envs:
+        for key, value in secrets.items():
+            assert key not in env
+            assert all(value not in v for v in env.values() if key != "GPUHUB_TUTORIALS_TOKEN")
+        assert not any(TOKEN in v for v in env.values())  # only its base64 header form travels
+        assert env["GIT_CONFIG_NOSYSTEM"] == "1" and env["PATH"].startswith(str(fake_bin))
+
+
+def test_fetch_refuses_malformed_objects(tmp_path: Path):
+    """transfer.fsckObjects: a commit object with no author line is refused, nothing is fetched."""
+    bare = make_bare(tmp_path / "srv" / "tutorials.git")
+    clone = WorkClone(bare, tmp_path / "work")
+    clone.write("README.md", "# Tutorials\n")
+    good = clone.commit_and_push("good")
+    tree = git("rev-parse", f"{good}^{{tree}}", cwd=bare)
+    body = f"tree {tree}\nparent {good}\ncommitter Eve <eve@example.invalid> 1700000000 +0000\n\nno author\n"
+    bad = git("hash-object", "--literally", "-t", "commit", "-w", "--stdin", cwd=bare, stdin=body.encode())
+    git("update-ref", "refs/heads/main", bad, cwd=bare)
+    with serve_http(bare.parent) as base:
+        source = GitSource(f"{base}/tutorials.git", "main", tmp_path / "cache")
+        with pytest.raises(SyncError, match="malformed Git objects") as excinfo:
+            source.fetch()
+    assert "Traceback" not in str(excinfo.value)
+    assert subprocess.run(
+        ["git", f"--git-dir={tmp_path / 'cache'}", "cat-file", "-e", bad], capture_output=True
+    ).returncode != 0

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from gitserver import WorkClone, crafted_commit, make_bare
+from prometheus_client import generate_latest
 
 from hub_services.tutorial_sync.gitsource import GitSource, SyncError
 from hub_services.tutorial_sync.publish import (
+    CommitLimits,
     PublishReport,
     current_version,
     escaping_links,
@@ -300,3 +302,77 @@ def test_readers_pinning_current_never_see_a_mixed_tree(remote: WorkClone, sourc
     print(f"{reads[0]} consistent reads of {nfiles} files, {len(seen)} versions seen")
     assert reads[0] > 10 and len(seen) > 2
     assert (store / "current" / names[-1]).read_text() == "version 10\n"
+
+
+@pytest.mark.parametrize(
+    "limits, files, problem",
+    [
+        pytest.param(CommitLimits(max_total_bytes=100), {"a.bin": 60, "b.bin": 60}, "132 bytes", id="total-size"),
+        pytest.param(CommitLimits(max_files=3), {f"f{i}.txt": 1 for i in range(4)}, "5 files", id="file-count"),
+    ],
+)
+def test_commit_over_a_total_limit_is_refused_whole(
+    remote: WorkClone, source: GitSource, store: Path, limits: CommitLimits, files: dict[str, int], problem: str
+):
+    first = remote.commit_and_push("small")
+    sync(source, store, limits=limits)
+    for name, size in files.items():
+        remote.write(name, "x" * size)
+    big = remote.commit_and_push("too big")
+    with pytest.raises(SyncError, match=f"Commit {big[:12]} was not published: .*{problem}, over the limit"):
+        sync(source, store, limits=limits)
+    assert current_version(store) == first and versions(store) == {first}
+    assert os.listdir(store / ".staging") == []
+    # files left out for their own size do not count against the total
+    assert sync(source, store, max_file_bytes=10, limits=CommitLimits(max_total_bytes=100)).published
+
+
+async def test_syncer_reports_a_refused_commit_and_keeps_the_current_one(
+    remote: WorkClone, source: GitSource, store: Path
+):
+    from hub_services.tutorial_sync.app import Syncer
+
+    syncer = Syncer(source, store, 10**6, 3, "repo", CommitLimits(max_files=2))
+    first = remote.commit_and_push()
+    assert (await syncer.run_once("test")).commit == first
+    for i in range(3):
+        remote.write(f"lesson{i}.ipynb", "{}")
+    remote.commit_and_push("three more")
+    status = await syncer.run_once("test")
+    assert status.commit == first == current_version(store)
+    assert "was not published: it has 4 files, over the limit of 2 (max_files)" in status.last_error
+    assert 'gpuhub_tutorial_sync_runs_total{result="error"} 1.0' in generate_latest(syncer.metrics.registry).decode()
+
+
+def test_new_version_is_fsynced_into_versions_before_current_moves(
+    remote: WorkClone, source: GitSource, store: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Records which directories are fsynced, in order, with what they held at that moment.
+
+    A crash-consistency test (power cut between rename and write-back) is not feasible here,
+    so this checks the code path: versions/ is fsynced after the version is renamed into it
+    and before ``current`` is switched to it.
+    """
+    sha = remote.commit_and_push()
+    paths: dict[int, str] = {}
+    synced: list[tuple[str, list[str], str | None]] = []
+    real_open, real_fsync = os.open, os.fsync
+
+    def recording_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        paths[fd] = os.fspath(path)
+        return fd
+
+    def recording_fsync(fd):
+        path = paths.get(fd, "")
+        if os.path.isdir(path):
+            synced.append((path, sorted(os.listdir(path)), current_version(store)))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    sync(source, store)
+    assert (str(store / "versions"), [sha], None) in synced
+    order = [p for p, _, _ in synced]
+    assert order.index(str(store / "versions")) < order.index(str(store))
+    assert synced[order.index(str(store))][2] == sha  # the store itself after the switch

@@ -22,6 +22,7 @@ from hub_services.tutorial_sync.publish import current_version
 
 TOKEN = "tok-5f1e-not-for-logs"
 SECRET = "webhook-s3cret"
+PROMETHEUS_TOKEN = "prometheus-token-for-tests-0123456789abcdef"
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
@@ -77,6 +78,10 @@ async def test_unreachable_remote_is_reported_not_fatal(tmp_path):
     assert current_version(store) is None
 
 
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"}
+
+
 async def _until(check, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -84,12 +89,12 @@ async def _until(check, timeout: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-def _wait_status(base: str, predicate, timeout: float = 60) -> dict:
+def _wait_status(base: str, predicate, token: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            r = requests.get(base + "status.json", timeout=5)
+            r = requests.get(base + "status.json", headers=_auth(token), timeout=5)
             if r.ok:
                 last = r.json()
                 if predicate(last):
@@ -107,9 +112,12 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     clone.write("intro.py", "print('v1')\n")
     first = clone.commit_and_push("v1")
     store = tmp_path / "store"
+    prometheus_token_file = tmp_path / "prometheus-token"
+    prometheus_token_file.write_text(PROMETHEUS_TOKEN)
     hub = hub_factory({"gpu_inventory": fake_gpus(1, "ts"), "tutorials_source": str(store)}, start=False)
     hub.start(
         env={
+            "GPUHUB_PROMETHEUS_TOKEN_FILE": str(prometheus_token_file),
             "GPUHUB_TUTORIALS_REPO": url,
             "GPUHUB_TUTORIALS_STORE": str(store),
             "GPUHUB_TUTORIALS_TOKEN": TOKEN,
@@ -119,7 +127,7 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
         }
     )
     base = hub.url + "/services/tutorial-sync/"
-    status = _wait_status(base, lambda s: s["commit"] == first)
+    status = _wait_status(base, lambda s: s["commit"] == first, hub.token)
     assert status["last_error"] is None and status["files"] == 1
 
     hub.create_users(["vera"])
@@ -132,12 +140,12 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     second = clone.commit_and_push("v2")
     push = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
     # forged and unsigned calls change nothing
-    before = requests.get(base + "status.json", timeout=5).json()
+    before = requests.get(base + "status.json", headers=_auth(hub.token), timeout=5).json()
     for headers in ({"X-Hub-Signature-256": sign(push, "guess")}, {}):
         r = requests.post(base + "webhook", data=push, headers={"X-GitHub-Event": "push", **headers}, timeout=5)
         assert r.status_code == 401
     time.sleep(1)
-    assert requests.get(base + "status.json", timeout=5).json() == before
+    assert requests.get(base + "status.json", headers=_auth(hub.token), timeout=5).json() == before
 
     r = requests.post(
         base + "webhook",
@@ -146,12 +154,12 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
         timeout=5,
     )
     assert r.status_code == 202, r.text
-    _wait_status(base, lambda s: s["commit"] == second and s["trigger"] == "webhook")
+    _wait_status(base, lambda s: s["commit"] == second and s["trigger"] == "webhook", hub.token)
     # the running server sees the new commit without a restart
     assert exec_as_user(vera, "cat ~/tutorials/intro.py") == (0, "print('v2')\n")
 
-    page = requests.get(base, timeout=5).text
-    metrics = requests.get(base + "metrics", timeout=5).text
+    page = requests.get(base, headers=_auth(hub.token), timeout=5).text
+    metrics = requests.get(base + "metrics", headers=_auth(PROMETHEUS_TOKEN), timeout=5).text
     assert second in page
     assert 'gpuhub_tutorial_sync_runs_total{result="published"} 2.0' in metrics
     for text in (page, metrics, json.dumps(before), hub.log_path.read_text(errors="replace")):
@@ -164,7 +172,7 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     push = json.dumps({"ref": "refs/heads/main", "after": third}).encode()
     headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(push)}
     assert requests.post(base + "webhook", data=push, headers=headers, timeout=5).status_code == 202
-    _wait_status(base, lambda s: s["commit"] == third)
+    _wait_status(base, lambda s: s["commit"] == third, hub.token)
     hub.stop_server("vera")
     hub.spawn("vera", {"profile": "gpu"})
     hub.wait_ready("vera")
@@ -196,3 +204,66 @@ async def test_webhook_arriving_during_a_sync_is_not_lost(tmp_path):
     finally:
         task.cancel()
     assert calls[:2] == ["start", "webhook"]
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client, hub_factory, remote, tmp_path):
+    """Anonymous callers and plain users are refused; admins, allowed services and the
+    read:metrics token get in; GitHub's signed webhook needs no sign-in."""
+    url, clone = remote
+    clone.write("intro.py", "print('v1')\n")
+    first = clone.commit_and_push("v1")
+    token_file = tmp_path / "prometheus-token"
+    token_file.write_text(PROMETHEUS_TOKEN)
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "ta")}, extra='c.Authenticator.admin_users = {"prof"}\n', start=False)
+    hub.start(
+        env={
+            "GPUHUB_TUTORIALS_REPO": url,
+            "GPUHUB_TUTORIALS_STORE": str(tmp_path / "store"),
+            "GPUHUB_TUTORIALS_TOKEN": TOKEN,
+            "GPUHUB_WEBHOOK_SECRET": SECRET,
+            "GPUHUB_TUTORIALS_POLL_INTERVAL": "3600",
+            "GPUHUB_PROMETHEUS_TOKEN_FILE": str(token_file),
+        }
+    )
+    base = hub.url + "/services/tutorial-sync/"
+    _wait_status(base, lambda s: s["commit"] == first, hub.token)  # the test service: access:services
+    hub.create_users(["ann"])
+    assert hub.user("prof")["admin"] is True
+    tokens = {}
+    for name, scopes in (("ann", None), ("prof", None), ("prof", ["read:metrics"])):
+        r = hub.api("POST", f"/users/{name}/tokens", json={"scopes": scopes} if scopes else {})
+        assert r.status_code == 201, r.text
+        tokens[(name, tuple(scopes or ()))] = r.json()["token"]
+    ann, prof, prof_metrics = tokens[("ann", ())], tokens[("prof", ())], tokens[("prof", ("read:metrics",))]
+
+    def get(path: str, token: str | None = None) -> requests.Response:
+        headers = _auth(token) if token else {}
+        return requests.get(base + path, headers=headers, timeout=10, allow_redirects=False)
+
+    # anonymous: refused everywhere but the webhook; the page sends browsers to sign in
+    assert get("status.json").status_code == 403
+    assert get("metrics").status_code == 403
+    page = get("")
+    assert page.status_code == 302 and "/hub/api/oauth2/authorize" in page.headers["Location"]
+    assert first not in page.text
+    # a plain attendee: no access to the service, no read:metrics
+    for path in ("", "status.json", "metrics"):
+        r = get(path, ann)
+        assert r.status_code == 403, (path, r.status_code)
+        assert first not in r.text and url not in r.text
+    # an admin gets the status; metrics need read:metrics, which this token of theirs has
+    assert get("status.json", prof).json()["commit"] == first
+    assert first in get("", prof).text
+    assert get("status.json", prof_metrics).status_code == 403  # read:metrics alone: metrics only
+    for token in (prof_metrics, PROMETHEUS_TOKEN):
+        r = get("metrics", token)
+        assert r.status_code == 200 and "gpuhub_tutorial_sync_runs_total" in r.text
+    assert get("metrics", "not-a-token").status_code == 403
+    # the webhook stays reachable without a hub sign-in, and still checks its signature
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    hook = {"X-GitHub-Event": "push"}
+    assert requests.post(base + "webhook", data=body, headers=hook, timeout=10).status_code == 401
+    signed = {**hook, "X-Hub-Signature-256": sign(body)}
+    assert requests.post(base + "webhook", data=body, headers=signed, timeout=10).status_code == 202
