@@ -120,10 +120,16 @@ tutorials_repo = os.environ.get("GPUHUB_TUTORIALS_REPO")
 if tutorials_repo:
     store = Path(os.environ.get("GPUHUB_TUTORIALS_STORE", data_dir / "tutorials"))
     sync_port = os.environ.get("GPUHUB_TUTORIAL_SYNC_PORT", "8765")
+    try:  # a commit over these is not published (the status page says why)
+        sync_max_total_mb = int(hubconfig.env_number("GPUHUB_TUTORIALS_MAX_TOTAL_MB", 10240, minimum=1))
+        sync_max_files = int(hubconfig.env_number("GPUHUB_TUTORIALS_MAX_FILES", 100000, minimum=1))
+    except hubconfig.ConfigError as e:
+        hubconfig.fail(str(e))
     c.JupyterHub.services.append(
         {
             "name": "tutorial-sync",
             "display": False,
+            "oauth_no_confirm": True,  # the hub's own service: its status page asks no consent
             "url": f"http://127.0.0.1:{sync_port}",
             "command": [
                 sys.executable, "-m", "hub_services.tutorial_sync",
@@ -131,6 +137,8 @@ if tutorials_repo:
                 "--branch", os.environ.get("GPUHUB_TUTORIALS_BRANCH", "main"),
                 "--store", str(store),
                 "--poll-interval", os.environ.get("GPUHUB_TUTORIALS_POLL_INTERVAL", "60"),
+                "--max-total-mb", str(sync_max_total_mb),
+                "--max-files", str(sync_max_files),
             ],
             # secrets travel in the environment, never on the command line
             "environment": {
@@ -138,7 +146,18 @@ if tutorials_repo:
             },
         }
     )
-    # it needs no hub API access at all: no role, so its token holds no scopes
+    # it needs no hub API access at all: no role, so its token holds no scopes. Its status page
+    # is for admins and whoever holds access:services!service=tutorial-sync (e.g. a role for a
+    # "tutorial-authors" group); its metrics for a read:metrics token; the webhook is signed.
+    if os.environ.get("GPUHUB_EXPORTER_PORT"):
+        # the exporter reads status.json for its gpuhub_tutorial_sync_status_* series
+        c.JupyterHub.load_roles.append(
+            {
+                "name": "gpuhub-exporter-reads-tutorial-sync",
+                "scopes": ["access:services!service=tutorial-sync"],
+                "services": ["gpuhub-exporter"],
+            }
+        )
     if not os.environ.get("GPUHUB_TUTORIALS"):
         c.GPUDockerSpawner.tutorials_source = str(store)
 

@@ -195,8 +195,11 @@ class _Base(web.RequestHandler):
         message = self._reason
         if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message}))
+        if getattr(self, "api", True):
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": message}))
+        else:
+            self.finish(f"<!doctype html><title>Tutorial sync</title><h1>Error {status_code}</h1><p>{escape(message)}</p>")
 
 
 class _SignedIn(HubOAuthenticated, _Base):

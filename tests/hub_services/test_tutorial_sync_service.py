@@ -9,17 +9,23 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from gitserver import WorkClone, make_bare, serve_http
 from harness import container_of, exec_as_user, fake_gpus, free_port
+from needs import unavailable
+from promserver import PROMETHEUS, PrometheusServer
 
 from hub_services.tutorial_sync.app import Syncer, verify_signature
 from hub_services.tutorial_sync.gitsource import GitSource
 from hub_services.tutorial_sync.publish import current_version
 
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "tok-5f1e-not-for-logs"
 SECRET = "webhook-s3cret"
 PROMETHEUS_TOKEN = "prometheus-token-for-tests-0123456789abcdef"
@@ -267,3 +273,40 @@ def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client,
     assert requests.post(base + "webhook", data=body, headers=hook, timeout=10).status_code == 401
     signed = {**hook, "X-Hub-Signature-256": sign(body)}
     assert requests.post(base + "webhook", data=body, headers=signed, timeout=10).status_code == 202
+
+    # the committed scrape job, with Prometheus's token file, scrapes it through the proxy
+    if not os.path.exists(PROMETHEUS):
+        unavailable("Debian's prometheus package is not installed")
+    committed = REPO / "deploy" / "prometheus" / "prometheus-single-host.yml"
+    jobs = yaml.safe_load(committed.read_text())["scrape_configs"]
+    job = next(j for j in jobs if j["job_name"] == "gpuhub-tutorial-sync")
+    assert job["authorization"]["credentials_file"] == "/etc/gpuhub/prometheus-token"
+    job["authorization"]["credentials_file"] = str(token_file)
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{hub.port}"]}]
+    prom = PrometheusServer(tmp_path / "prom", [job])
+    try:
+        deadline = time.monotonic() + 30
+        while not prom.query('gpuhub_tutorial_sync_runs_total{job="gpuhub-tutorial-sync",result="published"}'):
+            assert time.monotonic() < deadline, prom.targets()
+            time.sleep(0.5)
+        assert [t["health"] for t in prom.targets()] == ["up"]
+    finally:
+        prom.stop()
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("GPUHUB_TUTORIALS_MAX_FILES", "lots", "GPUHUB_TUTORIALS_MAX_FILES='lots' is not a number"),
+        ("GPUHUB_TUTORIALS_MAX_TOTAL_MB", "0", "GPUHUB_TUTORIALS_MAX_TOTAL_MB='0' is out of range"),
+    ],
+    ids=["files-word", "total-zero"],
+)
+def test_bad_commit_limits_stop_the_hub_at_start(hub_factory, tmp_path, setting, value, message):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "tl")}, start=False)
+    with pytest.raises(RuntimeError, match="hub exited") as excinfo:
+        hub.start(env={"GPUHUB_TUTORIALS_REPO": str(tmp_path / "none.git"), setting: value})
+    assert message in str(excinfo.value)
+    assert "Traceback" not in str(excinfo.value)
