@@ -2,9 +2,22 @@
 
 The ledger lives in its own tables (``gpuhub_usage``, ``gpuhub_user_quota``) in a SQL database
 given by URL: a sqlite file by default, PostgreSQL for larger hubs.  It survives hub restarts:
-after a restart the spawner re-adopts running servers with :meth:`UsageLedger.start` (which
-returns the interval already open for that holder) and closes the rest with
+the intervals of servers still running stay open, and the spawner closes the rest with
 :meth:`UsageLedger.close_all_except`.
+
+An open interval is never re-used across a stop:
+
+- :meth:`UsageLedger.start` is called for a *new* server.  A holder (a container or service
+  name) runs one server at a time, so an interval still open for that holder belongs to a
+  server that has stopped: it is closed first, then a new one is opened.  It is closed at the
+  best end time known: the stop time of a failed :meth:`UsageLedger.end` when this process
+  recorded one (exact), otherwise the new start time (the latest the old server can have
+  held the unit; a warning says so).  It is never closed before it started.
+- :meth:`UsageLedger.end` that cannot reach the database does not fail the server's stop: it
+  keeps the stop time and retries the close at the start of every later ledger call (and on
+  :meth:`UsageLedger.retry_pending`), with the recorded stop time, so a database hiccup costs
+  the user nothing.  Only a hub restart while the database is still down loses the recorded
+  time; the restart's :meth:`UsageLedger.close_all_except` then closes the interval.
 
 Every method is one short transaction and may be called from several threads.  Datetimes are
 stored and returned timezone-aware in UTC; a naive datetime passed in is taken to be UTC.
@@ -20,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -38,7 +52,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -184,15 +199,12 @@ class UsageLedger:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        # holder -> stop time of an end() that could not reach the database (retried later)
+        self._pending_ends: dict[str, datetime] = {}
+        self._pending_lock = threading.Lock()
         log.debug("GPU usage ledger on %s", self.engine.url.render_as_string(hide_password=True))
 
     # ---- intervals ------------------------------------------------------------------------
-
-    def _open_id(self, session: Session, holder: str) -> int | None:
-        query = select(UsageInterval.id).where(
-            UsageInterval.holder == holder, UsageInterval.ended_at.is_(None)
-        )
-        return session.scalars(query.order_by(UsageInterval.id).limit(1)).first()
 
     def start(
         self,
@@ -204,32 +216,56 @@ class UsageLedger:
         node: str = "",
         now: datetime | None = None,
     ) -> int:
-        """Open an interval for ``holder``; if one is open already, return its id instead."""
-        row = UsageInterval(
-            user=user,
-            server=server,
-            unit_id=unit_id,
-            pool=pool,
-            node=node,
-            holder=holder,
-            started_at=as_utc(now or utcnow()),
-        )
-        with self._session() as session:
-            existing = self._open_id(session, holder)
-            if existing is not None:
-                return existing
-            session.add(row)
+        """Open an interval for a new server of ``holder``; its id.
+
+        An interval still open for ``holder`` is stale (its server stopped): it is closed first
+        (see the module's docstring for the end time it gets).  Concurrent starts of one holder
+        leave exactly one interval open: the last one.
+        """
+        when = as_utc(now or utcnow())
+        self.retry_pending()
+        for attempt in range(5):
+            row = UsageInterval(
+                user=user, server=server, unit_id=unit_id, pool=pool, node=node, holder=holder, started_at=when
+            )
             try:
-                session.commit()
+                with self._session.begin() as session:
+                    stopped = self._close_stale(session, holder, when)
+                    session.add(row)
+                self._forget_pending(holder, stopped)
+                break
             except IntegrityError:
-                # another thread or hub opened one for this holder in the meantime
-                session.rollback()
-                existing = self._open_id(session, holder)
-                if existing is None:
+                # another thread or hub opened one for this holder meanwhile: close it too
+                if attempt == 4:
                     raise
-                return existing
         log.info("GPU usage started: %s/%s holds %s (%s) as %s", user, server, unit_id, pool, holder)
         return row.id
+
+    def _close_stale(self, session: Session, holder: str, when: datetime) -> datetime | None:
+        """Close ``holder``'s open interval(s) before a new one opens at ``when``; the recorded stop used."""
+        if session.get_bind().dialect.name == "postgresql":
+            # one start per holder at a time, across threads and hubs (sqlite serializes writes)
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "gpuhub_usage:" + holder})
+        query = select(UsageInterval).where(UsageInterval.holder == holder, UsageInterval.ended_at.is_(None))
+        with self._pending_lock:
+            stopped = self._pending_ends.get(holder)
+        for row in session.scalars(query.with_for_update()):
+            if stopped is not None and row.started_at <= stopped <= when:
+                row.ended_at = stopped
+                log.info("GPU usage of %s closed at its recorded stop %s", holder, stopped.isoformat())
+            else:
+                row.ended_at = max(when, row.started_at)
+                log.warning(
+                    "GPU usage of %s (since %s) was still open at a new start: closed now, its stop is unknown",
+                    holder, row.started_at.isoformat(),
+                )
+        session.flush()
+        return stopped
+
+    def _forget_pending(self, holder: str, stopped: datetime | None) -> None:
+        with self._pending_lock:
+            if stopped is not None and self._pending_ends.get(holder) == stopped:
+                del self._pending_ends[holder]
 
     def _close(self, condition: Any, now: datetime | None) -> int:
         query = update(UsageInterval).where(UsageInterval.ended_at.is_(None), condition)
@@ -238,14 +274,56 @@ class UsageLedger:
             return int(result.rowcount or 0)
 
     def end(self, holder: str, now: datetime | None = None) -> int:
-        """Close the open interval(s) of ``holder``; how many were closed (0 when none)."""
-        closed = self._close(UsageInterval.holder == holder, now)
+        """Close the open interval(s) of ``holder``; how many were closed (0 when none).
+
+        When the database cannot be reached, the stop time is kept and the close retried by
+        later calls (:meth:`retry_pending`); this returns 0 and does not raise.
+        """
+        when = as_utc(now or utcnow())
+        try:
+            self.retry_pending()
+            closed = self._close(UsageInterval.holder == holder, when)
+        except (DBAPIError, PoolTimeoutError) as e:
+            with self._pending_lock:
+                self._pending_ends.setdefault(holder, when)  # the earliest stop is the real one
+            log.warning("Could not record the end of GPU usage of %s (%s); it will be retried", holder, e)
+            return 0
         if closed:
             log.info("GPU usage ended for %s", holder)
         return closed
 
+    def pending_ends(self) -> dict[str, datetime]:
+        """Holders whose end could not be recorded yet, with their stop times."""
+        with self._pending_lock:
+            return dict(self._pending_ends)
+
+    def retry_pending(self) -> int:
+        """Record the ends that failed earlier, each at its own stop time; how many rows closed.
+
+        A row that started after the recorded stop belongs to a newer server and stays open.
+        Raises the database's error if it is still unreachable (the ends stay pending).
+        """
+        with self._pending_lock:
+            pending = dict(self._pending_ends)
+        closed = 0
+        for holder, stopped in pending.items():
+            condition = (UsageInterval.holder == holder) & (UsageInterval.started_at <= stopped)
+            closed += self._close(condition, stopped)
+            self._forget_pending(holder, stopped)
+            log.info("GPU usage of %s: its end (%s) is recorded now", holder, stopped.isoformat())
+        return closed
+
+    def _settle(self) -> None:
+        """Before a read: record pending ends if the database answers again (quietly)."""
+        if self._pending_ends:
+            try:
+                self.retry_pending()
+            except (DBAPIError, PoolTimeoutError) as e:
+                log.debug("Pending GPU usage ends not recorded yet: %s", e)
+
     def close_all_except(self, holders: Iterable[str], now: datetime | None = None) -> int:
         """Close every open interval whose holder is not in ``holders`` (after a hub restart)."""
+        self.retry_pending()
         closed = self._close(UsageInterval.holder.not_in(set(holders)), now)
         if closed:
             log.info("Closed %d GPU usage interval(s) of servers that are gone", closed)
@@ -260,6 +338,7 @@ class UsageLedger:
         )
         if user is not None:
             query = query.where(UsageInterval.user == user)
+        self._settle()
         with self._session() as session:
             return list(session.scalars(query))
 
@@ -279,6 +358,7 @@ class UsageLedger:
     def open_allocations(self) -> list[dict[str, Any]]:
         """The open intervals, oldest first: user, server, unit_id, pool, node, holder, started_at."""
         query = select(UsageInterval).where(UsageInterval.ended_at.is_(None))
+        self._settle()
         with self._session() as session:
             rows = session.scalars(query.order_by(UsageInterval.started_at, UsageInterval.id))
             return [row.as_dict() for row in rows]
@@ -298,6 +378,7 @@ class UsageLedger:
 
     def _intervals(self, condition: Any) -> list[Interval]:
         query = select(*self._COLUMNS).where(condition)
+        self._settle()
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(UsageInterval.started_at, UsageInterval.id)).all()
         return [Interval(*row) for row in rows]

@@ -4,15 +4,19 @@ Quota fields, all optional (a field that is absent is *not set*):
 
 ==========================  ================================================================
 ``allowed_profiles``        profile slugs the user may pick; ``None`` (or ``"*"``) means all
-``max_gpu_units``           GPU units held at once across the user's servers (whole number ≥ 0)
-``gpu_hours_per_period``    GPU-hours per ``period`` (number ≥ 0)
+``max_gpu_units``           GPU units held at once across the user's servers (whole number 0-1000)
+``gpu_hours_per_period``    GPU-hours per ``period`` (number 0-1,000,000)
 ``period``                  ``day``, ``week``, ``month`` or ``total`` (default ``week``)
-``max_session_hours``       longest a server may run (number > 0)
-``cpu_limit``               CPUs per server (number > 0)
-``mem_limit``               memory per server: ``"4G"``, ``"512M"`` or bytes; stored as bytes
-``max_named_servers``       named servers per user (whole number ≥ 0)
-``priority``                place in the GPU queue, higher first (whole number, default 0)
+``max_session_hours``       longest a server may run (number > 0, at most 8760: one year)
+``cpu_limit``               CPUs per server (number 0.01-1024)
+``mem_limit``               memory per server, 6M-64T (see :func:`parse_bytes`); stored as bytes
+``max_named_servers``       named servers per user (whole number 0-1000)
+``priority``                place in the GPU queue, higher first (whole number ±1,000,000, default 0)
 ==========================  ================================================================
+
+Every numeric field has an upper bound (:data:`BOUNDS`): a value beyond it (``1e9`` GPU-hours,
+a million GPUs) is a typo or a test, and is refused with the allowed range rather than taken as
+"no limit".  Write ``"unlimited"`` for no limit.
 
 Values usually come from JupyterHub group properties typed into the admin panel, so they are
 often strings: ``"2"``, ``"1.5"``, ``"mig-1g-10gb, cpu"`` or ``'["mig-1g-10gb", "cpu"]'``
@@ -41,8 +45,20 @@ _NO_LIMIT = {"unlimited", "none", "null"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _INT = re.compile(r"^[+-]?[0-9]{1,30}$")
 _NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-_BYTES = re.compile(r"^([0-9]{1,30})([kmgt]?)$", re.IGNORECASE)
+_BYTES = re.compile(r"^([0-9]{1,20}(?:\.[0-9]{1,9})?)\s*(?:([kmgt])(i?)b?|b)?$", re.IGNORECASE)
 _UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MIB, TIB = 1024**2, 1024**4
+
+#: (lowest, highest) allowed value of each numeric field, both inclusive.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "max_gpu_units": (0, 1000),
+    "gpu_hours_per_period": (0, 1_000_000),
+    "max_session_hours": (0, 8760),  # > 0: zero is refused separately
+    "cpu_limit": (0.01, 1024),  # Docker's CPU quota is whole microseconds of a 100 ms period
+    "mem_limit": (6 * MIB, 64 * TIB),  # Docker refuses less than 6 MiB
+    "max_named_servers": (0, 1000),
+    "priority": (-1_000_000, 1_000_000),
+}
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -117,13 +133,34 @@ def _number(value: Any, positive: bool) -> float:
     return number
 
 
-def _bytes(value: Any) -> int:
+def parse_bytes(value: Any) -> int:
+    """A memory size in bytes: the one grammar for every ``mem_limit`` (profiles and quotas).
+
+    A whole number of bytes, or a number (decimals allowed) with a unit ``K``, ``M``, ``G`` or
+    ``T``, optionally followed by ``i`` and/or ``B``, in any case: ``"4G"``, ``"4Gi"``,
+    ``"4GB"``, ``"4GiB"`` and ``"4g"`` all mean 4 x 1024**3 (binary units, as Docker and
+    JupyterHub read them).  Fractions of a byte are dropped.  Raises ``ValueError`` (with
+    the value) for anything else, for zero and for negative sizes.
+    """
+    number = value
     if isinstance(value, str):
         match = _BYTES.match(value.strip())
         if not match:
-            raise _Invalid
-        value = int(match.group(1)) * _UNIT[match.group(2).lower()]
-    return _whole(value, 1)
+            raise ValueError(f"{_show(value)} is not a memory size")
+        digits, unit, _binary = match.groups()
+        number = int(float(digits) * _UNIT[(unit or "").lower()])
+    try:
+        size = _whole(number, 1)
+    except _Invalid:
+        raise ValueError(f"{_show(value)} is not a memory size") from None
+    return size
+
+
+def _bytes(value: Any) -> int:
+    try:
+        return parse_bytes(value)
+    except ValueError:
+        raise _Invalid from None
 
 
 def _profiles(value: Any) -> frozenset[str] | None:
@@ -158,10 +195,42 @@ _CONVERTERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "period": (_period, "one of " + ", ".join(PERIODS)),
     "max_session_hours": (lambda v: _number(v, True), "a number > 0 (or 'unlimited')"),
     "cpu_limit": (lambda v: _number(v, True), "a number > 0 (or 'unlimited')"),
-    "mem_limit": (_bytes, "a memory size such as '4G', '512M' or a number of bytes (or 'unlimited')"),
+    "mem_limit": (_bytes, "a memory size such as '4G', '4Gi', '512M' or a number of bytes (or 'unlimited')"),
     "max_named_servers": (lambda v: _whole(v, 0), "a whole number ≥ 0 (or 'unlimited')"),
     "priority": (lambda v: _whole(v, None), "a whole number such as 0, 10 or -5"),
 }
+
+
+def _size(value: float) -> str:
+    """``6M``, ``64T``: a byte count in the largest binary unit that divides it."""
+    for suffix, unit in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if value >= unit and value % unit == 0:
+            return f"{value // unit:g}{suffix}"
+    return f"{value:g} bytes"
+
+
+def _figure(value: float) -> str:
+    """``1,000,000``, ``0.01``."""
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
+def allowed_range(field: str) -> str:
+    """The allowed range of a numeric field in words, e.g. ``from 0 to 1,000``."""
+    low, high = BOUNDS[field]
+    if field == "mem_limit":
+        return f"from {_size(low)} to {_size(high)}"
+    if field == "max_session_hours":
+        return f"more than 0 and at most {_figure(high)}"
+    return f"from {_figure(low)} to {_figure(high)}"
+
+
+def _check_bounds(field: str, value: Any, raw: Any, where: str) -> None:
+    if field in BOUNDS and value is not None:
+        low, high = BOUNDS[field]
+        if not low <= value <= high:
+            unlimited = "" if field == "priority" else " (or 'unlimited')"
+            message = f"{_show(raw)} is out of range: allowed {allowed_range(field)}{unlimited}"
+            raise QuotaError(field, message, where)
 
 
 def _show(value: Any) -> str:
@@ -180,9 +249,11 @@ def _parse_field(field: str, value: Any, where: str) -> tuple[bool, Any]:
         return True, None
     convert, allowed = _CONVERTERS[field]
     try:
-        return True, convert(value)
+        converted = convert(value)
     except _Invalid:
         raise QuotaError(field, f"{_show(value)} is not {allowed}", where) from None
+    _check_bounds(field, converted, value, where)
+    return True, converted
 
 
 def parse_quota(raw: Mapping[str, Any], where: str = "") -> dict[str, Any]:

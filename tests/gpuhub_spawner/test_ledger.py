@@ -6,12 +6,14 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from pg import create_database, postgres_fixture
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from gpuhub_spawner.ledger import UsageInterval, UsageLedger, UserQuota
 from gpuhub_spawner.quotas import period_bounds
@@ -75,13 +77,104 @@ def test_node_defaults_to_empty(ledger: UsageLedger) -> None:
     assert ledger.open_allocations()[0]["node"] == ""
 
 
-def test_double_start_returns_the_open_interval(ledger: UsageLedger) -> None:
+def _spans(ledger: UsageLedger) -> list[tuple[datetime, datetime | None]]:
+    return [(row.started_at, row.ended_at) for row in _rows(ledger)]
+
+
+def test_a_new_start_never_reuses_a_stale_open_interval(ledger: UsageLedger) -> None:
+    """Item 8: an interval left open (its end never recorded) is closed, not re-used."""
     first = _start(ledger, "jupyter-ada", T0)
-    assert _start(ledger, "jupyter-ada", T0 + HOUR) == first
-    assert len(ledger.open_allocations()) == 1
-    assert ledger.open_allocations()[0]["started_at"] == T0
-    ledger.end("jupyter-ada", now=T0 + 2 * HOUR)
-    assert _start(ledger, "jupyter-ada", T0 + 3 * HOUR) != first
+    second = _start(ledger, "jupyter-ada", T0 + 2 * HOUR)  # a new server of the same holder
+    assert second != first
+    # the old server's stop is unknown: closed at the new start, the latest it can have run
+    assert _spans(ledger) == [(T0, T0 + 2 * HOUR), (T0 + 2 * HOUR, None)]
+    assert [a["started_at"] for a in ledger.open_allocations()] == [T0 + 2 * HOUR]
+    ledger.end("jupyter-ada", now=T0 + 3 * HOUR)
+    assert ledger.gpu_seconds("ada", T0, T0 + 10 * HOUR) == 3 * 3600
+
+
+def test_a_stale_interval_is_never_closed_before_it_started(ledger: UsageLedger) -> None:
+    _start(ledger, "jupyter-ada", T0 + 5 * HOUR)
+    _start(ledger, "jupyter-ada", T0 + HOUR)  # a clock that went backwards
+    assert _spans(ledger) == [(T0 + 5 * HOUR, T0 + 5 * HOUR), (T0 + HOUR, None)]
+
+
+@contextmanager
+def database_down(ledger: UsageLedger, url: str) -> Iterator[None]:
+    """Make the real database unreachable for ``ledger``, then bring it back.
+
+    sqlite: the file is moved away and a directory put in its place (sqlite cannot open it);
+    PostgreSQL: the database refuses connections and the ledger's are terminated.
+    """
+    ledger.engine.dispose()
+    if url.startswith("sqlite"):
+        path = Path(make_url(url).database or "")
+        aside = path.with_name(path.name + ".aside")
+        path.rename(aside)
+        path.mkdir()
+        try:
+            yield
+        finally:
+            path.rmdir()
+            aside.rename(path)
+        return
+    name = make_url(url).database
+    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
+            )
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def test_a_failed_end_is_recorded_later_at_its_stop_time(ledger: UsageLedger, ledger_url: str) -> None:
+    """The probe of item 8: ~2 h of use, an end() that failed, a new start 46 h later."""
+    _start(ledger, "jupyter-ada", T0)
+    with database_down(ledger, ledger_url):
+        assert ledger.end("jupyter-ada", now=T0 + HOUR) == 0  # the server's stop does not fail
+        assert ledger.pending_ends() == {"jupyter-ada": T0 + HOUR}
+    _start(ledger, "jupyter-ada", T0 + 47 * HOUR)
+    ledger.end("jupyter-ada", now=T0 + 48 * HOUR)
+    assert _spans(ledger) == [(T0, T0 + HOUR), (T0 + 47 * HOUR, T0 + 48 * HOUR)]
+    assert ledger.gpu_seconds("ada", T0 - 24 * HOUR, T0 + 49 * HOUR) == 2 * 3600
+    assert ledger.pending_ends() == {}
+
+
+@pytest.mark.parametrize("then", ["read", "retry", "other-end"])
+def test_a_failed_end_is_retried_by_the_next_call(ledger: UsageLedger, ledger_url: str, then: str) -> None:
+    _start(ledger, "jupyter-ada", T0)
+    _start(ledger, "jupyter-bob", T0, user="bob", unit="GPU-1")
+    with database_down(ledger, ledger_url):
+        ledger.end("jupyter-ada", now=T0 + HOUR)
+        ledger.end("jupyter-ada", now=T0 + 2 * HOUR)  # a second try keeps the first stop time
+    if then == "read":  # a budget check sees the right usage at once
+        assert ledger.gpu_seconds("ada", T0, T0 + 10 * HOUR) == 3600
+    elif then == "retry":
+        assert ledger.retry_pending() == 1
+    else:
+        assert ledger.end("jupyter-bob", now=T0 + 3 * HOUR) == 1
+    assert ledger.pending_ends() == {}
+    assert ledger.gpu_seconds("ada", T0, T0 + 10 * HOUR) == 3600
+    assert [a["holder"] for a in ledger.open_allocations()] == ([] if then == "other-end" else ["jupyter-bob"])
+
+
+def test_a_pending_end_never_closes_a_newer_server(ledger: UsageLedger, ledger_url: str) -> None:
+    _start(ledger, "jupyter-ada", T0)
+    with database_down(ledger, ledger_url):
+        ledger.end("jupyter-ada", now=T0 + HOUR)
+    other = UsageLedger(ledger_url)  # another hub process starts the next server meanwhile
+    try:
+        _start(other, "jupyter-ada", T0 + 2 * HOUR)
+    finally:
+        other.dispose()
+    assert ledger.retry_pending() == 0
+    assert _spans(ledger) == [(T0, T0 + 2 * HOUR), (T0 + 2 * HOUR, None)]
 
 
 def test_end_is_idempotent(ledger: UsageLedger) -> None:
@@ -148,8 +241,12 @@ def test_data_survives_a_restart(ledger_url: str) -> None:
 
     after = UsageLedger(ledger_url)  # create_all again: idempotent
     try:
-        assert [a["holder"] for a in after.open_allocations()] == ["jupyter-bob"]
-        assert _start(after, "jupyter-bob", T0 + 2 * HOUR, user="bob") == running  # re-adopted
+        # a server still running keeps its interval open across the restart
+        assert after.open_allocations() == [
+            {"user": "bob", "server": "", "unit_id": "GPU-0", "pool": "mig-1g-10gb", "node": "",
+             "holder": "jupyter-bob", "started_at": T0 + HOUR}
+        ]
+        assert running == _rows(after)[-1].id
         assert after.gpu_seconds("ada", T0, T0 + 5 * HOUR) == 3600
         assert after.gpu_seconds("bob", T0, T0 + 5 * HOUR) == 4 * 3600
         assert after.get_override("ada") == {"max_gpu_units": 2}
@@ -207,7 +304,7 @@ def test_concurrent_start_and_end_from_8_threads(ledger: UsageLedger) -> None:
     def job(i: int) -> None:
         holder = f"jupyter-user{i}"
         _start(ledger, holder, T0, user=f"user{i}", unit=f"GPU-{i}")
-        _start(ledger, holder, T0 + HOUR, user=f"user{i}", unit=f"GPU-{i}")
+        _start(ledger, holder, T0 + HOUR, user=f"user{i}", unit=f"GPU-{i}")  # closes the first
         assert ledger.end(holder, now=T0 + 2 * HOUR) == 1
         _start(ledger, holder, T0 + 3 * HOUR, user=f"user{i}", unit=f"GPU-{i}")
 
@@ -216,13 +313,16 @@ def test_concurrent_start_and_end_from_8_threads(ledger: UsageLedger) -> None:
     assert holders == sorted(f"jupyter-user{i}" for i in range(8))
     with ledger._session() as session:
         counts = session.execute(select(UsageInterval.holder, func.count()).group_by(UsageInterval.holder))
-        assert dict(counts.all()) == {f"jupyter-user{i}": 2 for i in range(8)}
+        assert dict(counts.all()) == {f"jupyter-user{i}": 3 for i in range(8)}
+    for i in range(8):
+        assert ledger.gpu_seconds(f"user{i}", T0, T0 + 4 * HOUR) == 3 * 3600
 
 
-def test_concurrent_start_of_one_holder_opens_one_interval(ledger: UsageLedger) -> None:
+def test_concurrent_starts_of_one_holder_leave_one_interval_open(ledger: UsageLedger) -> None:
     ids = _race(8, lambda i: _start(ledger, "jupyter-ada", T0 + i * timedelta(seconds=1)))
-    assert len(set(ids)) == 1
-    assert len(_rows(ledger)) == 1
+    assert len(set(ids)) == 8
+    assert len(ledger.open_allocations()) == 1
+    assert all(end is None or end >= start for start, end in _spans(ledger))
 
 
 def test_week_budget_counts_from_monday(ledger: UsageLedger) -> None:

@@ -63,9 +63,13 @@ PARSE_OK = [
     pytest.param({"mem_limit": "4G"}, {"mem_limit": 4 * GIB}, id="mem-G"),
     pytest.param({"mem_limit": "512m"}, {"mem_limit": 512 * 1024**2}, id="mem-lowercase-m"),
     pytest.param({"mem_limit": "2T"}, {"mem_limit": 2 * 1024**4}, id="mem-T"),
-    pytest.param({"mem_limit": "64k"}, {"mem_limit": 64 * 1024}, id="mem-k"),
-    pytest.param({"mem_limit": "1048576"}, {"mem_limit": 1048576}, id="mem-digits"),
-    pytest.param({"mem_limit": 1048576}, {"mem_limit": 1048576}, id="mem-int-bytes"),
+    pytest.param({"mem_limit": "65536k"}, {"mem_limit": 64 * 1024**2}, id="mem-k"),
+    pytest.param({"mem_limit": "8388608"}, {"mem_limit": 8 * 1024**2}, id="mem-digits"),
+    pytest.param({"mem_limit": 8388608}, {"mem_limit": 8 * 1024**2}, id="mem-int-bytes"),
+    pytest.param({"mem_limit": "4Gi"}, {"mem_limit": 4 * GIB}, id="mem-Gi"),
+    pytest.param({"mem_limit": "4GB"}, {"mem_limit": 4 * GIB}, id="mem-GB"),
+    pytest.param({"mem_limit": "4GiB"}, {"mem_limit": 4 * GIB}, id="mem-GiB"),
+    pytest.param({"mem_limit": "1.5G"}, {"mem_limit": 3 * GIB // 2}, id="mem-fraction"),
     pytest.param({"mem_limit": "unlimited"}, {"mem_limit": None}, id="mem-unlimited"),
     pytest.param({"max_named_servers": "0"}, {"max_named_servers": 0}, id="named-zero"),
     pytest.param({"max_named_servers": 3}, {"max_named_servers": 3}, id="named-int"),
@@ -139,9 +143,9 @@ PARSE_BAD = [
     pytest.param("cpu_limit", "two", "number > 0", id="cpu-word"),
     pytest.param("cpu_limit", 0.0, "number > 0", id="cpu-zero"),
     pytest.param("cpu_limit", {"n": 1}, "number > 0", id="cpu-mapping"),
-    pytest.param("mem_limit", "4GB", "memory size such as '4G'", id="mem-trailing-B"),
     pytest.param("mem_limit", "4X", "memory size such as '4G'", id="mem-bad-suffix"),
-    pytest.param("mem_limit", "1.5G", "memory size such as '4G'", id="mem-fraction"),
+    pytest.param("mem_limit", "4iG", "memory size such as '4G'", id="mem-i-before-unit"),
+    pytest.param("mem_limit", "four G", "memory size such as '4G'", id="mem-word"),
     pytest.param("mem_limit", "0", "memory size such as '4G'", id="mem-zero"),
     pytest.param("mem_limit", -1, "memory size such as '4G'", id="mem-negative"),
     pytest.param("mem_limit", True, "memory size such as '4G'", id="mem-bool"),
@@ -161,6 +165,88 @@ PARSE_BAD = [
     pytest.param("allowed_profiles", {"cpu": True}, "list of profile names", id="profiles-mapping"),
     pytest.param("allowed_profiles", "[" * 5000, "list of profile names", id="profiles-deep-json"),
 ]
+
+
+# ---- upper (and lower) bounds: an absurd value is an error naming the range, never "no limit"
+
+OUT_OF_RANGE = [
+    pytest.param("max_gpu_units", 1001, "from 0 to 1,000", id="units-over"),
+    pytest.param("max_gpu_units", "99999999", "from 0 to 1,000", id="units-absurd-string"),
+    pytest.param("gpu_hours_per_period", 1e9, "from 0 to 1,000,000", id="hours-over"),
+    pytest.param("gpu_hours_per_period", "1e300", "from 0 to 1,000,000", id="hours-absurd-exponent"),
+    pytest.param("max_session_hours", 8761, "more than 0 and at most 8,760", id="session-over-a-year"),
+    pytest.param("cpu_limit", 1025, "from 0.01 to 1,024", id="cpu-over"),
+    pytest.param("cpu_limit", "0.001", "from 0.01 to 1,024", id="cpu-too-small-for-docker"),
+    pytest.param("mem_limit", "65T", "from 6M to 64T", id="mem-over"),
+    pytest.param("mem_limit", "5M", "from 6M to 64T", id="mem-under-docker-minimum"),
+    pytest.param("mem_limit", 1024, "from 6M to 64T", id="mem-bytes-too-small"),
+    pytest.param("max_named_servers", 5000, "from 0 to 1,000", id="named-over"),
+    pytest.param("priority", 10**7, "from -1,000,000 to 1,000,000", id="priority-over"),
+    pytest.param("priority", "-2000000", "from -1,000,000 to 1,000,000", id="priority-under"),
+]
+
+
+@pytest.mark.parametrize("field, value, allowed", OUT_OF_RANGE)
+def test_parse_quota_refuses_values_out_of_range(field: str, value: Any, allowed: str) -> None:
+    with pytest.raises(QuotaError) as exc:
+        parse_quota({field: value}, "group 'students'")
+    assert exc.value.field == field
+    text = str(exc.value)
+    assert text.startswith(f"{field}: {quotas._show(value)} is out of range: allowed {allowed}")
+    assert text.endswith("(in group 'students')")
+    assert ("'unlimited'" in text) == (field != "priority")
+
+
+@pytest.mark.parametrize("field", sorted(quotas.BOUNDS))
+def test_bounds_themselves_are_allowed(field: str) -> None:
+    low, high = quotas.BOUNDS[field]
+    for value in (high, low) if field != "max_session_hours" else (high, 0.001):
+        value = int(value) if float(value).is_integer() else value
+        assert parse_quota({field: value})[field] == value
+
+
+@pytest.mark.parametrize(
+    "where, raw",
+    [
+        ("group properties", [{"max_gpu_units": 2}, {"max_gpu_units": 10**6}]),
+        ("user override", [{"max_gpu_units": 2}]),
+    ],
+    ids=["group", "override"],
+)
+def test_resolve_policy_refuses_an_absurd_group_or_override(where: str, raw: list[dict[str, Any]]) -> None:
+    override = {"gpu_hours_per_period": 10**9} if where == "user override" else None
+    with pytest.raises(QuotaError, match=where):
+        resolve_policy({}, raw, override)
+
+
+# ---- the one byte-size grammar (profiles' and quotas' mem_limit) ---------------------------
+
+BYTES_OK = [
+    pytest.param("4G", 4 * GIB, id="G"),
+    pytest.param("4Gi", 4 * GIB, id="Gi"),
+    pytest.param("4gib", 4 * GIB, id="gib-lowercase"),
+    pytest.param("4GB", 4 * GIB, id="GB"),
+    pytest.param(" 512 M ", 512 * 1024**2, id="spaces"),
+    pytest.param("1.5T", 3 * 1024**4 // 2, id="fraction"),
+    pytest.param("100k", 100 * 1024, id="k"),
+    pytest.param("123b", 123, id="bytes-suffix"),
+    pytest.param("123", 123, id="digits"),
+    pytest.param(123, 123, id="int"),
+    pytest.param(2.0**30, GIB, id="integral-float"),
+]
+
+
+@pytest.mark.parametrize("raw, expected", BYTES_OK)
+def test_parse_bytes(raw: Any, expected: int) -> None:
+    assert quotas.parse_bytes(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "G", "4X", "4 GiBs", "-4G", "0", "0G", "1e9", True, None, [4], 1.5, "4..5G"], ids=repr
+)
+def test_parse_bytes_refuses(raw: Any) -> None:
+    with pytest.raises(ValueError, match="is not a memory size"):
+        quotas.parse_bytes(raw)
 
 
 @pytest.mark.parametrize("field, value, allowed", PARSE_BAD)
