@@ -40,7 +40,10 @@ def make_hub(rig: SwarmRig, spawner: str, workdir: Path) -> HubProcess:
     if spawner == PLAIN:
         extra += (
             "c.JupyterHub.spawner_class = 'rig_swarmspawner.RigSwarmSpawner'\n"
-            f"c.SwarmSpawner.client_kwargs = {{'base_url': {rig.manager.url!r}}}\n"
+            # the same mutual TLS to the manager as the gpuhub hub (README, "Swarm")
+            "from gpuhub_spawner.dockerhost import require_mutual_tls\n"
+            f"c.SwarmSpawner.client_kwargs = {{'base_url': {rig.manager_tls_url!r}, 'tls': require_mutual_tls("
+            f"{rig.manager_tls_url!r}, {rig.hub_env()!r}, 'bench').client_tls()}}\n"
             f"c.SwarmSpawner.image = {IMAGE!r}\n"
             "c.SwarmSpawner.cmd = ['start-singleuser.sh']\n"
             "c.SwarmSpawner.extra_resources_spec = {'generic_resources': {'NVIDIA_GPU': 1}}\n"
@@ -53,7 +56,7 @@ def make_hub(rig: SwarmRig, spawner: str, workdir: Path) -> HubProcess:
     else:
         hub = HubProcess(workdir, {"gpu_queue_max_wait": 0}, extra, spawner_class="gpu-swarm")
     hub.env.update({
-        "GPUHUB_SPAWNER": "swarm", "GPUHUB_DOCKER_HOST": rig.manager.url, "GPUHUB_HUB_IP": rig.gateway,
+        "GPUHUB_SPAWNER": "swarm", **rig.hub_env(), "GPUHUB_HUB_IP": rig.gateway,
         "PYTHONPATH": str(ROOT / "benchmarks"),
     })
     return hub
@@ -103,7 +106,7 @@ def setup_benchmark(rig: SwarmRig, root: Path) -> dict[str, Any]:
 
     hub = HubProcess(root / "setup", {"gpu_queue_max_wait": 0, "gpu_profiles": [
         {"slug": "mig3g", "display_name": "MIG 3g.20gb", "pool": "mig-3g.20gb"}]}, "", spawner_class="gpu-swarm")
-    hub.env.update({"GPUHUB_SPAWNER": "swarm", "GPUHUB_DOCKER_HOST": rig.manager.url, "GPUHUB_HUB_IP": rig.gateway})
+    hub.env.update({"GPUHUB_SPAWNER": "swarm", **rig.hub_env(), "GPUHUB_HUB_IP": rig.gateway})
     node = rig.start_node("w-setup", 9)
     try:
         hub.start()
@@ -112,7 +115,8 @@ def setup_benchmark(rig: SwarmRig, root: Path) -> dict[str, Any]:
         _install_gpuhub(node)
         node.put_file("/opt/gpuhub/gpus.json", json.dumps(NEW_NODE_GPUS))
         t0 = time.perf_counter()
-        code, out = _gpuhub(node, f"node setup --join-token {rig.worker_token()} --manager {rig.manager.ip}:2377 "
+        node.put_file("/root/join-token", rig.worker_token(), mode=0o600)
+        code, out = _gpuhub(node, f"node setup --join-token-file /root/join-token --manager {rig.manager.ip}:2377 "
                                   f"--advertise-addr {node.ip}")
         t_setup = time.perf_counter() - t0
         if code != 0:
@@ -148,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"benchmark": "swarm", "targets": TARGETS, "gpus": 2 * PER_WORKER}
     try:
         rig.create_network()
-        rig.init_swarm(rig.start_node("manager", 0))
+        manager = rig.start_node("manager", 0)
+        rig.serve_mutual_tls(manager)
+        rig.init_swarm(manager)
         for i, name in enumerate(("w1", "w2"), start=1):
             rig.join(rig.start_node(name, i, generic_resources=[
                 f"NVIDIA_GPU={u}" for u in fake_whole_gpus(f"{i}b", PER_WORKER)]))

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from .dockerhost import DockerHostError, client_kwargs
 from .inventory import Inventory, units_from_gpus
 from .labels import LABEL_HUB, LABEL_USER
 from .nvml import NVMLUnavailable, discover_gpus, load_nvml
@@ -150,10 +151,43 @@ def _restart_docker(command: str | None) -> None:
         raise SetupError(f"restarting Docker failed ({' '.join(argv)}): {done.stderr.strip() or done.stdout.strip()}")
 
 
+ARGV_TOKEN_REFUSED = (
+    "--join-token puts the swarm's join token on the command line, where every user of this machine "
+    "can read it (ps, /proc, shell history). Put it in a file only root can read and pass "
+    "--join-token-file FILE, or pipe it in: ssh MANAGER docker swarm join-token worker -q | "
+    "gpuhub node setup --join-token-file - --manager HOST:2377. Nothing was changed."
+)
+
+
+def read_join_token(path: str, stdin: TextIO | None = None) -> str:
+    """The join token from ``path`` (``-``: standard input).  Never echoed in messages."""
+    try:
+        if path == "-":
+            text = (stdin or sys.stdin).read()
+        else:
+            with open(path) as f:
+                text = f.read()
+    except OSError as e:
+        raise SetupError(f"cannot read --join-token-file {path}: {e.strerror}. Nothing was changed.") from None
+    token = text.strip()
+    if not re.fullmatch(r"SWMTKN-1-[0-9a-z]+-[0-9a-z]+", token):
+        where = "standard input" if path == "-" else path
+        raise SetupError(
+            f"{where} does not hold a swarm join token (one line, SWMTKN-1-…: run "
+            "`docker swarm join-token worker -q` on a manager). Nothing was changed."
+        )
+    return token
+
+
 def cmd_node_setup(args: argparse.Namespace) -> int:
     daemon_path = Path(args.daemon_json)
     runtime_path = Path(args.runtime_config)
     # read and check everything before changing anything
+    if args.join_token is not None:
+        raise SetupError(ARGV_TOKEN_REFUSED)
+    join_token = read_join_token(args.join_token_file) if args.join_token_file else None
+    if join_token and not args.manager:
+        raise SetupError("--join-token-file needs --manager HOST:2377 (a manager's swarm address). Nothing was changed.")
     old_daemon = daemon_path.read_text() if daemon_path.exists() else ""
     config = parse_daemon_json(old_daemon, str(daemon_path))
     if not args.static and not shutil.which(args.runtime):
@@ -186,8 +220,8 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         _restart_docker(args.restart_command)
     else:
         print(f"[setup] {daemon_path} already up to date; Docker not restarted")
-    if args.join_token:
-        _join(args)
+    if join_token:
+        _join(args, join_token)
     return 0
 
 
@@ -197,32 +231,42 @@ def _local_client():
     return docker.DockerClient(base_url=os.environ.get("GPUHUB_NODE_DOCKER", "unix:///var/run/docker.sock"), timeout=60)
 
 
-def _join(args: argparse.Namespace) -> None:
+def _join(args: argparse.Namespace, token: str) -> None:
+    import docker
+
     client = _local_client()
     deadline = time.monotonic() + 60
     while True:
         try:
             state = client.info().get("Swarm", {}).get("LocalNodeState")
             break
-        except Exception:  # noqa: BLE001 - dockerd still starting after the restart
+        except Exception as e:  # noqa: BLE001 - dockerd still starting after the restart
             if time.monotonic() > deadline:
-                raise
+                raise SetupError(f"Docker on this node does not answer ({e}); start it, then run setup again.") from None
             time.sleep(0.5)
     if state == "active":
         print("[setup] already part of a swarm; not joining again")
         return
-    kwargs: dict[str, Any] = {"remote_addrs": [args.manager], "join_token": args.join_token}
+    kwargs: dict[str, Any] = {"remote_addrs": [args.manager], "join_token": token}
     if args.advertise_addr:
         kwargs["advertise_addr"] = args.advertise_addr
-    client.swarm.join(**kwargs)
+    try:
+        client.swarm.join(**kwargs)
+    except docker.errors.APIError as e:
+        why = str(e.explanation or e).replace(token, "<join token>")
+        raise SetupError(f"joining the swarm of {args.manager} failed: {why}") from None
     print(f"[setup] joined the swarm of {args.manager}")
 
 
 def _manager(args: argparse.Namespace):
+    """The manager's engine: its socket, ssh, or TCP with mutual TLS only (see dockerhost)."""
     import docker
 
-    url = args.docker_host or os.environ.get("DOCKER_HOST")
-    return docker.DockerClient(base_url=url, timeout=60) if url else docker.from_env(timeout=60)
+    try:
+        kwargs = client_kwargs(args.docker_host or "", os.environ, "--docker-host")
+    except DockerHostError as e:
+        raise SetupError(str(e)) from None
+    return docker.DockerClient(timeout=60, **kwargs)
 
 
 def _find_node(client, name: str):
@@ -339,8 +383,14 @@ def add_node_commands(sub) -> None:
     setup.add_argument("--runtime", default="nvidia-container-runtime", help="the NVIDIA runtime executable")
     setup.add_argument("--dry-run", action="store_true", help="show the changes, change nothing")
     setup.add_argument("--restart-command", help="how to restart Docker (default: systemctl, else service)")
-    setup.add_argument("--join-token", help="swarm worker join token (`docker swarm join-token worker -q`)")
-    setup.add_argument("--manager", help="manager address host:2377 (with --join-token)")
+    setup.add_argument(
+        "--join-token-file", metavar="FILE",
+        help="file holding the swarm worker join token (`docker swarm join-token worker -q`); "
+             "'-' reads it from standard input. Never on the command line.",
+    )
+    # refused with an explanation: a token on argv is readable by every user of the machine
+    setup.add_argument("--join-token", help=argparse.SUPPRESS)
+    setup.add_argument("--manager", help="manager address host:2377 (with --join-token-file)")
     setup.add_argument("--advertise-addr", help="this node's address for the swarm")
     setup.set_defaults(func=cmd_node_setup)
     for name, func, help_text in (

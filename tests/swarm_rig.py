@@ -2,8 +2,13 @@
 
 Each *node* is a container of ``gpuhub/swarm-node:trixie`` (images/node: Debian 13's dockerd
 under a small supervisor) with its own ``/var/lib/docker`` in a host directory, on a bridge
-network of the host's engine.  The manager's engine API is reachable from the host on
-``tcp://<manager ip>:2375``, which is what the hub uses.  Servers publish their port in host
+network of the host's engine.  As operators are told (README, "Swarm"), no node has a plaintext
+TCP Docker API: every engine listens on its unix socket, and the manager also on
+``tcp://<manager ip>:2376`` with mutual TLS (``tlsverify``; certificates made by
+``deploy/swarm/make-tls.sh``), which is what the hub uses (:meth:`SwarmRig.hub_env`).  The rig
+drives each node through that node's own unix socket, also served into a host directory
+(``Node.url``: ``unix:///var/lib/gpuhub-rig/<node>.api/docker.sock``) - a file, not a
+network port, so no user's server can reach it.  Servers publish their port in host
 mode on their node (there is no IPVS here, so the routing mesh does not answer), so the hub on
 the host reaches them at ``<node ip>:<port>``, and they reach the hub at the network's gateway.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -35,20 +41,42 @@ STATE_ROOT = Path(os.environ.get("GPUHUB_RIG_STATE", "/var/lib/gpuhub-rig"))
 IMAGE_CACHE = Path(os.environ.get("GPUHUB_IMAGE_CACHE", "/var/cache/gpuhub"))
 ROOT = Path(__file__).resolve().parents[1]
 RIG_LABEL = "org.gpuhub.rig"
+MAKE_TLS = ROOT / "deploy" / "swarm" / "make-tls.sh"
+#: where each node's engine also serves its unix socket (a host directory, see Node.url)
+API_DIR = "/rig-api"
+#: the manager's TLS files inside it (daemon.json: tlscacert, tlscert, tlskey)
+NODE_TLS_DIR = "/etc/docker/tls"
+TLS_PORT = 2376
 
 # every capability but SYS_RESOURCE, which is outside this machine's bounding set (so no --privileged)
 _SECURITY = ["apparmor=unconfined", "seccomp=unconfined", "systempaths=unconfined"]
 
 
 def node_daemon_config(index: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """daemon.json of a rig node: inner bridges that cannot clash with the host's networks."""
+    """daemon.json of a rig node: inner bridges that cannot clash with the host's networks; the
+    engine on unix sockets only (its own, and one in the host directory the rig talks to)."""
     config: dict[str, Any] = {
         "bip": f"10.{200 + index}.0.1/24",
         "default-address-pools": [{"base": f"10.{220 + index}.0.0/16", "size": 24}],
         "storage-driver": "overlay2",
+        "hosts": ["unix:///var/run/docker.sock", f"unix://{API_DIR}/docker.sock"],
     }
     config.update(extra or {})
     return config
+
+
+def mutual_tls_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the engine also on TCP port 2376, with mutual TLS (what the README tells
+    operators to put in a manager's daemon.json when the hub is not on that manager)."""
+    return {
+        **config,
+        "hosts": [*config["hosts"], f"tcp://0.0.0.0:{TLS_PORT}"],
+        "tls": True,
+        "tlsverify": True,
+        "tlscacert": f"{NODE_TLS_DIR}/ca.pem",
+        "tlscert": f"{NODE_TLS_DIR}/server-cert.pem",
+        "tlskey": f"{NODE_TLS_DIR}/server-key.pem",
+    }
 
 
 @dataclass
@@ -57,10 +85,13 @@ class Node:
     container: Any
     ip: str
     index: int
+    api_dir: Path = STATE_ROOT
 
     @property
     def url(self) -> str:
-        return f"tcp://{self.ip}:2375"
+        """The node's engine for the rig (and the operator commands the tests run): its unix
+        socket, served into a host directory.  Never a TCP port."""
+        return f"unix://{self.api_dir}/docker.sock"
 
     def client(self, timeout: int = 60) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.url, timeout=timeout)
@@ -110,6 +141,7 @@ class SwarmRig:
     nodes: dict[str, Node] = field(default_factory=dict)
     network: Any = None
     cap_all: bool = True
+    tls_dir: Path | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -140,6 +172,9 @@ class SwarmRig:
             pass
         state = STATE_ROOT / full
         state.mkdir(parents=True, exist_ok=True)
+        api_dir = STATE_ROOT / f"{full}.api"
+        shutil.rmtree(api_dir, ignore_errors=True)
+        api_dir.mkdir(parents=True)
         # a node of an earlier run: keep its images, forget its swarm and containers
         subprocess.run(["rm", "-rf", str(state / "swarm"), str(state / "network")], check=False)
         extra = dict(daemon or {})
@@ -154,6 +189,7 @@ class SwarmRig:
             *[arg for opt in _SECURITY for arg in ("--security-opt", opt)],
             "--device", "/dev/net/tun", "--tmpfs", "/run",
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "-v", f"{state}:/var/lib/docker",
+            "-v", f"{api_dir}:{API_DIR}",
             "--network", self.network.name, "--label", f"{RIG_LABEL}={self.prefix}",
             NODE_IMAGE,
         ]
@@ -161,7 +197,7 @@ class SwarmRig:
         if out.returncode != 0:
             raise RuntimeError(f"could not create node {full}: {out.stderr.strip()}")
         container = self.host.containers.get(out.stdout.strip())
-        node = Node(name=name, container=container, ip="", index=index)
+        node = Node(name=name, container=container, ip="", index=index, api_dir=api_dir)
         node.put_file("/etc/docker/daemon.json", json.dumps(node_daemon_config(index, extra), indent=2))
         container.start()
         container.reload()
@@ -177,6 +213,36 @@ class SwarmRig:
             client.close()
         self.nodes[name] = node
         return node
+
+    def serve_mutual_tls(self, node: Node) -> None:
+        """Open the node's engine on tcp://<ip>:2376 with mutual TLS, with certificates from
+        deploy/swarm/make-tls.sh (a fresh CA per rig), and restart its dockerd."""
+        self.tls_dir = STATE_ROOT / f"{self.prefix}-tls"
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
+        made = subprocess.run([str(MAKE_TLS), str(self.tls_dir), node.ip], capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"make-tls.sh failed: {made.stderr.strip()}")
+        for name in ("ca.pem", "server-cert.pem", "server-key.pem"):
+            mode = 0o600 if name.endswith("key.pem") else 0o644
+            node.put_file(f"{NODE_TLS_DIR}/{name}", (self.tls_dir / "server" / name).read_bytes(), mode)
+        config = json.loads(node.read_file("/etc/docker/daemon.json"))
+        node.put_file("/etc/docker/daemon.json", json.dumps(mutual_tls_config(config), indent=2))
+        node.sh("service docker restart")
+        node.wait_engine()
+
+    @property
+    def manager_tls_url(self) -> str:
+        return f"tcp://{self.manager.ip}:{TLS_PORT}"
+
+    def hub_env(self) -> dict[str, str]:
+        """How a hub off the manager reaches its engine: mutual TLS, as the README says."""
+        if self.tls_dir is None:
+            raise RuntimeError("the manager serves no TLS port: call serve_mutual_tls(manager) first")
+        return {
+            "GPUHUB_DOCKER_HOST": self.manager_tls_url,
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(self.tls_dir / "client"),
+        }
 
     def init_swarm(self, manager: Node) -> None:
         client = manager.client()

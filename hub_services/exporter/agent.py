@@ -2,7 +2,12 @@
 
 Runs on every GPU node (a global service on a swarm)::
 
-    gpuhub-node-agent --port 9469 --host-proc /host/proc
+    gpuhub-node-agent --port 9469 --host-proc /host/proc --token-file /run/secrets/gpuhub-agent-token
+
+Every request needs ``Authorization: Bearer <token>`` (or ``token <token>``) with the token in
+``--token-file``: the port is reachable from users' servers, and what it serves (who runs what,
+where) is not theirs to read.  Without a token file the agent does not start, unless told
+``--no-auth`` while listening on a loopback address only.
 
 It reads every GPU and MIG instance from NVML, maps each compute process's host PID through
 ``/proc/<pid>/cgroup`` to its container and through the container's ``org.gpuhub.*`` labels
@@ -23,11 +28,14 @@ Docker is listed at most every ``--docker-refresh`` seconds and labels are cache
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -41,7 +49,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
 from gpuhub_spawner.nvml import DeviceSample, NVMLUnavailable, load_nvml, sample_devices
@@ -279,10 +287,28 @@ class AgentCollector(Collector):
 # ---- web ---------------------------------------------------------------------------------
 
 
+def token_matches(header: str, token: str) -> bool:
+    """Is ``header`` (an Authorization value) ``Bearer <token>`` or ``token <token>``?"""
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not given.strip():
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 class _Handler(web.RequestHandler):
     @property
     def agent(self) -> NodeAgent:
         return self.settings["agent"]
+
+    def prepare(self) -> None:
+        token = self.settings["token"]
+        if token is None:  # --no-auth on a loopback address
+            return
+        if not token_matches(self.request.headers.get("Authorization", ""), token):
+            self.set_header("WWW-Authenticate", 'Bearer realm="gpuhub-node-agent"')
+            self.set_header("Content-Type", "text/plain")
+            self.set_status(401)
+            self.finish("401: this agent needs 'Authorization: Bearer <token>' (its --token-file)\n")
 
 
 class MetricsHandler(_Handler):
@@ -307,14 +333,57 @@ class IndexHandler(_Handler):
         self.write(f"gpuhub node agent on {self.agent.node}: /metrics, /api/activity\n")
 
 
-def make_web_app(agent: NodeAgent) -> web.Application:
+def make_web_app(agent: NodeAgent, token: str | None = None) -> web.Application:
+    """The agent's routes; every request must carry ``token``.  ``None`` checks nothing: the
+    application allows that only on a loopback address (:func:`read_token`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
     return web.Application(
         [(r"/", IndexHandler), (r"/metrics", MetricsHandler), (r"/api/activity", ActivityHandler)],
         agent=agent,
         registry=registry,
+        token=token,
     )
+
+
+class AgentConfigError(Exception):
+    """The agent cannot start as configured (the message says how to fix it)."""
+
+
+def is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str, no_auth: bool, ip: str) -> str | None:
+    """The token to require, from ``path``; ``None`` only with ``no_auth`` on a loopback ``ip``."""
+    if no_auth:
+        if not is_loopback(ip):
+            raise AgentConfigError(
+                f"--no-auth is only allowed with a loopback --ip (127.0.0.1), not {ip!r}: on any other "
+                "address users' servers could read the agent. Give --token-file instead."
+            )
+        if path:
+            raise AgentConfigError("give either --token-file or --no-auth, not both")
+        return None
+    if not path:
+        raise AgentConfigError(
+            "no --token-file: the agent needs a token that Prometheus and the culler send "
+            "(a swarm secret, e.g. /run/secrets/gpuhub-agent-token; see deploy/swarm/README.md). "
+            "For a loopback-only agent, --ip 127.0.0.1 --no-auth."
+        )
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise AgentConfigError(f"cannot read --token-file {path}: {e.strerror}") from None
+    if len(token) < 16:
+        raise AgentConfigError(f"--token-file {path} holds no token of at least 16 characters (openssl rand -hex 32)")
+    return token
 
 
 class NodeAgentApp(Application):
@@ -336,6 +405,20 @@ class NodeAgentApp(Application):
     cache_ttl = Float(1.0, config=True, help="Seconds one NVML sample serves scrapes and activity requests.")
     docker_refresh = Float(5.0, config=True, help="Seconds between listings of the gpuhub containers.")
     hub_id = Unicode("", config=True, help="Only servers of this hub (label org.gpuhub.hub); empty: all.")
+    token_file = Unicode(
+        "",
+        config=True,
+        help="""File holding the token every request must send (``Authorization: Bearer <token>``),
+        e.g. the swarm secret /run/secrets/gpuhub-agent-token. Required unless --no-auth.
+        Prometheus: ``authorization: {credentials_file: …}``; the culler:
+        GPUHUB_GPU_AGENT_TOKEN_FILE.""",
+    )
+    no_auth = Bool(
+        False,
+        config=True,
+        help="""Serve without a token. Only allowed when --ip is a loopback address (nothing but
+        this machine's own processes can connect); the agent refuses to start otherwise.""",
+    )
     docker_url = Unicode(
         "", config=True, help="Docker engine URL (default: DOCKER_HOST or the local socket)."
     )
@@ -357,6 +440,10 @@ class NodeAgentApp(Application):
         "hub-id": "NodeAgentApp.hub_id",
         "docker-url": "NodeAgentApp.docker_url",
         "hpc-job-mapping-dir": "NodeAgentApp.hpc_job_mapping_dir",
+        "token-file": "NodeAgentApp.token_file",
+    }
+    flags = {
+        "no-auth": ({"NodeAgentApp": {"no_auth": True}}, "serve without a token (loopback --ip only)"),
     }
 
     @default("node")
@@ -380,18 +467,24 @@ class NodeAgentApp(Application):
             job_mapping_dir=self.hpc_job_mapping_dir,
         )
 
-    async def serve(self) -> None:
+    async def serve(self, token: str | None) -> None:
         agent = self.make_agent()
-        server = HTTPServer(make_web_app(agent))
+        server = HTTPServer(make_web_app(agent, token))
         server.listen(self.port, self.ip)
         log.info(
-            "gpuhub node agent for %s on %s:%d (host proc %s)", self.node, self.ip, self.port, self.host_proc
+            "gpuhub node agent for %s on %s:%d (host proc %s; %s)", self.node, self.ip, self.port, self.host_proc,
+            "no token: loopback only" if token is None else f"token from {self.token_file}",
         )
         await asyncio.Event().wait()
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(self.serve())
+        try:
+            token = read_token(self.token_file, self.no_auth, self.ip)
+        except AgentConfigError as e:
+            print(f"gpuhub-node-agent: {e}", file=sys.stderr)
+            self.exit(2)
+        asyncio.run(self.serve(token))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -309,3 +309,110 @@ def test_agent_against_the_real_nvml(tmp_path):
     registry.register(AgentCollector(agent))
     text = generate_latest(registry).decode()
     assert "gpuhub_gpu_memory_total_bytes" in text and 'gpuhub_gpu_agent_nvml_up{node="real"} 1.0' in text
+
+
+# ---- the agent's token (issue 11: the agent's port is reachable from users' servers) ---------
+
+TOKEN = "s3cret-agent-token-0123456789abcdef"
+
+
+@pytest.fixture
+def agent_server(tmp_path):
+    """The agent's real tornado application on a free loopback port, in its own thread."""
+    import asyncio
+    import socket
+    import threading
+
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from hub_services.exporter.agent import make_web_app
+
+    listed = [{"Id": A, "Labels": _labels(SERVERS[A])}]
+    agent = NodeAgent("gpu-1", ContainerDirectory(CountingAPI(listed, {})), ProcReader(str(tmp_path)), nvml=None)
+    agent._nvml_tried = 1e18  # never loads NVML: servers only
+    [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run(token):
+        asyncio.set_event_loop(loop)
+
+        async def serve():
+            server = HTTPServer(make_web_app(agent, token))
+            server.add_sockets([sock])
+            started.set()
+
+        loop.run_until_complete(serve())
+        loop.run_forever()
+
+    def start(token):
+        threading.Thread(target=run, args=(token,), daemon=True).start()
+        assert started.wait(10)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/api/activity", "/"])
+def test_agent_refuses_requests_without_its_token(agent_server, path):
+    import requests
+
+    url = agent_server(TOKEN) + path
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": "Bearer"}, {"Authorization": f"Bearer {TOKEN}x"}):
+        r = requests.get(url, headers=headers, timeout=10)
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+        assert "alice" not in r.text and "gpuhub_gpu" not in r.text
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    for scheme in ("Bearer", "bearer", "token"):  # Prometheus sends Bearer; JupyterHub's style is token
+        r = requests.get(url, headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=10)
+        assert r.status_code == 200, (scheme, r.status_code, r.text)
+    if path == "/api/activity":
+        assert [s["user"] for s in r.json()["servers"]] == ["alice"]
+    if path == "/metrics":
+        assert 'gpuhub_gpu_server_info{' in r.text and 'user="alice"' in r.text
+
+
+@pytest.mark.parametrize(
+    "token_text, no_auth, ip, expected",
+    [
+        pytest.param(TOKEN + "\n", False, "0.0.0.0", TOKEN, id="token-file"),
+        pytest.param(None, False, "0.0.0.0", "no --token-file", id="no-token-refused"),
+        pytest.param(None, False, "127.0.0.1", "no --token-file", id="no-token-refused-on-loopback-too"),
+        pytest.param("short\n", False, "0.0.0.0", "at least 16 characters", id="short-token"),
+        pytest.param("", False, "0.0.0.0", "at least 16 characters", id="empty-file"),
+        pytest.param(None, True, "127.0.0.1", None, id="no-auth-loopback"),
+        pytest.param(None, True, "::1", None, id="no-auth-loopback-v6"),
+        pytest.param(None, True, "0.0.0.0", "only allowed with a loopback", id="no-auth-everywhere-refused"),
+        pytest.param(None, True, "172.17.0.1", "only allowed with a loopback", id="no-auth-bridge-refused"),
+        pytest.param(TOKEN, True, "127.0.0.1", "not both", id="both"),
+    ],
+)
+def test_agent_token_settings(tmp_path, token_text, no_auth, ip, expected):
+    from hub_services.exporter.agent import AgentConfigError, read_token
+
+    path = ""
+    if token_text is not None:
+        path = str(tmp_path / "token")
+        (tmp_path / "token").write_text(token_text)
+    if expected is None or expected == TOKEN:
+        assert read_token(path, no_auth, ip) == expected
+    else:
+        with pytest.raises(AgentConfigError, match=expected):
+            read_token(path, no_auth, ip)
+
+
+def test_agent_command_refuses_to_start_without_a_token(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "hub_services.exporter.agent", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert "gpuhub-node-agent: no --token-file" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "hub_services.exporter.agent", "--port", "0", "--no-auth"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "only allowed with a loopback --ip" in done.stderr, done.stderr

@@ -32,6 +32,8 @@ def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
     try:
         rig.create_network()
         manager = rig.start_node("manager", 0)
+        # the hub is not on the manager: it reaches the engine over mutual TLS (README, "Swarm")
+        rig.serve_mutual_tls(manager)
         rig.init_swarm(manager)
         for name, (index, resources, labels) in WORKERS.items():
             rig.join(rig.start_node(name, index, generic_resources=resources, labels=labels))
@@ -59,14 +61,14 @@ def remove_services(rig: SwarmRig, hub: HubProcess) -> None:
 
 @pytest.fixture
 def swarm_hub(hub_factory, rig: SwarmRig):
-    """Start real hubs whose spawner is GPUSwarmSpawner on the rig's manager."""
+    """Start real hubs whose spawner is GPUSwarmSpawner on the rig's manager (over mutual TLS)."""
     made: list[HubProcess] = []
 
     def make(spawner_config: dict | None = None, extra: str = "", env: dict | None = None) -> HubProcess:
         hub = hub_factory(spawner_config, extra, start=False, spawner_class="gpu-swarm")
         hub.env.update({
             "GPUHUB_SPAWNER": "swarm",
-            "GPUHUB_DOCKER_HOST": rig.manager.url,
+            **rig.hub_env(),
             "GPUHUB_HUB_IP": rig.gateway,
             **(env or {}),
         })

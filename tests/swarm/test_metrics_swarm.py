@@ -3,8 +3,10 @@
 The node agent image (images/build.sh agent) runs as the global service of
 deploy/swarm/node-agent.yml, deployed with the manager's own `docker stack deploy`; a real
 Prometheus (Debian's package) on the host finds the agents with the `gpuhub-node-agent` job of
-deploy/prometheus/prometheus.yml (only its engine address and refresh interval changed); a real
-hub with GPUSwarmSpawner places three users' servers on three workers.
+deploy/prometheus/prometheus.yml (only its engine socket, refresh interval and the path of the
+token file changed); a real hub with GPUSwarmSpawner places three users' servers on three
+workers.  The agents need the bearer token of the swarm secret `gpuhub-agent-token`, as
+deployed: anonymous requests are refused, Prometheus scrapes with the token.
 
 FAKE: NVML.  Each worker gets a JSON file (tests/fakes/fake_nvml_file.py) whose GPUs are that
 worker's fake units and whose processes are the real PIDs of the users' server containers as the
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,6 +111,14 @@ def nvml_doc(worker: str, procs: dict[str, list[tuple[int, int]]]) -> dict:
     return {"gpus": gpus}
 
 
+def _get(url: str, token: str | None) -> requests.Response | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return requests.get(url, headers=headers, timeout=5)
+    except requests.RequestException:
+        return None
+
+
 def _put_json(node, path: str, doc: dict) -> None:
     # put_archive replaces the file: the agent's fake NVML sees a new mtime and reads it again
     node.put_file(path, json.dumps(doc))
@@ -144,19 +156,40 @@ def _agent_tasks(rig: SwarmRig) -> dict[str, dict]:
         client.close()
 
 
-def agent_prometheus(workdir: Path, manager_url: str) -> PrometheusServer:
+def agent_prometheus(workdir: Path, manager_url: str, token: str) -> PrometheusServer:
     """Debian's Prometheus on the host running the committed agent job, pointed at the rig's
-    manager (tcp://<manager>:2375 instead of the manager's own socket) with a 2 s refresh."""
+    manager (its engine's unix socket, served into a host directory, instead of
+    /var/run/docker.sock) with a 2 s refresh, and the agents' token in a file of its own instead
+    of the swarm secret's /run/secrets/gpuhub-agent-token."""
     committed = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in committed["scrape_configs"] if j["job_name"] == "gpuhub-node-agent")
     for sd in job["dockerswarm_sd_configs"]:
         sd["host"] = manager_url
         sd["refresh_interval"] = "2s"
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/gpuhub-agent-token"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "agent-token"
+    token_file.write_text(token + "\n")
+    job["authorization"]["credentials_file"] = str(token_file)
     return PrometheusServer(workdir, [job])
 
 
 @pytest.fixture(scope="module")
-def agents(rig: SwarmRig, docker_client: docker.DockerClient):
+def agent_token(rig: SwarmRig):
+    """The swarm secret gpuhub-agent-token that node-agent.yml expects, made as the README says."""
+    token = secrets.token_hex(32)
+    manager = rig.manager
+    manager.sh("docker secret rm gpuhub-agent-token >/dev/null 2>&1 || true")
+    manager.sh('printf %s "$AGENT_TOKEN" | docker secret create gpuhub-agent-token -', env={"AGENT_TOKEN": token})
+    yield token
+    for _ in range(30):  # in use until the stack's tasks are gone
+        if manager.sh("docker secret rm gpuhub-agent-token", check=False)[0] == 0:
+            break
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def agents(rig: SwarmRig, docker_client: docker.DockerClient, agent_token: str):
     """The agent stack deployed on the rig's GPU workers (fake NVML files in place, no processes)."""
     missing = []
     if not os.path.exists(PROMETHEUS):
@@ -204,7 +237,7 @@ def agents(rig: SwarmRig, docker_client: docker.DockerClient):
 
 
 def test_prometheus_finds_every_agent_and_gets_each_users_gpu_memory_across_nodes(
-    rig, agents, swarm_hub, tmp_path
+    rig, agents, agent_token, swarm_hub, tmp_path
 ):
     hub = swarm_hub({"gpu_profiles": PROFILES, "gpu_queue_max_wait": 0})
     hub.create_users(list(USERS))
@@ -248,7 +281,17 @@ def test_prometheus_finds_every_agent_and_gets_each_users_gpu_memory_across_node
         _put_json(rig.nodes[worker], f"{NODE_DIR}/nvml.json", nvml_doc(worker, procs))
 
     _wait(lambda: set(_agent_tasks(rig)) == set(agents), 60, "an agent task running on every GPU worker")
-    prom = agent_prometheus(tmp_path / "prom", rig.manager.url)
+    # every agent refuses anonymous requests (users' servers can reach the port) and answers
+    # with the swarm secret's token
+    for worker in agents:
+        base = f"http://{rig.nodes[worker].ip}:{AGENT_PORT}"
+        up = _wait(lambda b=base: _get(b + "/api/activity", agent_token), 60, f"the agent on {worker} answering")
+        assert up.status_code == 200, (worker, up.status_code, up.text)
+        for path in ("/metrics", "/api/activity"):
+            for token in (None, "wrong-" + agent_token):
+                r = _get(base + path, token)
+                assert r.status_code == 401 and "gpuhub_gpu" not in r.text and "servers" not in r.text, (worker, path, r.text)
+    prom = agent_prometheus(tmp_path / "prom", rig.manager.url, agent_token)
     try:
         # service discovery: one target per GPU worker, at <node address>:<published port>
         targets = _wait(

@@ -250,11 +250,15 @@ NEW_NODE_GPUS = {"gpus": [
 ]}
 
 
-def _gpuhub(node, args: str, nvml: bool = True) -> tuple[int, str]:
+def _gpuhub(node, args: str, nvml: bool = True, stdin_env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run `gpuhub` on ``node``; ``stdin_env``: {VAR: value} piped in as `printf %s "$VAR" |` (a
+    value that never appears on any command line)."""
     env = "PYTHONPATH=/opt/gpuhub"
     if nvml:
         env += " GPUHUB_NVML_MODULE=fakes.fake_nvml_file GPUHUB_FAKE_NVML_FILE=/opt/gpuhub/gpus.json"
-    return node.sh(f"cd /opt/gpuhub && {env} python3 -m gpuhub_spawner.cli {args} 2>&1", check=False)
+    pipe = "".join(f'printf %s "${var}" | ' for var in stdin_env or {})
+    return node.sh(f"cd /opt/gpuhub && {pipe}env {env} python3 -m gpuhub_spawner.cli {args} 2>&1", check=False,
+                   env=stdin_env)
 
 
 def test_node_setup_adds_capacity_without_hub_restart_and_cordon_stops_placements(rig, swarm_hub):
@@ -280,9 +284,14 @@ def test_node_setup_adds_capacity_without_hub_restart_and_cordon_stops_placement
 
     started = time.monotonic()
     token = rig.worker_token()
-    code, out = _gpuhub(node, f"node setup --join-token {token} --manager {rig.manager.ip}:2377 "
+    # the join token never goes on a command line: a root-only file, or standard input
+    code, out = _gpuhub(node, f"node setup --join-token {token} --manager {rig.manager.ip}:2377")
+    assert code == 2 and "--join-token-file" in out and token not in out, out
+    node.put_file("/root/join-token", token + "\n", mode=0o600)
+    code, out = _gpuhub(node, f"node setup --join-token-file /root/join-token --manager {rig.manager.ip}:2377 "
                               f"--advertise-addr {node.ip}")
     assert code == 0, out
+    assert token not in out
     config = json.loads(node.read_file("/etc/docker/daemon.json"))
     kept = json.loads(before)
     assert config["bip"] == kept["bip"] and config["default-address-pools"] == kept["default-address-pools"]
@@ -293,7 +302,8 @@ def test_node_setup_adds_capacity_without_hub_restart_and_cordon_stops_placement
     toml = node.read_file("/etc/nvidia-container-runtime/config.toml")
     assert 'swarm-resource = "DOCKER_RESOURCE_NVIDIA_MIG_3G_20GB"' in toml
     # idempotent: a second run changes nothing and does not restart Docker
-    code, out = _gpuhub(node, f"node setup --join-token {token} --manager {rig.manager.ip}:2377")
+    code, out = _gpuhub(node, f"node setup --join-token-file - --manager {rig.manager.ip}:2377",
+                        stdin_env={"JOIN_TOKEN": token})
     assert code == 0 and "already up to date" in out and "already part of a swarm" in out, out
 
     # the running hub offers the new units (no restart): its form counts them, a user gets one
