@@ -37,7 +37,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpuhub_spawner import hubconfig
+from gpuhub_spawner import dockerhost, hubconfig
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -79,16 +79,31 @@ c.GPUDockerSpawner.usage_db_url = os.environ.get(
 )
 c.GPUDockerSpawner.quota_defaults = quota_defaults
 
-# ---- swarm: GPUHUB_SPAWNER=swarm, GPUHUB_DOCKER_HOST=tcp://manager:2375 ---------------------
+# ---- swarm: GPUHUB_SPAWNER=swarm, the hub on a manager (the engine's unix socket) ----------
 # Servers become swarm services; GPUs are whatever the nodes advertise (`gpuhub node setup`),
 # so GPUHUB_GPU_INVENTORY does not apply.  The hub reaches servers on their node's address
 # (ports published in host mode); set GPUHUB_HUB_IP to an address the nodes can reach.
+# A hub off the manager: GPUHUB_DOCKER_HOST=tcp://<manager>:2376 with mutual TLS only
+# (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH=<ca.pem, cert.pem, key.pem>: deploy/swarm/make-tls.sh).
+# A Docker API over TCP without TLS client verification (either mode) stops the hub at start:
+# every user's server could reach it and be root on every node.
 swarm_mode = os.environ.get("GPUHUB_SPAWNER", "docker") == "swarm"
+docker_host = os.environ.get("GPUHUB_DOCKER_HOST", "") if swarm_mode else ""
+try:
+    docker_tls = dockerhost.require_mutual_tls(
+        docker_host or os.environ.get("DOCKER_HOST", ""), os.environ,
+        "GPUHUB_DOCKER_HOST" if docker_host else "DOCKER_HOST",
+    )
+except dockerhost.DockerHostError as e:
+    hubconfig.fail(str(e))
+docker_client_kwargs = {"base_url": docker_host} if docker_host else {}
+if docker_tls is not None:
+    # verified against DOCKER_CERT_PATH's CA only (a REQUESTS_CA_BUNDLE cannot replace it)
+    docker_client_kwargs["tls"] = docker_tls.client_tls()
+if docker_client_kwargs:
+    c.GPUDockerSpawner.client_kwargs = docker_client_kwargs
 if swarm_mode:
     c.JupyterHub.spawner_class = "gpu-swarm"
-    docker_host = os.environ.get("GPUHUB_DOCKER_HOST")
-    if docker_host:
-        c.GPUDockerSpawner.client_kwargs = {"base_url": docker_host}
 
 # ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
 c.JupyterHub.services.append(
@@ -296,6 +311,8 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
                 "GPUHUB_HUB_ID": culler_spawner.get("gpu_hub_id", "gpuhub"),
                 "GPUHUB_PROXY_URL": c.JupyterHub.bind_url,
                 "GPUHUB_GPU_AGENT_URLS": os.environ.get("GPUHUB_GPU_AGENT_URLS", ""),
+                # the agents' bearer token (a file path, never the token itself)
+                "GPUHUB_GPU_AGENT_TOKEN_FILE": os.environ.get("GPUHUB_GPU_AGENT_TOKEN_FILE", ""),
             },
         }
     )

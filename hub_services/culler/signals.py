@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -162,12 +163,30 @@ class AgentView:
     failed: list[str]
 
 
+def agent_token() -> str:
+    """The node agents' token (``--token-file`` of gpuhub-node-agent), from the file named by
+    GPUHUB_GPU_AGENT_TOKEN_FILE; empty when unset (an agent with ``--no-auth`` on loopback)."""
+    path = os.environ.get("GPUHUB_GPU_AGENT_TOKEN_FILE", "")
+    if not path:
+        return ""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise SignalError(f"cannot read GPUHUB_GPU_AGENT_TOKEN_FILE: {e.strerror}") from None
+
+
 async def read_agents(http: HTTP, urls: list[str]) -> AgentView:
     """Ask every node agent for its ``/api/activity``; an agent that fails is named in ``failed``."""
+    try:
+        token = agent_token()
+    except SignalError as e:
+        log.warning("%s; every agent's servers count as GPU-busy", e)
+        return AgentView(readings={}, failed=list(urls))
 
     async def one(url: str) -> tuple[str, Any]:
         try:
-            code, body = await http.json(url.rstrip("/") + "/api/activity")
+            code, body = await http.json(url.rstrip("/") + "/api/activity", token=token)
         except SignalError as e:
             return url, e
         if code != 200 or not isinstance(body, dict):
