@@ -416,3 +416,28 @@ def test_agent_command_refuses_to_start_without_a_token(tmp_path):
     done = subprocess.run([sys.executable, "-m", "hub_services.exporter.agent", "--port", "0", "--no-auth"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "only allowed with a loopback --ip" in done.stderr, done.stderr
+
+
+def test_the_cullers_agent_reader_sends_the_token_from_its_file(agent_server, tmp_path, monkeypatch):
+    """hub_services.culler.signals.read_agents against the real agent: with the file named by
+    GPUHUB_GPU_AGENT_TOKEN_FILE it gets the servers; without it the agent counts as failed (the
+    culler then treats its servers as GPU-busy, never as idle)."""
+    import asyncio
+
+    from hub_services.culler.signals import HTTP, read_agents
+
+    url = agent_server(TOKEN)
+
+    async def read():
+        return await read_agents(HTTP(concurrency=2, timeout=10), [url])
+
+    monkeypatch.delenv("GPUHUB_GPU_AGENT_TOKEN_FILE", raising=False)
+    view = asyncio.run(read())
+    assert view.failed == [url] and not view.readings
+    (tmp_path / "agent-token").write_text(TOKEN + "\n")
+    monkeypatch.setenv("GPUHUB_GPU_AGENT_TOKEN_FILE", str(tmp_path / "agent-token"))
+    view = asyncio.run(read())
+    assert view.failed == [] and ("alice", "") in view.readings
+    monkeypatch.setenv("GPUHUB_GPU_AGENT_TOKEN_FILE", str(tmp_path / "absent"))
+    view = asyncio.run(read())
+    assert view.failed == [url]
