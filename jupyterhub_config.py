@@ -1,12 +1,13 @@
 # gpuhub's JupyterHub configuration, driven by environment variables.
 #
 # With nothing set it runs the embedded default: one host, plain Docker, sqlite, the local
-# `gpuhub/singleuser` image, the hub on http://127.0.0.1:8000, and a shared sign-in password
-# generated once into the data directory (printed the first time). GPUs come from NVML when
-# the host has it, else from GPUHUB_GPU_INVENTORY; with neither, users get CPU-only servers.
+# `gpuhub/singleuser` image, the hub on http://127.0.0.1:8000, and sign-in with each person's
+# own password (sign up, an admin approves; admins get a generated one in the data directory).
+# GPUs come from NVML when the host has it, else from GPUHUB_GPU_INVENTORY; with neither, users
+# get CPU-only servers.
 #
 # Settings (all optional):
-#   GPUHUB_DATA_DIR         where the database, cookie secret and password live (./data)
+#   GPUHUB_DATA_DIR         where the database, cookie secret and admin passwords live (./data)
 #   GPUHUB_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
 #   GPUHUB_HUB_IP           address of the hub API; default: Docker's bridge gateway
 #   GPUHUB_HUB_PORT         port of the hub API (8081)
@@ -22,10 +23,10 @@
 #   GPUHUB_QUOTA_DEFAULTS   quota of every user before group properties, JSON ({})
 #   GPUHUB_ADMIN_SERVICE_PORT  port of the "GPU Hub" admin service (8766)
 #   GPUHUB_TUTORIALS        tutorials volume name or absolute host path (gpuhub-tutorials)
-#   GPUHUB_ADMIN_USERS      comma-separated admin usernames
+#   GPUHUB_ADMIN_USERS      comma-separated admin usernames (each gets a generated password)
 #   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS
 #   (orgs or org:team), GPUHUB_ALLOWED_USERS, GPUHUB_GITHUB_ADMIN_TEAMS, JUPYTERHUB_CRYPT_KEY
-#                           sign in with GitHub instead of the shared password
+#                           sign in with GitHub instead of hub passwords
 #   GPUHUB_TUTORIALS_REPO   Git URL of the tutorials; starts the tutorial-sync service, which
 #                           publishes GPUHUB_TUTORIALS_BRANCH (main) into GPUHUB_DATA_DIR/tutorials
 #   GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, GPUHUB_TUTORIALS_POLL_INTERVAL (60)
@@ -199,22 +200,25 @@ if os.environ.get("GITHUB_CLIENT_ID"):
     c.GitHubOAuthenticator.allowed_organizations = orgs
     c.GitHubOAuthenticator.allowed_users = users
 else:
-    # Safe by default: one generated password, kept private in the data directory.
-    password, new = hubconfig.shared_password(data_dir)
-    c.JupyterHub.authenticator_class = "shared-password"
-    c.SharedPasswordAuthenticator.user_password = password
-    c.Authenticator.allow_all = True
-    if admins:
-        admin_password, new_admin = hubconfig.shared_password(data_dir, "admin-password")
-        c.SharedPasswordAuthenticator.admin_password = admin_password
-        if new_admin:
-            print(f"gpuhub: admins ({', '.join(sorted(admins))}) sign in with {admin_password}", flush=True)
-    if new:
-        print(
-            f"gpuhub: sign in with any username and the password {password}\n"
-            f"gpuhub: (kept in {data_dir / 'shared-password'}; set GITHUB_CLIENT_ID to use GitHub)",
-            flush=True,
-        )
+    # Each person their own password (NativeAuthenticator): attendees sign up at /hub/signup
+    # and an admin approves them at /hub/authorize. Each GPUHUB_ADMIN_USERS name gets a
+    # generated password at first start, kept (mode 0600) in <data>/admin-credentials/<name>;
+    # the log says where, never the password. Nobody can sign up under an admin's name.
+    credentials = data_dir / "admin-credentials"
+    try:
+        for name in admins:
+            hubconfig.admin_credential_path(credentials, name)
+    except hubconfig.ConfigError as e:
+        hubconfig.fail(str(e))
+    c.JupyterHub.authenticator_class = "gpuhub_spawner.auth.GPUHubNativeAuthenticator"
+    c.GPUHubNativeAuthenticator.admin_credentials_dir = str(credentials)
+    for old in ("shared-password", "admin-password"):
+        if (data_dir / old).exists():
+            print(f"gpuhub: {data_dir / old} is no longer used (everyone has their own password now); "
+                  "delete it", flush=True)
+    if not admins:
+        print("gpuhub: no GPUHUB_ADMIN_USERS, so nobody can approve sign-ups: set it, e.g. "
+              "GPUHUB_ADMIN_USERS=prof (or set GITHUB_CLIENT_ID to use GitHub)", flush=True)
 
 # ---- site-specific additions, then a check of the result ------------------------------
 extra = os.environ.get("GPUHUB_EXTRA_CONFIG")

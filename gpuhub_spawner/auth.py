@@ -12,16 +12,37 @@
 
 Everything oauthenticator already does (``allowed_users``, ``allowed_organizations`` with
 ``org:team``, ``blocked_users``, ``admin_users``, deny by default) is unchanged.
+
+:class:`GPUHubNativeAuthenticator` is the embedded default when GitHub is not configured:
+JupyterHub's NativeAuthenticator (each person signs up with their own password, stored as a
+bcrypt hash in the hub database; an admin approves each sign-up) plus:
+
+- **admins exist from the first start**: each name in ``admin_users`` gets a generated
+  password, kept in a mode-0600 file under ``admin_credentials_dir``; only where it is goes
+  to the log, never the password;
+- **no name squatting**: nobody can sign up under an admin's name, and a sign-up is never
+  approved by its name alone (only by an admin, or ``open_signup``);
+- approving or discarding a sign-up works only from the admin's own "Authorize Users" page.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import bcrypt
 from jupyterhub import orm
-from jupyterhub.utils import maybe_future
+from jupyterhub.handlers.login import LoginHandler as HubLoginHandler
+from jupyterhub.utils import maybe_future, url_path_join
+from nativeauthenticator import NativeAuthenticator
+from nativeauthenticator.handlers import DiscardHandler, LoginHandler, ToggleAuthorizationHandler
+from nativeauthenticator.orm import UserInfo
 from oauthenticator.github import GitHubOAuthenticator
+from tornado import web
 from traitlets import Bool, Set, TraitError, Unicode, default, validate
+
+from .hubconfig import ConfigError, admin_credential_path, secret_file
 
 
 def team_names(auth_state: dict[str, Any] | None) -> set[str]:
@@ -197,3 +218,136 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
             self.log.warning("%s is no longer allowed to use this hub: a new login is required", name)
             return False
         return refreshed
+
+
+# ---- the embedded default: each person their own password ------------------------------------
+
+
+class _FromAuthorizePage:
+    """NativeAuthenticator approves and discards sign-ups on a plain GET: accept that GET only
+    when it comes from a click on the hub's own "Authorize Users" page, so a link or image
+    elsewhere on the hub's origin (a user's server, say) cannot make an admin's browser do it."""
+
+    async def prepare(self):
+        await super().prepare()
+        referer = urlsplit(self.request.headers.get("Referer", ""))
+        page = url_path_join(self.hub.base_url, "authorize")
+        if referer.path != page or referer.netloc != self.request.host:
+            raise web.HTTPError(403, "Approve or discard sign-ups with the buttons on the Authorize Users page.")
+
+
+class _ToggleAuthorization(_FromAuthorizePage, ToggleAuthorizationHandler):
+    pass
+
+
+class _Discard(_FromAuthorizePage, DiscardHandler):
+    pass
+
+
+class _Login(LoginHandler):
+    """NativeAuthenticator's sign-in page on JupyterHub 6's own login handler.
+
+    NativeAuthenticator 1.3's ``post`` uses ``self.statsd`` (gone in JupyterHub 6: a 500 on every
+    sign-in) and its ``_render`` refuses JupyterHub 6's error-page arguments. JupyterHub's own
+    ``post`` and ``_render`` work; only the template is NativeAuthenticator's (with its sign-up link).
+    """
+
+    post = HubLoginHandler.post
+
+    def _render(self, login_error=None, username=None, **kwargs):
+        if login_error and self.request.method == "POST" and self._awaiting_approval():
+            login_error = "Your sign-up has not been approved by an admin yet."
+        return HubLoginHandler._render(self, login_error=login_error, username=username, **kwargs)
+
+    def render_template(self, name, **ns):
+        if name == "login.html":
+            name = "native-login.html"
+            ns.setdefault("enable_signup", self.authenticator.enable_signup)
+            ns.setdefault("two_factor_auth", self.authenticator.allow_2fa)
+        return super().render_template(name, **ns)
+
+    def _awaiting_approval(self) -> bool:
+        """The right password of an account that no admin approved yet (else say nothing more)."""
+        info = self.authenticator.get_user(self.get_argument("username", "", strip=True))
+        password = self.get_argument("password", "", strip=False)
+        return bool(info and not info.is_authorized and password and info.is_valid_password(password))
+
+
+class GPUHubNativeAuthenticator(NativeAuthenticator):
+    """Each person their own password; admins get a generated one at first start."""
+
+    admin_credentials_dir = Unicode(
+        "admin-credentials",
+        config=True,
+        help="""Directory holding each admin's generated password, one file per admin.
+
+        At start, every name in `admin_users` without a file here gets a generated password
+        in `<dir>/<name>` (mode 0600, the directory 0700), and that name's account is set to
+        it, replacing any account someone else made under that name before. The log says
+        where the file is, never the password. An admin who changed their password at
+        /hub/change-password no longer uses the file; delete the file and restart the hub to
+        reset that admin's password. Relative paths are from the hub's working directory.
+
+            c.GPUHubNativeAuthenticator.admin_credentials_dir = "/srv/gpuhub/admin-credentials"
+        """,
+    )
+
+    @default("allow_all")
+    def _default_allow_all(self) -> bool:
+        # who may sign in is decided per account (approved by an admin), not by name lists
+        return True
+
+    @default("minimum_password_length")
+    def _default_minimum_password_length(self) -> int:
+        return 8
+
+    @default("check_common_password")
+    def _default_check_common_password(self) -> bool:
+        return True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ensure_admin_accounts()
+
+    def ensure_admin_accounts(self) -> None:
+        """Give every admin an approved account with a generated password kept in a file."""
+        directory = Path(self.admin_credentials_dir)
+        for raw in sorted(self.admin_users):
+            name = self.normalize_username(raw)
+            try:
+                path = admin_credential_path(directory, name)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            password, new = secret_file(path)
+            info = UserInfo.find(self.db, name)
+            if info is None:
+                self.db.add(UserInfo(username=name, password=_hash(password), is_authorized=True))
+            elif new:
+                # an account under this name that the admin never had: someone else made it
+                info.password, info.is_authorized, info.has_2fa = _hash(password), True, False
+                self.log.warning("Admin %s: the account made under that name before is replaced", name)
+            self.db.commit()
+            if new:
+                self.log.info("Admin %s: generated password written to %s (mode 0600)", name, path)
+            else:
+                self.log.info("Admin %s: first password in %s (unless changed since)", name, path)
+
+    def create_user(self, username: str, password: str, **kwargs: Any):
+        """A sign-up: never under an admin's name, and never approved by its name alone."""
+        name = self.normalize_username(username)
+        if name in {self.normalize_username(a) for a in self.admin_users}:
+            self.log.warning("Refused a sign-up as %s: that name belongs to a hub admin", name)
+            return None
+        info = super().create_user(username, password, **kwargs)
+        if info is not None and info.is_authorized and not self.open_signup:
+            info.is_authorized = False  # the parent pre-approves names in allowed_users
+            self.db.commit()
+        return info
+
+    def get_handlers(self, app):
+        replaced = {r"/login": _Login, r"/authorize/([^/]*)": _ToggleAuthorization, r"/discard/([^/]*)": _Discard}
+        return [(route, replaced.get(route, handler)) for route, handler in super().get_handlers(app)]
+
+
+def _hash(password: str) -> bytes:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt())

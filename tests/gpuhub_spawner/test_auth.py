@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import stat
 import textwrap
 import time
 
@@ -15,7 +16,7 @@ from jupyterhub import orm
 from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 
-from gpuhub_spawner.auth import GPUHubGitHubAuthenticator, team_names
+from gpuhub_spawner.auth import GPUHubGitHubAuthenticator, GPUHubNativeAuthenticator, team_names
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +331,81 @@ def test_embedded_config_switches_to_github_sign_in(hub_factory):
     assert "sign in with any username" not in log  # no shared password once GitHub is configured
     r = requests.get(hub.url + "/hub/login", timeout=10)
     assert r.ok and "Sign in with GitHub" in r.text
+
+
+# ---- the embedded default: GPUHubNativeAuthenticator ----------------------------------------
+
+
+def native(hub_app: JupyterHub, tmp_path, **config) -> GPUHubNativeAuthenticator:
+    """The embedded default's authenticator on a hub database, as JupyterHub builds it."""
+    return GPUHubNativeAuthenticator(
+        parent=hub_app, _deprecated_db_session=hub_app.db, admin_credentials_dir=str(tmp_path / "creds"), **config
+    )
+
+
+class FormHandler:
+    """What JupyterHub's login handler passes along: nothing the authenticator reads."""
+
+
+async def password_sign_in(auth: GPUHubNativeAuthenticator, name: str, password: str):
+    return await auth.get_authenticated_user(FormHandler(), {"username": name, "password": password})
+
+
+async def test_native_admin_gets_a_generated_password_in_a_private_file(hub_app, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        auth = native(hub_app, tmp_path, admin_users={"prof"})
+    path = tmp_path / "creds" / "prof"
+    password = path.read_text().strip()
+    assert len(password) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert str(path) in caplog.text and password not in caplog.text  # where, never the secret
+    model = await password_sign_in(auth, "prof", password)
+    assert model["name"] == "prof" and model["admin"] is True
+    assert await password_sign_in(auth, "prof", "wrong-password") is None
+
+    # a restart keeps the same password
+    again = native(hub_app, tmp_path, admin_users={"prof"})
+    assert path.read_text().strip() == password
+    assert (await password_sign_in(again, "prof", password))["admin"] is True
+
+
+SQUAT = [("same-name", "prof"), ("other-case", "PROF")]
+
+
+@pytest.mark.parametrize("name", [s[1] for s in SQUAT], ids=[s[0] for s in SQUAT])
+async def test_native_nobody_signs_up_as_an_admin(hub_app, tmp_path, name):
+    auth = native(hub_app, tmp_path, admin_users={"prof"})
+    assert auth.create_user(name, "a-long-attendee-password") is None
+    assert await password_sign_in(auth, "prof", "a-long-attendee-password") is None
+
+
+async def test_native_account_made_before_the_admin_is_taken_back(hub_app, tmp_path):
+    # someone signed up as "prof" (and was even approved) before prof became an admin
+    first = native(hub_app, tmp_path)
+    squatter = first.create_user("prof", "squatter-password")
+    squatter.is_authorized = True
+    hub_app.db.commit()
+    assert await password_sign_in(first, "prof", "squatter-password")
+
+    auth = native(hub_app, tmp_path, admin_users={"prof"})
+    assert await password_sign_in(auth, "prof", "squatter-password") is None
+    password = (tmp_path / "creds" / "prof").read_text().strip()
+    assert (await password_sign_in(auth, "prof", password))["admin"] is True
+
+
+async def test_native_sign_up_grants_nothing_by_its_name(hub_app, tmp_path):
+    # NativeAuthenticator approves sign-ups whose name is in allowed_users: not here
+    auth = native(hub_app, tmp_path, admin_users={"prof"}, allowed_users={"mallory"})
+    info = auth.create_user("mallory", "mallory-password", email="", has_2fa=False)
+    assert info is not None and info.is_authorized is False
+    assert await password_sign_in(auth, "mallory", "mallory-password") is None  # until approved
+    info.is_authorized = True  # what the admin's "Authorize" button does
+    hub_app.db.commit()
+    model = await password_sign_in(auth, "mallory", "mallory-password")
+    assert model["name"] == "mallory" and not model["admin"]
+
+
+def test_native_admin_name_that_is_not_a_file_name_is_refused(hub_app, tmp_path):
+    with pytest.raises(ValueError, match="GPUHUB_ADMIN_USERS: '../x' is not a username"):
+        native(hub_app, tmp_path, admin_users={"../x"})
