@@ -179,13 +179,16 @@ def test_hub_managed_sync_with_webhook(docker_client, hub_factory, remote, tmp_p
     headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(push)}
     assert requests.post(base + "webhook", data=push, headers=headers, timeout=5).status_code == 202
     _wait_status(base, lambda s: s["commit"] == third, hub.token)
+    # she also keeps her own notes in a file named like the copy's report
+    assert exec_as_user(vera, "echo 'my notes' > ~/my-tutorials/TUTORIAL-UPDATES.txt")[0] == 0
     hub.stop_server("vera")
     hub.spawn("vera", {"profile": "gpu"})
     hub.wait_ready("vera")
     vera = container_of(docker_client, hub, "vera")
     assert exec_as_user(vera, "cat ~/my-tutorials/intro.py") == (0, "print('mine')\n")
     assert exec_as_user(vera, "cat ~/my-tutorials/intro.upstream.py") == (0, "print('v3')\n")
-    code, note = exec_as_user(vera, "cat ~/my-tutorials/TUTORIAL-UPDATES.txt")
+    assert exec_as_user(vera, "cat ~/my-tutorials/TUTORIAL-UPDATES.txt") == (0, "my notes\n")
+    code, note = exec_as_user(vera, "cat ~/my-tutorials/TUTORIAL-UPDATES-2.txt")
     assert code == 0 and "conflict" in note and "intro.upstream.py" in note
 
     # the service's own token holds no scopes: it needs no hub API access
