@@ -355,6 +355,8 @@ class SwarmRig:
                 self.network.remove()
             except (NotFound, APIError):
                 pass
+        if self.tls_dir is not None:  # a throwaway CA: its key goes with the rig
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
 
 
 def fake_whole_gpus(tag: str, n: int) -> list[str]:
