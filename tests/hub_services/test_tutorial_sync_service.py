@@ -234,6 +234,7 @@ def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client,
             "GPUHUB_WEBHOOK_SECRET": SECRET,
             "GPUHUB_TUTORIALS_POLL_INTERVAL": "3600",
             "GPUHUB_PROMETHEUS_TOKEN_FILE": str(token_file),
+            "GPUHUB_TUTORIALS_MAX_FILES": "1",
         }
     )
     base = hub.url + "/services/tutorial-sync/"
@@ -270,12 +271,19 @@ def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client,
         r = get("metrics", token)
         assert r.status_code == 200 and "gpuhub_tutorial_sync_runs_total" in r.text
     assert get("metrics", "not-a-token").status_code == 403
-    # the webhook stays reachable without a hub sign-in, and still checks its signature
+    # the webhook stays reachable without a hub sign-in, and still checks its signature;
+    # this push has 2 files, over GPUHUB_TUTORIALS_MAX_FILES=1: refused whole, and the page says so
+    clone.write("second.py", "print('two')\n")
+    too_big = clone.commit_and_push("two files")
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     hook = {"X-GitHub-Event": "push"}
     assert requests.post(base + "webhook", data=body, headers=hook, timeout=10).status_code == 401
     signed = {**hook, "X-Hub-Signature-256": sign(body)}
     assert requests.post(base + "webhook", data=body, headers=signed, timeout=10).status_code == 202
+    status = _wait_status(base, lambda s: s["last_error"] and s["trigger"] == "webhook", hub.token)
+    assert status["commit"] == first
+    assert f"Commit {too_big[:12]} was not published: it has 2 files, over the limit of 1" in status["last_error"]
+    assert f"Commit {too_big[:12]} was not published" in get("", prof).text
 
     # the committed scrape job, with Prometheus's token file, scrapes it through the proxy
     if not os.path.exists(PROMETHEUS):
@@ -289,7 +297,7 @@ def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client,
     prom = PrometheusServer(tmp_path / "prom", [job])
     try:
         deadline = time.monotonic() + 30
-        while not prom.query('gpuhub_tutorial_sync_runs_total{job="gpuhub-tutorial-sync",result="published"}'):
+        while not prom.query('gpuhub_tutorial_sync_runs_total{job="gpuhub-tutorial-sync",result="error"} == 1'):
             assert time.monotonic() < deadline, prom.targets()
             time.sleep(0.5)
         assert [t["health"] for t in prom.targets()] == ["up"]
