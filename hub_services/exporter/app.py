@@ -50,6 +50,7 @@ from gpuhub_spawner.ledger import UsageLedger
 from gpuhub_spawner.mixin import resolve_inventory
 from hub_services.admin.hubapi import HubAPIError, HubClient
 
+from ..shutdown import run_until_stopped
 from .hubmetrics import HubCollector, HubState, Settings
 from .snapshot import Snapshot, SnapshotCollector
 from .swarmread import SwarmState, read_swarm, swarm_down, swarm_state
@@ -71,11 +72,16 @@ async def read_hub(hub: HubClient, previous: HubState) -> HubState:
     return HubState(users, props, time.time(), True, previous.sync, previous.sync_ok)
 
 
-async def read_sync(url: str, state: HubState, timeout: float = 5.0) -> None:
-    """Fill ``state.sync`` from the tutorial-sync service's status.json."""
+async def read_sync(url: str, state: HubState, timeout: float = 5.0, token: str = "") -> None:
+    """Fill ``state.sync`` from the tutorial-sync service's status.json.
+
+    The status page is not public: ``token`` (this service's own) is sent, and the hub's
+    config grants it ``access:services!service=tutorial-sync``.
+    """
+    headers = {"Authorization": f"token {token}"} if token else {}
     try:
         resp = await AsyncHTTPClient().fetch(
-            HTTPRequest(url, connect_timeout=timeout, request_timeout=timeout)
+            HTTPRequest(url, headers=headers, connect_timeout=timeout, request_timeout=timeout)
         )
         state.sync, state.sync_ok = json.loads(resp.body), True
     except Exception as e:  # noqa: BLE001 - any failure means "status unknown"
@@ -283,7 +289,7 @@ class HubExporterApp(Application):
         while True:
             state = await read_hub(hub, collector.state)
             if self.tutorial_sync_url:
-                await read_sync(self.tutorial_sync_url, state)
+                await read_sync(self.tutorial_sync_url, state, token=self.api_token)
             collector.state = state
             snapshot.invalidate()
             await asyncio.sleep(self.refresh_interval)
@@ -328,7 +334,7 @@ class HubExporterApp(Application):
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(self.serve())
+        asyncio.run(run_until_stopped(self.serve(), "gpuhub hub exporter"))
 
 
 def main(argv: list[str] | None = None) -> None:

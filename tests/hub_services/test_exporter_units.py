@@ -193,6 +193,9 @@ async def test_sync_status_read_from_a_real_http_server(collector):
 
     class Status(web.RequestHandler):
         def get(self):
+            # like the real service: status.json is not public
+            if self.request.headers.get("Authorization") != "token exporter-token":
+                raise web.HTTPError(403)
             self.write(json.dumps(status))
 
     port = _free_port()
@@ -200,7 +203,10 @@ async def test_sync_status_read_from_a_real_http_server(collector):
     server.listen(port, "127.0.0.1")
     try:
         state = collector.state
-        await read_sync(f"http://127.0.0.1:{port}/services/tutorial-sync/status.json", state)
+        url = f"http://127.0.0.1:{port}/services/tutorial-sync/status.json"
+        await read_sync(url, state)  # no token: refused, status unknown
+        assert scrape(collector)["gpuhub_tutorial_sync_status_up"][0][1] == 0
+        await read_sync(url, state, token="exporter-token")
         s = scrape(collector)
         assert s["gpuhub_tutorial_sync_status_up"][0][1] == 1
         assert s["gpuhub_tutorial_sync_status_info"][0][0] == {
