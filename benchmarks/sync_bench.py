@@ -95,6 +95,20 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def published_trigger(logfile: Path, sha: str) -> str | None:
+    """What set off the publication of ``sha``, from the service's log line for it.
+
+    (``status.json`` needs a hub sign-in, which this standalone service has no hub for.)
+    """
+    deadline = time.perf_counter() + 5
+    while time.perf_counter() < deadline:
+        for line in logfile.read_text(errors="replace").splitlines():
+            if f"Published {sha[:12]}" in line:
+                return line.rsplit(" after ", 1)[-1].strip()
+        time.sleep(0.05)
+    return None
+
+
 def wait_published(store: Path, sha: str, timeout: float) -> bool:
     """Whether ``store/current`` came to point at ``sha`` in time (checked every 10 ms)."""
     deadline = time.perf_counter() + timeout
@@ -143,7 +157,7 @@ def latency_phase(mode: str, url: str, clone: WorkClone, workdir: Path, interval
                 log("%s push %d: not published in time", mode, i)
                 continue
             latencies.append(time.perf_counter() - t0)
-            triggers.append((http("GET", base + "status.json")[1] or {}).get("trigger"))
+            triggers.append(published_trigger(workdir / "service.log", sha))
             log("%s push %d: published after %.3f s (%s)", mode, i + 1, latencies[-1], triggers[-1])
     finally:
         stop(proc)
