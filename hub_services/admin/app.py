@@ -38,6 +38,7 @@ from traitlets.config import Application
 from gpuhub_spawner.ledger import UsageLedger
 from gpuhub_spawner.quotas import FIELDS, QuotaError, parse_quota
 
+from ..shutdown import on_stop_signal
 from . import core, pages
 from .hubapi import HubClient
 
@@ -360,6 +361,7 @@ class AdminServiceApp(Application):
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         log.info("GPU Hub admin service listening on %s%s", self.service_url, self.prefix)
         try:
+            on_stop_signal(IOLoop.current().asyncio_loop, "GPU Hub admin service", IOLoop.current().stop)
             IOLoop.current().start()
         except KeyboardInterrupt:  # the hub stops its services with SIGINT
             log.info("GPU Hub admin service stopping")

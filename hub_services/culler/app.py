@@ -41,6 +41,7 @@ from traitlets.config import Application
 from gpuhub_spawner.ledger import UsageLedger
 from gpuhub_spawner.quotas import QuotaError, parse_quota
 
+from ..shutdown import on_stop_signal
 from . import core
 from .decide import GPUThresholds
 from .metrics import CullerMetrics
@@ -339,6 +340,7 @@ class CullerApp(Application):
         if self.every > 0:
             IOLoop.current().add_callback(self._timed, ctx, settings)
         try:
+            on_stop_signal(IOLoop.current().asyncio_loop, "Culler", IOLoop.current().stop)
             IOLoop.current().start()
         except KeyboardInterrupt:  # the hub stops its services with SIGINT
             log.info("Culler stopping")

@@ -39,6 +39,7 @@ from tornado.httpserver import HTTPServer
 from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from ..shutdown import run_until_stopped
 from .gitsource import GitSource, SyncError
 from .publish import CommitLimits, current_version, publish
 
@@ -453,7 +454,7 @@ class TutorialSyncApp(Application):
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(self.serve())
+        asyncio.run(run_until_stopped(self.serve(), "Tutorial sync"))
 
 
 def main(argv: list[str] | None = None) -> None:
