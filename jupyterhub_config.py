@@ -49,17 +49,27 @@ data_dir.mkdir(parents=True, exist_ok=True)
 try:
     gpu_inventory = hubconfig.env_json("GPUHUB_GPU_INVENTORY", [])
     profiles = hubconfig.env_json("GPUHUB_PROFILES", [])
-    replicas = int(hubconfig.env_number("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1))
-    queue_wait = hubconfig.env_number("GPUHUB_QUEUE_MAX_WAIT", 300)
-    quota_defaults = hubconfig.env_json("GPUHUB_QUOTA_DEFAULTS", {})
+    hubconfig.check_profile_limits(profiles)
+    replicas = hubconfig.env_int("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1, maximum=64)
+    queue_wait = hubconfig.env_number("GPUHUB_QUEUE_MAX_WAIT", 300, maximum=24 * 3600)
+    quota_defaults = hubconfig.env_quota("GPUHUB_QUOTA_DEFAULTS")
+    hub_port = hubconfig.env_port("GPUHUB_HUB_PORT", 8081)
+    proxy_api_port = hubconfig.env_port("GPUHUB_PROXY_API_PORT", 8001)
+    admin_service_port = hubconfig.env_port("GPUHUB_ADMIN_SERVICE_PORT", 8766)
+    # read again by the blocks below: every number is checked here, before anything starts
+    for port_setting, port_default in (
+        ("GPUHUB_TUTORIAL_SYNC_PORT", 8765), ("GPUHUB_EXPORTER_PORT", 8768), ("GPUHUB_CULLER_PORT", 8767)
+    ):
+        hubconfig.env_port(port_setting, port_default)
+    hubconfig.env_number("GPUHUB_TUTORIALS_POLL_INTERVAL", 60, minimum=1, maximum=24 * 3600)
 except hubconfig.ConfigError as e:
     hubconfig.fail(str(e))
 
 # ---- hub, proxy, database -------------------------------------------------------------
 c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000")
 c.JupyterHub.hub_ip = os.environ.get("GPUHUB_HUB_IP") or hubconfig.docker_bridge_gateway()
-c.JupyterHub.hub_port = int(os.environ.get("GPUHUB_HUB_PORT", "8081"))
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%s" % os.environ.get("GPUHUB_PROXY_API_PORT", "8001")
+c.JupyterHub.hub_port = hub_port
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
 c.JupyterHub.db_url = os.environ.get("GPUHUB_DB_URL", f"sqlite:///{data_dir / 'jupyterhub.sqlite'}")
 c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
@@ -112,7 +122,7 @@ c.JupyterHub.services.append(
         "name": "gpuhub-admin",
         "display": True,  # in the Services menu
         "oauth_no_confirm": True,  # the hub's own admin-only service: no consent page
-        "url": "http://127.0.0.1:%s" % os.environ.get("GPUHUB_ADMIN_SERVICE_PORT", "8766"),
+        "url": f"http://127.0.0.1:{admin_service_port}",
         "command": [sys.executable, "-m", "hub_services.admin"],
         "environment": {
             "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
@@ -277,9 +287,11 @@ if exporter_port:
     )
 prometheus_token_file = os.environ.get("GPUHUB_PROMETHEUS_TOKEN_FILE")
 if prometheus_token_file:
-    c.JupyterHub.services.append(
-        {"name": "prometheus", "api_token": Path(prometheus_token_file).read_text().strip()}
-    )
+    try:
+        prometheus_token = hubconfig.read_token_file("GPUHUB_PROMETHEUS_TOKEN_FILE", prometheus_token_file)
+    except hubconfig.ConfigError as e:
+        hubconfig.fail(str(e))
+    c.JupyterHub.services.append({"name": "prometheus", "api_token": prometheus_token})
     c.JupyterHub.load_roles.append(
         {"name": "gpuhub-prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}
     )

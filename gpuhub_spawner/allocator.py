@@ -151,6 +151,7 @@ class HeldRecord:
     state: str
     object_id: str = ""
     ours: bool = True  # created by this hub (same hub id label)
+    user: str = ""  # the user label: whose quota the unit counts against
 
 
 class NoUnitFree(Exception):
@@ -163,11 +164,32 @@ class NoUnitFree(Exception):
         super().__init__(pool)
 
 
+class OverLimit(Exception):
+    """``owner`` already holds (``held``) or waits in line for (``waiting``) ``limit`` units."""
+
+    def __init__(self, owner: str, limit: int, held: int, waiting: int):
+        self.owner = owner
+        self.limit = limit
+        self.held = held
+        self.waiting = waiting
+        super().__init__(owner)
+
+
+class StillHeld(Exception):
+    """``holder``'s previous object still exists on the engine and holds ``unit_id``."""
+
+    def __init__(self, holder: str, unit_id: str):
+        self.holder = holder
+        self.unit_id = unit_id
+        super().__init__(holder)
+
+
 @dataclass
 class _Waiter:
     holder: str
     on_position: Callable[[int, int], None] | None
     priority: int = 0
+    owner: str = ""
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -193,6 +215,7 @@ class Allocator:
         self.lock = asyncio.Lock()
         self._queues: dict[str, deque[_Waiter]] = {p: deque() for p in inventory.pools}
         self._pending: set[str] = set()  # handed a unit, container not created yet
+        self._owners: dict[str, str] = {}  # holder -> user whose quota its unit counts against
         self._synced = False
 
     # ---- sync with the engine ------------------------------------------------------
@@ -223,6 +246,8 @@ class Allocator:
                     except Exception as e:  # noqa: BLE001 - one bad object must not stop the hub
                         log.warning("Could not remove stale %s: %s", rec.holder, e)
                 continue
+            if rec.user:
+                self._owners[rec.holder] = rec.user
             if rec.unit_id not in self.inventory.by_id:
                 log.warning("%s holds unit %s, which is not in the inventory", rec.holder, rec.unit_id)
                 continue
@@ -257,6 +282,8 @@ class Allocator:
         max_wait: float = 0.0,
         on_position: Callable[[int, int], None] | None = None,
         priority: int = 0,
+        owner: str = "",
+        max_units: int | None = None,
     ) -> AsyncIterator[Unit]:
         """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
 
@@ -266,9 +293,14 @@ class Allocator:
         themselves.  If the body raises (or is cancelled), the unit is released.  Raises :class:`NoUnitFree` when no
         unit comes free within ``max_wait`` seconds.  In line, a higher ``priority`` goes
         ahead of lower ones; equal priorities keep their arrival order.
+
+        ``owner`` (the user) may hold at most ``max_units`` units, counting those held, those
+        reserved and those waited for in line by the owner's other holders, checked under the
+        lock together with the reservation: :class:`OverLimit` otherwise.  If ``holder``
+        already holds a unit whose object still exists on the engine, :class:`StillHeld`.
         """
         await self.ensure_synced()
-        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority)
+        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units)
         self._pending.add(holder)
         try:
             yield unit
@@ -285,13 +317,14 @@ class Allocator:
         max_wait: float,
         on_position: Callable[[int, int], None] | None,
         priority: int = 0,
+        owner: str = "",
+        max_units: int | None = None,
     ) -> Unit:
         async with self.lock:
-            existing = self.ledger.unit_of(holder)
-            if existing is not None:
-                # a container of this holder still holds a unit (e.g. left running while the
-                # hub was down): the caller removes that object before creating, so free it.
-                self._release_now(holder)
+            await self._drop_old_unit_locked(holder)
+            await self._check_limit_locked(owner, holder, max_units)
+            if owner:
+                self._owners[holder] = owner
             unit = None if self._queues.get(pool) else self.ledger.take(pool, holder)
             if unit is None and not self._queues.get(pool) and pool in self._queues:
                 await self._sync_locked()
@@ -300,13 +333,50 @@ class Allocator:
                 return unit
             if max_wait <= 0 or pool not in self._queues:
                 raise NoUnitFree(pool)
-            waiter = _Waiter(holder, on_position, priority)
+            waiter = _Waiter(holder, on_position, priority, owner)
             queue = self._queues[pool]
             # behind everyone of equal or higher priority: FIFO within a priority
             index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
             queue.insert(index, waiter)
             self._notify_positions(pool)
         return await self._wait_in_line(pool, waiter, max_wait)
+
+    async def _drop_old_unit_locked(self, holder: str) -> None:
+        """Free ``holder``'s previous unit once its object is gone (caller holds the lock).
+
+        The labels are the truth: the engine is read again, and while an object of ``holder``
+        still holds the unit (a stop that failed left it running), the unit stays held and
+        :class:`StillHeld` is raised; it is never handed on under a live object.
+        """
+        if self.ledger.unit_of(holder) is None:
+            return
+        await self._sync_locked()
+        unit = self.ledger.unit_of(holder)
+        if unit is not None:
+            raise StillHeld(holder, unit.id)
+
+    def owner_counts(self, owner: str, exclude: str = "") -> tuple[int, int]:
+        """(units held or reserved, spawns waiting in line) of ``owner``'s holders but ``exclude``."""
+        held = sum(1 for h in self.ledger.holders() if h != exclude and self._owners.get(h) == owner)
+        waiting = sum(
+            1
+            for queue in self._queues.values()
+            for w in queue
+            if w.owner == owner and w.holder != exclude and not w.future.done()
+        )
+        return held, waiting
+
+    async def _check_limit_locked(self, owner: str, holder: str, max_units: int | None) -> None:
+        """Raise :class:`OverLimit` if ``owner`` may not reserve one more unit (lock held)."""
+        if not owner or max_units is None:
+            return
+        held, waiting = self.owner_counts(owner, holder)
+        if held + waiting >= max_units and held:
+            # a unit may be counted whose object has just gone: ask the engine before refusing
+            await self._sync_locked()
+            held, waiting = self.owner_counts(owner, holder)
+        if held + waiting >= max_units:
+            raise OverLimit(owner, max_units, held, waiting)
 
     async def _wait_in_line(self, pool: str, waiter: _Waiter, max_wait: float) -> Unit:
         start = time.monotonic()
@@ -374,6 +444,7 @@ class Allocator:
             return
 
     def _release_now(self, holder: str) -> Unit | None:
+        self._owners.pop(holder, None)
         unit = self.ledger.release(holder)
         if unit is not None:
             self._hand_off(unit)

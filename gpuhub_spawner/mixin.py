@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
-import docker
 import requests
-from docker.errors import DockerException
+from docker.errors import APIError, DockerException
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from . import forms
-from .allocator import Allocator, HeldRecord, NoUnitFree
+from .allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from .errors import REASONS
 from .errors import spawn_error as _spawn_error
 from .inventory import (
@@ -44,6 +44,7 @@ from .quotas import (
     QuotaPolicy,
     budget_left_seconds,
     check_spawn,
+    parse_bytes,
     parse_quota,
     period_bounds,
     resolve_policy,
@@ -54,6 +55,7 @@ from .volumes import VolumePlan, check_source
 _INVENTORY_CACHE: dict[str, Inventory] = {}
 _ALLOCATORS: dict[tuple[str, str], Allocator] = {}
 _LEDGERS: dict[str, UsageLedger] = {}
+_LEDGERS_LOCK = threading.Lock()
 _LEDGER_RECONCILED: set[tuple[str, str]] = set()
 
 # ---- hub-side metrics, on the hub's own /hub/metrics (they live in the hub process) ----
@@ -369,15 +371,22 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def usage_ledger(self) -> UsageLedger | None:
         if not self.usage_db_url:
             return None
-        if self.usage_db_url not in _LEDGERS:
-            _LEDGERS[self.usage_db_url] = UsageLedger(self.usage_db_url)
-        return _LEDGERS[self.usage_db_url]
+        with _LEDGERS_LOCK:  # created from worker threads (see ledger_in_thread)
+            if self.usage_db_url not in _LEDGERS:
+                _LEDGERS[self.usage_db_url] = UsageLedger(self.usage_db_url)
+            return _LEDGERS[self.usage_db_url]
+
+    async def ledger_in_thread(self) -> UsageLedger | None:
+        """:attr:`usage_ledger`, opened off the event loop (opening creates missing tables)."""
+        if not self.usage_db_url or self.usage_db_url in _LEDGERS:
+            return self.usage_ledger
+        return await asyncio.to_thread(lambda: self.usage_ledger)
 
     async def sync_allocations(self) -> None:
         """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""
         allocator = self.get_allocator()
         await allocator.ensure_synced()
-        ledger = self.usage_ledger
+        ledger = await self.ledger_in_thread()
         key = (self._engine_key(), self.usage_db_url)
         if ledger is not None and key not in _LEDGER_RECONCILED:
             _LEDGER_RECONCILED.add(key)
@@ -398,11 +407,14 @@ class GPUSpawnerMixin(LoggingConfigurable):
         if ledger is not None:
             await asyncio.to_thread(ledger.end, holder)
 
-    def quota_policy(self) -> QuotaPolicy:
-        """This user's quota now: defaults, their groups' properties, their override (read fresh)."""
+    async def quota_policy(self) -> QuotaPolicy:
+        """This user's quota now: defaults, their groups' properties, their override (read fresh).
+
+        The override is read in a worker thread: a slow database must not stall the hub.
+        """
         groups = [dict(group.properties or {}) for group in self.user.groups]
-        ledger = self.usage_ledger
-        override = ledger.get_override(self.user.name) if ledger is not None else None
+        ledger = await self.ledger_in_thread()
+        override = await asyncio.to_thread(ledger.get_override, self.user.name) if ledger is not None else None
         try:
             return resolve_policy(self.quota_defaults, groups, override)
         except QuotaError as e:
@@ -414,7 +426,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     async def allowed_profiles(self) -> set[str] | None:
         """Slugs this user may choose, or None for all."""
-        allowed = self.quota_policy().allowed_profiles
+        allowed = (await self.quota_policy()).allowed_profiles
         return None if allowed is None else set(allowed)
 
     def gpu_units_held_by_user(self) -> int:
@@ -435,9 +447,10 @@ class GPUSpawnerMixin(LoggingConfigurable):
         since, _ = period_bounds(now, policy.period)
         return await asyncio.to_thread(ledger.gpu_seconds, self.user.name, since, now)
 
-    async def check_quota(self, profile: Profile) -> QuotaPolicy:
-        """Refuse the spawn if the user's quota does not allow ``profile`` now."""
-        policy = self.quota_policy()
+    async def check_quota(self, profile: Profile, policy: QuotaPolicy | None = None) -> QuotaPolicy:
+        """Refuse the spawn if the user's quota (``policy``, else read now) does not allow ``profile``."""
+        if policy is None:
+            policy = await self.quota_policy()
         now = datetime.now(timezone.utc)
         gpu = not profile.cpu_only
         decision = check_spawn(
@@ -499,7 +512,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
             self.log.warning("Could not read GPU usage for the options form: %s", e)
         sizes = {pool: inventory.pool_size(pool) for pool in inventory.pools}
         waiting = {pool: allocator.queue_length(pool) for pool in inventory.pools}
-        policy = self.quota_policy()
+        policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
             self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy)
@@ -522,9 +535,43 @@ class GPUSpawnerMixin(LoggingConfigurable):
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
+        quota = getattr(self, "_quota", None)
         return allocator.reserve(
-            profile.pool, self.object_name, self.gpu_queue_max_wait, on_position, priority=priority
+            profile.pool,
+            self.object_name,
+            self.gpu_queue_max_wait,
+            on_position,
+            priority=priority,
+            owner=self.user.name,
+            max_units=quota.max_gpu_units if quota is not None else None,
         )
+
+    def reservation_error(self, err: Exception) -> Exception:
+        """The user's message for a reservation the allocator (or swarm gate) refused."""
+        if isinstance(err, NoUnitFree):
+            return self.no_unit_error(err)
+        if isinstance(err, OverLimit):
+            units = f"{err.limit} GPU unit" + ("" if err.limit == 1 else "s")
+            if err.waiting:
+                msg = (
+                    f"Your quota allows {units} at once, and another of your servers is already "
+                    "holding or waiting in line for one. Stop or cancel that server first, or start "
+                    "a CPU-only server."
+                )
+            else:
+                msg = (
+                    f"You already hold {units}, the most your quota allows. Stop another GPU "
+                    "server first, or start a CPU-only server."
+                )
+            return spawn_error(msg, "quota-exceeded", log_message=f"{self._log_name}: {msg}")
+        if isinstance(err, StillHeld):
+            return spawn_error(
+                "Your previous server is still shutting down and holds its GPU. Please try again "
+                "in a minute; if it keeps happening, tell the hub's admin.",
+                "engine-unavailable",
+                log_message=f"{self._log_name}: old object still holds {err.unit_id}",
+            )
+        raise TypeError(err)
 
     def _start_reserving(self, pool: str):
         """Say a unit is being reserved; returns the callback that streams the place in line."""
@@ -560,13 +607,33 @@ class GPUSpawnerMixin(LoggingConfigurable):
             msg = f"All {size} {label} units are in use. Try again later, or start a CPU-only server."
         return spawn_error(msg, "gpu-unavailable")
 
-    def _engine_error(self, err: Exception) -> Exception:
+    def _engine_error(self, err: BaseException, doing: str = "start") -> Exception:
+        """The user's message for an engine error (its raw text goes to the log only)."""
+        if isinstance(err, APIError):
+            what = f"The container engine could not {doing} your server"
+        else:
+            what = f"The container engine is not answering, so your server cannot {doing} right now"
         return spawn_error(
-            "The container engine is not answering, so your server cannot start right now. "
-            "Please try again in a minute; if it keeps happening, tell the hub's admin.",
+            f"{what}. Please try again in a minute; if it keeps happening, tell the hub's admin.",
             "engine-unavailable",
             log_message=f"Docker engine error for {self._log_name}: {err}",
         )
+
+    async def get_object(self):
+        """The engine's object, or None only when the engine says it does not exist (404).
+
+        dockerspawner also takes a 500 for "gone"; but the object may still run and hold its
+        GPU, so any other error is raised (poll reports the server as still running).
+        """
+        try:
+            obj = await self.docker(f"inspect_{self.object_type}", self.object_name)
+        except APIError as e:
+            if e.status_code == 404:
+                self.object_id = ""
+                return None
+            raise
+        self.object_id = obj[self.object_id_key]
+        return obj
 
     def gpu_env(self, unit: Unit | None) -> dict[str, str]:
         """Environment for the unit: void devices for CPU-only, memory hints on shared slots."""
@@ -587,7 +654,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
         """Memory bytes and CPUs: the stricter of the profile's and the quota's."""
         profile = self._profile_by_slug(self.gpu_profile_slug)
         quota = getattr(self, "_quota", None)
-        memories = [docker.utils.parse_bytes(profile.mem_limit)] if profile and profile.mem_limit else []
+        memories = [parse_bytes(profile.mem_limit)] if profile and profile.mem_limit else []
         cpus = [profile.cpu_limit] if profile and profile.cpu_limit else []
         if quota is not None and quota.mem_limit:
             memories.append(quota.mem_limit)

@@ -8,13 +8,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, ImageNotFound
 from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
+from tornado import web
 from traitlets import TraitError, default, validate
 
-from .allocator import HeldRecord, NoUnitFree
+from .allocator import HeldRecord, NoUnitFree, OverLimit, StillHeld
 from .inventory import Unit
 from .mixin import (
     LABEL_HUB,
@@ -69,6 +69,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                     state=c.get("State", ""),
                     object_id=c.get("Id", ""),
                     ours=labels.get(LABEL_HUB) == self.gpu_hub_id,
+                    user=labels.get(LABEL_USER, ""),
                 )
             )
         return records
@@ -84,10 +85,10 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         self._gpu_unit: Unit | None = None
         try:
             return await super().start()
-        except APIError:
+        except web.HTTPError:  # our refusals (SpawnException) and dockerspawner's own 400s
             await self._undo_failed_start()
             raise
-        except (DockerException, requests.RequestException) as e:
+        except Exception as e:  # noqa: BLE001 - raw engine text never reaches the user
             await self._undo_failed_start()
             raise self._engine_error(e) from None
         except BaseException:
@@ -95,19 +96,60 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             raise
 
     async def _undo_failed_start(self) -> None:
-        """Remove a half-made container and free its unit (the hub will not call stop)."""
-        try:
-            await self.docker("remove_container", self.object_id or self.object_name, force=True)
-        except APIError as e:
-            if e.status_code != 404:
-                self.log.warning("Could not remove %s after a failed start: %s", self.object_name, e)
-        except Exception as e:  # noqa: BLE001 - cleanup is best effort; resync covers the rest
-            self.log.warning("Could not remove %s after a failed start: %s", self.object_name, e)
+        """Remove a half-made container and free its unit (the hub will not call stop).
+
+        A container that cannot be removed keeps its unit: the labels are the truth, and the
+        allocator frees the unit when a later read of the engine no longer finds it.
+        """
+        gone = await self._remove_container(self.object_id or self.object_name)
         self.object_id = ""
         if self.gpu_unit_id:
-            await self.get_allocator().release(self.object_name)
-            await self.end_usage(self.object_name)
+            if gone:
+                await self.get_allocator().release(self.object_name)
+                await self.end_usage(self.object_name)
+            else:
+                self.log.error("%s could not be removed; its unit %s stays held", self.object_name, self.gpu_unit_id)
             self.gpu_unit_id = ""
+
+    async def _remove_container(self, ref: str) -> bool:
+        """Remove ``ref`` by force (a running one is killed); True once the engine has it gone."""
+        tries = 1
+        try:
+            await self.docker("remove_container", ref, v=True, force=True)
+            return True
+        except APIError as e:
+            if e.status_code == 404:
+                return True
+            if e.status_code == 409:  # a removal already under way: wait a little for it
+                tries = 20
+            self.log.warning("Could not remove %s: %s", ref, e)
+        except Exception as e:  # noqa: BLE001 - reported by the caller; the engine is the truth
+            self.log.warning("Could not remove %s: %s", ref, e)
+        for _ in range(tries):
+            try:
+                await self.docker("inspect_container", ref)
+            except APIError as e:
+                if e.status_code == 404:
+                    return True
+                return False
+            except Exception:  # noqa: BLE001 - the engine is not answering
+                return False
+            await asyncio.sleep(0.5)
+        return False
+
+    async def remove_object(self):
+        """Remove the container by force; refuse clearly if it is still there (it holds its GPU).
+
+        dockerspawner removes without force and ignores a 409, so a container whose stop failed
+        went on running while the hub handed its GPU to someone else.
+        """
+        if not await self._remove_container(self.object_id or self.object_name):
+            raise spawn_error(
+                "Your previous server is still shutting down and holds its GPU. Please try again "
+                "in a minute; if it keeps happening, tell the hub's admin.",
+                "engine-unavailable",
+                log_message=f"{self._log_name}: container {self.object_name} could not be removed",
+            )
 
     async def create_object(self):
         profile = await self.checked_profile()
@@ -122,8 +164,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 short = unit.device_id[:12]
                 self._emit(40, f"Assigned {unit.describe()} ({short}…). Creating your server…")
                 obj = await self._create_shielded()
-        except NoUnitFree as e:
-            raise self.no_unit_error(e) from None
+        except (NoUnitFree, OverLimit, StillHeld) as e:
+            raise self.reservation_error(e) from None
         await self.record_usage(unit, self.object_name)
         return obj
 
@@ -176,15 +218,33 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         return f"{scheme}://{ip}:{port}{self.server.base_url}"
 
     async def poll(self):
-        status = await super().poll()
+        try:
+            status = await super().poll()
+        except Exception as e:  # noqa: BLE001 - unknown is not stopped: keep the unit
+            self.log.warning(
+                "Could not ask the engine about %s (%s); reporting it running and keeping its GPU unit",
+                self._log_name,
+                e,
+            )
+            return None
         if status is not None and self.gpu_unit_id and not (self._spawn_pending or self._start_pending):
-            # the container exited: it no longer uses the GPU
+            # the container exited (or the engine says it is gone): it no longer uses the GPU
             await self.get_allocator().release(self.object_name)
             await self.end_usage(self.object_name)
         return status
 
     async def stop(self, now: bool = False):
-        await super().stop(now=now)
+        try:
+            await super().stop(now=now)
+        except web.HTTPError:
+            raise  # remove_object's clear refusal: the container and its unit are still there
+        except Exception as e:  # noqa: BLE001 - e.g. the stop timed out: remove it by force
+            self.log.warning("Stopping %s failed (%s); removing it by force", self._log_name, e)
+            if not await self._remove_container(self.object_id or self.object_name):
+                # it still runs with its GPU: the unit stays held until the engine has it gone
+                raise self._engine_error(e, doing="stop") from None
+            self.object_id = ""
+            self.clear_state()
         await self.get_allocator().release(self.object_name)
         await self.end_usage(self.object_name)
         self.gpu_unit_id = ""

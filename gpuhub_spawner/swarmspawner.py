@@ -21,9 +21,10 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.types import EndpointSpec, RestartPolicy
 from dockerspawner import SwarmSpawner
+from tornado import web
 from traitlets import Bool, Float, List, default
 
-from .allocator import NoUnitFree
+from .allocator import NoUnitFree, OverLimit
 from .inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
 from .labels import LABEL_NODE
 from .mixin import (
@@ -50,6 +51,7 @@ class _Waiter:
     priority: int
     on_position: Any
     woken: asyncio.Event = field(default_factory=asyncio.Event)
+    owner: str = ""
 
 
 class SwarmGate:
@@ -67,6 +69,8 @@ class SwarmGate:
         self.view_time = 0.0
         #: service name -> unit recorded in its labels (or just assigned by this hub)
         self.service_units: dict[str, str] = {}
+        #: GPU service name (or holder let through / in line) -> its user, for max_gpu_units
+        self.owners: dict[str, str] = {}
 
     def queue_length(self, pool: str) -> int:
         return len(self.queues.get(pool, ()))
@@ -99,9 +103,37 @@ class SwarmGate:
             for w in queue:
                 w.woken.set()
 
+    def owner_counts(self, view: ClusterView, owner: str, exclude: str) -> tuple[int, int]:
+        """(GPU services live or let through, spawns in line) of ``owner`` but ``exclude``."""
+        held = {
+            name for name in [*view.placements, *self.inflight]
+            if name != exclude and self.owners.get(name) == owner
+        }
+        waiting = sum(
+            1 for queue in self.queues.values() for w in queue if w.owner == owner and w.holder != exclude
+        )
+        return len(held), waiting
+
+    async def _check_limit(self, view: ClusterView, read_view, owner: str, holder: str,
+                           max_units: int | None) -> None:
+        """Raise :class:`OverLimit` if ``owner`` may not have one more GPU server (lock held)."""
+        if not owner or max_units is None:
+            return
+        held, waiting = self.owner_counts(view, owner, holder)
+        if held + waiting >= max_units and held:
+            # a service counted may have just gone: read the swarm again before refusing
+            held, waiting = self.owner_counts(await read_view(max_age=0.0), owner, holder)
+        if held + waiting >= max_units:
+            raise OverLimit(owner, max_units, held, waiting)
+
     async def admit(self, pool: str, holder: str, read_view, max_wait: float,
-                    on_position=None, priority: int = 0) -> str:
-        """Let ``holder`` create its service: returns the generic-resource kind to request."""
+                    on_position=None, priority: int = 0, owner: str = "",
+                    max_units: int | None = None) -> str:
+        """Let ``holder`` create its service: returns the generic-resource kind to request.
+
+        ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
+        line count, checked under the gate's lock with the admission (:class:`OverLimit`).
+        """
         start = time.monotonic()
         waiter: _Waiter | None = None
         queue = self.queues.setdefault(pool, deque())
@@ -111,6 +143,10 @@ class SwarmGate:
                     # spawns arriving together share a read made within 0.5 s: what this hub let
                     # through since is in `inflight`, and a release by this hub forces a fresh read
                     view = await read_view(max_age=0.5)
+                    if waiter is None:
+                        await self._check_limit(view, read_view, owner, holder, max_units)
+                        if owner:
+                            self.owners[holder] = owner
                     first = not queue if waiter is None else queue[0] is waiter
                     kind = self._free_kind(view, pool) if first else None
                     if kind is not None:
@@ -123,7 +159,7 @@ class SwarmGate:
                     if max_wait <= 0:
                         raise NoUnitFree(pool)
                     if waiter is None:
-                        waiter = _Waiter(holder, priority, on_position)
+                        waiter = _Waiter(holder, priority, on_position, owner=owner)
                         index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
                         queue.insert(index, waiter)
                         self._notify(pool)
@@ -206,9 +242,12 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         )
         names = {s["ID"]: s["Spec"]["Name"] for s in services}
         for s in services:
-            unit = (s["Spec"].get("Labels") or {}).get(LABEL_UNIT)
+            labels = s["Spec"].get("Labels") or {}
+            unit = labels.get(LABEL_UNIT)
             if unit:
                 gate.service_units[s["Spec"]["Name"]] = unit
+            if labels.get(LABEL_POOL) and labels.get(LABEL_USER):  # a GPU server
+                gate.owners[s["Spec"]["Name"]] = labels[LABEL_USER]
         gate.view = ClusterView.read(nodes, tasks, names)
         gate.view_time = time.monotonic()
         return gate.view
@@ -238,7 +277,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         gate = self._gate()
         sizes = {pool: view.pool_size(pool) for pool in pools}
         waiting = {pool: gate.queue_length(pool) for pool in pools}
-        policy = self.quota_policy()
+        policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
             self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy)
@@ -263,12 +302,14 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             return await super().start()
         except BaseException as e:
             await self._undo_failed_start()
-            if isinstance(e, (DockerException, requests.RequestException)) and not isinstance(e, APIError):
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+                # raw engine text (a 409 "Conflict", a 500) never reaches the user
                 raise self._engine_error(e) from None
             raise
 
     async def _undo_failed_start(self) -> None:
         self._gate().settled(self.object_name)
+        self._gate().owners.pop(self.object_name, None)
         try:
             await self.docker("remove_service", self.object_id or self.object_name)
         except APIError as e:
@@ -292,9 +333,10 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             self._gpu_kind = await self._gate().admit(
                 profile.pool, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
                 on_position, priority=self._quota.priority,
+                owner=self.user.name, max_units=self._quota.max_gpu_units,
             )
-        except NoUnitFree as e:
-            raise self.no_unit_error(e) from None
+        except (NoUnitFree, OverLimit) as e:
+            raise self.reservation_error(e) from None
         self._emit(30, f"A {pool_label(profile.pool)} is free in the swarm. Creating your server…")
         return await super().create_object()
 
@@ -528,7 +570,11 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
     # ---- running servers -------------------------------------------------------------
 
     async def poll(self):
-        status = await self._poll_service()
+        try:
+            status = await self._poll_service()
+        except Exception as e:  # noqa: BLE001 - unknown is not stopped: keep the server and its unit
+            self.log.warning("Could not ask the swarm about %s (%s); reporting it running", self._log_name, e)
+            return None
         if status is not None and not (self._spawn_pending or self._start_pending) and self.object_id:
             # JupyterHub does not call stop() for a server that poll() reports gone: clean up here
             await self._forget_service()
@@ -566,6 +612,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         gate = self._gate()
         gate.settled(self.object_name)
         gate.service_units.pop(self.object_name, None)
+        gate.owners.pop(self.object_name, None)
         await self.end_usage(self.object_name)
         self.gpu_unit_id = ""
         gate.view_time = 0.0
@@ -576,7 +623,10 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             await super().stop(now=now)
         except APIError as e:
             if e.status_code != 404:
-                raise
+                # the service (and the unit swarm gave it) is still there: say so plainly
+                raise self._engine_error(e, doing="stop") from None
+        except (DockerException, requests.RequestException) as e:
+            raise self._engine_error(e, doing="stop") from None
         await self._released()
 
 

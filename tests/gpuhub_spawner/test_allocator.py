@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from gpuhub_spawner import inventory as inv
-from gpuhub_spawner.allocator import Allocator, HeldRecord, Ledger, NoUnitFree
+from gpuhub_spawner.allocator import Allocator, HeldRecord, Ledger, NoUnitFree, StillHeld
 from gpuhub_spawner.inventory import Inventory, Unit
 
 
@@ -322,24 +322,22 @@ async def test_handed_unit_is_not_taken_back_by_a_resync():
     assert alloc.ledger.holders() == {"w": unit.id}
 
 
-async def test_resync_while_replacing_an_old_object_keeps_the_new_unit():
-    """A holder that reserves again while its old object still exists keeps its new unit."""
+async def test_old_object_still_running_keeps_its_unit_when_reserving_again():
+    """A holder reserving again while its old object still runs (a failed stop) is refused:
+    the old unit is never handed on under a live object (labels are the truth)."""
     engine = FakeEngine()
-    alloc = Allocator(make_inventory(whole=2, replicas=(2,)), engine.list_held)
+    alloc = Allocator(make_inventory(whole=2), engine.list_held)
     old = await spawn(alloc, engine, "a", "gpu")
-    for holder in ("s1", "s2"):
-        await spawn(alloc, engine, holder, "shared")
-    async with alloc.reserve("gpu", "a") as new:
-        assert new != old
-        # the old object is not removed yet when another spawn re-reads the engine
-        with pytest.raises(NoUnitFree):
-            await spawn(alloc, engine, "x", "shared")
-        assert alloc.unit_of("a") == new
-        other = await spawn(alloc, engine, "n", "gpu")
-        assert other == old  # never the unit "a" is being created on
-        engine.vanish("a")
-        engine.run("a", new)
-    assert alloc.ledger.holders()["a"] == new.id
+    with pytest.raises(StillHeld) as info:
+        async with alloc.reserve("gpu", "a"):
+            pytest.fail("reserved while the old object still runs")
+    assert info.value.unit_id == old.id
+    assert alloc.unit_of("a") == old
+    other = await spawn(alloc, engine, "n", "gpu")
+    assert other != old  # never the unit the leftover object still uses
+    engine.vanish("a")  # the leftover is gone now: reserving again works
+    async with alloc.reserve("gpu", "a") as again:
+        assert again == old
 
 
 # ---- Allocator: the engine is the truth --------------------------------------------------
