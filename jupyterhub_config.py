@@ -306,7 +306,10 @@ if prometheus_token_file:
 # It stops idle servers (hub, kernel and GPU signals must all agree), servers past the quota's
 # max_session_hours and GPU servers out of GPU-hours, after a warning shown in the hub's pages
 # (the `announcement` template variable, per user) and as ~/CULL-WARNING.txt in the server.
-# It uses the local Docker engine (as the hub does) for container labels and the notice file.
+# It uses the local Docker engine (as the hub does) for container labels, the notice file and
+# kernel probes (run inside the container with the server's own token; on a swarm, servers on
+# other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
+# Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
 if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "false", "no"):
     from hub_services.culler.notices import hub_announcement
 
@@ -325,7 +328,6 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
                 "GPUHUB_USAGE_DB_URL": culler_db,
                 "GPUHUB_QUOTA_DEFAULTS": json.dumps(culler_spawner.get("quota_defaults", {})),
                 "GPUHUB_HUB_ID": culler_spawner.get("gpu_hub_id", "gpuhub"),
-                "GPUHUB_PROXY_URL": c.JupyterHub.bind_url,
                 "GPUHUB_GPU_AGENT_URLS": os.environ.get("GPUHUB_GPU_AGENT_URLS", ""),
                 # the agents' bearer token (a file path, never the token itself)
                 "GPUHUB_GPU_AGENT_TOKEN_FILE": os.environ.get("GPUHUB_GPU_AGENT_TOKEN_FILE", ""),
@@ -335,11 +337,13 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
     c.JupyterHub.load_roles.append(
         {
             "name": "gpuhub-culler",
-            # users with servers, their activity and groups; group quotas; ask servers about
-            # their kernels; stop servers. It cannot create, change or delete users or groups.
+            # users with servers, their activity and groups; group quotas; stop servers. No
+            # access:servers: its token never goes to a user's server (kernels are asked from
+            # inside the container with the server's own token). It cannot create, change or
+            # delete users or groups.
             "scopes": [
                 "list:users", "read:users:activity", "read:users:groups", "read:servers",
-                "read:groups", "access:servers", "delete:servers",
+                "read:groups", "delete:servers",
             ],
             "services": ["gpuhub-culler"],
         }

@@ -8,8 +8,10 @@ concurrency, in alternating order:
 
 - ``keep``: every server active (timeouts of an hour): a pass that culls nothing;
 - ``cull``: every server idle past its timeout: a pass that stops all 500 (gpuhub's culler
-  with ``warn_seconds=0`` so both stop at once; it also asks each server for its kernels and
-  reads a GPU node agent, which jupyterhub-idle-culler does not).
+  with ``warn_seconds=0`` so both stop at once; it also reads a GPU node agent, which
+  jupyterhub-idle-culler does not).  The bench's servers have no containers, so gpuhub's
+  culler asks no kernels here (``idle_without_probe``): in a real hub it asks each server it
+  is about to warn or cull, from inside its container (one ``docker exec``).
 
 One JSON object on stdout; progress on stderr.  Needs ``configurable-http-proxy`` and the
 ``bench`` extra (``pip install -e .[bench]``).  See benchmarks/README.md.
@@ -105,7 +107,7 @@ def free_port() -> int:
 def hub_config(workdir: Path, fake_port: int, tokens: dict[str, str]) -> Path:
     (workdir / "cheap_spawner.py").write_text(SPAWNER.replace("{fake_port}", str(fake_port)))
     culler_scopes = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "read:groups",
-                     "access:servers", "delete:servers"]
+                     "delete:servers"]
     idle_scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
     config = textwrap.dedent(
         f"""
@@ -220,8 +222,10 @@ async def idle_culler_pass(hub: BenchHub, inactive_limit: int, concurrency: int,
 
 
 async def gpuhub_pass(hub: BenchHub, ctx: Context, idle_seconds: float) -> tuple[float, dict[str, int]]:
+    # the bench's servers have no containers (containers=None): decide on hub and GPU signals,
+    # as jupyterhub-idle-culler does (kernel probes run inside containers, one exec each)
     settings = Settings(idle_cpu_seconds=idle_seconds, idle_gpu_seconds=idle_seconds, warn_seconds=0,
-                        proxy_url=hub.url)
+                        idle_without_probe=True)
     started = time.perf_counter()
     results = await run_once(ctx, settings)
     took = time.perf_counter() - started
@@ -247,7 +251,7 @@ async def bench(args: Any) -> dict[str, Any]:
         http = HTTP(args.concurrency, 60)
         from gpuhub_spawner.ledger import UsageLedger
 
-        ctx = Context(http=http, hub=Hub(http, hub.api, hub.tokens["gpuhub"], args.page_size), token=hub.tokens["gpuhub"],
+        ctx = Context(http=http, hub=Hub(http, hub.api, hub.tokens["gpuhub"], args.page_size),
                       metrics=CullerMetrics(), agent_urls=[f"http://127.0.0.1:{fake_port}"], containers=None,
                       ledger=UsageLedger(db), notices=NoticeStore(db))
         out: dict[str, Any] = {"keep": [], "cull": []}

@@ -4,21 +4,28 @@ Runs ``python -m hub_services.culler`` (the hub starts it) and passes over every
 server every ``every`` seconds.  Under its prefix it serves:
 
 ====================================  =========================================================
-``GET  metrics``                      Prometheus metrics (counts only, no user names)
+``GET  metrics``                      Prometheus metrics (counts only, no user names); needs a
+                                      token with ``read:metrics`` (``metrics_scope``), as the
+                                      ``prometheus`` service and hub admins hold
 ``POST api/pass``                     run a pass now, answer its decisions (hub admins, or a
                                       token with ``access:services!service=<this service>``)
-``POST api/keepalive[?server=NAME]``  the calling user keeps their server: counts as activity
-                                      (any token of theirs, e.g. ``$JUPYTERHUB_API_TOKEN`` in a
-                                      terminal of the server)
+``POST api/keepalive[?server=NAME]``  the calling user keeps one of their *running* servers:
+                                      counts as activity (any token of theirs); another name
+                                      is refused with 400
 ====================================  =========================================================
+
+Request bodies are capped at 64 KiB (nothing here needs more).
 
 Config: a file (``--config=culler.json`` or ``culler_config.py``, traitlets format) and the
 command line (``--idle-gpu-timeout=600 --gpu-agent-url=http://node1:9445``).  Its role
 (``jupyterhub_config.py``) holds only the scopes it uses: list users with their activity,
-servers and groups, read group properties, reach servers, stop servers.
+servers and groups, read group properties, stop servers.  It cannot reach users' servers:
+its token is never sent to one.
 
-It reads container labels and writes the notice file through the local Docker engine, as
-the hub itself does (``docker_notices``); on a swarm, notices on other nodes are skipped.
+It reads container labels, writes the notice file and asks servers about their kernels
+through the local Docker engine, as the hub itself does (``docker_notices``): the kernel
+probe runs inside the container with the server's own token (:mod:`.probe`).  On a swarm,
+servers on other nodes get no notice file and no kernel probe (see ``idle_without_probe``).
 """
 
 from __future__ import annotations
@@ -49,15 +56,17 @@ from .notices import NoticeStore
 from .signals import HTTP, Containers, Hub, SignalError
 
 log = logging.getLogger(__name__)
+#: bytes a request body may have (keep-alives and triggers send none)
+MAX_BODY = 64 * 1024
+#: characters of a server name (the hub's own column is 255)
+MAX_SERVER_NAME = 255
 
 
 class _Base(web.RequestHandler):
     async def identify(self) -> dict[str, Any]:
-        match = self.request.headers.get("Authorization", "")
-        token = match.split(None, 1)[1].strip() if " " in match else ""
-        if not token:
+        if not self.request.headers.get("Authorization", "").strip():
             raise web.HTTPError(403, "Send a hub token: Authorization: token ...")
-        model = await self.settings["hub_auth"].user_for_token(token, sync=False)
+        model = await token_model(self)
         if not model:
             raise web.HTTPError(403, "The hub does not know this token.")
         return model
@@ -68,8 +77,21 @@ class _Base(web.RequestHandler):
         self.finish({"error": message})
 
 
+async def token_model(handler: web.RequestHandler) -> dict[str, Any] | None:
+    """The hub's model of the request's token (``Authorization: token|bearer …``), or None."""
+    kind, _, token = handler.request.headers.get("Authorization", "").partition(" ")
+    if kind.lower() not in ("token", "bearer") or not token.strip():
+        return None
+    return await handler.settings["hub_auth"].user_for_token(token.strip(), use_cache=True, sync=False)
+
+
 class MetricsHandler(web.RequestHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
+        scope = self.settings["metrics_scope"]
+        if scope:
+            model = await token_model(self)
+            if not model or scope not in (model.get("scopes") or []):
+                raise web.HTTPError(403, f"These metrics need a hub token with the '{scope}' scope.")
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.settings["ctx"].metrics.registry))
 
@@ -93,13 +115,24 @@ class KeepaliveHandler(_Base):
         model = await self.identify()
         if model.get("kind", "user") != "user":
             raise web.HTTPError(403, "Keep-alives come from the server's own user.")
-        server = self.get_argument("server", "")
+        server = self.get_query_argument("server", "")
         ctx: core.Context = self.settings["ctx"]
         if ctx.notices is None:
             raise web.HTTPError(503, "Keep-alives need the usage database (usage_db_url).")
-        await asyncio.to_thread(ctx.notices.keepalive, model["name"], server)
+        running = await self._running(ctx, model["name"]) if len(server) <= MAX_SERVER_NAME else set()
+        if server not in running:
+            what = "your default server" if not server else "a server of yours with that name"
+            raise web.HTTPError(400, f"Nothing to keep: {what} is not running. Name a running server (?server=NAME).")
+        await asyncio.to_thread(ctx.notices.keepalive, model["name"], server, None, running)
         log.info("Keep-alive from %s for server %r", model["name"], server)
         self.finish({"user": model["name"], "server": server, "kept": True})
+
+    async def _running(self, ctx: core.Context, user: str) -> set[str]:
+        try:
+            return await ctx.hub.running_servers(user)
+        except SignalError as e:
+            log.warning("Keep-alive of %s: cannot read their servers: %s", user, e)
+            raise web.HTTPError(503, "The hub does not answer now; try again in a minute.") from None
 
 
 class CullerApp(Application):
@@ -112,14 +145,6 @@ class CullerApp(Application):
     config_file = Unicode("", config=True, help="A config file: JSON (.json) or traitlets Python (.py).")
     api_url = Unicode(config=True, help="The hub's REST API (default: env JUPYTERHUB_API_URL).")
     api_token = Unicode(config=True, help="This service's hub token (default: env JUPYTERHUB_API_TOKEN).")
-    proxy_url = Unicode(
-        config=True,
-        help="""The hub's public URL, where users' servers are reached through the proxy
-        (default: env GPUHUB_PROXY_URL, else http://127.0.0.1:8000).
-
-            c.CullerApp.proxy_url = "https://hub.example.org"
-        """,
-    )
     service_url = Unicode(config=True, help="Where to listen (default: env JUPYTERHUB_SERVICE_URL).")
     prefix = Unicode(config=True, help="URL prefix (default: env JUPYTERHUB_SERVICE_PREFIX).")
     hub_timeout = Float(20, config=True, help="Seconds one request (hub, server, agent) may take.")
@@ -127,6 +152,11 @@ class CullerApp(Application):
         20, config=True, help="Requests in flight at once during a pass (hub API, servers, agents)."
     )
     page_size = Integer(200, config=True, help="Users per page when listing the hub's users.")
+    metrics_scope = Unicode(
+        "read:metrics", config=True,
+        help="""Scope a token needs to read ``metrics`` (the one the hub's own /hub/metrics asks
+        for; the ``prometheus`` service and hub admins hold it).  Empty: metrics are public.""",
+    )
 
     # ---- when -----------------------------------------------------------------------------
     every = Float(
@@ -190,6 +220,20 @@ class CullerApp(Application):
     notice_path = Unicode(
         "/home/jovyan/CULL-WARNING.txt", config=True, help="The notice file, inside the user's container."
     )
+    idle_without_probe = Bool(
+        False, config=True,
+        help="""Cull servers whose kernels cannot be asked on their idle signals alone.
+
+        Kernels are asked from inside the server's container through the local Docker engine,
+        with the server's own token (never the culler's).  Servers without a container on this
+        engine (swarm tasks on other nodes; --no-docker) have no kernel signal.  False (default):
+        such servers are never culled for idleness (age and GPU-budget limits still apply).
+        True: they are culled on hub activity, keep-alives and GPU work alone, so a long cell
+        running in a closed tab is not seen.
+
+            c.CullerApp.idle_without_probe = True
+        """,
+    )
 
     aliases = {
         "config": "CullerApp.config_file",
@@ -200,7 +244,6 @@ class CullerApp(Application):
         "gpu-agent-url": "CullerApp.gpu_agent_urls",
         "concurrency": "CullerApp.concurrency",
         "usage-db-url": "CullerApp.usage_db_url",
-        "proxy-url": "CullerApp.proxy_url",
         "url": "CullerApp.service_url",
         "hub-id": "CullerApp.hub_id",
     }
@@ -217,10 +260,6 @@ class CullerApp(Application):
     @default("api_token")
     def _api_token(self) -> str:
         return os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
-    @default("proxy_url")
-    def _proxy_url(self) -> str:
-        return os.environ.get("GPUHUB_PROXY_URL", "http://127.0.0.1:8000")
 
     @default("service_url")
     def _service_url(self) -> str:
@@ -265,7 +304,6 @@ class CullerApp(Application):
             parse_quota(self.quota_defaults, "quota defaults")
         except QuotaError as e:
             raise SystemExit(f"gpuhub-culler: {e}; fix GPUHUB_QUOTA_DEFAULTS") from None
-        prefix = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
         return core.Settings(
             idle_cpu_seconds=self.idle_cpu_timeout,
             idle_gpu_seconds=self.idle_gpu_timeout,
@@ -273,8 +311,7 @@ class CullerApp(Application):
             warn_seconds=self.warn_seconds,
             quota_defaults=dict(self.quota_defaults),
             gpu_thresholds=GPUThresholds(self.gpu_utilization_threshold, int(self.gpu_memory_threshold_mb * 1024**2)),
-            proxy_url=self.proxy_url,
-            keepalive_url=self.proxy_url.rstrip("/") + prefix + "api/keepalive",
+            idle_without_probe=self.idle_without_probe,
             dry_run=self.dry_run,
         )
 
@@ -285,12 +322,15 @@ class CullerApp(Application):
         ledger = UsageLedger(self.usage_db_url) if self.usage_db_url else None
         if ledger is None:
             log.warning("No usage_db_url: GPU-hour budgets, warnings in hub pages and keep-alives are off")
+        if not self.docker_notices:
+            log.warning("No Docker engine (--no-docker): no notice files and no kernel probes; servers are %s",
+                        "culled on hub, keep-alive and GPU signals alone (idle_without_probe)"
+                        if self.idle_without_probe else "never culled for idleness (set idle_without_probe)")
         if not self.gpu_agent_urls:
             log.warning("No GPU agent configured: GPU work is not a signal (hub and kernel activity only)")
         return core.Context(
             http=http,
             hub=Hub(http, self.api_url, self.api_token, self.page_size),
-            token=self.api_token,
             metrics=CullerMetrics(),
             agent_urls=list(self.gpu_agent_urls),
             containers=Containers(self.hub_id, self.notice_path) if self.docker_notices else None,
@@ -310,6 +350,7 @@ class CullerApp(Application):
             ctx=ctx,
             culler_settings=settings,
             hub_auth=hub_auth,
+            metrics_scope=self.metrics_scope,
         )
 
     async def _timed(self, ctx: core.Context, settings: core.Settings) -> None:
@@ -330,7 +371,7 @@ class CullerApp(Application):
             return
         ctx = self.context()
         url = urlparse(self.service_url)
-        server = HTTPServer(self.web_app(ctx, settings), xheaders=True)
+        server = HTTPServer(self.web_app(ctx, settings), xheaders=True, max_body_size=MAX_BODY)
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         log.info(
             "Culler listening on %s%s; pass every %ss, idle GPU %ss / CPU %ss, warning %ss, %d GPU agent(s)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +21,8 @@ from hub_services.hubtime import parse_time
 
 from . import decide as d
 from .metrics import CullerMetrics
-from .notices import NoticeStore, notice_text
+from .notices import KEEPALIVE_COMMAND, NoticeStore, notice_text
+from .probe import parse_probe
 from .signals import (
     HTTP,
     AgentView,
@@ -30,11 +30,12 @@ from .signals import (
     Containers,
     Hub,
     SignalError,
-    probe_server,
     read_agents,
 )
 
 log = logging.getLogger(__name__)
+#: seconds a kernel probe inside a container may take (the script itself stops after 10)
+PROBE_WAIT = 20.0
 
 
 @dataclass
@@ -47,9 +48,8 @@ class Settings:
     warn_seconds: float = 300
     quota_defaults: dict[str, Any] = field(default_factory=dict)
     gpu_thresholds: d.GPUThresholds = d.GPUThresholds()
-    probe_slack: float = 2.0
-    proxy_url: str = "http://127.0.0.1:8000"
-    keepalive_url: str = ""
+    keepalive_command: str = KEEPALIVE_COMMAND
+    idle_without_probe: bool = False
     dry_run: bool = False
 
 
@@ -59,13 +59,11 @@ class Context:
 
     http: HTTP
     hub: Hub
-    token: str
     metrics: CullerMetrics
     agent_urls: list[str] = field(default_factory=list)
     containers: Containers | None = None
     ledger: UsageLedger | None = None
     notices: NoticeStore | None = None
-    probes: dict[tuple[str, str], deque] = field(default_factory=dict)
     gpu_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -192,7 +190,6 @@ async def handle_server(
     reading, unknown = _gpu_signal(state, key, holds_gpu)
     if reading is not None and d.gpu_works(reading, settings.gpu_thresholds):
         ctx.gpu_seen[key] = state.now
-    probes = ctx.probes.setdefault(key, deque(maxlen=16))
     signals = d.Signals(
         started=started,
         hub_activity=parse_time(server.get("last_activity")),
@@ -201,30 +198,54 @@ async def handle_server(
         gpu=reading,
         gpu_unknown=unknown,
         gpu_active=ctx.gpu_seen.get(key),
-        probes=tuple(probes),
         pending=bool(server.get("pending")) or not server.get("ready", True),
     )
     row = state.warnings.get(key)
     warning = d.CullWarning(row.reason, row.warned_at, row.cull_at) if row is not None else None
 
     def decide_now(sig: d.Signals) -> d.Decision:
-        return d.decide(sig, limits, state.now, settings.warn_seconds, warning, settings.gpu_thresholds,
-                        settings.probe_slack)
+        return d.decide(sig, limits, state.now, settings.warn_seconds, warning, settings.gpu_thresholds)
 
     decision = decide_now(signals)
     if decision.action in ("warn", "cull"):
         # only now is the server itself asked: kernels can only add activity
-        probe = await _probe(ctx, settings, server)
-        probes.append((probe.started, probe.ended))
-        signals = d.Signals(**{**signals.__dict__, "kernels": probe.kernels, "server_activity": probe.server_activity})
+        kernels, activity = await _probe(ctx, settings, key, info)
+        signals = d.Signals(**{**signals.__dict__, "kernels": kernels, "server_activity": activity})
         decision = decide_now(signals)
     await act(ctx, settings, state, key, info, decision, row)
     return {"user": key[0], "server": key[1], "action": decision.action, "reason": decision.reason,
             "cull_at": decision.cull_at, "profile": profile, "gpu": holds_gpu, "detail": decision.detail}
 
 
-async def _probe(ctx: Context, settings: Settings, server: dict[str, Any]):
-    return await probe_server(ctx.http, settings.proxy_url, server["url"], ctx.token)
+async def _probe(
+    ctx: Context, settings: Settings, key: tuple[str, str], info: ContainerInfo | None
+) -> tuple[tuple[d.KernelReading, ...] | None, float | None]:
+    """Kernels and own activity of a server, asked from inside its container with its own token.
+
+    No container on the local engine (a swarm task on another node, ``--no-docker``): no
+    kernel signal; the server is then kept (``probe-failed``) unless ``idle_without_probe``.
+    The culler's own token is never sent to a server.
+    """
+    name = "/".join(k for k in key if k)
+    if ctx.containers is None or info is None:
+        if settings.idle_without_probe:
+            log.debug("%s: no container on this engine to ask for kernels; deciding on hub, keep-alive "
+                     "and GPU signals (idle_without_probe)", name)
+            return (), None
+        log.info("%s: no container on this engine to ask for kernels (swarm node or --no-docker): kept "
+                 "as possibly active; set idle_without_probe to cull on the other signals", name)
+        return None, None
+    try:
+        async with ctx.http.semaphore:
+            output = await asyncio.wait_for(ctx.containers.probe(info.id), PROBE_WAIT)
+    except Exception as e:  # noqa: BLE001 - engine down, container gone, timeout: no answer
+        log.warning("Kernel probe of %s failed: %s", name, e)
+        output = None
+    kernels, activity = parse_probe(output)
+    if kernels is None:
+        ctx.metrics.errors.labels("server").inc()
+        log.warning("Could not read the kernels of %s from inside its container; kept as possibly active", name)
+    return kernels, activity
 
 
 async def act(
@@ -261,7 +282,7 @@ async def act(
                 decision.cull_at or state.now, message,
             ))
         if ctx.containers is not None and info is not None:
-            text = notice_text(user, server, message, decision.cull_at or state.now, settings.keepalive_url)
+            text = notice_text(user, server, message, decision.cull_at or state.now, settings.keepalive_command)
             ok = await _step(ctx, "notice", ctx.containers.write_notice(info.id, text))
             if ok is False:
                 ctx.metrics.errors.labels("notice").inc()
@@ -277,7 +298,6 @@ async def act(
     if ctx.notices is not None:
         await _step(ctx, "database", asyncio.to_thread(ctx.notices.clear_warning, user, server))
         await _step(ctx, "database", asyncio.to_thread(ctx.notices.forget_keepalive, user, server))
-    ctx.probes.pop(key, None)
     ctx.gpu_seen.pop(key, None)
 
 
@@ -344,12 +364,13 @@ async def _run(ctx: Context, settings: Settings) -> list[dict[str, Any]]:
         await asyncio.gather(*tasks)
         raise
     results = list(await asyncio.gather(*tasks))
-    # forget warnings and probe times of servers that are gone (stopped by their users)
+    # forget warnings, keep-alives and GPU times of servers that are gone (stopped by their users)
     for key in set(state.warnings) - state.seen:
         if ctx.notices is not None:
             await _step(ctx, "database", asyncio.to_thread(ctx.notices.clear_warning, *key))
-    for key in set(ctx.probes) - state.seen:
-        ctx.probes.pop(key, None)
+    for key in set(state.keepalives) - state.seen:
+        if ctx.notices is not None:
+            await _step(ctx, "database", asyncio.to_thread(ctx.notices.forget_keepalive, *key))
     for key in set(ctx.gpu_seen) - state.seen:
         ctx.gpu_seen.pop(key, None)
     return results

@@ -2,10 +2,11 @@
 
 Nothing here does I/O; :mod:`hub_services.culler.core` gathers the signals and acts.
 
-A server is *idle* only when every signal agrees: no hub activity (the culler's own probes
-through the proxy are discounted), no activity reported by the server itself, no busy or
-recently active kernel, no keep-alive, and no GPU work on its unit.  A signal that could not
-be read counts as *possibly active*: the culler never culls on missing data.
+A server is *idle* only when every signal agrees: no hub activity, no activity reported by
+the server itself, no busy or recently active kernel, no keep-alive, and no GPU work on its
+unit.  A signal that could not be read counts as *possibly active*: the culler never culls on
+missing data.  (The culler asks servers from inside their containers, not through the proxy,
+so its own questions are never hub activity.)
 
 Three limits can end a server; the earliest wins:
 
@@ -94,7 +95,6 @@ class Signals:
     gpu: GPUReading | None = None
     gpu_unknown: bool = False
     gpu_active: float | None = None
-    probes: tuple[tuple[float, float], ...] = ()
     pending: bool = False
 
 
@@ -140,29 +140,13 @@ def gpu_works(reading: GPUReading, thresholds: GPUThresholds) -> bool:
     return reading.utilization_percent is None and reading.process_count > 0
 
 
-def discount_probes(hub_activity: float | None, probes: Iterable[tuple[float, float]], slack: float) -> float | None:
-    """``hub_activity`` unless it is explained by one of the culler's own probes.
-
-    The proxy counts every request it forwards as activity, the culler's own kernel queries
-    included; a hub timestamp inside ``[start - slack, end + slack]`` of such a probe is
-    not user activity.  (User work at that moment still shows in the server's own activity,
-    which does not count the culler's requests.)
-    """
-    if hub_activity is None:
-        return None
-    for start, end in probes:
-        if start - slack <= hub_activity <= end + slack:
-            return None
-    return hub_activity
-
-
 def _latest(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
 
 
 def activity(
-    signals: Signals, now: float, gpu_thresholds: GPUThresholds, probe_slack: float = 2.0
+    signals: Signals, now: float, gpu_thresholds: GPUThresholds
 ) -> tuple[str | None, float, str]:
     """(busy reason or None, last activity time, reason of the latest activity).
 
@@ -180,7 +164,7 @@ def activity(
     else:
         busy = None
     sources = {
-        "hub-activity": discount_probes(signals.hub_activity, signals.probes, probe_slack),
+        "hub-activity": signals.hub_activity,
         "server-activity": signals.server_activity,
         "kernel-activity": _latest(k.last_activity for k in signals.kernels or ()),
         "keepalive": signals.keepalive,
@@ -216,7 +200,6 @@ def decide(
     warn_seconds: float,
     warning: CullWarning | None = None,
     gpu_thresholds: GPUThresholds = GPUThresholds(),
-    probe_slack: float = 2.0,
 ) -> Decision:
     """What to do with one server now.
 
@@ -230,7 +213,7 @@ def decide(
     """
     if signals.pending:
         return Decision("keep", "pending")
-    busy, last_active, source = activity(signals, now, gpu_thresholds, probe_slack)
+    busy, last_active, source = activity(signals, now, gpu_thresholds)
     cancelled = ""
     if warning is not None and warning.reason == "idle" and (busy or last_active > warning.warned_at):
         cancelled, warning = busy or source, None

@@ -86,8 +86,13 @@ class NoticeStore:
         with self._session() as session:
             return {(r.user, r.server): r.at for r in session.scalars(select(KeepaliveRow))}
 
-    def keepalive(self, user: str, server: str, at: float | None = None) -> None:
+    def keepalive(self, user: str, server: str, at: float | None = None, running: set[str] | None = None) -> None:
+        """Record a keep-alive; with ``running`` (the user's running servers), the user's rows of
+        other servers are dropped, so a user never holds more rows than running servers."""
         with self._session.begin() as session:
+            if running is not None:
+                session.execute(delete(KeepaliveRow).where(
+                    KeepaliveRow.user == user, KeepaliveRow.server.not_in(sorted(running | {server}))))
             row = session.get(KeepaliveRow, (user, server)) or KeepaliveRow(user=user, server=server)
             row.at = time.time() if at is None else at
             session.add(row)
@@ -103,7 +108,19 @@ class NoticeStore:
 # ---- what users read -------------------------------------------------------------------
 
 
-def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_url: str) -> str:
+#: What the notice tells users to run in a terminal of their server to keep it: it posts the
+#: server's activity to the hub with the server's own token (``users:activity!user``), which the
+#: culler counts as hub activity.  Python, as every Jupyter image has it (curl is not a given).
+KEEPALIVE_COMMAND = (
+    "python3 -c 'import os,json,datetime,urllib.request as u; e=os.environ; "
+    "t=datetime.datetime.now(datetime.timezone.utc).isoformat(); "
+    "b=json.dumps({\"servers\": {e.get(\"JUPYTERHUB_SERVER_NAME\", \"\"): {\"last_activity\": t}}}).encode(); "
+    "u.urlopen(u.Request(e[\"JUPYTERHUB_ACTIVITY_URL\"], b, {\"Authorization\": \"token \" + e[\"JUPYTERHUB_API_TOKEN\"], "
+    "\"Content-Type\": \"application/json\"}), timeout=20); print(\"Kept: the idle warning is lifted at the next pass.\")'"
+)
+
+
+def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_command: str = KEEPALIVE_COMMAND) -> str:
     """The notice file written into the user's server."""
     when = datetime.fromtimestamp(cull_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     name = f"{user}/{server}" if server else user
@@ -115,10 +132,10 @@ def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_
         "",
         "Your files in ~/scratch and ~/my-tutorials are kept; only running kernels end.",
     ]
-    if keepalive_url:
+    if keepalive_command:
         lines += [
-            "Still working? Use the server (an idle-timeout stop is then called off), or from a terminal in it:",
-            f'  curl -X POST -H "Authorization: token $JUPYTERHUB_API_TOKEN" {keepalive_url}',
+            "Still working? Use the server (an idle-timeout stop is then called off), or run this in a terminal of it:",
+            f"  {keepalive_command}",
             "(A stop for session length or GPU-hour budget is a quota limit: activity does not lift it.)",
         ]
     return "\n".join(lines) + "\n"
@@ -144,37 +161,61 @@ def announcement_html(rows: list[WarningRow], now: float, keepalive_url: str) ->
 def hub_announcement(url: str, keepalive_url: str = "", fallback: Any = "", ttl: float = 2.0) -> Callable[[Any], str]:
     """A ``c.JupyterHub.template_vars`` callable: the signed-in user's cull warnings.
 
-    Rendered by the hub on every page, so the rows are cached for ``ttl`` seconds per user.
-    ``fallback`` (a string or a callable of the user) is shown as well, so a site
-    announcement is not lost.
+    The hub renders it on every page, on its event loop, so it never touches the database:
+    it answers from the last known warnings at once, and when those are older than ``ttl``
+    seconds it starts one refresh in a thread (one at a time).  A slow or unreachable
+    database therefore delays the banner, never the hub.  ``fallback`` (a string or a callable
+    of the user) is shown as well, so a site announcement is not lost.
     """
-    state: dict[str, Any] = {"store": None}
-    cache: dict[str, tuple[float, list[WarningRow]]] = {}
-    lock = threading.Lock()
-
-    def rows_of(name: str) -> list[WarningRow]:
-        now = time.monotonic()
-        hit = cache.get(name)
-        if hit and now - hit[0] < ttl:
-            return hit[1]
-        with lock:
-            if state["store"] is None:
-                state["store"] = NoticeStore(url)
-        rows = state["store"].warnings_of(name)
-        if len(cache) > 10_000:
-            cache.clear()
-        cache[name] = (now, rows)
-        return rows
+    cache = _WarningCache(url, ttl)
 
     def announcement(user: Any) -> str:
         extra = fallback(user) if callable(fallback) else (fallback or "")
         if user is None or not getattr(user, "name", None):
             return extra
-        try:
-            banner = announcement_html(rows_of(user.name), time.time(), keepalive_url)
-        except Exception as e:  # noqa: BLE001 - a page must render even if the database does not answer
-            log.warning("Could not read cull warnings of %s: %s", user.name, e)
-            banner = ""
-        return banner + extra
+        return announcement_html(cache.rows_of(user.name), time.time(), keepalive_url) + extra
 
     return announcement
+
+
+class _WarningCache:
+    """Every user's warnings, read off the event loop in a thread; reads never wait for it."""
+
+    def __init__(self, url: str, ttl: float):
+        self.url = url
+        self.ttl = ttl
+        self.store: NoticeStore | None = None
+        self.by_user: dict[str, list[WarningRow]] = {}
+        self.read_at = float("-inf")
+        self.refreshing = False
+        self.failing = False
+        self.lock = threading.Lock()
+
+    def rows_of(self, name: str) -> list[WarningRow]:
+        with self.lock:
+            start = not self.refreshing and time.monotonic() - self.read_at >= self.ttl
+            if start:
+                self.refreshing = True
+        if start:
+            threading.Thread(target=self._refresh, name="gpuhub-cull-warnings", daemon=True).start()
+        return self.by_user.get(name, [])
+
+    def _refresh(self) -> None:
+        try:
+            if self.store is None:
+                self.store = NoticeStore(self.url)
+            by_user: dict[str, list[WarningRow]] = {}
+            for row in sorted(self.store.warnings().values(), key=lambda r: r.cull_at):
+                by_user.setdefault(row.user, []).append(row)
+            self.by_user = by_user
+            if self.failing:
+                log.info("Cull warnings can be read again")
+            self.failing = False
+        except Exception as e:  # noqa: BLE001 - pages render with the last known warnings
+            if not self.failing:
+                log.warning("Could not read cull warnings (pages show the last known ones): %s", e)
+            self.failing = True
+        finally:
+            with self.lock:
+                self.read_at = time.monotonic()
+                self.refreshing = False

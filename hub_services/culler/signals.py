@@ -1,4 +1,7 @@
-"""The culler's I/O: the hub's REST API, the user's server through the proxy, node agents, Docker.
+"""The culler's I/O: the hub's REST API, node agents, Docker (labels, notices, kernel probes).
+
+The culler's token goes to the hub only: users' servers are asked about their kernels from
+inside their own containers, with their own token (:mod:`.probe`).
 
 Every request has a timeout and goes through one semaphore, so a pass over thousands of
 servers runs many requests at once but never more than ``concurrency``.
@@ -10,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +21,9 @@ from urllib.parse import quote, urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from gpuhub_spawner.labels import LABEL_HUB, LABEL_PROFILE, LABEL_SERVER, LABEL_UNIT, LABEL_USER
-from hub_services.hubtime import parse_time
 
-from .decide import GPUReading, KernelReading
+from .decide import GPUReading
+from .probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
 
 log = logging.getLogger(__name__)
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -33,8 +35,6 @@ class SignalError(Exception):
 
 def seg(value: str) -> str:
     return quote(value, safe="")
-
-
 
 
 class HTTP:
@@ -109,50 +109,21 @@ class Hub:
         body = await self._get(f"/groups/{seg(name)}")
         return dict(body.get("properties") or {})
 
+    async def running_servers(self, user: str) -> set[str]:
+        """Names of the user's running or pending servers ("" is the default server)."""
+        code, body = await self.http.json(self.api_url + f"/users/{seg(user)}", token=self.token)
+        if code == 404:
+            return set()
+        if code != 200 or not isinstance(body, dict):
+            raise SignalError(f"GET /users/{{name}}: hub answered {code}")
+        return {str(name) for name in (body.get("servers") or {})}
+
     async def stop(self, user: str, server: str) -> int:
         path = f"/users/{seg(user)}/servers/{seg(server)}" if server else f"/users/{seg(user)}/server"
         code, _ = await self.http.json(self.api_url + path, method="DELETE", token=self.token)
         if code not in (202, 204):
             raise SignalError(f"DELETE {path}: hub answered {code}")
         return code
-
-
-@dataclass
-class ServerProbe:
-    kernels: tuple[KernelReading, ...] | None
-    server_activity: float | None
-    started: float
-    ended: float
-
-
-async def probe_server(http: HTTP, proxy_url: str, server_url: str, token: str) -> ServerProbe:
-    """Kernels and the server's own last activity, through the hub's proxy.
-
-    ``no_track_activity`` keeps these requests out of jupyter-server's activity; the proxy
-    still counts them, which :func:`decide.discount_probes` undoes with the probe's times.
-    """
-    base = proxy_url.rstrip("/") + server_url
-    started = time.time()
-    try:
-        code_k, kernels = await http.json(base + "api/kernels?no_track_activity=1", token=token)
-        code_s, status = await http.json(base + "api/status?no_track_activity=1", token=token)
-    except SignalError as e:
-        log.warning("Could not ask %s for its kernels: %s", server_url, e)
-        return ServerProbe(None, None, started, time.time())
-    ended = time.time()
-    if code_k != 200 or not isinstance(kernels, list):
-        log.warning("Server %s answered %s to the kernels query", server_url, code_k)
-        return ServerProbe(None, None, started, ended)
-    readings = tuple(
-        KernelReading(
-            execution_state=str(k.get("execution_state", "")),
-            last_activity=parse_time(k.get("last_activity")),
-            connections=int(k.get("connections") or 0),
-        )
-        for k in kernels
-    )
-    activity = parse_time(status.get("last_activity")) if code_s == 200 and isinstance(status, dict) else None
-    return ServerProbe(readings, activity, started, ended)
 
 
 @dataclass
@@ -178,6 +149,7 @@ def agent_token() -> str:
 
 async def read_agents(http: HTTP, urls: list[str]) -> AgentView:
     """Ask every node agent for its ``/api/activity``; an agent that fails is named in ``failed``."""
+
     try:
         token = agent_token()
     except SignalError as e:
@@ -272,6 +244,23 @@ class Containers:
         script = 'printf "%s" "$GPUHUB_NOTICE" > "$GPUHUB_NOTICE_PATH.tmp" && mv -f "$GPUHUB_NOTICE_PATH.tmp" "$GPUHUB_NOTICE_PATH"'
         env = {"GPUHUB_NOTICE": text, "GPUHUB_NOTICE_PATH": self.notice_path}
         return await asyncio.to_thread(self._exec, container_id, script, env) == 0
+
+    def _probe(self, container_id: str) -> bytes | None:
+        api = self.client.api
+        result = api.exec_create(container_id, ["sh", "-c", PROBE_COMMAND], user="1000",
+                                 environment={"GPUHUB_PROBE": PROBE_SCRIPT})
+        out = bytearray()
+        for stdout, _stderr in api.exec_start(result["Id"], stream=True, demux=True):
+            out += stdout or b""
+            if len(out) > MAX_OUTPUT:
+                return None  # the user's container talks too much: not an answer
+        if int(api.exec_inspect(result["Id"]).get("ExitCode") or 0) != 0:
+            return None
+        return bytes(out)
+
+    async def probe(self, container_id: str) -> bytes | None:
+        """The probe's raw output (untrusted, at most ``MAX_OUTPUT`` bytes), or None if it failed."""
+        return await asyncio.to_thread(self._probe, container_id)
 
     async def remove_notice(self, container_id: str) -> bool:
         env = {"GPUHUB_NOTICE_PATH": self.notice_path}

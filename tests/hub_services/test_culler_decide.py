@@ -12,7 +12,6 @@ from hub_services.culler.decide import (
     Limits,
     Signals,
     decide,
-    discount_probes,
     gpu_works,
     idle_timeout,
 )
@@ -132,30 +131,6 @@ def test_not_culled_before_the_announced_time():
     warning = CullWarning("idle", NOW - 5, NOW + 55)
     assert decide(sig(), IDLE, NOW, 60, warning).action == "warn"
     assert decide(sig(), IDLE, NOW + 55, 60, warning).action == "cull"
-
-
-@pytest.mark.parametrize(
-    "hub_activity, probes, expected",
-    [
-        pytest.param(NOW - 100, [(NOW - 101, NOW - 100.5)], None, id="inside-probe"),
-        pytest.param(NOW - 100, [(NOW - 103, NOW - 101.5)], None, id="within-slack"),
-        pytest.param(NOW - 100, [(NOW - 103, NOW - 102.5)], NOW - 100, id="beyond-slack"),
-        pytest.param(NOW - 100, [(NOW - 200, NOW - 199)], NOW - 100, id="user-activity"),
-        pytest.param(None, [(NOW - 1, NOW)], None, id="none"),
-    ],
-)
-def test_discount_probes(hub_activity, probes, expected):
-    assert discount_probes(hub_activity, probes, slack=2.0) == expected
-
-
-def test_culler_probe_through_the_proxy_is_not_activity():
-    probe = (NOW - 700, NOW - 699.5)
-    signals = sig(hub_activity=NOW - 699.6, probes=(probe,))
-    assert decide(signals, IDLE, NOW, 60).action == "warn"
-    assert decide(sig(hub_activity=NOW - 699.6), IDLE, NOW, 60).action == "warn"  # old anyway
-    recent = (NOW - 30, NOW - 29.9)
-    assert decide(sig(hub_activity=NOW - 29.95, probes=(recent,)), IDLE, NOW, 60).action == "warn"
-    assert decide(sig(hub_activity=NOW - 29.95), IDLE, NOW, 60).action == "keep"
 
 
 @pytest.mark.parametrize(
