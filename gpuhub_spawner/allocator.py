@@ -246,7 +246,7 @@ class Allocator:
                     except Exception as e:  # noqa: BLE001 - one bad object must not stop the hub
                         log.warning("Could not remove stale %s: %s", rec.holder, e)
                 continue
-            if rec.user:
+            if rec.user and rec.ours:  # another hub's users are not ours to count
                 self._owners[rec.holder] = rec.user
             if rec.unit_id not in self.inventory.by_id:
                 log.warning("%s holds unit %s, which is not in the inventory", rec.holder, rec.unit_id)
@@ -454,6 +454,11 @@ class Allocator:
         """Free ``holder``'s unit (after its object was removed), handing it to the queue."""
         async with self.lock:
             return self._release_now(holder)
+
+    async def resync(self) -> None:
+        """Read the engine's labels again: units of objects that are gone are freed."""
+        async with self.lock:
+            await self._sync_locked()
 
     # ---- read-only views -----------------------------------------------------------
 
