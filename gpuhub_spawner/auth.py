@@ -6,7 +6,12 @@
   without any GitHub organization;
 - **teams as groups**: each GitHub team ``<org>:<team>`` of the user becomes a JupyterHub group
   of that name, so group properties (quotas) can follow GitHub teams;
-- **admin_teams**: members of these teams are JupyterHub admins;
+- **admin_teams**: members of these teams, named by GitHub's team id (which a renamed or
+  re-created team of the same name does not have), are JupyterHub admins;
+- **users admins add may sign in** (``allow_existing_users``, on by default): a user added in
+  the admin panel, the REST API or the roster import is put in the roster group, so it can sign
+  in like any rostered user; delete it or take it off the roster to end its access. Users who
+  got in through an org or team are not "existing users": they keep needing that membership;
 - **re-checked access**: at every refresh (``auth_refresh_age``, before a spawn) the user must
   still be allowed, else the hub asks for a new login, which then fails with 403.
 
@@ -51,6 +56,34 @@ def team_names(auth_state: dict[str, Any] | None) -> set[str]:
     return {f"{t['organization']['login']}:{t['slug']}" for t in teams}
 
 
+def team_ids(auth_state: dict[str, Any] | None) -> set[int]:
+    """GitHub's numeric id of each team in ``auth_state["teams"]``: it stays through renames."""
+    teams = (auth_state or {}).get("teams") or ()
+    return {t["id"] for t in teams if isinstance(t.get("id"), int)}
+
+
+def admin_team_id(entry: str) -> int | None:
+    """The team id in an ``admin_teams`` entry, ``<org>:<team-slug>=<id>`` or ``<id>``; None if none."""
+    name, sep, tail = entry.strip().rpartition("=")
+    if not tail.isdigit() or (sep and (name.count(":") != 1 or "" in name.split(":"))):
+        return None
+    return int(tail)
+
+
+def admin_teams_problem(entries: set[str]) -> str | None:
+    """Why ``entries`` cannot be admin teams (a message with the fix), or None."""
+    bad = sorted(e for e in entries if admin_team_id(e) is None)
+    if not bad:
+        return None
+    org, _, slug = bad[0].split("=")[0].partition(":")
+    return (
+        f"{bad} do not give the team's id. A team name can be taken over (rename a team, or delete "
+        "and re-create one, and the name points elsewhere), so admin teams are matched by GitHub's "
+        "team id: write '<org>:<team-slug>=<id>', e.g. 'my-org:hub-admins=4242'; the id is what "
+        f"`gh api orgs/{org or 'ORG'}/teams/{slug or 'TEAM'} --jq .id` prints."
+    )
+
+
 class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
     """GitHub sign-in for gpuhub workshops (entry point ``gpuhub-github``)."""
 
@@ -76,14 +109,18 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
     admin_teams = Set(
         Unicode(),
         config=True,
-        help="""GitHub teams, as `<org>:<team-slug>`, whose members are JupyterHub admins.
+        help="""GitHub teams whose members are JupyterHub admins, by team id: `<org>:<team-slug>=<id>`.
 
+        Matched by GitHub's numeric team id only (`gh api orgs/ORG/teams/SLUG --jq .id`); the
+        name before `=` is for people reading the config. A renamed team stays an admin team;
+        a new team given an old team's name (or an org re-registered under an old org's name)
+        does not become one. A bare id (`4242`) works too; a name without an id is refused.
         Members are let in and made admins at each sign-in and refresh. Like oauthenticator's
         `admin_groups`: when this is set, anyone neither in `admin_users` nor in one of these
         teams has admin rights taken away at their next sign-in or refresh, including rights
         granted in the admin panel. Needs the `read:org` scope (the default `scope`).
 
-            c.GPUHubGitHubAuthenticator.admin_teams = {"my-org:hub-admins"}
+            c.GPUHubGitHubAuthenticator.admin_teams = {"my-org:hub-admins=4242"}
         """,
     ).tag(allow_config=True)
 
@@ -103,6 +140,14 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
         """,
     )
 
+    # names of new users being signed in (not added by an admin), until add_user sees them
+    _signing_in = Set(Unicode())
+
+    @default("allow_existing_users")
+    def _default_allow_existing_users(self) -> bool:
+        # admins expect a user they add in the admin panel to be able to sign in (see add_user)
+        return True
+
     @default("scope")
     def _default_scope(self) -> list[str]:
         # private org and team membership is invisible without it
@@ -118,12 +163,9 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
 
     @validate("admin_teams")
     def _check_admin_teams(self, proposal):
-        bad = sorted(t for t in proposal.value if t.count(":") != 1 or "" in t.split(":"))
-        if bad:
-            raise TraitError(
-                f"GPUHubGitHubAuthenticator.admin_teams: {bad} are not teams. Write each as "
-                "'<org>:<team-slug>', e.g. 'my-org:hub-admins' for github.com/orgs/my-org/teams/hub-admins."
-            )
+        problem = admin_teams_problem(proposal.value)
+        if problem:
+            raise TraitError(f"GPUHubGitHubAuthenticator.admin_teams: {problem}")
         return proposal.value
 
     @validate("roster_groups")
@@ -154,7 +196,41 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
         """True when ``username`` is a hub user in one of ``roster_groups``."""
         return bool(self.roster_groups and self.hub_groups(username) & self.roster_groups)
 
+    def put_on_roster(self, orm_user: orm.User) -> None:
+        """Add ``orm_user`` to the first of ``roster_groups`` (made if missing)."""
+        db = self.parent.db
+        name = sorted(self.roster_groups)[0]
+        group = orm.Group.find(db, name)
+        if group is None:
+            group = orm.Group(name=name)
+            db.add(group)
+        if group not in orm_user.groups:
+            orm_user.groups.append(group)
+            db.commit()
+            self.log.info("%s was added by an admin: on the roster (group %s)", orm_user.name, name)
+
     # ---- hooks ---------------------------------------------------------------------------
+
+    def add_user(self, user) -> None:
+        """``allow_existing_users`` without "allowed forever": admin-added users go on the roster.
+
+        JupyterHub calls this for a user an admin creates (admin panel, REST API, roster import:
+        a ``User``), for a user made by their own first sign-in (also a ``User``), and at start
+        for every user in the database and those named in config (an ``orm.User``).
+        oauthenticator would put them all in ``allowed_users``, so anyone who once got in
+        through an org or team would keep access after leaving it. Here only users an admin
+        creates are put in the roster group: access lives in the hub's database, visible in the
+        admin panel, and ends when they are deleted or taken off the roster.
+        """
+        if not self.validate_username(user.name):
+            raise ValueError(f"Invalid username: {user.name}")
+        if user.name in self._signing_in:
+            self._signing_in.discard(user.name)  # made by their own sign-in: membership decides
+            return
+        if isinstance(user, orm.User):
+            return  # start-up: users are already where admins and sign-ins put them
+        if self.allow_existing_users and self.roster_groups:
+            self.put_on_roster(user.orm_user)
 
     def check_allow_config(self) -> None:
         """JupyterHub's start-up check, plus: warn when access cannot be re-checked."""
@@ -167,11 +243,11 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
             )
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
-        """Fetch teams (parent), then grant or revoke admin from ``admin_teams``."""
+        """Fetch teams (parent), then grant or revoke admin from ``admin_teams`` (by team id)."""
         auth_model = await super().update_auth_model(auth_model)
         if self.admin_teams:
-            teams = {t.lower() for t in team_names(auth_model["auth_state"])}
-            if teams & {t.lower() for t in self.admin_teams}:
+            wanted = {admin_team_id(t) for t in self.admin_teams}
+            if team_ids(auth_model["auth_state"]) & wanted:
                 auth_model["admin"] = True
             elif not auth_model["admin"]:
                 auth_model["admin"] = False
@@ -195,6 +271,9 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
 
     async def check_allowed(self, username: str, auth_model: dict[str, Any] | None) -> bool:
         """oauthenticator's checks first, then the roster."""
+        db = getattr(self.parent, "db", None)
+        if db is not None and orm.User.find(db, name=username) is None:
+            self._signing_in.add(username)  # new to the hub: add_user follows, see there
         if await super().check_allowed(username, auth_model):
             return True
         if self.is_rostered(username):

@@ -128,7 +128,7 @@ def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker
     from selenium.webdriver.support.ui import WebDriverWait
 
     github.add_user("ada", teams={"acme:staff"})
-    hub = _hub(tmp_path, github, admin_teams={"acme:staff"})
+    hub = _hub(tmp_path, github, admin_teams={f"acme:staff={github.id_of('acme:staff')}"})
     hub.start()
     try:
         assert hub.api("POST", "/groups/students").status_code == 201

@@ -13,13 +13,17 @@ in a thread, exactly what oauthenticator 17.4's ``GitHubOAuthenticator`` calls w
   (the legacy team-member call oauthenticator uses for ``org:team``): 204 or 404.
 
 Users, orgs and teams live in :attr:`FakeGitHub.users` and may be changed while a hub uses the
-fake (``github.users["ann"].teams.discard("acme:gpu")``). Production code never imports this.
+fake (``github.users["ann"].teams.discard("acme:gpu")``). Teams and orgs have numeric ids, as on
+GitHub, that stay with a team when it is renamed (:meth:`FakeGitHub.rename_team`) and change
+when a team of the same name is made anew (:meth:`FakeGitHub.recreate_team`). Production code
+never imports this.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -55,6 +59,8 @@ class FakeGitHub:
         self.client_id = client_id
         self.client_secret = client_secret
         self.users: dict[str, FakeUser] = {}
+        self.ids: dict[str, int] = {}  # "<org>" or "<org>:<team-slug>" (lower case) -> GitHub id
+        self._new_ids = itertools.count(5000)
         self.signed_in: str | None = None  # the browser's GitHub session, for /login/oauth/authorize
         self.calls: list[str] = []  # "GET /path" of every request served
         self._codes: dict[str, tuple[str, str, str | None]] = {}  # code -> (login, scope, PKCE challenge)
@@ -70,7 +76,27 @@ class FakeGitHub:
     def add_user(self, login: str, orgs: set[str] = frozenset(), teams: set[str] = frozenset()) -> FakeUser:
         user = FakeUser(login, 1000 + len(self.users), set(orgs), set(teams))
         self.users[login.lower()] = user
+        for name in {*orgs, *teams, *(t.split(":")[0] for t in teams)}:
+            self.id_of(name)
         return user
+
+    def id_of(self, name: str) -> int:
+        """The GitHub id of org ``<org>`` or team ``<org>:<team-slug>`` (made on first use)."""
+        if name.lower() not in self.ids:
+            self.ids[name.lower()] = next(self._new_ids)
+        return self.ids[name.lower()]
+
+    def rename_team(self, old: str, new: str) -> None:
+        """GitHub's team rename: the slug changes, the id stays, members stay."""
+        self.ids[new.lower()] = self.ids.pop(old.lower())
+        for user in self.users.values():
+            if old.lower() in {t.lower() for t in user.teams}:
+                user.teams = {t for t in user.teams if t.lower() != old.lower()} | {new}
+
+    def recreate_team(self, name: str) -> int:
+        """A team deleted and made again under the same name: a new id."""
+        self.ids[name.lower()] = next(self._new_ids)
+        return self.ids[name.lower()]
 
     def issue_code(self, login: str, scope: str = "read:org", challenge: str | None = None) -> str:
         """What the authorize page does once ``login`` clicks "Authorize"."""
@@ -141,8 +167,11 @@ class FakeGitHub:
             orgs = sorted({o for o in me.orgs} | {t.split(":")[0] for t in me.teams})
             return 200, {}, [{"login": o} for o in orgs]
         if path == "/user/teams":
-            teams = [t.split(":") for t in sorted(me.teams)]
-            return 200, {}, [{"slug": t, "name": t, "organization": {"login": o}} for o, t in teams]
+            teams = [(t, *t.split(":")) for t in sorted(me.teams)]
+            return 200, {}, [
+                {"id": self.id_of(t), "slug": s, "name": s, "organization": {"login": o, "id": self.id_of(o)}}
+                for t, o, s in teams
+            ]
         if m := re.fullmatch(r"/orgs/([^/]+)/members/([^/]+)", path):
             user = self.users.get(m[2].lower())
             return (204, {}, None) if user and user.in_org(m[1]) else NOT_FOUND

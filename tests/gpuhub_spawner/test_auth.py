@@ -28,6 +28,7 @@ def github():
         gh.add_user("ada", teams={"acme:staff", "other:x"})
         gh.add_user("rory")
         gh.add_user("nora")
+        gh.add_user("olga")
         yield gh
 
 
@@ -73,6 +74,14 @@ class HubUser:
         return self.auth_state
 
 
+class HubUserOf:
+    """JupyterHub's User wrapper, as the admin panel's and sign-in's add_user calls pass it."""
+
+    def __init__(self, orm_user: orm.User):
+        self.orm_user = orm_user
+        self.name = orm_user.name
+
+
 async def sign_in(auth: GPUHubGitHubAuthenticator, github: FakeGitHub, login: str):
     """JupyterHub's own entry point: authenticate, blocked_users, check_allowed. None = 403."""
     return await auth.get_authenticated_user(CallbackHandler(github.issue_code(login)), None)
@@ -102,9 +111,16 @@ ACCESS = [
 ]
 
 
+def by_id(github: FakeGitHub, config: dict) -> dict:
+    """``admin_teams`` written as the operator must: ``<org>:<team-slug>=<GitHub team id>``."""
+    if "admin_teams" in config:
+        config = {**config, "admin_teams": {f"{t}={github.id_of(t)}" for t in config["admin_teams"]}}
+    return config
+
+
 @pytest.mark.parametrize("config, login, allowed", [c[1:] for c in ACCESS], ids=[c[0] for c in ACCESS])
 async def test_access(github, config, login, allowed):
-    model = await sign_in(make(github, **config), github, login)
+    model = await sign_in(make(github, **by_id(github, config)), github, login)
     assert (model is not None) is allowed
 
 
@@ -116,7 +132,6 @@ async def test_team_check_uses_the_team_member_endpoint(github):
 
 ADMIN = [
     ("admin-team", {"admin_teams": {"acme:staff"}}, "ada", True),
-    ("admin-team-any-case", {"admin_teams": {"ACME:Staff"}}, "ada", True),
     ("not-in-admin-team-revoked", {"admin_teams": {"acme:staff"}}, "ann", False),
     ("admin-users-kept", {"admin_teams": {"acme:staff"}, "admin_users": {"ann"}}, "ann", True),
     ("no-admin-teams-unchanged", {}, "ann", None),
@@ -125,8 +140,21 @@ ADMIN = [
 
 @pytest.mark.parametrize("config, login, admin", [c[1:] for c in ADMIN], ids=[c[0] for c in ADMIN])
 async def test_admin(github, config, login, admin):
-    model = await sign_in(make(github, allowed_organizations={"acme"}, **config), github, login)
+    model = await sign_in(make(github, allowed_organizations={"acme"}, **by_id(github, config)), github, login)
     assert model["admin"] is admin
+
+
+async def test_admin_team_is_its_id_not_its_name(github):
+    github.add_user("abe", teams={"acme:hub-admins"})
+    auth = make(github, allowed_organizations={"acme"}, admin_teams={f"{github.id_of('acme:hub-admins')}"})
+    assert (await sign_in(auth, github, "abe"))["admin"] is True
+
+    github.rename_team("acme:hub-admins", "acme:hub-staff")  # renamed on GitHub: still the admin team
+    assert (await sign_in(auth, github, "abe"))["admin"] is True
+
+    github.rename_team("acme:hub-staff", "acme:hub-admins")
+    github.recreate_team("acme:hub-admins")  # deleted and made again by someone else: not it
+    assert (await sign_in(auth, github, "abe"))["admin"] is False
 
 
 async def test_teams_become_group_names(github):
@@ -146,8 +174,14 @@ async def test_team_groups_off(github):
 
 @pytest.mark.parametrize(
     "trait, value",
-    [("admin_teams", {"staff"}), ("admin_teams", {"acme:"}), ("roster_groups", {"acme:gpu"})],
-    ids=["team-without-org", "empty-team", "roster-with-colon"],
+    [
+        ("admin_teams", {"acme:staff"}),
+        ("admin_teams", {"staff=12"}),
+        ("admin_teams", {"acme:=12"}),
+        ("admin_teams", {"acme:staff=twelve"}),
+        ("roster_groups", {"acme:gpu"}),
+    ],
+    ids=["team-name-without-id", "team-without-org", "empty-team", "id-not-a-number", "roster-with-colon"],
 )
 def test_bad_config_is_refused_with_the_fix(github, trait, value):
     with pytest.raises(TraitError, match=f"GPUHubGitHubAuthenticator.{trait}: .*e.g."):
@@ -195,6 +229,37 @@ async def test_sign_in_keeps_admin_groups_and_replaces_team_groups(github, hub_a
     assert model["groups"] == ["acme:gpu", "cpu-only", "roster"]
 
 
+async def test_users_an_admin_adds_may_sign_in_until_removed(github, hub_app):
+    auth = make(github, hub_app, allowed_organizations={"acme:gpu"})
+    assert auth.allow_existing_users is True
+    user = orm.User(name="olga")  # what the admin panel / REST API / roster import makes
+    hub_app.db.add(user)
+    hub_app.db.commit()
+    auth.add_user(HubUserOf(user))
+    assert auth.hub_groups("olga") == {"roster"}
+    assert await sign_in(auth, github, "olga")  # in no org, but added by an admin
+
+    user.groups.clear()  # taken off the roster (or deleted): no longer "existing"
+    hub_app.db.commit()
+    assert await sign_in(auth, github, "olga") is None
+
+
+async def test_users_who_got_in_by_membership_are_not_existing_users(github, hub_app):
+    auth = make(github, hub_app, allowed_organizations={"acme:gpu"})
+    github.add_user("ivy", teams={"acme:gpu"})
+    assert await sign_in(auth, github, "ivy")
+    ivy = orm.User(name="ivy")  # what the hub does next for a new user: create, then add_user
+    hub_app.db.add(ivy)
+    hub_app.db.commit()
+    auth.add_user(HubUserOf(ivy))
+    assert auth.hub_groups("ivy") == set()
+
+    auth.add_user(ivy)  # at the next start the hub calls add_user with every orm.User
+    assert auth.hub_groups("ivy") == set()
+    github.users["ivy"].teams.clear()  # so leaving the team still ends access
+    assert await sign_in(auth, github, "ivy") is None
+
+
 async def test_refresh_follows_teams_then_refuses(github, hub_app):
     github.add_user("tim", teams={"acme:gpu", "acme:cooks"})
     auth = make(github, hub_app, allowed_organizations={"acme:gpu"}, enable_auth_state=True)
@@ -228,14 +293,15 @@ def hub(github, docker_client, tmp_path_factory, request):
         c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
         c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
         c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
-        c.GPUHubGitHubAuthenticator.admin_teams = {{"acme:staff"}}
+        c.GPUHubGitHubAuthenticator.admin_teams = {{"acme:staff={github.id_of('acme:staff')}"}}
         c.GPUHubGitHubAuthenticator.enable_auth_state = True
         c.GPUHubGitHubAuthenticator.auth_refresh_age = 2
         """
     )
     hub = HubProcess(tmp_path_factory.mktemp("auth-hub"), extra=extra)
     failed_before = request.session.testsfailed
-    hub.start(env={"JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32)})
+    hub.crypt_key = secrets.token_hex(32)
+    hub.start(env={"JUPYTERHUB_CRYPT_KEY": hub.crypt_key})
     yield hub
     if request.session.testsfailed > failed_before:
         print(f"\n---- hub {hub.hub_id} log ----\n{hub.log_tail(120)}")
@@ -315,6 +381,42 @@ def test_hub_refresh_follows_teams_and_ends_access(hub, github):
     assert hub_login(hub, github, "remy")[1].status_code == 403  # ...which is refused
 
 
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_user_added_by_an_admin_signs_in_and_deleting_them_ends_it(hub, github):
+    hub.create_users(["olga"])  # as the admin panel does
+    assert hub.user("olga")["groups"] == ["roster"]
+    s, r = hub_login(hub, github, "olga")
+    assert r.status_code == 302, r.text
+    assert home(hub, s) == 200
+
+    assert hub.api("DELETE", "/users/olga").status_code == 204
+    assert hub_login(hub, github, "olga")[1].status_code == 403
+    assert hub.api("GET", "/users/olga").status_code == 404
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_restart_does_not_make_org_members_existing_users(hub, github):
+    github.add_user("kim", teams={"acme:gpu"})
+    assert hub_login(hub, github, "kim")[1].status_code == 302
+    hub.stop()
+    hub.start(env={"JUPYTERHUB_CRYPT_KEY": hub.crypt_key})
+    assert hub.user("kim")["groups"] == ["acme:gpu"]  # not put on the roster at start
+    github.users["kim"].teams.clear()
+    assert hub_login(hub, github, "kim")[1].status_code == 403
+
+
+def test_embedded_config_refuses_admin_teams_without_ids(hub_factory):
+    hub = hub_factory({}, start=False)
+    env = {"GITHUB_CLIENT_ID": "client-id", "GITHUB_CLIENT_SECRET": "secret", "GPUHUB_GITHUB_ADMIN_TEAMS": "acme:staff"}
+    with pytest.raises(RuntimeError, match="hub exited with 2"):
+        hub.start(env=env)
+    log = hub.log_path.read_text()
+    assert "GPUHUB_GITHUB_ADMIN_TEAMS: ['acme:staff'] do not give the team's id" in log
+    assert "gh api orgs/acme/teams/staff --jq .id" in log and "Traceback" not in log
+
+
 def test_embedded_config_switches_to_github_sign_in(hub_factory):
     # jupyterhub_config.py picks the gpuhub GitHub authenticator when a client id is set
     hub = hub_factory({}, start=False)
@@ -323,7 +425,7 @@ def test_embedded_config_switches_to_github_sign_in(hub_factory):
             "GITHUB_CLIENT_ID": "client-id",
             "GITHUB_CLIENT_SECRET": "client-secret",
             "GPUHUB_GITHUB_ORGS": "acme:gpu",
-            "GPUHUB_GITHUB_ADMIN_TEAMS": "acme:staff",
+            "GPUHUB_GITHUB_ADMIN_TEAMS": "acme:staff=4242",
         }
     )
     log = hub.log_path.read_text()
