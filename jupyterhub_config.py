@@ -9,7 +9,12 @@
 # Settings (all optional):
 #   GPUHUB_DATA_DIR         where the database, cookie secret and admin passwords live (./data)
 #   GPUHUB_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
-#   GPUHUB_HUB_IP           address of the hub API; default: Docker's bridge gateway
+#   GPUHUB_HUB_IP           address of the hub API; default: the user network's gateway
+#                           (on a swarm: Docker's bridge gateway)
+#   GPUHUB_USER_NETWORK     Docker network of user servers, created at start with
+#                           container-to-container traffic off (gpuhub-users)
+#   GPUHUB_USER_FIREWALL    "off": do not install the host firewall that lets user servers
+#                           reach only the hub API on this host (then do it yourself: README)
 #   GPUHUB_HUB_PORT         port of the hub API (8081)
 #   GPUHUB_PROXY_API_PORT   port of the proxy's REST API (8001)
 #   GPUHUB_DB_URL           database URL (sqlite in GPUHUB_DATA_DIR)
@@ -67,7 +72,24 @@ except hubconfig.ConfigError as e:
 
 # ---- hub, proxy, database -------------------------------------------------------------
 c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000")
-c.JupyterHub.hub_ip = os.environ.get("GPUHUB_HUB_IP") or hubconfig.docker_bridge_gateway()
+# User servers are untrusted (README, "Limits and networking"). On one host they run on their
+# own Docker network, created here, where they cannot connect to each other; the hub API listens
+# on its gateway, and the firewall (installed at the end of this file) lets them reach nothing
+# else on this host.
+user_network = None
+if os.environ.get("GPUHUB_SPAWNER", "docker") != "swarm":
+    from gpuhub_spawner import isolation, isolation_host
+
+    try:
+        user_network = isolation_host.ensure_user_network(
+            os.environ.get("GPUHUB_USER_NETWORK") or isolation.USER_NETWORK
+        )
+    except isolation_host.IsolationError as e:
+        hubconfig.fail(str(e))
+    c.GPUDockerSpawner.network_name = user_network.name
+c.JupyterHub.hub_ip = os.environ.get("GPUHUB_HUB_IP") or (
+    user_network.gateway if user_network else hubconfig.docker_bridge_gateway()
+)
 c.JupyterHub.hub_port = hub_port
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
@@ -192,17 +214,12 @@ admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",")
 c.Authenticator.admin_users = admins
 if os.environ.get("GITHUB_CLIENT_ID"):
     # GitHub sign-in: orgs and org:team allowlists, a roster (users an admin put in the
-    # "roster" group, or added in the admin panel), GitHub teams mirrored as groups named
-    # org:team, admin teams
+    # "roster" group), GitHub teams mirrored as groups named org:team, admin teams
     c.JupyterHub.authenticator_class = "gpuhub-github"
     c.Authenticator.allow_all = False
-    from gpuhub_spawner.auth import admin_teams_problem
-
-    # admin teams by GitHub team id (org:team-slug=id): a name can be taken over, an id cannot
-    admin_teams = {t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()}
-    if admin_teams_problem(admin_teams):
-        hubconfig.fail(f"GPUHUB_GITHUB_ADMIN_TEAMS: {admin_teams_problem(admin_teams)}")
-    c.GPUHubGitHubAuthenticator.admin_teams = admin_teams
+    c.GPUHubGitHubAuthenticator.admin_teams = {
+        t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()
+    }
     if os.environ.get("JUPYTERHUB_CRYPT_KEY"):
         # auth state lets the hub re-check membership on refresh, so removed attendees lose access
         c.GPUHubGitHubAuthenticator.enable_auth_state = True
@@ -359,6 +376,18 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
         culler_vars["announcement"] = hub_announcement(culler_db, fallback=culler_vars.get("announcement", ""))
         c.JupyterHub.template_vars = culler_vars
 # ---- end of culler -------------------------------------------------------------------------
+
+# ---- host firewall for the user network (after the extra config: the final hub address) ----
+# The hub refuses to start without it (fail closed) unless GPUHUB_USER_FIREWALL=off.
+if user_network is not None:
+    if os.environ.get("GPUHUB_USER_FIREWALL", "on").strip().lower() in ("off", "0", "false", "no"):
+        print("gpuhub: GPUHUB_USER_FIREWALL=off: nothing stops user servers from reaching services "
+              "on this host; install equivalent rules yourself (README)", file=sys.stderr, flush=True)
+    else:
+        try:
+            isolation_host.install_firewall(user_network, c.JupyterHub.hub_ip, c.JupyterHub.hub_port)
+        except isolation_host.IsolationError as e:
+            hubconfig.fail(str(e))
 
 try:
     hubconfig.check_spawner_config(c.GPUDockerSpawner, require_pools=not swarm_mode)

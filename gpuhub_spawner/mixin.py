@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from . import forms
+from . import forms, isolation
 from .allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from .errors import REASONS
 from .errors import spawn_error as _spawn_error
@@ -228,6 +228,39 @@ class GPUSpawnerMixin(LoggingConfigurable):
         """,
     )
 
+    # ---- limits: user servers are untrusted ------------------------------------------
+    default_mem_limit = Unicode(
+        isolation.DEFAULT_MEM_LIMIT,
+        config=True,
+        help="""Memory of a server whose profile and quota set no ``mem_limit`` (RAM; no swap beyond it).
+
+        A profile's or quota's ``mem_limit`` wins; this applies when neither sets one, so no
+        server runs without a memory limit. A server that goes past it has its largest process
+        killed by the kernel's OOM killer; the host, the hub and other users are not affected.
+
+            c.GPUDockerSpawner.default_mem_limit = "16G"
+        """,
+    )
+    default_cpu_limit = Float(
+        isolation.DEFAULT_CPU_LIMIT,
+        config=True,
+        help="""CPUs of a server whose profile and quota set no ``cpu_limit``.
+
+        A profile's or quota's ``cpu_limit`` wins. On a swarm, a node with fewer CPUs than the
+        limit refuses the task: keep it at or below your smallest node's CPU count.
+
+            c.GPUDockerSpawner.default_cpu_limit = 4
+        """,
+    )
+    pids_limit = Int(
+        isolation.DEFAULT_PIDS_LIMIT,
+        config=True,
+        help="""Processes and threads one server may have at once (stops fork bombs).
+
+            c.GPUDockerSpawner.pids_limit = 4096
+        """,
+    )
+
     # ---- volumes ---------------------------------------------------------------------
     tutorials_source = Unicode(
         "gpuhub-tutorials",
@@ -289,6 +322,31 @@ class GPUSpawnerMixin(LoggingConfigurable):
             parse_quota(proposal.value, "quota_defaults")
         except QuotaError as e:
             raise TraitError(f"quota_defaults: {e}") from None
+        return proposal.value
+
+    @validate("default_mem_limit")
+    def _check_default_mem(self, proposal: Any) -> str:
+        try:
+            isolation.parse_memory(proposal.value)
+        except ValueError:
+            raise TraitError(
+                f"default_mem_limit={proposal.value!r} is not a memory size of at least 6M. "
+                "Use e.g. '8G' or '512M' (there is no 'unlimited': set a size)."
+            ) from None
+        return proposal.value
+
+    @validate("default_cpu_limit")
+    def _check_default_cpu(self, proposal: Any) -> float:
+        if not 0.01 <= proposal.value < 1e6:
+            raise TraitError(f"default_cpu_limit={proposal.value!r} must be a number of CPUs ≥ 0.01, e.g. 2.")
+        return proposal.value
+
+    @validate("pids_limit")
+    def _check_pids(self, proposal: Any) -> int:
+        if proposal.value < 64:
+            raise TraitError(
+                f"pids_limit={proposal.value!r} is too small for JupyterLab; use a whole number ≥ 64, e.g. 2048."
+            )
         return proposal.value
 
     @validate("gpu_queue_max_wait")
@@ -650,17 +708,25 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     # ---- shared by both spawners ------------------------------------------------------
 
-    def _limits(self) -> tuple[int | None, float | None]:
-        """Memory bytes and CPUs: the stricter of the profile's and the quota's."""
+    def resource_limits(self) -> isolation.Limits:
+        """This server's limits: the stricter of the profile's and the quota's, else the defaults."""
         profile = self._profile_by_slug(self.gpu_profile_slug)
         quota = getattr(self, "_quota", None)
-        memories = [parse_bytes(profile.mem_limit)] if profile and profile.mem_limit else []
-        cpus = [profile.cpu_limit] if profile and profile.cpu_limit else []
-        if quota is not None and quota.mem_limit:
-            memories.append(quota.mem_limit)
-        if quota is not None and quota.cpu_limit:
-            cpus.append(quota.cpu_limit)
-        return (min(memories) if memories else None), (min(cpus) if cpus else None)
+        defaults = isolation.Limits(
+            isolation.parse_memory(self.default_mem_limit), self.default_cpu_limit, self.pids_limit
+        )
+        return isolation.resolve_limits(
+            parse_bytes(profile.mem_limit) if profile and profile.mem_limit else None,
+            profile.cpu_limit if profile else None,
+            quota.mem_limit if quota is not None else None,
+            quota.cpu_limit if quota is not None else None,
+            defaults,
+        )
+
+    def _limits(self) -> tuple[int, float]:
+        """Memory bytes and CPUs of this server (see :meth:`resource_limits`)."""
+        limits = self.resource_limits()
+        return limits.memory, limits.cpus
 
     def _profile_by_slug(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)

@@ -14,6 +14,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import TraitError, default, validate
 
+from . import isolation
 from .allocator import HeldRecord, NoUnitFree, OverLimit, StillHeld
 from .inventory import Unit
 from .mixin import (
@@ -27,9 +28,6 @@ from .mixin import (
     spawn_error,
 )
 from .volumes import build_mounts
-
-#: container -> the task still retrying its removal (a stop that failed left it running)
-_LEFTOVER_TASKS: dict[str, asyncio.Future] = {}
 
 
 class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
@@ -140,42 +138,13 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             await asyncio.sleep(0.5)
         return False
 
-    #: seconds between further attempts to remove a container whose stop failed
-    leftover_retry_delays: tuple[float, ...] = (10, 30, 60, 120, 300, 600)
-
-    def _remove_later(self, ref: str) -> None:
-        """Keep trying to remove the leftover container ``ref`` (an id, never a name a new
-        server could take); its unit is freed once it is gone."""
-        if not ref:
-            return
-
-        async def retry() -> None:
-            for delay in self.leftover_retry_delays:
-                await asyncio.sleep(delay)
-                if await self._remove_container(ref):
-                    self.log.info("Removed the leftover container %s of %s", ref[:12], self._log_name)
-                    await self.get_allocator().resync()  # the labels decide: frees its unit
-                    return
-            self.log.error(
-                "The container %s of %s could not be removed; it keeps its GPU unit until an "
-                "operator removes it (docker rm -f)",
-                ref[:12],
-                self._log_name,
-            )
-
-        if ref not in _LEFTOVER_TASKS:
-            _LEFTOVER_TASKS[ref] = asyncio.ensure_future(retry())
-            _LEFTOVER_TASKS[ref].add_done_callback(lambda _task: _LEFTOVER_TASKS.pop(ref, None))
-
     async def remove_object(self):
         """Remove the container by force; refuse clearly if it is still there (it holds its GPU).
 
         dockerspawner removes without force and ignores a 409, so a container whose stop failed
         went on running while the hub handed its GPU to someone else.
         """
-        ref = self.object_id or self.object_name
-        if not await self._remove_container(ref):
-            self._remove_later(self.object_id)
+        if not await self._remove_container(self.object_id or self.object_name):
             raise spawn_error(
                 "Your previous server is still shutting down and holds its GPU. Please try again "
                 "in a minute; if it keeps happening, tell the hub's admin.",
@@ -272,10 +241,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             raise  # remove_object's clear refusal: the container and its unit are still there
         except Exception as e:  # noqa: BLE001 - e.g. the stop timed out: remove it by force
             self.log.warning("Stopping %s failed (%s); removing it by force", self._log_name, e)
-            ref = self.object_id or self.object_name
-            if not await self._remove_container(ref):
+            if not await self._remove_container(self.object_id or self.object_name):
                 # it still runs with its GPU: the unit stays held until the engine has it gone
-                self._remove_later(self.object_id)
                 raise self._engine_error(e, doing="stop") from None
             self.object_id = ""
             self.clear_state()
@@ -313,12 +280,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             labels[LABEL_UNIT] = unit.id
             labels[LABEL_POOL] = unit.pool
             host_config["DeviceRequests"] = [DeviceRequest(device_ids=[unit.device_id], capabilities=[["gpu"]])]
-        memory, cpus = self._limits()
-        if memory and "Memory" not in host_config:
-            host_config["Memory"] = memory
-        if cpus and "CpuQuota" not in host_config:
-            host_config["CpuPeriod"] = 100_000
-            host_config["CpuQuota"] = int(cpus * 100_000)
+        # memory (no swap beyond it), CPUs and PIDs: never unlimited (README, limits)
+        host_config.update(isolation.container_limits(host_config, self.resource_limits()))
         mounts = list(host_config.get("Mounts") or []) + build_mounts(self.volume_plan())
         host_config["Mounts"] = mounts
         security = list(host_config.get("SecurityOpt") or [])

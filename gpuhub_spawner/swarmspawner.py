@@ -24,6 +24,7 @@ from dockerspawner import SwarmSpawner
 from tornado import web
 from traitlets import Bool, Float, List, default
 
+from . import isolation
 from .allocator import NoUnitFree, OverLimit
 from .inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
 from .labels import LABEL_NODE
@@ -374,12 +375,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             labels[LABEL_POOL] = profile.pool if profile and profile.pool else ""
             reservations = template.setdefault("Resources", {}).setdefault("Reservations", {})
             reservations["GenericResources"] = [{"DiscreteResourceSpec": {"Kind": kind, "Value": 1}}]
-        memory, cpus = self._limits()
         limits = template.setdefault("Resources", {}).setdefault("Limits", {})
-        if memory and "MemoryBytes" not in limits:
-            limits["MemoryBytes"] = memory
-        if cpus and "NanoCPUs" not in limits:
-            limits["NanoCPUs"] = int(cpus * 1e9)
+        limits.update(isolation.service_limits(limits, self.resource_limits()))  # memory, CPUs, PIDs
         spec = template["ContainerSpec"]
         spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
         privileges = spec.setdefault("Privileges", {}) or {}
