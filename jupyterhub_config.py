@@ -214,12 +214,17 @@ admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",")
 c.Authenticator.admin_users = admins
 if os.environ.get("GITHUB_CLIENT_ID"):
     # GitHub sign-in: orgs and org:team allowlists, a roster (users an admin put in the
-    # "roster" group), GitHub teams mirrored as groups named org:team, admin teams
+    # "roster" group, or added in the admin panel), GitHub teams mirrored as groups named
+    # org:team, admin teams
     c.JupyterHub.authenticator_class = "gpuhub-github"
     c.Authenticator.allow_all = False
-    c.GPUHubGitHubAuthenticator.admin_teams = {
-        t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()
-    }
+    from gpuhub_spawner.auth import admin_teams_problem
+
+    # admin teams by GitHub team id (org:team-slug=id): a name can be taken over, an id cannot
+    admin_teams = {t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()}
+    if admin_teams_problem(admin_teams):
+        hubconfig.fail(f"GPUHUB_GITHUB_ADMIN_TEAMS: {admin_teams_problem(admin_teams)}")
+    c.GPUHubGitHubAuthenticator.admin_teams = admin_teams
     if os.environ.get("JUPYTERHUB_CRYPT_KEY"):
         # auth state lets the hub re-check membership on refresh, so removed attendees lose access
         c.GPUHubGitHubAuthenticator.enable_auth_state = True

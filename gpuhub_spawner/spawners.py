@@ -29,6 +29,9 @@ from .mixin import (
 )
 from .volumes import build_mounts
 
+#: container -> the task still retrying its removal (a stop that failed left it running)
+_LEFTOVER_TASKS: dict[str, asyncio.Future] = {}
+
 
 class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     """DockerSpawner that gives each server one GPU unit (or none, for CPU-only profiles).
@@ -138,13 +141,42 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             await asyncio.sleep(0.5)
         return False
 
+    #: seconds between further attempts to remove a container whose stop failed
+    leftover_retry_delays: tuple[float, ...] = (10, 30, 60, 120, 300, 600)
+
+    def _remove_later(self, ref: str) -> None:
+        """Keep trying to remove the leftover container ``ref`` (an id, never a name a new
+        server could take); its unit is freed once it is gone."""
+        if not ref:
+            return
+
+        async def retry() -> None:
+            for delay in self.leftover_retry_delays:
+                await asyncio.sleep(delay)
+                if await self._remove_container(ref):
+                    self.log.info("Removed the leftover container %s of %s", ref[:12], self._log_name)
+                    await self.get_allocator().resync()  # the labels decide: frees its unit
+                    return
+            self.log.error(
+                "The container %s of %s could not be removed; it keeps its GPU unit until an "
+                "operator removes it (docker rm -f)",
+                ref[:12],
+                self._log_name,
+            )
+
+        if ref not in _LEFTOVER_TASKS:
+            _LEFTOVER_TASKS[ref] = asyncio.ensure_future(retry())
+            _LEFTOVER_TASKS[ref].add_done_callback(lambda _task: _LEFTOVER_TASKS.pop(ref, None))
+
     async def remove_object(self):
         """Remove the container by force; refuse clearly if it is still there (it holds its GPU).
 
         dockerspawner removes without force and ignores a 409, so a container whose stop failed
         went on running while the hub handed its GPU to someone else.
         """
-        if not await self._remove_container(self.object_id or self.object_name):
+        ref = self.object_id or self.object_name
+        if not await self._remove_container(ref):
+            self._remove_later(self.object_id)
             raise spawn_error(
                 "Your previous server is still shutting down and holds its GPU. Please try again "
                 "in a minute; if it keeps happening, tell the hub's admin.",
@@ -241,8 +273,10 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             raise  # remove_object's clear refusal: the container and its unit are still there
         except Exception as e:  # noqa: BLE001 - e.g. the stop timed out: remove it by force
             self.log.warning("Stopping %s failed (%s); removing it by force", self._log_name, e)
-            if not await self._remove_container(self.object_id or self.object_name):
+            ref = self.object_id or self.object_name
+            if not await self._remove_container(ref):
                 # it still runs with its GPU: the unit stays held until the engine has it gone
+                self._remove_later(self.object_id)
                 raise self._engine_error(e, doing="stop") from None
             self.object_id = ""
             self.clear_state()
