@@ -9,10 +9,14 @@
 - Metrics need a ``read:metrics`` token; the committed Prometheus job scrapes them.
 - The notice's keep-alive command works when run inside the container.
 - A slow database (a PostgreSQL table locked by the test) does not freeze the hub's pages.
+- The kernel probe's exec path against a container whose "server" answers what it likes:
+  megabytes or nothing at all make a failed probe (never a crash), and it sends only the
+  container's own token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -23,12 +27,14 @@ import pytest
 import requests
 import sqlalchemy
 import yaml
-from harness import HubProcess, container_of, exec_as_user, fake_gpus, server_env
+from harness import IMAGE, TEST_LABEL, HubProcess, container_of, exec_as_user, fake_gpus, server_env
 from needs import unavailable
 from pg import create_database, postgres_fixture
 from promserver import PROMETHEUS, PrometheusServer
 
 from hub_services.culler.notices import NoticeStore
+from hub_services.culler.probe import parse_probe
+from hub_services.culler.signals import Containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -342,3 +348,52 @@ def test_a_slow_database_does_not_freeze_the_hub_pages(hub, users):
     finally:
         engine.dispose()
         hub.notices.clear_warning(slo, "")
+
+
+# ---- the probe's exec path against a container that answers what it likes ----------------
+
+# a stand-in for a user's server (the user controls it): answers per /tmp/mode, records the token
+FAKE_SERVER = r"""
+import json, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open("/tmp/auth.txt", "a") as f:
+            f.write(self.headers.get("Authorization", "") + "\n")
+        mode = open("/tmp/mode").read().strip()
+        if mode == "hang":
+            time.sleep(120)
+        kernels = [{"execution_state": "busy"}] if mode == "busy" else [{"execution_state": "idle" * 100}] * 20000
+        body = json.dumps(kernels if "kernels" in self.path else {"last_activity": "2026-01-01T00:00:00Z"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", 8888), H).serve_forever()
+"""
+
+
+def test_the_probe_reads_only_the_servers_answer_bounded_with_its_own_token(docker_client):
+    own = os.urandom(16).hex()
+    container = docker_client.containers.run(
+        IMAGE, ["python3", "-c", FAKE_SERVER], detach=True, user="1000", labels={TEST_LABEL: "culler-probe"},
+        environment={"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/u/", "JUPYTERHUB_API_TOKEN": own},
+    )
+    containers = Containers("none", "/tmp/notice", client=docker_client)
+
+    def probe(mode: str) -> bytes | None:
+        assert container.exec_run(["sh", "-c", f"echo {mode} > /tmp/mode"], user="1000").exit_code == 0
+        return asyncio.run(containers.probe(container.id))
+
+    try:
+        deadline = time.monotonic() + 30
+        while (out := probe("busy")) is None:
+            assert time.monotonic() < deadline, container.logs().decode(errors="replace")
+            time.sleep(0.5)
+        assert parse_probe(out)[0][0].execution_state == "busy"
+        assert probe("huge") is None  # megabytes of "kernels": a failed probe, not a crash
+        assert probe("hang") is None  # a server that never answers: bounded by the script's timeouts
+        code, auth = container.exec_run(["cat", "/tmp/auth.txt"], user="1000")
+        assert code == 0 and set(auth.decode().split()) == {"token", own}  # only the container's own token
+    finally:
+        container.remove(force=True)

@@ -476,3 +476,26 @@ def _culler_once(hub, tmp_path, agent_url: str, dry_run: bool, gpu_timeout: floa
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)["servers"]
+
+
+def test_a_server_without_a_reachable_container_is_kept_unless_told(hub, users):
+    """As on a swarm, where the server runs on another node: no kernel probe, so no idle cull
+    (and never the culler's token sent instead), unless idle_without_probe says so."""
+    (nod,) = users("nod")
+    spawn(hub, nod, "cpu")
+    time.sleep(1.5)
+    env = dict(v.split("=", 1) for v in Path(f"/proc/{_culler_pid(hub)}/environ").read_text().split("\0") if "=" in v)
+    cmd = [sys.executable, "-m", "hub_services.culler", "--once", "--dry-run", "--no-docker", "--idle-cpu-timeout=1",
+           "--warn-seconds=60"]
+
+    def once(*extra: str) -> tuple[list[tuple[str, str]], str]:
+        out = subprocess.run([*cmd, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-3000:]
+        mine = [(s["action"], s["reason"]) for s in json.loads(out.stdout)["servers"] if s["user"] == nod]
+        return mine, out.stderr
+
+    mine, log = once()
+    assert mine == [("keep", "probe-failed")]
+    assert f"{nod}: no container on this engine to ask for kernels" in log
+    mine, _ = once("--CullerApp.idle_without_probe=True")
+    assert mine == [("warn", "idle")]
