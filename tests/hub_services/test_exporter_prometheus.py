@@ -83,6 +83,9 @@ def stack(docker_client, tmp_path_factory):
             }
         )
         s.agent_url = f"http://127.0.0.1:{free_port()}"
+        agent_token_file = work / "agent-token"  # the agent answers only with its token, as deployed
+        agent_token_file.write_text(os.urandom(16).hex() + "\n")
+        s.agent_headers = {"Authorization": "Bearer " + agent_token_file.read_text().strip()}
         agent_log = open(work / "agent.log", "wb")  # noqa: SIM115
         agent = subprocess.Popen(
             [
@@ -105,6 +108,8 @@ def stack(docker_client, tmp_path_factory):
                 "1",
                 "--hpc-job-mapping-dir",
                 str(jobs_dir),
+                "--token-file",
+                str(agent_token_file),
             ],
             cwd=REPO,
             env={
@@ -118,14 +123,18 @@ def stack(docker_client, tmp_path_factory):
         )
         procs.append(agent)
         s.agent_log = work / "agent.log"
-        _wait("agent up", lambda: requests.get(s.agent_url + "/api/activity", timeout=2).ok, 30)
+        _wait("agent up", lambda: requests.get(s.agent_url + "/api/activity", headers=s.agent_headers, timeout=2).ok, 30)
         host = hub.url.split("//", 1)[1]
         auth = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
         # Prometheus first, so that it sees the spawns happen (rates of the spawn histogram)
         prom = PrometheusServer(
             work / "prom",
             [
-                {"job_name": "agent", "static_configs": [{"targets": [s.agent_url.split("//", 1)[1]]}]},
+                {
+                    "job_name": "agent",
+                    "static_configs": [{"targets": [s.agent_url.split("//", 1)[1]]}],
+                    "authorization": {"type": "Bearer", "credentials_file": str(agent_token_file)},
+                },
                 {
                     "job_name": "exporter",
                     "metrics_path": "/services/gpuhub-exporter/metrics",
@@ -267,7 +276,7 @@ def test_prometheus_has_each_users_gpu_memory_on_the_right_container(stack):
 
 
 def test_activity_endpoint_lists_every_server_for_the_culler(stack):
-    doc = requests.get(stack.agent_url + "/api/activity", timeout=10).json()
+    doc = requests.get(stack.agent_url + "/api/activity", headers=stack.agent_headers, timeout=10).json()
     assert doc["node"] == stack.node and isinstance(doc["time"], float)
     servers = {s["user"]: s for s in doc["servers"]}
     assert set(servers) == {"alice", "bob", "carol"}
@@ -305,7 +314,7 @@ def test_agent_follows_live_changes_and_writes_dcgm_job_mapping(stack):
         lambda: (
             {
                 s["user"]: s
-                for s in requests.get(stack.agent_url + "/api/activity", timeout=5).json()["servers"]
+                for s in requests.get(stack.agent_url + "/api/activity", headers=stack.agent_headers, timeout=5).json()["servers"]
             }["bob"]["utilization_percent"]
             == 9
         ),
@@ -441,9 +450,11 @@ def test_deploy_prometheus_configs_are_valid(tmp_path):
     token.write_text("x" * 32)
     for name in ("prometheus.yml", "prometheus-single-host.yml"):
         text = (REPO / "deploy" / "prometheus" / name).read_text()
-        text = text.replace("/run/secrets/gpuhub-prometheus-token", str(token)).replace(
-            "/etc/gpuhub/prometheus-token", str(token)
-        )
+        # every token file the config names (secrets on a real deployment) exists here
+        files = set(re.findall(r"credentials_file:\s*(\S+)", text))
+        assert files, "the deployed config scrapes with no token at all"
+        for f in files:
+            text = text.replace(f, str(token))
         path = tmp_path / name
         path.write_text(text)
         r = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True)
