@@ -144,6 +144,10 @@ c.JupyterHub.services.append(
         "name": "gpuhub-admin",
         "display": True,  # in the Services menu
         "oauth_no_confirm": True,  # the hub's own admin-only service: no consent page
+        # what the page may do as the signed-in admin, with the token the hub gives their
+        # browser for it (never more than that admin may do): create roster users and undo
+        # them, create groups and set members and quotas, stop servers
+        "oauth_client_allowed_scopes": ["admin:users", "admin:groups", "delete:servers"],
         "url": f"http://127.0.0.1:{admin_service_port}",
         "command": [sys.executable, "-m", "hub_services.admin"],
         "environment": {
@@ -155,8 +159,10 @@ c.JupyterHub.services.append(
 c.JupyterHub.load_roles.append(
     {
         "name": "gpuhub-admin",
-        # create roster users, edit group quotas, see and stop servers: nothing more
-        "scopes": ["admin:users", "admin:groups", "read:servers", "delete:servers"],
+        # its own token only reads users, groups and servers. Changes are made with the admin's
+        # own token (above): creating users needs admin:users, which JupyterHub 6 has no
+        # narrower scope for and which includes every user's auth state (GitHub tokens).
+        "scopes": ["list:users", "read:users", "read:servers", "list:groups", "read:groups"],
         "services": ["gpuhub-admin"],
     }
 )

@@ -16,11 +16,15 @@ Runs as a hub-managed service (``python -m hub_services.admin``), under its pref
 
 Every route needs a hub user whose hub model says ``admin: true`` (HubOAuth: browser cookie
 after the OAuth flow, or ``Authorization: token ...``); anyone else gets 403.  Forms carry an
-``_xsrf`` token; API calls authenticated by a token header are exempt.
+``_xsrf`` token; API calls authenticated by a token header are exempt.  The service reads with
+its own token (a read-only role); every change is made with the admin's own token: the one in
+the request's header, or the OAuth token the hub gave the admin's browser for this service
+(``oauth_client_allowed_scopes`` in ``jupyterhub_config.py`` bound what that one may do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -50,7 +54,13 @@ class Base(HubOAuthenticated, web.RequestHandler):
 
     @property
     def ctx(self) -> core.Context:
-        return self.settings["admin_context"]
+        """The service's context, acting as the signed-in admin: their token (header or OAuth cookie)."""
+        if getattr(self, "_ctx", None) is None:
+            base: core.Context = self.settings["admin_context"]
+            token = self.hub_auth.get_token(self) if self.current_user else None
+            actor = HubClient(base.hub.api_url, token, base.hub.timeout) if token else None
+            self._ctx = dataclasses.replace(base, actor=actor)
+        return self._ctx
 
     @property
     def prefix(self) -> str:

@@ -41,9 +41,22 @@ class AdminError(Exception):
 
 @dataclass
 class Context:
+    """``hub`` reads with the service's own token; ``actor`` is the signed-in admin's own token.
+
+    Every change to the hub (users, groups, servers) is made as the admin, with their token,
+    so the service's role needs no write scopes: JupyterHub 6 has no scope to create users
+    short of ``admin:users``, which would also let the service read every user's auth state.
+    """
+
     hub: HubClient
     ledger: UsageLedger
     defaults: dict[str, Any]
+    actor: HubClient | None = None
+
+    def as_admin(self) -> HubClient:
+        if self.actor is None:
+            raise AdminError(403, "Only hub admins may use this service.")
+        return self.actor
 
 
 def utcnow() -> datetime:
@@ -153,7 +166,7 @@ async def edit_group_quota(ctx: Context, group: str, body: Any) -> dict[str, Any
         current = (await ctx.hub.group(group)).get("properties") or {}
         merged = {k: v for k, v in current.items() if k not in body}
         merged.update(values)
-        result = await ctx.hub.request("PUT", f"/groups/{seg(group)}/properties", merged)
+        result = await ctx.as_admin().request("PUT", f"/groups/{seg(group)}/properties", merged)
     except HubAPIError as e:
         raise _hub_error(e, f"group '{group[:60]}'") from None
     log.info("Quota of group %s set to %s", group, values)
@@ -182,7 +195,7 @@ async def delete_override(ctx: Context, user: str) -> dict[str, Any]:
 async def stop_server(ctx: Context, user: str, server: str | None) -> dict[str, Any]:
     path = f"/users/{seg(user)}/server" if not server else f"/users/{seg(user)}/servers/{seg(server)}"
     try:
-        await ctx.hub.request("DELETE", path)
+        await ctx.as_admin().request("DELETE", path)
     except HubAPIError as e:
         what = f"server '{server}' of '{user}'" if server else f"user '{user}' or their server"
         raise (AdminError(400, e.message) if e.status == 400 else _hub_error(e, what[:120])) from None
@@ -214,7 +227,7 @@ async def import_roster(ctx: Context, body: Any) -> dict[str, Any]:
     new_users = sorted({r.username for r in rows} - existing_users)
     if new_users:
         try:
-            await ctx.hub.request("POST", "/users", {"usernames": new_users})
+            await ctx.as_admin().request("POST", "/users", {"usernames": new_users})
         except HubAPIError as e:
             for r in rows:
                 _reject(report, r, f"could not create user: {e.message}")
@@ -224,7 +237,7 @@ async def import_roster(ctx: Context, body: Any) -> dict[str, Any]:
     for group in sorted({r.group for r in rows}):
         members = [r for r in rows if r.group == group]
         try:
-            await ctx.hub.request(
+            await ctx.as_admin().request(
                 "POST", f"/groups/{seg(group)}/users", {"users": sorted({r.username for r in members})}
             )
         except HubAPIError as e:
@@ -252,7 +265,7 @@ async def _remove_users(ctx: Context, names: set[str]) -> None:
     """Undo users this import created for rows that could not be applied."""
     for name in sorted(names):
         try:
-            await ctx.hub.request("DELETE", f"/users/{seg(name)}")
+            await ctx.as_admin().request("DELETE", f"/users/{seg(name)}")
         except HubAPIError as e:
             log.warning("Could not remove user %s after a failed roster row: %s", name, e.message)
 
@@ -261,7 +274,7 @@ async def _create_groups(ctx: Context, names: set[str]) -> dict[str, str]:
     failed = {}
     for name in sorted(names):
         try:
-            await ctx.hub.request("POST", f"/groups/{seg(name)}")
+            await ctx.as_admin().request("POST", f"/groups/{seg(name)}")
         except HubAPIError as e:
             if e.status != 409:
                 failed[name] = f"could not create group: {e.message}"

@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -309,3 +310,49 @@ def test_random_bodies_never_5xx(hub, route, body):
 def test_parse_roster(text, good, bad):
     rows, rejected = parse_roster(text)
     assert (len(rows), len(rejected)) == (good, bad)
+
+
+def _service_token(hub: HubProcess) -> str:
+    """The token the hub gave its gpuhub-admin service: JUPYTERHUB_API_TOKEN of that child process."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != hub.proc.pid or b"hub_services.admin" not in (entry / "cmdline").read_bytes():
+                continue
+            environ = dict(i.split("=", 1) for i in (entry / "environ").read_text().split("\0") if "=" in i)
+        except (OSError, ValueError, IndexError):
+            continue
+        return environ["JUPYTERHUB_API_TOKEN"]
+    raise AssertionError("no gpuhub-admin service process under this hub")
+
+
+WRITES = [
+    ("POST", "/users", {"usernames": ["mallet"]}),
+    ("POST", "/users/mallet", None),
+    ("PATCH", "/users/pleb", {"name": "pleb2"}),
+    ("PATCH", "/users/pleb", {"auth_state": {"token": "x"}}),
+    ("DELETE", "/users/pleb", None),
+    ("POST", "/groups/role-g", None),
+    ("PUT", "/groups/quota-g/properties", {"max_gpu_units": 99}),
+    ("POST", "/groups/quota-g/users", {"users": ["pleb"]}),
+    ("DELETE", "/users/pleb/server", None),
+    ("POST", "/users/pleb/tokens", {}),
+]
+
+
+def test_service_token_only_reads(hub):
+    """The role holds no write scope: every change goes through an admin's own token."""
+    token = _service_token(hub)
+    hub.api("POST", "/groups/quota-g")
+
+    def as_service(method, path, body=None):
+        return requests.request(method, hub.url + "/hub/api" + path, json=body, timeout=10,
+                                headers={"Authorization": f"token {token}"})
+
+    scopes = set(as_service("GET", "/user").json()["scopes"])
+    assert not {s for s in scopes if s.startswith(("admin:", "users", "groups", "delete:", "tokens"))}, scopes
+    for method, path, body in WRITES:
+        assert as_service(method, path, body).status_code in (403, 404), (method, path)
+    assert "pleb" in {u["name"] for u in as_service("GET", "/users").json()}  # it still reads
+    assert "auth_state" not in as_service("GET", "/users/boss").json()
+    assert hub.api("GET", "/users/mallet").status_code == 404 and hub.user("pleb")["name"] == "pleb"
