@@ -38,11 +38,15 @@ def env_json(name: str, default: Any) -> Any:
         try:
             raw = path.read_text()
         except OSError as e:
-            raise ConfigError(f"{where}: cannot read it ({e.strerror}). Point {name} at a readable file.") from None
+            raise ConfigError(
+                f"{where}: cannot read it ({e.strerror}). Point {name} at a readable file."
+            ) from None
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}). Fix the JSON.") from None
+        raise ConfigError(
+            f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}). Fix the JSON."
+        ) from None
 
 
 def env_number(name: str, default: float, minimum: float = 0, maximum: float | None = None) -> float:
@@ -53,7 +57,9 @@ def env_number(name: str, default: float, minimum: float = 0, maximum: float | N
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw[:40]!r} is not a number. Set it to a number such as {default:g}.") from None
+        raise ConfigError(
+            f"{name}={raw[:40]!r} is not a number. Set it to a number such as {default:g}."
+        ) from None
     if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
         most = f" and at most {maximum:g}" if maximum is not None else ""
         raise ConfigError(f"{name}={raw[:40]!r} is out of range. Set it to at least {minimum:g}{most}.")
@@ -72,7 +78,9 @@ def env_int(name: str, default: int, minimum: int, maximum: int) -> int:
         )
     value = int(raw)
     if not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={raw!r} is out of range. Set it to a whole number from {minimum} to {maximum}.")
+        raise ConfigError(
+            f"{name}={raw!r} is out of range. Set it to a whole number from {minimum} to {maximum}."
+        )
     return value
 
 
@@ -80,11 +88,15 @@ def env_port(name: str, default: int | None) -> int | None:
     """A TCP port from environment variable ``name`` (1-65535); ``default`` when unset or blank."""
     raw = os.environ.get(name, "")
     if raw.strip() and raw != raw.strip():
-        raise ConfigError(f"{name}={raw[:40]!r} has spaces around it. Set it to a port number such as {default or 8000}.")
+        raise ConfigError(
+            f"{name}={raw[:40]!r} has spaces around it. Set it to a port number such as {default or 8000}."
+        )
     if not raw.strip():
         return default
     if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1 <= int(raw) <= 65535:
-        raise ConfigError(f"{name}={raw[:40]!r} is not a port. Set it to a port number from 1 to 65535, such as {default or 8000}.")
+        raise ConfigError(
+            f"{name}={raw[:40]!r} is not a port. Set it to a port number from 1 to 65535, such as {default or 8000}."
+        )
     return int(raw)
 
 
@@ -100,9 +112,7 @@ def check_quota(values: Any, setting: str) -> None:
     try:
         parse_quota(values)
     except QuotaError as e:
-        raise ConfigError(
-            f"{setting}: {e}. Fix the value of {e.field!r} (or remove it)."
-        ) from None
+        raise ConfigError(f"{setting}: {e}. Fix the value of {e.field!r} (or remove it).") from None
 
 
 def read_token_file(name: str, path: str, min_length: int = 16) -> str:
@@ -144,9 +154,13 @@ def admin_credential_path(directory: Path, name: str) -> Path:
     Names that are not one plain file name (empty, '.', '..', '/', spaces, commas, control
     characters) are refused: they could not be a hub username anyway.
     """
-    bad = not name or name in (".", "..") or name.startswith(".") or any(
-        ch in name for ch in "/\\ ,"
-    ) or any(ord(ch) < 32 for ch in name)
+    bad = (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(ch in name for ch in "/\\ ,")
+        or any(ord(ch) < 32 for ch in name)
+    )
     if bad:
         raise ConfigError(
             f"GPUHUB_ADMIN_USERS: {name[:40]!r} is not a username. Give comma-separated plain "
@@ -198,7 +212,9 @@ def check_profile_limits(profiles: Any) -> None:
                 raise ConfigError(f"{where}: {message}. Fix the profile, or leave {key} out.") from None
             if parsed is None:
                 example = "'4G'" if key == "mem_limit" else "2"
-                raise ConfigError(f"{where}: {value!r} is not a limit. Give one such as {example}, or leave {key} out.")
+                raise ConfigError(
+                    f"{where}: {value!r} is not a limit. Give one such as {example}, or leave {key} out."
+                )
 
 
 def check_spawner_config(section: Any, require_pools: bool = True) -> Inventory:
@@ -212,7 +228,9 @@ def check_spawner_config(section: Any, require_pools: bool = True) -> Inventory:
     check_quota(quota, f"{prefix}quota_defaults (GPUHUB_QUOTA_DEFAULTS)")
     try:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
-            raise InventoryError("gpu_replicas_per_gpu", f"{replicas!r} is not a whole number ≥ 1", "Use e.g. 4.")
+            raise InventoryError(
+                "gpu_replicas_per_gpu", f"{replicas!r} is not a whole number ≥ 1", "Use e.g. 4."
+            )
         inventory = Inventory(tuple(units_from_gpus(gpus, replicas)))
         profiles_from_config(profiles, inventory, require_pools=require_pools)
     except InventoryError as e:

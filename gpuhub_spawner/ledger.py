@@ -226,7 +226,13 @@ class UsageLedger:
         self.retry_pending()
         for attempt in range(5):
             row = UsageInterval(
-                user=user, server=server, unit_id=unit_id, pool=pool, node=node, holder=holder, started_at=when
+                user=user,
+                server=server,
+                unit_id=unit_id,
+                pool=pool,
+                node=node,
+                holder=holder,
+                started_at=when,
             )
             try:
                 with self._session.begin() as session:
@@ -245,7 +251,9 @@ class UsageLedger:
         """Close ``holder``'s open interval(s) before a new one opens at ``when``; the recorded stop used."""
         if session.get_bind().dialect.name == "postgresql":
             # one start per holder at a time, across threads and hubs (sqlite serializes writes)
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "gpuhub_usage:" + holder})
+            session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "gpuhub_usage:" + holder}
+            )
         query = select(UsageInterval).where(UsageInterval.holder == holder, UsageInterval.ended_at.is_(None))
         with self._pending_lock:
             stopped = self._pending_ends.get(holder)
@@ -257,7 +265,8 @@ class UsageLedger:
                 row.ended_at = max(when, row.started_at)
                 log.warning(
                     "GPU usage of %s (since %s) was still open at a new start: closed now, its stop is unknown",
-                    holder, row.started_at.isoformat(),
+                    holder,
+                    row.started_at.isoformat(),
                 )
         session.flush()
         return stopped

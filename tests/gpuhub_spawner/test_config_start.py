@@ -20,7 +20,10 @@ CPU_PROFILE = {"slug": "cpu", "display_name": "CPU only", "pool": None}
 BAD_SETTINGS = [
     pytest.param(
         {"GPUHUB_QUOTA_DEFAULTS": '{"max_gpu_units": "lots"}'},
-        ["GPUHUB_QUOTA_DEFAULTS: max_gpu_units: 'lots' is not a whole number", "Fix the value of 'max_gpu_units'"],
+        [
+            "GPUHUB_QUOTA_DEFAULTS: max_gpu_units: 'lots' is not a whole number",
+            "Fix the value of 'max_gpu_units'",
+        ],
         id="quota-defaults-word",
     ),
     pytest.param(
@@ -38,8 +41,12 @@ BAD_SETTINGS = [
         ["GPUHUB_HUB_PORT='abc' is not a port. Set it to a port number from 1 to 65535"],
         id="hub-port-word",
     ),
-    pytest.param({"GPUHUB_PROXY_API_PORT": "70000"}, ["GPUHUB_PROXY_API_PORT='70000' is not a port"], id="proxy-port"),
-    pytest.param({"GPUHUB_ADMIN_SERVICE_PORT": "8o8o"}, ["GPUHUB_ADMIN_SERVICE_PORT='8o8o'"], id="admin-port"),
+    pytest.param(
+        {"GPUHUB_PROXY_API_PORT": "70000"}, ["GPUHUB_PROXY_API_PORT='70000' is not a port"], id="proxy-port"
+    ),
+    pytest.param(
+        {"GPUHUB_ADMIN_SERVICE_PORT": "8o8o"}, ["GPUHUB_ADMIN_SERVICE_PORT='8o8o'"], id="admin-port"
+    ),
     pytest.param({"GPUHUB_CULLER_PORT": "-1"}, ["GPUHUB_CULLER_PORT='-1' is not a port"], id="culler-port"),
     pytest.param({"GPUHUB_EXPORTER_PORT": "metrics"}, ["GPUHUB_EXPORTER_PORT='metrics'"], id="exporter-port"),
     pytest.param(
@@ -57,7 +64,9 @@ BAD_SETTINGS = [
         ["GPUHUB_REPLICAS_PER_GPU='1.5' is not a whole number. Set it to a whole number from 1 to 64"],
         id="replicas-fraction",
     ),
-    pytest.param({"GPUHUB_QUEUE_MAX_WAIT": "-5"}, ["GPUHUB_QUEUE_MAX_WAIT='-5' is out of range"], id="queue-wait"),
+    pytest.param(
+        {"GPUHUB_QUEUE_MAX_WAIT": "-5"}, ["GPUHUB_QUEUE_MAX_WAIT='-5' is out of range"], id="queue-wait"
+    ),
     pytest.param(
         {"GPUHUB_PROMETHEUS_TOKEN_FILE": "/nonexistent/prometheus-token"},
         [
@@ -117,9 +126,7 @@ def test_profile_memory_in_gibibytes_reaches_the_container(docker_client, hub_fa
     assert host_config["CpuQuota"] == 50_000
 
 
-@pytest.mark.parametrize(
-    "where", ["group", "override"], ids=["group-properties", "user-override"]
-)
+@pytest.mark.parametrize("where", ["group", "override"], ids=["group-properties", "user-override"])
 def test_absurd_quota_at_spawn_is_a_clear_refusal(docker_client, hub_factory, where: str) -> None:
     """Out of range in group properties or an override: refused, logged for the admin; no traceback."""
     hub = hub_factory()
@@ -139,9 +146,14 @@ def test_absurd_quota_at_spawn_is_a_clear_refusal(docker_client, hub_factory, wh
             ledger.dispose()
     r = hub.spawn("abe", {"profile": "cpu"})
     assert r.status_code >= 400, r.text
-    assert r.json()["message"] == "Your quota settings cannot be read, so no server can start. Tell the hub's admin."
+    assert (
+        r.json()["message"]
+        == "Your quota settings cannot be read, so no server can start. Tell the hub's admin."
+    )
     assert not hub.containers(docker_client)
-    field, value = ("max_gpu_units", "'1000000'") if where == "group" else ("gpu_hours_per_period", "1000000000.0")
+    field, value = (
+        ("max_gpu_units", "'1000000'") if where == "group" else ("gpu_hours_per_period", "1000000000.0")
+    )
     log = hub.log_path.read_text(errors="replace")
     assert f"bad quota for abe: {field}: {value} is out of range: allowed from 0 to" in log, log[-4000:]
     assert "Traceback" not in log, log[-6000:]

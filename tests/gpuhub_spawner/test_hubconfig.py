@@ -176,7 +176,11 @@ def test_read_token_file(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "content, problem",
-    [(None, "cannot read the token file"), ("short\n", "is shorter than 16 characters"), (b"\xff" * 20, "not text")],
+    [
+        (None, "cannot read the token file"),
+        ("short\n", "is shorter than 16 characters"),
+        (b"\xff" * 20, "not text"),
+    ],
     ids=["missing", "short", "binary"],
 )
 def test_read_token_file_errors(tmp_path: Path, content, problem):

@@ -161,7 +161,9 @@ def test_a_failed_end_is_retried_by_the_next_call(ledger: UsageLedger, ledger_ur
         assert ledger.end("jupyter-bob", now=T0 + 3 * HOUR) == 1
     assert ledger.pending_ends() == {}
     assert ledger.gpu_seconds("ada", T0, T0 + 10 * HOUR) == 3600
-    assert [a["holder"] for a in ledger.open_allocations()] == ([] if then == "other-end" else ["jupyter-bob"])
+    assert [a["holder"] for a in ledger.open_allocations()] == (
+        [] if then == "other-end" else ["jupyter-bob"]
+    )
 
 
 def test_a_pending_end_never_closes_a_newer_server(ledger: UsageLedger, ledger_url: str) -> None:
@@ -243,8 +245,15 @@ def test_data_survives_a_restart(ledger_url: str) -> None:
     try:
         # a server still running keeps its interval open across the restart
         assert after.open_allocations() == [
-            {"user": "bob", "server": "", "unit_id": "GPU-0", "pool": "mig-1g-10gb", "node": "",
-             "holder": "jupyter-bob", "started_at": T0 + HOUR}
+            {
+                "user": "bob",
+                "server": "",
+                "unit_id": "GPU-0",
+                "pool": "mig-1g-10gb",
+                "node": "",
+                "holder": "jupyter-bob",
+                "started_at": T0 + HOUR,
+            }
         ]
         assert running == _rows(after)[-1].id
         assert after.gpu_seconds("ada", T0, T0 + 5 * HOUR) == 3600
