@@ -106,6 +106,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         allocator frees the unit when a later read of the engine no longer finds it.
         """
         gone = await self._remove_container(self.object_id or self.object_name)
+        if not gone:
+            self._remove_later(self.object_id)
         self.object_id = ""
         if self.gpu_unit_id:
             if gone:
