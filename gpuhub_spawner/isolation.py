@@ -215,10 +215,17 @@ def established_rule() -> list[str]:
 
 
 def hub_rule(address: str, port: int, now: float) -> list[str]:
-    """Let containers open the hub API (``address`` empty or 0.0.0.0: any host address)."""
-    where = [] if address in ("", "0.0.0.0") else ["-d", f"{address}/32"]
+    """Let containers open the hub API (``address`` empty, 0.0.0.0 or a name: any host address)."""
+    where = ["-d", f"{address}/32"] if _ipv4(address) and address != "0.0.0.0" else []
     return [*where, "-p", "tcp", "-m", "tcp", "--dport", str(port),
             "-m", "comment", "--comment", f"{COMMENT_HUB}{int(now)}", "-j", "ACCEPT"]  # fmt: skip
+
+
+def _ipv4(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).version == 4
+    except ValueError:
+        return False
 
 
 def deny_rule() -> list[str]:

@@ -59,7 +59,9 @@ def ensure_user_network(name: str, client=None) -> UserNetwork:
     if problem:
         raise IsolationError(problem)
     import docker
+    import requests
 
+    own = client is None
     try:
         client = client or docker.from_env(timeout=15)
         with _host_lock():
@@ -72,11 +74,14 @@ def ensure_user_network(name: str, client=None) -> UserNetwork:
                 )
             network = found[0] if found else client.networks.create(**isolation.network_spec(name))
             network.reload()
-    except docker.errors.DockerException as e:
+    except (docker.errors.DockerException, requests.RequestException) as e:
         raise IsolationError(
             f"Cannot set up the user network '{name}': the Docker engine answered {_short(e)}. "
             "Start Docker (or fix it) and start the hub again."
         ) from None
+    finally:
+        if own and client is not None:
+            client.close()
     attrs = network.attrs
     problem = isolation.network_problem(name, attrs)
     if problem:

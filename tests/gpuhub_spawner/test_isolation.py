@@ -207,8 +207,9 @@ def test_rules_of_gone_hubs_are_pruned_after_a_grace_period():
     assert not any(c[0] == "-A" for c in commands)  # a deny rule is there already
 
 
-def test_hub_on_every_address_is_allowed_by_port_only():
-    rule = isolation.hub_rule("0.0.0.0", 8081, NOW)
+@pytest.mark.parametrize("address", ["0.0.0.0", "", "hub.example.org", "::"])
+def test_hub_on_every_address_is_allowed_by_port_only(address):
+    rule = isolation.hub_rule(address, 8081, NOW)
     assert "-d" not in rule and rule[rule.index("--dport") + 1] == "8081"
 
 
