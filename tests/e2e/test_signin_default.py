@@ -68,7 +68,9 @@ def test_admin_signs_in_with_the_generated_password_nobody_else_can(hub, browser
         browser.get(hub.url + url)
         for field_id, value in fields.items():
             wait.until(ec.presence_of_element_located((By.ID, field_id))).send_keys(value)
+        page = browser.find_element(By.TAG_NAME, "html")
         browser.find_element(By.ID, button).click()
+        wait.until(ec.staleness_of(page))  # the answer replaced the form
         wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
         return browser.find_element(By.TAG_NAME, "body").text
 
@@ -96,6 +98,8 @@ def test_admin_signs_in_with_the_generated_password_nobody_else_can(hub, browser
     wait.until(lambda d: "GPU Hub" in d.find_element(By.TAG_NAME, "body").text)
     assert "/services/gpuhub-admin/" in browser.current_url
     browser.save_screenshot(str(tmp_path / "2-gpu-hub-page.png"))
+    browser.get(hub.url + "/hub/change-password")  # NativeAuthenticator's own page renders on JupyterHub 6
+    assert browser.find_elements(By.NAME, "new_password") and "prof" in browser.page_source
 
     # approves mallory from the Authorize Users page; the same link opened from elsewhere is refused
     browser.get(hub.url + "/hub/authorize/mallory")
