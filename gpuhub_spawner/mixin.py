@@ -669,8 +669,10 @@ class GPUSpawnerMixin(LoggingConfigurable):
         """The user's message for an engine error (its raw text goes to the log only)."""
         if isinstance(err, APIError):
             what = f"The container engine could not {doing} your server"
-        else:
+        elif isinstance(err, (DockerException, requests.RequestException, ConnectionError, TimeoutError)):
             what = f"The container engine is not answering, so your server cannot {doing} right now"
+        else:  # a fault of the hub itself (its database, a bug): the log has the details
+            what = f"Your server could not {doing} because of an error on the hub"
         return spawn_error(
             f"{what}. Please try again in a minute; if it keeps happening, tell the hub's admin.",
             "engine-unavailable",

@@ -87,19 +87,17 @@ def _spawner(cls, client: FlakyClient, hub_id: str, user: str = "ann", **config)
     hub = SimpleNamespace(
         api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="", url="http://127.0.0.1:8081/hub/"
     )
-    return flaky(
-        user=FakeUser(user),
-        hub=hub,
-        gpu_inventory=fake_gpus(1, hub_id),
-        gpu_discovery="static",
-        gpu_hub_id=hub_id,
-        prefix=hub_id,
-        image=BASE_IMAGE,
-        cmd=["sleep", "infinity"],
-        usage_db_url="",
-        client_kwargs={"base_url": f"unix:///var/run/docker.sock#{hub_id}"},  # its own allocator
-        **config,
-    )
+    settings = {
+        "gpu_inventory": fake_gpus(1, hub_id),
+        "gpu_discovery": "static",
+        "gpu_hub_id": hub_id,
+        "prefix": hub_id,
+        "image": BASE_IMAGE,
+        "cmd": ["sleep", "infinity"],
+        "usage_db_url": "",
+        "client_kwargs": {"base_url": f"unix:///var/run/docker.sock#{hub_id}"},  # its own allocator
+    }
+    return flaky(user=FakeUser(user), hub=hub, **{**settings, **config})
 
 
 @pytest.fixture
@@ -254,6 +252,27 @@ async def test_engine_conflict_on_create_is_a_clear_message(engine):
     ), failed.value.log_message
     assert "already in use" in failed.value.log_message  # the operator still sees what happened
     assert spawner.get_allocator().unit_of(spawner.object_name) is None  # nothing was created
+
+
+async def test_hub_side_fault_is_a_clear_message(engine):
+    """A fault of the hub itself (here its usage database refuses connections) reaches the user
+    as a plain message; the details go to the log only."""
+    from gpuhub_spawner import mixin
+
+    url = "postgresql+psycopg://gpuhub@127.0.0.1:9/nowhere"
+    spawner = _spawner(GPUDockerSpawner, engine.client, engine.hub_id, usage_db_url=url)
+    spawner.user_options = {"profile": "gpu"}
+    try:
+        with pytest.raises(SpawnException) as failed:
+            await spawner.start()
+    finally:
+        mixin._LEDGERS.pop(url, None)
+    assert failed.value.reason == "engine-unavailable"
+    assert failed.value.message == (
+        "Your server could not start because of an error on the hub. Please try again in a minute; "
+        "if it keeps happening, tell the hub's admin."
+    ), failed.value.message
+    assert "127.0.0.1" in failed.value.log_message
 
 
 async def test_swarm_stop_error_is_a_clear_message(engine):
