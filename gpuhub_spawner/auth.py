@@ -311,7 +311,9 @@ class _FromAuthorizePage:
         await super().prepare()
         referer = urlsplit(self.request.headers.get("Referer", ""))
         page = url_path_join(self.hub.base_url, "authorize")
-        if referer.path != page or referer.netloc != self.request.host:
+        site = self.request.headers.get("Sec-Fetch-Site")  # set by the browser, not by pages
+        same_origin = site == "same-origin" if site else referer.netloc == self.request.host
+        if referer.path != page or not same_origin:
             raise web.HTTPError(403, "Approve or discard sign-ups with the buttons on the Authorize Users page.")
 
 

@@ -138,3 +138,27 @@ def test_data_dir_with_the_old_short_admin_password_starts(docker_client, tmp_pa
         assert s.get(hub.url + "/hub/api/user", timeout=10).json()["admin"] is True
     finally:
         hub.cleanup(docker_client)
+
+
+def test_a_sign_up_is_approved_only_from_the_authorize_page(hub):
+    hub.start(env={"GPUHUB_ADMIN_USERS": "prof"})
+    s = requests.Session()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(hub.url + "/hub/signup", timeout=10).text).group(1)
+    form = {"username": "mallory", "signup_password": "a-long-attendee-password", "_xsrf": xsrf,
+            "signup_password_confirmation": "a-long-attendee-password"}
+    assert "sent to the admin" in s.post(hub.url + "/hub/signup", data=form, timeout=10).text
+    admin, r = sign_in(hub, "prof", (hub.data_dir / "admin-credentials" / "prof").read_text().strip())
+    assert r.status_code == 302
+
+    def approve(headers: dict[str, str]) -> int:
+        return admin.get(hub.url + "/hub/authorize/mallory", headers=headers, allow_redirects=False,
+                         timeout=10).status_code
+
+    page = hub.url + "/hub/authorize"
+    assert approve({}) == 403  # a link opened on its own
+    assert approve({"Referer": hub.url + "/user/mallory/lab", "Sec-Fetch-Site": "same-origin"}) == 403
+    assert approve({"Referer": "http://evil.example/hub/authorize", "Sec-Fetch-Site": "cross-site"}) == 403
+    assert approve({"Referer": "http://evil.example/hub/authorize"}) == 403
+    assert sign_in(hub, "mallory", "a-long-attendee-password")[1].status_code == 403  # still waiting
+    assert approve({"Referer": page, "Sec-Fetch-Site": "same-origin"}) == 302  # the button
+    assert sign_in(hub, "mallory", "a-long-attendee-password")[1].status_code == 302
