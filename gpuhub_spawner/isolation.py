@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .quotas import BOUNDS, parse_bytes
+
 # ---- limits ---------------------------------------------------------------------------
 
 DEFAULT_MEM_LIMIT = "8G"
@@ -32,8 +34,6 @@ DEFAULT_CPU_LIMIT = 2.0
 DEFAULT_PIDS_LIMIT = 2048
 CPU_PERIOD = 100_000  # microseconds: CFS quota = CPUs x period
 
-_MEMORY = re.compile(r"^([0-9]{1,15})([kmgt]?)$", re.IGNORECASE)
-_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 @dataclass(frozen=True)
@@ -46,18 +46,14 @@ class Limits:
 
 
 def parse_memory(value: Any) -> int:
-    """Bytes from ``"8G"``, ``"512M"``, ``"1024k"`` or a whole number; ValueError otherwise."""
-    if isinstance(value, bool):
+    """Bytes of a memory limit, in the one grammar of every ``mem_limit`` (:func:`quotas.parse_bytes`:
+    ``"8G"``, ``"4Gi"``, ``"512M"``, ``"1.5G"``, whole bytes) within ``quotas.BOUNDS``; ValueError otherwise."""
+    if isinstance(value, bool) or value is None:
         raise ValueError(value)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _MEMORY.match(value.strip()):
-        match = _MEMORY.match(value.strip())
-        number = int(match.group(1)) * _UNIT[match.group(2).lower()]
-    else:
-        raise ValueError(value)
-    if number < 6 * 1024**2:  # the engine refuses less than 6 MiB
-        raise ValueError(value)
+    number = parse_bytes(value)
+    low, high = BOUNDS["mem_limit"]
+    if not low <= number <= high:
+        raise ValueError(f"{value!r} is outside {int(low)} to {int(high)} bytes")
     return number
 
 

@@ -144,7 +144,13 @@ async def _policy(ctx: Context, settings: Settings, state: PassState, user: dict
     try:
         return resolve_policy(settings.quota_defaults, groups, state.overrides.get(user["name"]))
     except QuotaError as e:
-        log.warning("Quota of %s cannot be read (%s): no age or budget limit applied", user["name"], e)
+        # fail closed: a broken group property or override must not lift the defaults' limits
+        log.warning("Quota of %s cannot be read (%s): the default quota's age and budget limits apply",
+                    user["name"], e)
+    try:
+        return resolve_policy(settings.quota_defaults, [], None)
+    except QuotaError as e:  # checked at start, so only a defaults file edited since
+        log.error("The default quota cannot be read either (%s): no age or budget limit for %s", e, user["name"])
         return None
 
 

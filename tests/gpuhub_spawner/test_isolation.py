@@ -57,13 +57,14 @@ def test_service_limits_for_swarm():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("8G", 8 * G), ("512m", 512 * 1024**2), (" 1T ", 1024**4), (64 * 1024**2, 64 * 1024**2)],
+    [("8G", 8 * G), ("512m", 512 * 1024**2), (" 1T ", 1024**4), (64 * 1024**2, 64 * 1024**2),
+     ("4Gi", 4 * G), ("1.5G", 3 * G // 2), ("4GB", 4 * G)],
 )
 def test_parse_memory(value, expected):
     assert isolation.parse_memory(value) == expected
 
 
-@pytest.mark.parametrize("value", ["unlimited", "", "4Gi", "1.5G", "-1G", 0, 1024, True, None, "2K"])
+@pytest.mark.parametrize("value", ["unlimited", "", "-1G", 0, 1024, True, None, "2K", "100T", "four"])
 def test_parse_memory_refuses(value):
     with pytest.raises(ValueError):
         isolation.parse_memory(value)
