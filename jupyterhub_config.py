@@ -70,6 +70,24 @@ try:
 except hubconfig.ConfigError as e:
     hubconfig.fail(str(e))
 
+# ---- the Docker engine: its unix socket, or a TCP address with mutual TLS only ------------
+# Checked before anything talks to the engine (the user network, the bridge address below).
+swarm_mode = os.environ.get("GPUHUB_SPAWNER", "docker") == "swarm"
+docker_host = os.environ.get("GPUHUB_DOCKER_HOST", "") if swarm_mode else ""
+try:
+    docker_tls = dockerhost.require_mutual_tls(
+        docker_host or os.environ.get("DOCKER_HOST", ""), os.environ,
+        "GPUHUB_DOCKER_HOST" if docker_host else "DOCKER_HOST",
+    )
+except dockerhost.DockerHostError as e:
+    hubconfig.fail(str(e))
+docker_client_kwargs = {"base_url": docker_host} if docker_host else {}
+if docker_tls is not None:
+    # verified against DOCKER_CERT_PATH's CA only (a REQUESTS_CA_BUNDLE cannot replace it)
+    docker_client_kwargs["tls"] = docker_tls.client_tls()
+if docker_client_kwargs:
+    c.GPUDockerSpawner.client_kwargs = docker_client_kwargs
+
 # ---- hub, proxy, database -------------------------------------------------------------
 c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000")
 # User servers are untrusted (README, "Limits and networking"). On one host they run on their
@@ -120,21 +138,6 @@ c.GPUDockerSpawner.quota_defaults = quota_defaults
 # (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH=<ca.pem, cert.pem, key.pem>: deploy/swarm/make-tls.sh).
 # A Docker API over TCP without TLS client verification (either mode) stops the hub at start:
 # every user's server could reach it and be root on every node.
-swarm_mode = os.environ.get("GPUHUB_SPAWNER", "docker") == "swarm"
-docker_host = os.environ.get("GPUHUB_DOCKER_HOST", "") if swarm_mode else ""
-try:
-    docker_tls = dockerhost.require_mutual_tls(
-        docker_host or os.environ.get("DOCKER_HOST", ""), os.environ,
-        "GPUHUB_DOCKER_HOST" if docker_host else "DOCKER_HOST",
-    )
-except dockerhost.DockerHostError as e:
-    hubconfig.fail(str(e))
-docker_client_kwargs = {"base_url": docker_host} if docker_host else {}
-if docker_tls is not None:
-    # verified against DOCKER_CERT_PATH's CA only (a REQUESTS_CA_BUNDLE cannot replace it)
-    docker_client_kwargs["tls"] = docker_tls.client_tls()
-if docker_client_kwargs:
-    c.GPUDockerSpawner.client_kwargs = docker_client_kwargs
 if swarm_mode:
     c.JupyterHub.spawner_class = "gpu-swarm"
 

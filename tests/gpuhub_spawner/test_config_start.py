@@ -157,3 +157,44 @@ def test_absurd_quota_at_spawn_is_a_clear_refusal(docker_client, hub_factory, wh
     log = hub.log_path.read_text(errors="replace")
     assert f"bad quota for abe: {field}: {value} is out of range: allowed from 0 to" in log, log[-4000:]
     assert "Traceback" not in log, log[-6000:]
+
+
+def test_plaintext_docker_host_is_refused_before_anything_connects(tmp_path) -> None:
+    """DOCKER_HOST=tcp://… without mutual TLS: the hub stops at start, and not one connection
+    reaches that address first (the user network and bridge lookups come after the check)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    accepted: list[object] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    hub = HubProcess(tmp_path / "hub")
+    try:
+        hub.start(wait=False, env={"DOCKER_HOST": f"tcp://127.0.0.1:{listener.getsockname()[1]}"})
+        assert hub.proc is not None
+        code = hub.proc.wait(60)
+        log = hub.log_path.read_text(errors="replace")
+    finally:
+        hub.stop()
+        done.set()
+        thread.join(5)
+        listener.close()
+    assert code == 2, log
+    assert "gpuhub: configuration error: " in log and "DOCKER_TLS_VERIFY" in log, log
+    assert "Traceback" not in log, log
+    assert not accepted, "the hub spoke plaintext to the Docker address before refusing it"
