@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,29 @@ def fake_mig_gpu(tag: str, profiles: list[str]) -> dict[str, Any]:
         "uuid": f"GPU-{tag}-mig0-0000-0000-000000000000",
         "mig": [{"uuid": f"MIG-{tag}-{i:04d}-0000-0000-000000000000", "profile": p} for i, p in enumerate(profiles)],
     }
+
+
+@dataclass
+class SpawnOutcome:
+    """How one spawn ended for its user: the POST's status, the progress messages, the last event.
+
+    ``lost`` says why no end was seen (the hub died under the request).
+    """
+
+    user: str
+    status: int | None = None
+    messages: list[str] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+    refusal: str = ""  # the POST's error message, when it failed at once
+    lost: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.end and self.end.get("ready"))
+
+    @property
+    def failure(self) -> str | None:
+        return self.end.get("message", "") if self.end and self.end.get("failed") else None
 
 
 class HubProcess:
@@ -260,6 +284,43 @@ class HubProcess:
                     if event.get("ready") or event.get("failed"):
                         break
         return events
+
+    def spawn_quietly(self, user: str, options: dict[str, Any] | None = None, timeout: float = 15) -> None:
+        """Ask for a spawn whose answer does not matter (the hub may be killed under it)."""
+        try:
+            self.spawn(user, options, timeout=timeout)
+        except requests.RequestException:
+            pass
+
+    def pending(self, name: str) -> bool:
+        server = self.user(name)["servers"].get("")
+        return bool(server and server.get("pending"))
+
+    def watch_spawn(self, name: str, options: dict[str, Any] | None = None, timeout: float = 300) -> SpawnOutcome:
+        """Spawn ``name``'s server and follow its progress stream to the end, as the spawn page does.
+
+        A spawn refused at once answers the POST with an error; the stream then tells the failure
+        again, in its own words: both are kept.
+        """
+        outcome = SpawnOutcome(name)
+        try:
+            r = self.spawn(name, options, timeout=timeout)
+            outcome.status = r.status_code
+            if r.status_code >= 400:
+                outcome.refusal = r.json().get("message", r.text)
+            events = [] if r.status_code == 201 else self.progress(name, timeout=timeout)
+        except (requests.RequestException, ValueError) as e:
+            outcome.lost = f"{type(e).__name__}: {e}"
+            return outcome
+        outcome.messages = [e.get("message", "") for e in events]
+        outcome.end = events[-1] if events else {"ready": True} if r.status_code == 201 else None
+        return outcome
+
+    def new_token(self, name: str) -> str:
+        """A fresh API token of user ``name`` (all of the user's own scopes)."""
+        r = self.api("POST", f"/users/{name}/tokens", json={"note": "test"})
+        r.raise_for_status()
+        return r.json()["token"]
 
     def stop_server(self, name: str, timeout: float = 60) -> None:
         r = self.api("DELETE", f"/users/{name}/server", timeout=timeout)

@@ -76,7 +76,7 @@ def test_hub_sigkilled_mid_spawn_loses_and_doubles_nothing(docker_client, hub_fa
 
     pool = cf.ThreadPoolExecutor(len(in_flight))
     for user in in_flight:
-        pool.submit(_spawn_quietly, hub, user)
+        pool.submit(hub.spawn_quietly, user, {"profile": "gpu"})
     time.sleep(1.0)
     hub.kill()  # SIGKILL while those spawns are being created/started
     pool.shutdown(wait=True)
@@ -94,7 +94,7 @@ def test_hub_sigkilled_mid_spawn_loses_and_doubles_nothing(docker_client, hub_fa
     for user in later:
         hub.spawn(user, {"profile": "gpu"})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(_pending(hub, u) for u in in_flight + later):
+    while time.monotonic() < deadline and any(hub.pending(u) for u in in_flight + later):
         time.sleep(1)
     running = [c for c in hub.containers(docker_client, all=False) if "org.gpuhub.unit" in c.labels]
     units = [c.labels["org.gpuhub.unit"] for c in running]
@@ -102,18 +102,6 @@ def test_hub_sigkilled_mid_spawn_loses_and_doubles_nothing(docker_client, hub_fa
     assert len(units) == 4, [(c.name, c.labels["org.gpuhub.unit"]) for c in running]  # none lost
     ready = [u for u in early + in_flight + later if hub.user(u)["servers"].get("", {}).get("ready")]
     assert sorted(ready) == sorted(c.labels["org.gpuhub.user"] for c in running)
-
-
-def _spawn_quietly(hub, user):
-    try:
-        hub.spawn(user, {"profile": "gpu"}, timeout=15)
-    except Exception:  # noqa: BLE001 - the hub is killed under this request on purpose
-        pass
-
-
-def _pending(hub, user) -> bool:
-    server = hub.user(user)["servers"].get("")
-    return bool(server and server.get("pending"))
 
 
 @pytest.mark.parametrize(
