@@ -24,9 +24,13 @@ def spawn_error(message: str, reason: str, log_message: str | None = None) -> Sp
     """Build the SpawnException for ``reason``; raise it at the call site."""
     if reason not in REASONS:
         raise ValueError(f"unknown spawn failure reason {reason!r}")
-    return SpawnException(
+    error = SpawnException(
         message,
         reason=reason,
         status_code=REASONS[reason],
         log_message=log_message or message,
     )
+    # JupyterHub 6.1 words the progress stream's failure from ``str(error)``, which is the log
+    # message behind "503 SpawnException(reason=…)": say the user's message there too.
+    error.jupyterhub_message = message
+    return error

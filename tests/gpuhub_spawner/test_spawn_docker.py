@@ -66,6 +66,19 @@ def test_stop_releases_the_unit_for_the_next_user(docker_client, hub_factory):
     assert container_of(docker_client, hub, "erin").labels["org.gpuhub.unit"] == unit
 
 
+def test_a_spawn_that_times_out_in_line_tells_the_user_plainly(docker_client, hub_factory):
+    """The progress stream (what the spawn page shows) says the user's message, not the log's
+    "503 SpawnException(reason=…): …" that JupyterHub 6.1 would build from the exception."""
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "t1"), "gpu_queue_max_wait": 3})
+    hub.create_users(["holly", "ivan"])
+    hub.spawn("holly", {"profile": "gpu"})
+    hub.wait_ready("holly")
+    outcome = hub.watch_spawn("ivan", {"profile": "gpu"}, timeout=120)
+    assert outcome.failure is not None, outcome
+    assert outcome.failure.startswith("Spawn failed: No whole GPU came free within"), outcome.failure
+    assert "SpawnException" not in outcome.failure and "reason=" not in outcome.failure, outcome.failure
+
+
 @pytest.mark.parametrize(
     "options, expected",
     [
