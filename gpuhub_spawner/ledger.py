@@ -364,6 +364,12 @@ class UsageLedger:
             usage[row.user] = usage.get(row.user, 0.0) + _overlap_seconds(row, since, now)
         return usage
 
+    def is_open(self, holder: str) -> bool:
+        """Whether ``holder`` has an open interval (a server adopted after a hub crash may not)."""
+        query = select(UsageInterval.id).where(UsageInterval.holder == holder, UsageInterval.ended_at.is_(None))
+        with self._session() as session:
+            return session.execute(query.limit(1)).first() is not None
+
     def open_allocations(self) -> list[dict[str, Any]]:
         """The open intervals, oldest first: user, server, unit_id, pool, node, holder, started_at."""
         query = select(UsageInterval).where(UsageInterval.ended_at.is_(None))

@@ -57,6 +57,7 @@ _ALLOCATORS: dict[tuple[str, str], Allocator] = {}
 _LEDGERS: dict[str, UsageLedger] = {}
 _LEDGERS_LOCK = threading.Lock()
 _LEDGER_RECONCILED: set[tuple[str, str]] = set()
+_STARTUP_SYNCS: dict[tuple[str, str], asyncio.Future] = {}
 
 # ---- hub-side metrics, on the hub's own /hub/metrics (they live in the hub process) ----
 SPAWN_REFUSALS = Counter(
@@ -440,6 +441,36 @@ class GPUSpawnerMixin(LoggingConfigurable):
             return self.usage_ledger
         return await asyncio.to_thread(lambda: self.usage_ledger)
 
+    #: seconds between tries of the start-up sync while the engine or database does not answer
+    startup_sync_retry_delays: tuple[float, ...] = (5, 10, 30, 60, 120)
+
+    def schedule_startup_sync(self) -> None:
+        """Sync with the engine and the ledger as soon as the hub process makes its first spawner.
+
+        The hub (re)starting makes a spawner for every user with a server: leftovers of spawns a
+        crash cut off are removed, their units freed and their usage rows closed then, not when
+        somebody next opens the spawn page.  Outside a running event loop nothing is scheduled.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        key = (self._engine_key(), self.gpu_hub_id)
+        if key in _STARTUP_SYNCS:
+            return
+
+        async def sync() -> None:
+            for delay in (0, *self.startup_sync_retry_delays):
+                await asyncio.sleep(delay)
+                try:
+                    await self.sync_allocations()
+                    return
+                except Exception as e:  # noqa: BLE001 - engine or database down: try again later
+                    self.log.warning("GPU allocations not synced at start (%s); trying again", e)
+            self.log.error("GPU allocations could not be synced at start; the next spawn tries again")
+
+        _STARTUP_SYNCS[key] = asyncio.ensure_future(sync())
+
     async def sync_allocations(self) -> None:
         """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""
         allocator = self.get_allocator()
@@ -748,6 +779,22 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.load_gpu_state(state)
+        self.schedule_startup_sync()
+
+    async def adopt_unit(self, labels: dict[str, str]) -> None:
+        """A running server whose state has no unit (the hub died between creating it and saving
+        its state) takes the unit its labels name: counted in quotas, freed and charged as usual."""
+        unit_id = labels.get(LABEL_UNIT, "")
+        if not unit_id or self.gpu_unit_id or labels.get(LABEL_HUB) != self.gpu_hub_id:
+            return
+        self.gpu_unit_id = unit_id
+        self.gpu_profile_slug = self.gpu_profile_slug or labels.get(LABEL_PROFILE, "")
+        await self.get_allocator().ensure_synced()  # the labels: the unit is held by this server
+        unit = self.gpu_inventory_resolved.by_id.get(unit_id)
+        ledger = await self.ledger_in_thread()
+        if ledger is not None and unit is not None and not await asyncio.to_thread(ledger.is_open, self.object_name):
+            await self.record_usage(unit, self.object_name)
+        self.log.info("%s runs with GPU unit %s (from its labels): adopted", self._log_name, unit_id)
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()

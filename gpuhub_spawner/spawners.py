@@ -152,12 +152,17 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         if not ref:
             return
 
+        holder = self.object_name
+
         async def retry() -> None:
             for delay in self.leftover_retry_delays:
                 await asyncio.sleep(delay)
                 if await self._remove_container(ref):
                     self.log.info("Removed the leftover container %s of %s", ref[:12], self._log_name)
-                    await self.get_allocator().resync()  # the labels decide: frees its unit
+                    allocator = self.get_allocator()
+                    await allocator.resync()  # the labels decide: frees its unit
+                    if allocator.unit_of(holder) is None:  # no new server of that name holds one
+                        await self.end_usage(holder)
                     return
             self.log.error(
                 "The container %s of %s could not be removed; it keeps its GPU unit until an "
@@ -262,11 +267,22 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 e,
             )
             return None
-        if status is not None and self.gpu_unit_id and not (self._spawn_pending or self._start_pending):
+        busy = self._spawn_pending or self._start_pending
+        if status is not None and self.gpu_unit_id and not busy:
             # the container exited (or the engine says it is gone): it no longer uses the GPU
             await self.get_allocator().release(self.object_name)
             await self.end_usage(self.object_name)
+        elif status is None and not self.gpu_unit_id and not busy:
+            await self._adopt_from_labels()
         return status
+
+    async def _adopt_from_labels(self) -> None:
+        try:
+            obj = await self.get_object()
+            if obj is not None:
+                await self.adopt_unit((obj.get("Config") or {}).get("Labels") or {})
+        except Exception as e:  # noqa: BLE001 - the next poll tries again
+            self.log.warning("Could not read the labels of %s: %s", self._log_name, e)
 
     async def stop(self, now: bool = False):
         try:
