@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -595,15 +596,19 @@ async def test_swarm_drained_node_leaves_capacity_and_a_failed_read_keeps_the_la
 def test_config_passes_the_swarm_to_the_exporter(tmp_path, monkeypatch):
     extra = tmp_path / "extra.py"
     extra.write_text('c.GPUDockerSpawner.gpu_hub_id = "course-a"\n')
+    certs = tmp_path / "certs"  # a TCP Docker API needs mutual TLS: the hub's client certificate
+    subprocess.run([str(REPO / "deploy" / "swarm" / "make-tls.sh"), str(certs), "manager"],
+                   check=True, capture_output=True)
     for key, value in {
         "GPUHUB_DATA_DIR": str(tmp_path / "data"),
         "GPUHUB_HUB_IP": "127.0.0.1",
         "GPUHUB_SPAWNER": "swarm",
-        "GPUHUB_DOCKER_HOST": "tcp://manager:2375",
+        "GPUHUB_DOCKER_HOST": "tcp://manager:2376",
         "GPUHUB_EXPORTER_PORT": "8768",
         "GPUHUB_EXTRA_CONFIG": str(extra),
         "GPUHUB_CULLER": "off",
         "DOCKER_TLS_VERIFY": "1",
+        "DOCKER_CERT_PATH": str(certs / "client"),
     }.items():
         monkeypatch.setenv(key, value)
     for key in ("GITHUB_CLIENT_ID", "GPUHUB_TUTORIALS_REPO", "GPUHUB_PROMETHEUS_TOKEN_FILE"):
@@ -613,9 +618,9 @@ def test_config_passes_the_swarm_to_the_exporter(tmp_path, monkeypatch):
     exporter = next(s for s in services if s["name"] == "gpuhub-exporter")
     env = exporter["environment"]
     assert env["GPUHUB_SPAWNER"] == "swarm" and env["GPUHUB_HUB_ID"] == "course-a"
-    assert env["GPUHUB_DOCKER_HOST"] == "tcp://manager:2375" and env["DOCKER_TLS_VERIFY"] == "1"
+    assert env["GPUHUB_DOCKER_HOST"] == "tcp://manager:2376" and env["DOCKER_TLS_VERIFY"] == "1"
     # and the exporter reads them
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     app = HubExporterApp()
-    assert app.on_swarm and app.hub_id == "course-a" and app.docker_host == "tcp://manager:2375"
+    assert app.on_swarm and app.hub_id == "course-a" and app.docker_host == "tcp://manager:2376"
