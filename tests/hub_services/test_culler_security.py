@@ -27,6 +27,7 @@ import pytest
 import requests
 import sqlalchemy
 import yaml
+from cullerpass import decision, pass_until, spawn
 from harness import IMAGE, TEST_LABEL, HubProcess, container_of, exec_as_user, fake_gpus, server_env
 from needs import unavailable
 from pg import create_database, postgres_fixture
@@ -128,32 +129,12 @@ def _answers(url: str) -> bool:
         return False
 
 
-def run_pass(hub) -> dict:
-    r = requests.post(hub.culler + "api/pass", headers={"Authorization": f"token {hub.token}"}, timeout=60)
-    assert r.status_code == 200, r.text
-    return {(s["user"], s["server"]): s for s in r.json()["servers"]}
 
 
-def decision(hub, user: str) -> tuple[str, str]:
-    entry = run_pass(hub)[(user, "")]
-    return entry["action"], entry["reason"]
 
 
-def pass_until(hub, user: str, action: str, timeout: float = 40) -> tuple[str, str]:
-    deadline, seen = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        got = decision(hub, user)
-        seen.append(got)
-        if got[0] == action:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"{user}: no {action} within {timeout}s; decisions: {seen}")
 
 
-def spawn(hub, name: str, profile: str = "short") -> None:
-    r = hub.spawn(name, {"profile": profile})
-    assert r.status_code in (201, 202), r.text
-    hub.wait_ready(name)
 
 
 def user_token(hub, name: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 import websocket
+from cullerpass import decision, pass_until, spawn
 from harness import REPO, HubProcess, container_of, exec_as_user, fake_gpus, free_port
 
 from gpuhub_spawner.ledger import UsageLedger
@@ -143,27 +144,10 @@ def users(hub, docker_client, request):
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def run_pass(hub) -> dict[str, dict]:
-    r = requests.post(hub.culler + "api/pass", headers={"Authorization": f"token {hub.token}"}, timeout=60)
-    assert r.status_code == 200, r.text
-    return {(s["user"], s["server"]): s for s in r.json()["servers"]}
 
 
-def decision(hub, user: str) -> tuple[str, str]:
-    entry = run_pass(hub)[(user, "")]
-    return entry["action"], entry["reason"]
 
 
-def pass_until(hub, user: str, action: str, timeout: float = 40) -> tuple[str, str]:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        got = decision(hub, user)
-        seen.append(got)
-        if got[0] == action:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"{user}: no {action} within {timeout}s; decisions: {seen}")
 
 
 def user_token(hub, name: str) -> str:
@@ -172,10 +156,6 @@ def user_token(hub, name: str) -> str:
     return r.json()["token"]
 
 
-def spawn(hub, name: str, profile: str) -> None:
-    r = hub.spawn(name, {"profile": profile})
-    assert r.status_code in (201, 202), r.text
-    hub.wait_ready(name)
 
 
 def wait_stopped(hub, name: str, timeout: float = 30) -> None:
