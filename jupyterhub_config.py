@@ -347,8 +347,6 @@ if prometheus_token_file:
 # other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
 # Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
 if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "false", "no"):
-    from hub_services.culler.notices import hub_announcement
-
     culler_spawner = c.GPUDockerSpawner
     culler_db = culler_spawner.get("usage_db_url", "")
     culler_command = [sys.executable, "-m", "hub_services.culler"]
@@ -384,12 +382,17 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
             "services": ["gpuhub-culler"],
         }
     )
-    if culler_db:
-        # each user sees their own cull warnings (time left) on the hub's pages
-        culler_vars = dict(c.JupyterHub.get("template_vars", {}))
-        culler_vars["announcement"] = hub_announcement(culler_db, fallback=culler_vars.get("announcement", ""))
-        c.JupyterHub.template_vars = culler_vars
 # ---- end of culler -------------------------------------------------------------------------
+
+# ---- what each user is told on the hub's pages: their cull warnings (time left) and notices ----
+# ---- such as "your server stopped while the hub was restarting" (rows in the usage database) ---
+notices_db = c.GPUDockerSpawner.get("usage_db_url", "")
+if notices_db:
+    from hub_services.culler.notices import hub_announcement
+
+    page_vars = dict(c.JupyterHub.get("template_vars", {}))
+    page_vars["announcement"] = hub_announcement(notices_db, fallback=page_vars.get("announcement", ""))
+    c.JupyterHub.template_vars = page_vars
 
 # ---- host firewall for the user network (after the extra config: the final hub address) ----
 # The hub refuses to start without it (fail closed) unless GPUHUB_USER_FIREWALL=off.

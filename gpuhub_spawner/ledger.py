@@ -46,6 +46,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     select,
     text,
@@ -134,6 +135,21 @@ class UserQuota(Base):
     values: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+class UserNotice(Base):
+    """Something a user must be told on the hub's pages (e.g. their server stopped while the
+    hub was down); kept until their next start of that server."""
+
+    __tablename__ = "gpuhub_user_notice"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    server: Mapped[str] = mapped_column(String(255), primary_key=True)
+    message: Mapped[str] = mapped_column(String(1000))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: "notice" (shown to the user) or "starting" (a start under way in hub process ``process``)
+    kind: Mapped[str] = mapped_column(String(16), default="notice")
+    process: Mapped[str] = mapped_column(String(128), default="")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -363,6 +379,43 @@ class UsageLedger:
         for row in self._overlapping(since, now):
             usage[row.user] = usage.get(row.user, 0.0) + _overlap_seconds(row, since, now)
         return usage
+
+    # ---- notices to users ------------------------------------------------------------------
+
+    def set_notice(self, user: str, server: str, message: str, kind: str = "notice", process: str = "") -> None:
+        with self._session.begin() as session:
+            row = session.get(UserNotice, (user, server)) or UserNotice(user=user, server=server)
+            row.message, row.at, row.kind, row.process = message[:1000], utcnow(), kind, process
+            session.add(row)
+
+    def mark_starting(self, user: str, server: str, process: str) -> None:
+        """A start of ``user``'s ``server`` is under way in hub process ``process``."""
+        self.set_notice(user, server, "", kind="starting", process=process)
+
+    def expire_starting(self, process: str, message: str) -> int:
+        """Starts under way in another (dead) hub process never finished: tell their users.
+
+        ``message`` may name ``{server}``.  Returns how many users are told.
+        """
+        with self._session.begin() as session:
+            query = select(UserNotice).where(UserNotice.kind == "starting", UserNotice.process != process)
+            rows = list(session.scalars(query))
+            for row in rows:
+                row.kind, row.at = "notice", utcnow()
+                row.message = message.format(server=row.server or "default")[:1000]
+            return len(rows)
+
+    def clear_notice(self, user: str, server: str) -> None:
+        with self._session.begin() as session:
+            session.execute(delete(UserNotice).where(UserNotice.user == user, UserNotice.server == server))
+
+    def notices(self) -> dict[str, list[tuple[str, str]]]:
+        """Every user's notices: user -> [(server, message)], oldest first."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self._session() as session:
+            for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
+                found.setdefault(row.user, []).append((row.server, row.message))
+        return found
 
     def is_open(self, holder: str) -> bool:
         """Whether ``holder`` has an open interval (a server adopted after a hub crash may not)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,6 +62,9 @@ _LEDGERS: dict[str, UsageLedger] = {}
 _LEDGERS_LOCK = threading.Lock()
 _LEDGER_RECONCILED: set[tuple[str, str]] = set()
 _STARTUP_SYNCS: dict[tuple[str, str], asyncio.Future] = {}
+#: this hub process, in the notice table: a "starting" row of another process is a start a crash cut off
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+_NOTICE_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuhub-notices")
 
 # ---- hub-side metrics, on the hub's own /hub/metrics (they live in the hub process) ----
 SPAWN_REFUSALS = Counter(
@@ -387,6 +394,43 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def _progress_init(self) -> None:
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
+        # a new start answers an old notice; until it ends, a hub crash leaves this row to say so
+        self._notice_in_background("mark_starting", PROCESS_ID)
+
+    def _start_finished(self) -> None:
+        """The start ended (ready or failed, either way the user was told): no notice left."""
+        self._notice_in_background("clear_notice")
+
+    # ---- notices on the hub's pages ---------------------------------------------------
+
+    #: what a user is told when the hub, starting again, finds their start cut off
+    STOPPED_WHILE_DOWN = (
+        "The start of your server '{server}' was cut off when the hub restarted. Your files are "
+        "kept: start it again from the home page."
+    )
+
+    def _seen_running(self) -> None:
+        """poll() found the server running (e.g. adopted after a crash): a notice that its start
+        was cut off is old news.  Once per spawner object, so polls do not write each time."""
+        if not getattr(self, "_notice_answered", False):
+            self._notice_answered = True
+            self._notice_in_background("clear_notice")
+
+    def _notice_in_background(self, method: str, *args: str) -> None:
+        """Write to the notice table in a thread: a slow database never holds a start or stop."""
+        if not self.usage_db_url:
+            return
+
+        def write() -> None:
+            try:
+                getattr(self.usage_ledger, method)(self.user.name, self.name or "", *args)
+            except Exception as e:  # noqa: BLE001 - a notice lost is logged, never fatal
+                self.log.warning("Could not %s for %s: %s", method.replace("_", " "), self._log_name, e)
+
+        try:
+            asyncio.get_running_loop().run_in_executor(_NOTICE_WRITER, write)  # one thread: in order
+        except RuntimeError:  # no event loop (a unit test): nothing to tell
+            pass
 
     def _emit(self, progress: int, message: str) -> None:
         if not hasattr(self, "_progress_events"):
@@ -464,12 +508,20 @@ class GPUSpawnerMixin(LoggingConfigurable):
                 await asyncio.sleep(delay)
                 try:
                     await self.sync_allocations()
+                    await self._tell_cut_off_starts()
                     return
                 except Exception as e:  # noqa: BLE001 - engine or database down: try again later
                     self.log.warning("GPU allocations not synced at start (%s); trying again", e)
             self.log.error("GPU allocations could not be synced at start; the next spawn tries again")
 
         _STARTUP_SYNCS[key] = asyncio.ensure_future(sync())
+
+    async def _tell_cut_off_starts(self) -> None:
+        ledger = await self.ledger_in_thread()
+        if ledger is not None:
+            told = await asyncio.to_thread(ledger.expire_starting, PROCESS_ID, self.STOPPED_WHILE_DOWN)
+            if told:
+                self.log.info("%d start(s) were cut off by the hub's restart; their users are told", told)
 
     async def sync_allocations(self) -> None:
         """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""

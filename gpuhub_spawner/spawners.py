@@ -98,6 +98,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         except BaseException:
             await self._undo_failed_start()
             raise
+        finally:
+            self._start_finished()
 
     async def _undo_failed_start(self) -> None:
         """Remove a half-made container and free its unit (the hub will not call stop).
@@ -272,8 +274,10 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             # the container exited (or the engine says it is gone): it no longer uses the GPU
             await self.get_allocator().release(self.object_name)
             await self.end_usage(self.object_name)
-        elif status is None and not self.gpu_unit_id and not busy:
-            await self._adopt_from_labels()
+        elif status is None and not busy:
+            self._seen_running()
+            if not self.gpu_unit_id:
+                await self._adopt_from_labels()
         return status
 
     async def _adopt_from_labels(self) -> None:

@@ -307,6 +307,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
                 # raw engine text (a 409 "Conflict", a 500) never reaches the user
                 raise self._engine_error(e) from None
             raise
+        finally:
+            self._start_finished()
 
     async def _undo_failed_start(self) -> None:
         self._gate().settled(self.object_name)
@@ -575,6 +577,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         if status is not None and not (self._spawn_pending or self._start_pending) and self.object_id:
             # JupyterHub does not call stop() for a server that poll() reports gone: clean up here
             await self._forget_service()
+        elif status is None and not (self._spawn_pending or self._start_pending):
+            self._seen_running()
         return status
 
     async def _poll_service(self):

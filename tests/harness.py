@@ -316,6 +316,19 @@ class HubProcess:
         outcome.end = events[-1] if events else {"ready": True} if r.status_code == 201 else None
         return outcome
 
+    def home_page(self, name: str) -> str:
+        """The hub's home page as ``name`` sees it, signed in as a browser would (the test hub's
+        shared password)."""
+        session = requests.Session()
+        password = (self.data_dir / "shared-password").read_text().strip()
+        session.get(self.url + "/hub/login", timeout=10)
+        r = session.post(self.url + "/hub/login", allow_redirects=False, timeout=10,
+                         data={"username": name, "password": password, "_xsrf": session.cookies.get("_xsrf")})
+        assert r.status_code == 302, r.text
+        r = session.get(self.url + "/hub/home", timeout=30)
+        assert r.ok, r.text
+        return r.text
+
     def new_token(self, name: str) -> str:
         """A fresh API token of user ``name`` (all of the user's own scopes)."""
         r = self.api("POST", f"/users/{name}/tokens", json={"note": "test"})

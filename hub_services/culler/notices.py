@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Float, String, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from gpuhub_spawner.ledger import make_engine
+from gpuhub_spawner.ledger import UserNotice, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class NoticeStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        UserNotice.metadata.create_all(self.engine, tables=[UserNotice.__table__])
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def warnings(self) -> dict[tuple[str, str], WarningRow]:
@@ -81,6 +82,14 @@ class NoticeStore:
     def clear_warning(self, user: str, server: str) -> None:
         with self._session.begin() as session:
             session.execute(delete(WarningRow).where(WarningRow.user == user, WarningRow.server == server))
+
+    def user_notices(self) -> dict[str, list[tuple[str, str]]]:
+        """Notices the hub wrote for users (a server stopped while it was down): user -> [(server, text)]."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self._session() as session:
+            for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
+                found.setdefault(row.user, []).append((row.server, row.message))
+        return found
 
     def keepalives(self) -> dict[tuple[str, str], float]:
         with self._session() as session:
@@ -141,9 +150,10 @@ def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_
     return "\n".join(lines) + "\n"
 
 
-def announcement_html(rows: list[WarningRow], now: float, keepalive_url: str) -> str:
+def announcement_html(rows: list[WarningRow], now: float, keepalive_url: str,
+                      notices: list[tuple[str, str]] = ()) -> str:
     """The warning banner for the hub's pages (escaped; the template marks it safe)."""
-    parts = []
+    parts = [f'<div class="gpuhub-notice">{html.escape(text)}</div>' for _server, text in notices]
     for row in rows:
         left = max(0, int(row.cull_at - now))
         name = html.escape(row.server or "default")
@@ -159,7 +169,7 @@ def announcement_html(rows: list[WarningRow], now: float, keepalive_url: str) ->
 
 
 def hub_announcement(url: str, keepalive_url: str = "", fallback: Any = "", ttl: float = 2.0) -> Callable[[Any], str]:
-    """A ``c.JupyterHub.template_vars`` callable: the signed-in user's cull warnings.
+    """A ``c.JupyterHub.template_vars`` callable: the signed-in user's cull warnings and notices.
 
     The hub renders it on every page, on its event loop, so it never touches the database:
     it answers from the last known warnings at once, and when those are older than ``ttl``
@@ -173,9 +183,17 @@ def hub_announcement(url: str, keepalive_url: str = "", fallback: Any = "", ttl:
         extra = fallback(user) if callable(fallback) else (fallback or "")
         if user is None or not getattr(user, "name", None):
             return extra
-        return announcement_html(cache.rows_of(user.name), time.time(), keepalive_url) + extra
+        rows = cache.rows_of(user.name)
+        # a notice about a server that runs again (adopted after a crash, or started) is old news
+        notices = [(srv, text) for srv, text in cache.notices.get(user.name, []) if not _active(user, srv)]
+        return announcement_html(rows, time.time(), keepalive_url, notices) + extra
 
     return announcement
+
+
+def _active(user: Any, server: str) -> bool:
+    spawner = (getattr(user, "spawners", None) or {}).get(server)
+    return bool(spawner is not None and getattr(spawner, "active", False))
 
 
 class _WarningCache:
@@ -186,6 +204,7 @@ class _WarningCache:
         self.ttl = ttl
         self.store: NoticeStore | None = None
         self.by_user: dict[str, list[WarningRow]] = {}
+        self.notices: dict[str, list[tuple[str, str]]] = {}
         self.read_at = float("-inf")
         self.refreshing = False
         self.failing = False
@@ -208,6 +227,7 @@ class _WarningCache:
             for row in sorted(self.store.warnings().values(), key=lambda r: r.cull_at):
                 by_user.setdefault(row.user, []).append(row)
             self.by_user = by_user
+            self.notices = self.store.user_notices()
             if self.failing:
                 log.info("Cull warnings can be read again")
             self.failing = False

@@ -286,3 +286,27 @@ def test_hub_sigkilled_with_spawns_in_flight(docker_client, chaos_hub):
     hub.start()
     # the requests died with the hub: users see their server stopped, or up if it was adopted
     after_chaos(hub, docker_client, outcomes, killed, 90, scenario="hub-sigkill", pending_at_chaos=in_flight)
+    # and whoever's server did not survive is told so on the hub's pages, once
+    running = {u for u in USERS if hub.user(u).get("servers")}
+    stopped = [u for u in USERS if u not in running]
+    assert stopped, "every cut-off spawn survived: nobody to tell"
+    for user in USERS:
+        page = _home_settled(hub, user, expect=user in stopped)
+        told = "was cut off when the hub restarted" in page
+        assert told == (user in stopped), f"{user}: told={told}, server running={user in running}"
+    # a new start answers the notice
+    first = stopped[0]
+    assert hub.spawn(first, {"profile": "cpu"}).status_code in (201, 202)
+    hub.wait_ready(first)
+    assert "was cut off when the hub restarted" not in _home_settled(hub, first, expect=False)
+
+
+def _home_settled(hub, user: str, expect: bool, timeout: float = 20) -> str:
+    """The home page once the notice is (or is not) there: pages read notices off the hub's
+    event loop, so a change shows within a couple of seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page = hub.home_page(user)
+        if ("was cut off when the hub restarted" in page) == expect or time.monotonic() > deadline:
+            return page
+        time.sleep(0.5)

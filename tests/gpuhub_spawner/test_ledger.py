@@ -346,3 +346,18 @@ def test_week_budget_counts_from_monday(ledger: UsageLedger) -> None:
     assert ledger.gpu_seconds("ada", since, now) == (3 + 4) * 3600
     total_since, _ = period_bounds(now, "total")
     assert ledger.gpu_seconds("ada", total_since, now) == (2 + 5 + 4) * 3600
+
+
+def test_starts_cut_off_by_a_dead_hub_become_notices_and_a_new_start_answers_them(ledger: UsageLedger) -> None:
+    ledger.mark_starting("ada", "", "hub-a")  # the hub process that died
+    ledger.mark_starting("bob", "big", "hub-a")
+    ledger.mark_starting("cy", "", "hub-b")  # a start under way in the hub that runs now
+    assert ledger.notices() == {}  # a start under way is nobody's notice
+    assert ledger.expire_starting("hub-b", "Start {server} again") == 2
+    assert ledger.notices() == {"ada": [("", "Start default again")], "bob": [("big", "Start big again")]}
+    assert ledger.expire_starting("hub-b", "again") == 0  # told once
+    ledger.mark_starting("ada", "", "hub-b")  # ada starts again: the notice is answered
+    ledger.clear_notice("ada", "")
+    assert ledger.notices() == {"bob": [("big", "Start big again")]}
+    ledger.set_notice("cy", "", "x" * 5000)
+    assert len(ledger.notices()["cy"][0][1]) == 1000

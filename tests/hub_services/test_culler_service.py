@@ -168,16 +168,7 @@ def wait_stopped(hub, name: str, timeout: float = 30) -> None:
 
 
 def hub_home(hub, name: str) -> str:
-    """The hub's home page as ``name`` sees it (shared-password sign-in)."""
-    s = requests.Session()
-    password = (hub.data_dir / "shared-password").read_text().strip()
-    s.get(hub.url + "/hub/login", timeout=10)
-    r = s.post(hub.url + "/hub/login", data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
-               allow_redirects=False, timeout=10)
-    assert r.status_code == 302, r.text
-    r = s.get(hub.url + "/hub/home", timeout=30)
-    assert r.ok, r.text
-    return r.text
+    return hub.home_page(name)
 
 
 def home_until(hub, name: str, ok, timeout: float = 15) -> str:
