@@ -152,6 +152,14 @@ class UserNotice(Base):
     process: Mapped[str] = mapped_column(String(128), default="")
 
 
+def read_notices(session: Session) -> dict[str, list[tuple[str, str]]]:
+    """The notices to show (not starts under way): user -> [(server, message)], oldest first."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
+        found.setdefault(row.user, []).append((row.server, row.message))
+    return found
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
@@ -411,11 +419,8 @@ class UsageLedger:
 
     def notices(self) -> dict[str, list[tuple[str, str]]]:
         """Every user's notices: user -> [(server, message)], oldest first."""
-        found: dict[str, list[tuple[str, str]]] = {}
         with self._session() as session:
-            for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
-                found.setdefault(row.user, []).append((row.server, row.message))
-        return found
+            return read_notices(session)
 
     def is_open(self, holder: str) -> bool:
         """Whether ``holder`` has an open interval (a server adopted after a hub crash may not)."""

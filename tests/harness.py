@@ -214,6 +214,18 @@ class HubProcess:
                 except ProcessLookupError:
                     pass
 
+    def start_refused(self, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str]:
+        """Start the hub where it must refuse to start: its exit code and log (stopped and
+        reported if it was still running after ``timeout``)."""
+        self.start(wait=False, env=env)
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"the hub started when it should have refused:\n{self.log_tail()}") from None
+        return code, self.log_path.read_text(errors="replace")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Float, String, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from gpuhub_spawner.ledger import UserNotice, make_engine
+from gpuhub_spawner.ledger import UserNotice, make_engine, read_notices
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,8 @@ class NoticeStore:
 
     def user_notices(self) -> dict[str, list[tuple[str, str]]]:
         """Notices the hub wrote for users (a server stopped while it was down): user -> [(server, text)]."""
-        found: dict[str, list[tuple[str, str]]] = {}
         with self._session() as session:
-            for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
-                found.setdefault(row.user, []).append((row.server, row.message))
-        return found
+            return read_notices(session)
 
     def keepalives(self) -> dict[tuple[str, str], float]:
         with self._session() as session:

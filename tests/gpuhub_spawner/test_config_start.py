@@ -95,14 +95,7 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("env, expected", BAD_SETTINGS)
 def test_bad_setting_stops_the_hub_at_start(tmp_path, env: dict[str, str], expected: list[str]) -> None:
-    hub = HubProcess(tmp_path / "hub")
-    try:
-        hub.start(wait=False, env=env)
-        assert hub.proc is not None
-        code = hub.proc.wait(60)
-        log = hub.log_path.read_text(errors="replace")
-    finally:
-        hub.stop()
+    code, log = HubProcess(tmp_path / "hub").start_refused(env)
     assert code == 2, log
     assert "gpuhub: configuration error: " in log, log
     for text in expected:
@@ -183,14 +176,11 @@ def test_plaintext_docker_host_is_refused_before_anything_connects(tmp_path) -> 
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    hub = HubProcess(tmp_path / "hub")
     try:
-        hub.start(wait=False, env={"DOCKER_HOST": f"tcp://127.0.0.1:{listener.getsockname()[1]}"})
-        assert hub.proc is not None
-        code = hub.proc.wait(60)
-        log = hub.log_path.read_text(errors="replace")
+        code, log = HubProcess(tmp_path / "hub").start_refused(
+            {"DOCKER_HOST": f"tcp://127.0.0.1:{listener.getsockname()[1]}"}
+        )
     finally:
-        hub.stop()
         done.set()
         thread.join(5)
         listener.close()

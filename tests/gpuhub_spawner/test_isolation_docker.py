@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-import subprocess
 import threading
 
 import pytest
@@ -240,12 +239,7 @@ def test_no_firewall_no_hub_unless_the_operator_opts_out(docker_client, hub_fact
     bin_dir.mkdir()
     path = f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"
     hub = hub_factory({}, start=False)
-    hub.start(wait=False, env={"GPUHUB_USER_NETWORK": user_network, "PATH": path})
-    try:
-        code = hub.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the hub started without the firewall that keeps user servers off the host")
-    log = hub.log_path.read_text()
+    code, log = hub.start_refused({"GPUHUB_USER_NETWORK": user_network, "PATH": path})
     assert code != 0
     assert "iptables is not installed" in log and "GPUHUB_USER_FIREWALL=off" in log, log[-2000:]
     assert "Traceback" not in log
@@ -260,12 +254,7 @@ def test_a_network_where_containers_reach_each_other_is_refused(docker_client, h
     network = docker_client.networks.create(name, driver="bridge", labels={TEST_LABEL: "isolation"})
     try:
         hub = hub_factory({}, start=False)
-        hub.start(wait=False, env={"GPUHUB_USER_NETWORK": name})
-        try:
-            code = hub.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pytest.fail("the hub used a network where user servers reach each other")
-        log = hub.log_path.read_text()
+        code, log = hub.start_refused({"GPUHUB_USER_NETWORK": name})
         assert code != 0
         assert f"The Docker network '{name}' lets containers connect to each other" in log, log[-2000:]
         assert f"docker network rm {name}" in log and "Traceback" not in log

@@ -122,25 +122,6 @@ def hub(docker_client, tmp_path_factory):
         hub.cleanup(docker_client)
 
 
-@pytest.fixture
-def users(hub, docker_client, request):
-    """Create users for one test; stop their servers afterwards (logs on failure)."""
-    made: list[str] = []
-
-    def make(*names: str) -> list[str]:
-        hub.create_users(list(names))
-        made.extend(names)
-        return list(names)
-
-    yield make
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    if failed:
-        print(f"\n---- hub log ----\n{hub.log_tail(150)}")
-    for name in made:
-        if hub.user(name).get("servers"):
-            hub.stop_server(name)
-
-
 # ---- helpers ----------------------------------------------------------------------------
 
 

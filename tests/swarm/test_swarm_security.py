@@ -155,13 +155,7 @@ def test_the_managers_tls_port_refuses_clients_without_a_certificate_of_its_ca(r
 def test_the_hub_refuses_a_docker_api_without_mutual_tls(hub_factory, env, says):
     hub = hub_factory({}, start=False, spawner_class="gpu-swarm")
     hub.env.update({"GPUHUB_SPAWNER": "swarm", **env})
-    hub.start(wait=False)
-    try:
-        code = hub.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        hub.stop()
-        pytest.fail(f"the hub started with {env}:\n{hub.log_tail()}")
-    log = hub.log_path.read_text()
+    code, log = hub.start_refused()
     assert code != 0
     assert "gpuhub: configuration error:" in log and says in log, log[-3000:]
     assert "mutual TLS" in log and "Traceback" not in log, log[-3000:]
