@@ -43,7 +43,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpuhub_spawner import dockerhost, hubconfig
+from gpuhub_spawner.core import dockerhost, hubconfig
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -96,7 +96,8 @@ c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000
 # else on this host.
 user_network = None
 if os.environ.get("GPUHUB_SPAWNER", "docker") != "swarm":
-    from gpuhub_spawner import isolation, isolation_host
+    from gpuhub_spawner.core import isolation
+    from gpuhub_spawner.hub import isolation_host
 
     try:
         user_network = isolation_host.ensure_user_network(
@@ -227,7 +228,7 @@ if os.environ.get("GITHUB_CLIENT_ID"):
     # org:team, admin teams
     c.JupyterHub.authenticator_class = "gpuhub-github"
     c.Authenticator.allow_all = False
-    from gpuhub_spawner.auth import admin_teams_problem
+    from gpuhub_spawner.hub.auth import admin_teams_problem
 
     # admin teams by GitHub team id (org:team-slug=id): a name can be taken over, an id cannot
     admin_teams = {t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()}
@@ -256,7 +257,7 @@ else:
             hubconfig.admin_credential_path(credentials, name)
     except hubconfig.ConfigError as e:
         hubconfig.fail(str(e))
-    c.JupyterHub.authenticator_class = "gpuhub_spawner.auth.GPUHubNativeAuthenticator"
+    c.JupyterHub.authenticator_class = "gpuhub_spawner.hub.auth.GPUHubNativeAuthenticator"
     c.GPUHubNativeAuthenticator.admin_credentials_dir = str(credentials)
     for old in ("shared-password", "admin-password"):
         if (data_dir / old).exists():

@@ -249,7 +249,7 @@ async def bench(args: Any) -> dict[str, Any]:
         running = users[: args.servers]
         db = f"sqlite:///{workdir / 'usage.sqlite'}"
         http = HTTP(args.concurrency, 60)
-        from gpuhub_spawner.ledger import UsageLedger
+        from gpuhub_spawner.storage.ledger import UsageLedger
 
         ctx = Context(http=http, hub=Hub(http, hub.api, hub.tokens["gpuhub"], args.page_size),
                       metrics=CullerMetrics(), agent_urls=[f"http://127.0.0.1:{fake_port}"], containers=None,

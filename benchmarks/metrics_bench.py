@@ -11,7 +11,7 @@ of ``/hub/api/user``, cached by the real HubAuth); the cost of one background re
 (``refresh``: ledger read, quotas, exposition); and, in the same run, the same HTTP scrape
 when every request renders (the design before the snapshot).
 
-Node agent: a FAKE NVML (tests/fakes/fake_nvml.py) with 8 MIG-enabled GPUs x 7 MIG instances,
+Node agent: a FAKE NVML (tests/support/fakes/fake_nvml.py) with 8 MIG-enabled GPUs x 7 MIG instances,
 one compute process on each (56); a /proc tree in a temporary directory whose 56 cgroup files
 name 56 container ids (cgroup v2 form); the container directory's label cache prefilled for the
 56 containers (no Docker call during the timed scrapes; the count is reported).  Every timed
@@ -36,16 +36,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tornado.httpclient import AsyncHTTPClient
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]
 
 from fakes.fake_nvml import FakeGPU, FakeMIG, FakeNVML, FakeProcess  # noqa: E402
 
-from gpuhub_spawner.inventory import Inventory, profiles_from_config, units_from_gpus  # noqa: E402
-from gpuhub_spawner.ledger import UsageLedger  # noqa: E402
-from hub_services.exporter.agent import AgentCollector, NodeAgent, make_web_app  # noqa: E402
+from gpuhub_spawner.core.inventory import Inventory, profiles_from_config, units_from_gpus  # noqa: E402
+from gpuhub_spawner.node.agent import AgentCollector, NodeAgent, make_web_app  # noqa: E402
+from gpuhub_spawner.node.cgroup import ProcReader  # noqa: E402
+from gpuhub_spawner.node.containers import ContainerDirectory  # noqa: E402
+from gpuhub_spawner.storage.ledger import UsageLedger  # noqa: E402
 from hub_services.exporter.app import HubExporterApp  # noqa: E402
-from hub_services.exporter.cgroup import ProcReader  # noqa: E402
-from hub_services.exporter.containers import ContainerDirectory  # noqa: E402
 from hub_services.exporter.hubmetrics import HubCollector, HubState, Settings  # noqa: E402
 
 

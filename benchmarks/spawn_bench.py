@@ -24,10 +24,10 @@ from typing import Any
 import docker
 import requests
 
-from gpuhub_spawner.allocator import Ledger
-from gpuhub_spawner.inventory import Inventory, Unit, units_from_gpus
+from gpuhub_spawner.core.inventory import Inventory, Unit, units_from_gpus
+from gpuhub_spawner.hub.allocator import Ledger
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from harness import IMAGE, HubProcess, fake_gpus  # noqa: E402
 
 TARGETS = {"ratio_max": 1.05, "alloc_p99_ms": 1.0}

@@ -1,6 +1,6 @@
 """GPUSwarmSpawner against upstream SwarmSpawner on the multi-node rig, and node set-up time.
 
-1. Spawn: per size N, a fresh real hub per spawner on the same rig (tests/swarm_rig.py: a
+1. Spawn: per size N, a fresh real hub per spawner on the same rig (tests/support/swarm_rig.py: a
    manager and two GPU workers as dockerd containers, FAKE GPUs as generic resources), N users
    spawning at once, POST -> ready.  Both request one NVIDIA_GPU generic resource per server;
    upstream gets it from ``extra_resources_spec`` and its port from the task (benchmarks/
@@ -24,7 +24,7 @@ from typing import Any
 import docker
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import IMAGE, HubProcess  # noqa: E402
 from spawn_bench import time_spawns  # noqa: E402
@@ -41,7 +41,7 @@ def make_hub(rig: SwarmRig, spawner: str, workdir: Path) -> HubProcess:
         extra += (
             "c.JupyterHub.spawner_class = 'rig_swarmspawner.RigSwarmSpawner'\n"
             # the same mutual TLS to the manager as the gpuhub hub (README, "Swarm")
-            "from gpuhub_spawner.dockerhost import require_mutual_tls\n"
+            "from gpuhub_spawner.core.dockerhost import require_mutual_tls\n"
             f"c.SwarmSpawner.client_kwargs = {{'base_url': {rig.manager_tls_url!r}, 'tls': require_mutual_tls("
             f"{rig.manager_tls_url!r}, {rig.hub_env()!r}, 'bench').client_tls()}}\n"
             f"c.SwarmSpawner.image = {IMAGE!r}\n"

@@ -36,7 +36,7 @@ from hub_services.tutorial_sync.gitsource import GitSource, SyncError
 from hub_services.tutorial_sync.publish import current_version, publish
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "hub_services"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from gitserver import GIT_ENV, WorkClone, make_bare, serve_http  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30

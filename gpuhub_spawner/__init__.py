@@ -14,15 +14,15 @@ __all__ = ["GPUDockerSpawner", "GPUSpawnerMixin", "GPUSwarmSpawner", "__version_
 
 def __getattr__(name: str) -> Any:
     if name == "GPUDockerSpawner":
-        from .spawners import GPUDockerSpawner
+        from gpuhub_spawner.hub.spawners import GPUDockerSpawner
 
         return GPUDockerSpawner
     if name == "GPUSwarmSpawner":
-        from .swarmspawner import GPUSwarmSpawner
+        from gpuhub_spawner.hub.swarmspawner import GPUSwarmSpawner
 
         return GPUSwarmSpawner
     if name == "GPUSpawnerMixin":
-        from .mixin import GPUSpawnerMixin
+        from gpuhub_spawner.hub.mixin import GPUSpawnerMixin
 
         return GPUSpawnerMixin
     raise AttributeError(name)

@@ -13,10 +13,10 @@ import shutil
 import sys
 from dataclasses import asdict
 
-from .hubconfig import ConfigError, env_json
-from .inventory import Inventory, InventoryError, default_profiles, units_from_gpus
-from .nodecli import SetupError, add_node_commands
-from .nvml import NVMLUnavailable, discover_gpus, load_nvml
+from gpuhub_spawner.core.hubconfig import ConfigError, env_json
+from gpuhub_spawner.core.inventory import Inventory, InventoryError, default_profiles, units_from_gpus
+from gpuhub_spawner.node.nodecli import SetupError, add_node_commands
+from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
 
 
 def _described_gpus(static: str | None) -> tuple[list, str]:

@@ -78,8 +78,6 @@ build_singleuser() {
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
   cp -r "$ctx"/. "$tmp"/
-  # The editable-copy logic is the suite's own tested module, run inside the container.
-  cp "$here/../gpuhub_spawner/usercopy.py" "$tmp/gpuhub_usercopy.py"
   # TLS to PyPI may be intercepted by a CA only the host trusts: hand the host's bundle in.
   cp /etc/ssl/certs/ca-certificates.crt "$tmp/host-ca.crt"
   build_cached "$SINGLEUSER_IMAGE" "$BASE_IMAGE" "$tmp"
@@ -92,9 +90,9 @@ build_node() {
 
 # The node agent: its own dependencies in a venv and only the gpuhub modules it imports
 # (no JupyterHub).  A new import in the agent must be added here: the build runs --help-all.
-AGENT_MODULES="gpuhub_spawner/__init__.py gpuhub_spawner/labels.py gpuhub_spawner/nvml.py
-  hub_services/__init__.py hub_services/exporter/__init__.py hub_services/exporter/agent.py
-  hub_services/exporter/attribution.py hub_services/exporter/cgroup.py hub_services/exporter/containers.py"
+AGENT_MODULES="gpuhub_spawner/__init__.py gpuhub_spawner/core/__init__.py gpuhub_spawner/core/labels.py
+  gpuhub_spawner/node/__init__.py gpuhub_spawner/node/nvml.py gpuhub_spawner/node/agent.py
+  gpuhub_spawner/node/attribution.py gpuhub_spawner/node/cgroup.py gpuhub_spawner/node/containers.py"
 
 build_agent() {
   local tmp m

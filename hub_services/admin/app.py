@@ -39,12 +39,11 @@ from tornado.ioloop import IOLoop
 from traitlets import Dict, Float, Unicode, default
 from traitlets.config import Application
 
-from gpuhub_spawner.ledger import UsageLedger
-from gpuhub_spawner.quotas import FIELDS, QuotaError, parse_quota
-
-from ..shutdown import on_stop_signal
-from . import core, pages
-from .hubapi import HubClient
+from gpuhub_spawner.core.quotas import FIELDS, QuotaError, parse_quota
+from gpuhub_spawner.storage.ledger import UsageLedger
+from hub_services.admin import core, pages
+from hub_services.common.hubapi import HubClient
+from hub_services.common.shutdown import on_stop_signal
 
 log = logging.getLogger(__name__)
 

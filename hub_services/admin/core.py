@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpuhub_spawner.ledger import UsageLedger, UserQuota
-from gpuhub_spawner.quotas import (
+from gpuhub_spawner.core.quotas import (
     FIELDS,
     QuotaError,
     budget_left_seconds,
@@ -19,9 +18,9 @@ from gpuhub_spawner.quotas import (
     resolve_policy,
     validate_quota_edit,
 )
-
-from .hubapi import HubAPIError, HubClient, seg
-from .roster import USERNAME, parse_roster
+from gpuhub_spawner.storage.ledger import UsageLedger, UserQuota
+from hub_services.admin.roster import USERNAME, parse_roster
+from hub_services.common.hubapi import HubAPIError, HubClient, seg
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,6 @@ The decision logic is pure (:mod:`.decide`); :func:`.core.run_once` is one pass;
 application is :class:`.app.CullerApp` (``python -m hub_services.culler``).
 """
 
-from .core import Context, Settings, run_once
+from hub_services.culler.core import Context, Settings, run_once
 
 __all__ = ["Context", "Settings", "run_once"]

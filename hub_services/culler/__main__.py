@@ -1,3 +1,3 @@
-from .app import main
+from hub_services.culler.app import main
 
 main()

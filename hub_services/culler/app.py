@@ -45,15 +45,14 @@ from tornado.ioloop import IOLoop
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application
 
-from gpuhub_spawner.ledger import UsageLedger
-from gpuhub_spawner.quotas import QuotaError, parse_quota
-
-from ..shutdown import on_stop_signal
-from . import core
-from .decide import GPUThresholds
-from .metrics import CullerMetrics
-from .notices import NoticeStore
-from .signals import HTTP, Containers, Hub, SignalError
+from gpuhub_spawner.core.quotas import QuotaError, parse_quota
+from gpuhub_spawner.storage.ledger import UsageLedger
+from hub_services.common.shutdown import on_stop_signal
+from hub_services.culler import core
+from hub_services.culler.decide import GPUThresholds
+from hub_services.culler.metrics import CullerMetrics
+from hub_services.culler.notices import NoticeStore
+from hub_services.culler.signals import HTTP, Containers, Hub, SignalError
 
 log = logging.getLogger(__name__)
 #: bytes a request body may have (keep-alives and triggers send none)

@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from gpuhub_spawner.ledger import UsageLedger
-from gpuhub_spawner.quotas import QuotaError, QuotaPolicy, budget_left_seconds, period_bounds, resolve_policy
-from hub_services.hubtime import parse_time
-
-from . import decide as d
-from .metrics import CullerMetrics
-from .notices import KEEPALIVE_COMMAND, NoticeStore, notice_text
-from .probe import parse_probe
-from .signals import (
+from gpuhub_spawner.core.quotas import (
+    QuotaError,
+    QuotaPolicy,
+    budget_left_seconds,
+    period_bounds,
+    resolve_policy,
+)
+from gpuhub_spawner.storage.ledger import UsageLedger
+from hub_services.common.hubtime import parse_time
+from hub_services.culler import decide as d
+from hub_services.culler.metrics import CullerMetrics
+from hub_services.culler.notices import KEEPALIVE_COMMAND, NoticeStore, notice_text
+from hub_services.culler.probe import parse_probe
+from hub_services.culler.signals import (
     HTTP,
     AgentView,
     ContainerInfo,

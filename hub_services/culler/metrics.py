@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .decide import CULL_REASONS, KEEP_REASONS
+from hub_services.culler.decide import CULL_REASONS, KEEP_REASONS
 
 ERROR_STAGES = ("hub-api", "server", "agent", "docker", "notice", "database", "internal")
 

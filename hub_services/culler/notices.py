@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Float, String, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from gpuhub_spawner.ledger import UserNotice, make_engine, read_notices
+from gpuhub_spawner.storage.ledger import UserNotice, make_engine, read_notices
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hub_services.hubtime import parse_time
-
-from .decide import KernelReading
+from hub_services.common.hubtime import parse_time
+from hub_services.culler.decide import KernelReading
 
 #: bytes of output read from the probe at most; more is a failed probe
 MAX_OUTPUT = 256 * 1024

@@ -20,10 +20,9 @@ from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from gpuhub_spawner.labels import LABEL_HUB, LABEL_PROFILE, LABEL_SERVER, LABEL_UNIT, LABEL_USER
-
-from .decide import GPUReading
-from .probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
+from gpuhub_spawner.core.labels import LABEL_HUB, LABEL_PROFILE, LABEL_SERVER, LABEL_UNIT, LABEL_USER
+from hub_services.culler.decide import GPUReading
+from hub_services.culler.probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
 
 log = logging.getLogger(__name__)
 PAGINATION = "application/jupyterhub-pagination+json"

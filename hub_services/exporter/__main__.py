@@ -1,3 +1,3 @@
-from .app import main
+from hub_services.exporter.app import main
 
 main()

@@ -44,16 +44,15 @@ from tornado.httpserver import HTTPServer
 from traitlets import Dict, Float, Int, List, Unicode, default
 from traitlets.config import Application
 
-from gpuhub_spawner import hubconfig
-from gpuhub_spawner.inventory import Inventory, profiles_from_config
-from gpuhub_spawner.ledger import UsageLedger
-from gpuhub_spawner.mixin import resolve_inventory
-from hub_services.admin.hubapi import HubAPIError, HubClient
-
-from ..shutdown import run_until_stopped
-from .hubmetrics import HubCollector, HubState, Settings
-from .snapshot import Snapshot, SnapshotCollector
-from .swarmread import SwarmState, read_swarm, swarm_down, swarm_state
+from gpuhub_spawner.core import hubconfig
+from gpuhub_spawner.core.inventory import Inventory, profiles_from_config
+from gpuhub_spawner.hub.mixin import resolve_inventory
+from gpuhub_spawner.storage.ledger import UsageLedger
+from hub_services.common.hubapi import HubAPIError, HubClient
+from hub_services.common.shutdown import run_until_stopped
+from hub_services.exporter.hubmetrics import HubCollector, HubState, Settings
+from hub_services.exporter.snapshot import Snapshot, SnapshotCollector
+from hub_services.exporter.swarmread import SwarmState, read_swarm, swarm_down, swarm_state
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ the nodes and tasks, :mod:`.swarmread`, with per-node series).  Tutorial sync st
 ``gpuhub_server_info`` series joins users to GPU UUID and MIG instance, with the labels that
 the node agent (``gpuhub_gpu_*``) and dcgm-exporter (``UUID``, via ``label_replace``) use.
 
-Budgets are the admin service's: the same :func:`~gpuhub_spawner.quotas.resolve_policy`,
-:func:`~gpuhub_spawner.quotas.period_bounds` and :func:`~gpuhub_spawner.quotas.budget_left_seconds`
+Budgets are the admin service's: the same :func:`~gpuhub_spawner.core.quotas.resolve_policy`,
+:func:`~gpuhub_spawner.core.quotas.period_bounds` and :func:`~gpuhub_spawner.core.quotas.budget_left_seconds`
 over the same ledger, so both always agree.
 """
 
@@ -27,12 +27,11 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gpuhub_spawner.inventory import KIND_MIG, Inventory, Profile
-from gpuhub_spawner.ledger import Interval, UsageLedger, usage_seconds_by_user
-from gpuhub_spawner.quotas import QuotaError, budget_left_seconds, period_bounds, resolve_policy
-from hub_services.hubtime import parse_time
-
-from .swarmread import SwarmState
+from gpuhub_spawner.core.inventory import KIND_MIG, Inventory, Profile
+from gpuhub_spawner.core.quotas import QuotaError, budget_left_seconds, period_bounds, resolve_policy
+from gpuhub_spawner.storage.ledger import Interval, UsageLedger, usage_seconds_by_user
+from hub_services.common.hubtime import parse_time
+from hub_services.exporter.swarmread import SwarmState
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 On a swarm the hub's host knows no GPUs: they are what the nodes advertise as generic
 resources.  The exporter reads the manager's API the way the swarm spawner does (nodes, live
-tasks, this hub's services) into a :class:`~gpuhub_spawner.swarm.ClusterView`, in the
+tasks, this hub's services) into a :class:`~gpuhub_spawner.core.cluster.ClusterView`, in the
 background; the collector then reports per pool the units on schedulable nodes and the free
 ones, and per node its state and units.
 
@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuhub_spawner.inventory import Inventory, Profile, profiles_from_config
-from gpuhub_spawner.labels import LABEL_HUB
-from gpuhub_spawner.swarm import ClusterView
+from gpuhub_spawner.core.cluster import ClusterView
+from gpuhub_spawner.core.inventory import Inventory, Profile, profiles_from_config
+from gpuhub_spawner.core.labels import LABEL_HUB
 
 log = logging.getLogger(__name__)
 

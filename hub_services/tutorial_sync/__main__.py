@@ -1,3 +1,3 @@
-from .app import main
+from hub_services.tutorial_sync.app import main
 
 main()

@@ -39,9 +39,9 @@ from tornado.httpserver import HTTPServer
 from traitlets import Float, Integer, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
-from ..shutdown import run_until_stopped
-from .gitsource import GitSource, SyncError
-from .publish import CommitLimits, current_version, publish
+from hub_services.common.shutdown import run_until_stopped
+from hub_services.tutorial_sync.gitsource import GitSource, SyncError
+from hub_services.tutorial_sync.publish import CommitLimits, current_version, publish
 
 log = logging.getLogger(__name__)
 

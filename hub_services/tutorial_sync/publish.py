@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gitsource import SHA_RE, GitSource, SyncError, TreeEntry
+from hub_services.tutorial_sync.gitsource import SHA_RE, GitSource, SyncError, TreeEntry
 
 __all__ = ["CommitLimits", "PublishReport", "SyncError", "current_version", "publish"]
 

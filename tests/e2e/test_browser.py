@@ -1,6 +1,6 @@
 """A person's path through the hub in a real browser (Debian's Chromium, headless).
 
-GitHub is the only fake (tests/fakes/fake_github.py); the hub, proxy, spawner, engine and
+GitHub is the only fake (tests/support/fakes/fake_github.py); the hub, proxy, spawner, engine and
 JupyterLab are real.
 """
 

@@ -18,7 +18,7 @@ from harness import HubProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuhub_spawner.ledger import UsageLedger
+from gpuhub_spawner.storage.ledger import UsageLedger
 from hub_services.admin.roster import parse_roster
 
 ADMIN_PASSWORD = "admin-" + "x" * 40

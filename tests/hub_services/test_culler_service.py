@@ -3,7 +3,7 @@
 One hub for the module, with the culler registered by jupyterhub_config.py itself (its role
 included) and small timeouts from a culler config file.  Passes are driven through the
 service's ``api/pass`` trigger, not by its timer.  The GPU signal comes from the real node
-agent (``hub_services/exporter/agent.py``) reading a FAKE NVML (tests/fakes/fake_nvml_file.py)
+agent (``gpuhub_spawner/node/agent.py``) reading a FAKE NVML (tests/support/fakes/fake_nvml_file.py)
 whose utilization the tests change; nothing about GPUs is real on these machines.
 """
 
@@ -23,7 +23,7 @@ import websocket
 from cullerpass import decision, pass_until, spawn
 from harness import REPO, HubProcess, container_of, exec_as_user, fake_gpus, free_port
 
-from gpuhub_spawner.ledger import UsageLedger
+from gpuhub_spawner.storage.ledger import UsageLedger
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -90,12 +90,12 @@ def hub(docker_client, tmp_path_factory):
     agent_token.write_text(os.urandom(16).hex())
     agent_log = open(workdir / "agent.log", "wb")  # noqa: SIM115 - the agent keeps it
     agent = subprocess.Popen(
-        [sys.executable, "-m", "hub_services.exporter.agent", "--ip", "127.0.0.1", "--port", str(agent_port),
+        [sys.executable, "-m", "gpuhub_spawner.node.agent", "--ip", "127.0.0.1", "--port", str(agent_port),
          "--hub-id", hub.hub_id, "--cache-ttl", "0.2", "--docker-refresh", "0.5",
          "--token-file", str(agent_token)],
         cwd=REPO,
         env={**os.environ, "GPUHUB_NVML_MODULE": "fakes.fake_nvml_file", "GPUHUB_FAKE_NVML_FILE": str(hub.nvml_file),
-             "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"},
+             "PYTHONPATH": f"{REPO / 'tests' / 'support'}:{REPO}"},
         stdout=agent_log,
         stderr=subprocess.STDOUT,
     )

@@ -91,7 +91,7 @@ def stack(docker_client, tmp_path_factory):
             [
                 sys.executable,
                 "-m",
-                "hub_services.exporter.agent",
+                "gpuhub_spawner.node.agent",
                 "--ip",
                 "127.0.0.1",
                 "--port",
@@ -114,7 +114,7 @@ def stack(docker_client, tmp_path_factory):
             cwd=REPO,
             env={
                 **os.environ,
-                "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}",
+                "PYTHONPATH": f"{REPO / 'tests' / 'support'}{os.pathsep}{REPO}",
                 "GPUHUB_NVML_MODULE": "fakes.fake_nvml_file",
                 "GPUHUB_FAKE_NVML_FILE": str(nvml_file),
             },

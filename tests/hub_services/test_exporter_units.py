@@ -23,15 +23,15 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from traitlets.config.loader import PyFileConfigLoader
 
-from gpuhub_spawner.inventory import Inventory, profiles_from_config, units_from_gpus
-from gpuhub_spawner.ledger import UsageLedger, usage_seconds_by_user
-from gpuhub_spawner.quotas import period_bounds
-from gpuhub_spawner.swarm import shared_kind
+from gpuhub_spawner.core.cluster import shared_kind
+from gpuhub_spawner.core.inventory import Inventory, profiles_from_config, units_from_gpus
+from gpuhub_spawner.core.quotas import period_bounds
+from gpuhub_spawner.storage.ledger import UsageLedger, usage_seconds_by_user
+from hub_services.common.hubtime import parse_time
 from hub_services.exporter.app import HubExporterApp, read_sync, refresh_swarm
 from hub_services.exporter.hubmetrics import HubCollector, HubState, Settings
 from hub_services.exporter.snapshot import Snapshot, render_text
 from hub_services.exporter.swarmread import SwarmState
-from hub_services.hubtime import parse_time
 
 REPO = Path(__file__).resolve().parents[2]
 

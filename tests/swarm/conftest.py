@@ -1,4 +1,4 @@
-"""The swarm rig (tests/swarm_rig.py) for the swarm tests: built once per session."""
+"""The swarm rig (tests/support/swarm_rig.py) for the swarm tests: built once per session."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-user GPU metrics across the nodes of a real swarm (tests/swarm_rig.py).
+"""Per-user GPU metrics across the nodes of a real swarm (tests/support/swarm_rig.py).
 
 The node agent image (images/build.sh agent) runs as the global service of
 deploy/swarm/node-agent.yml, deployed with the manager's own `docker stack deploy`; a real
@@ -8,7 +8,7 @@ token file changed); a real hub with GPUSwarmSpawner places three users' servers
 workers.  The agents need the bearer token of the swarm secret `gpuhub-agent-token`, as
 deployed: anonymous requests are refused, Prometheus scrapes with the token.
 
-FAKE: NVML.  Each worker gets a JSON file (tests/fakes/fake_nvml_file.py) whose GPUs are that
+FAKE: NVML.  Each worker gets a JSON file (tests/support/fakes/fake_nvml_file.py) whose GPUs are that
 worker's fake units and whose processes are the real PIDs of the users' server containers as the
 worker's dockerd reports them (``State.Pid``, the node's PID namespace).  The agent reads those
 PIDs through the node's /proc, bind-mounted at /host/proc, as it would on a GPU machine.
@@ -202,7 +202,7 @@ def agents(rig: SwarmRig, docker_client: docker.DockerClient, agent_token: str):
         unavailable("missing " + "; ".join(missing))
     workers = list(GPU_WORKERS)
     rig.load_image(AGENT_IMAGE, workers)
-    fakes = REPO / "tests" / "fakes"
+    fakes = REPO / "tests" / "support" / "fakes"
     for name in workers:
         node = rig.nodes[name]
         for f in ("__init__.py", "fake_nvml.py", "fake_nvml_file.py"):

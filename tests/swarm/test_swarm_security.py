@@ -116,7 +116,7 @@ def test_the_managers_tls_port_refuses_clients_without_a_certificate_of_its_ca(r
     """Only a client certificate signed by the swarm's CA gets in (make-tls.sh's CA)."""
     import docker
 
-    from gpuhub_spawner.dockerhost import PinnedTLSConfig as TLSConfig
+    from gpuhub_spawner.core.dockerhost import PinnedTLSConfig as TLSConfig
 
     certs = rig.tls_dir / "client"
     good = docker.DockerClient(base_url=rig.manager_tls_url, timeout=10, tls=TLSConfig(

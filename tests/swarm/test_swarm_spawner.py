@@ -1,4 +1,4 @@
-"""GPUSwarmSpawner on a real multi-node swarm (tests/swarm_rig.py), with a real hub and proxy.
+"""GPUSwarmSpawner on a real multi-node swarm (tests/support/swarm_rig.py), with a real hub and proxy.
 
 The GPUs are fake (generic resources of made-up UUIDs, a no-op NVIDIA hook); the swarm's
 scheduling, task states, networking and the servers themselves are real.
@@ -16,7 +16,7 @@ import pytest
 from harness import render_form
 from swarm_rig import SwarmRig
 
-from gpuhub_spawner.ledger import UsageLedger
+from gpuhub_spawner.storage.ledger import UsageLedger
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
 
@@ -238,7 +238,7 @@ def test_quota_and_engine_failures_are_told_clearly_and_hold_nothing(rig, swarm_
 def _install_gpuhub(node) -> None:
     """Copy the gpuhub package and the FAKE NVML into a rig node (as an operator would pip install)."""
     repo = Path(__file__).resolve().parents[2]
-    for src, dest in ((repo / "gpuhub_spawner", "/opt/gpuhub/gpuhub_spawner"), (repo / "tests" / "fakes", "/opt/gpuhub/fakes")):
+    for src, dest in ((repo / "gpuhub_spawner", "/opt/gpuhub/gpuhub_spawner"), (repo / "tests" / "support" / "fakes", "/opt/gpuhub/fakes")):
         for f in src.glob("*.py"):
             node.put_file(f"{dest}/{f.name}", f.read_bytes())
 

@@ -1,0 +1,472 @@
+"""Hand out GPU units so that no unit is ever given to two servers.
+
+Two layers:
+
+- :class:`Ledger` is pure bookkeeping: which unit each holder has, and which units of each
+  pool are free, in O(1) per decision however large the inventory.
+- :class:`Allocator` adds the concurrency rules for one Docker engine: choose-and-create
+  runs under one lock, a fair FIFO queue per pool with a bounded wait, and the container
+  labels on the engine are the truth (the held set is rebuilt from them at start and
+  re-read whenever a pool looks empty).
+
+A *holder* is the name of the container (or swarm service) that holds the unit: unique per
+user and server, and written in the object's labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from gpuhub_spawner.core.inventory import Inventory, Unit, spread_order
+
+log = logging.getLogger(__name__)
+
+#: Object states that hold a unit.  "created" covers the moment between create and start.
+HOLDING_STATES = frozenset({"running", "created", "restarting", "paused"})
+
+
+class _UnitPool:
+    """Free units of one pool as a FIFO of ids with lazy deletion."""
+
+    def __init__(self, units: Iterable[Unit]):
+        ordered = spread_order(units)
+        self.size = len(ordered)
+        self._queue: deque[str] = deque(u.id for u in ordered)
+        self._free: set[str] = set(self._queue)
+
+    def take(self) -> str | None:
+        while self._queue:
+            unit_id = self._queue.popleft()
+            if unit_id in self._free:
+                self._free.discard(unit_id)
+                return unit_id
+        return None
+
+    def remove(self, unit_id: str) -> None:
+        self._free.discard(unit_id)
+
+    def put(self, unit_id: str) -> None:
+        if unit_id not in self._free:
+            self._free.add(unit_id)
+            self._queue.append(unit_id)
+            if len(self._queue) > 2 * self.size + 16:
+                self.compact()
+
+    def compact(self) -> None:
+        """Drop queue entries of units that are no longer free (left by remove())."""
+        seen: set[str] = set()
+        kept = deque()
+        for unit_id in self._queue:
+            if unit_id in self._free and unit_id not in seen:
+                seen.add(unit_id)
+                kept.append(unit_id)
+        self._queue = kept
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+
+class Ledger:
+    """Pure record of who holds which unit."""
+
+    def __init__(self, inventory: Inventory):
+        self.inventory = inventory
+        self._pools = {name: _UnitPool(units) for name, units in inventory.pools.items()}
+        self._holder_of: dict[str, str] = {}  # unit id -> holder
+        self._unit_of: dict[str, str] = {}  # holder -> unit id
+
+    def take(self, pool: str, holder: str) -> Unit | None:
+        """Give ``holder`` a free unit of ``pool``, or None when the pool is empty."""
+        if holder in self._unit_of:
+            raise ValueError(f"{holder} already holds {self._unit_of[holder]}")
+        unit_pool = self._pools.get(pool)
+        unit_id = unit_pool.take() if unit_pool else None
+        if unit_id is None:
+            return None
+        self._bind(unit_id, holder)
+        return self.inventory.by_id[unit_id]
+
+    def hold(self, unit_id: str, holder: str) -> bool:
+        """Record that ``holder`` holds ``unit_id``; False if someone else already does."""
+        unit = self.inventory.by_id.get(unit_id)
+        if unit is None:
+            return False
+        current = self._holder_of.get(unit_id)
+        if current is not None:
+            return current == holder
+        if holder in self._unit_of:
+            self.release(holder)
+        self._pools[unit.pool].remove(unit_id)
+        self._bind(unit_id, holder)
+        return True
+
+    def release(self, holder: str) -> Unit | None:
+        """Free the unit ``holder`` holds; returns it, or None if it held none."""
+        unit_id = self._unit_of.pop(holder, None)
+        if unit_id is None:
+            return None
+        del self._holder_of[unit_id]
+        unit = self.inventory.by_id[unit_id]
+        self._pools[unit.pool].put(unit_id)
+        return unit
+
+    def _bind(self, unit_id: str, holder: str) -> None:
+        self._holder_of[unit_id] = holder
+        self._unit_of[holder] = unit_id
+
+    def unit_of(self, holder: str) -> Unit | None:
+        unit_id = self._unit_of.get(holder)
+        return self.inventory.by_id[unit_id] if unit_id else None
+
+    def holders(self) -> dict[str, str]:
+        """holder -> unit id, a copy."""
+        return dict(self._unit_of)
+
+    def compact(self) -> None:
+        """After many hold() calls (a rebuild from labels), keep the next take() O(1)."""
+        for unit_pool in self._pools.values():
+            unit_pool.compact()
+
+    def free_count(self, pool: str) -> int:
+        unit_pool = self._pools.get(pool)
+        return unit_pool.free if unit_pool else 0
+
+    def free_counts(self) -> dict[str, int]:
+        return {name: p.free for name, p in self._pools.items()}
+
+
+@dataclass(frozen=True)
+class HeldRecord:
+    """What the engine says about one labelled object."""
+
+    holder: str
+    unit_id: str
+    state: str
+    object_id: str = ""
+    ours: bool = True  # created by this hub (same hub id label)
+    user: str = ""  # the user label: whose quota the unit counts against
+
+
+class NoUnitFree(Exception):
+    """The pool had no free unit (``waited`` seconds in line, ``position`` at the end)."""
+
+    def __init__(self, pool: str, waited: float = 0.0, position: int | None = None):
+        self.pool = pool
+        self.waited = waited
+        self.position = position
+        super().__init__(pool)
+
+
+class OverLimit(Exception):
+    """``owner`` already holds (``held``) or waits in line for (``waiting``) ``limit`` units."""
+
+    def __init__(self, owner: str, limit: int, held: int, waiting: int):
+        self.owner = owner
+        self.limit = limit
+        self.held = held
+        self.waiting = waiting
+        super().__init__(owner)
+
+
+class StillHeld(Exception):
+    """``holder``'s previous object still exists on the engine and holds ``unit_id``."""
+
+    def __init__(self, holder: str, unit_id: str):
+        self.holder = holder
+        self.unit_id = unit_id
+        super().__init__(holder)
+
+
+@dataclass
+class _Waiter:
+    holder: str
+    on_position: Callable[[int, int], None] | None
+    priority: int = 0
+    owner: str = ""
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+ListHeld = Callable[[], Awaitable[list[HeldRecord]]]
+RemoveObject = Callable[[HeldRecord], Awaitable[None]]
+
+
+class Allocator:
+    """Allocation for one engine (or one swarm): lock, queue, and sync with the labels."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        list_held: ListHeld,
+        remove_stale: RemoveObject | None = None,
+        resync_interval: float = 5.0,
+    ):
+        self.inventory = inventory
+        self.ledger = Ledger(inventory)
+        self._list_held = list_held
+        self._remove_stale = remove_stale
+        self.resync_interval = resync_interval
+        self.lock = asyncio.Lock()
+        self._queues: dict[str, deque[_Waiter]] = {p: deque() for p in inventory.pools}
+        self._pending: set[str] = set()  # handed a unit, container not created yet
+        self._owners: dict[str, str] = {}  # holder -> user whose quota its unit counts against
+        self._synced = False
+
+    # ---- sync with the engine ------------------------------------------------------
+
+    async def ensure_synced(self) -> None:
+        if not self._synced:
+            async with self.lock:
+                if not self._synced:
+                    await self._sync_locked(startup=True)
+                    self._synced = True
+
+    async def _sync_locked(self, startup: bool = False) -> None:
+        """Make the ledger match the engine's labels (caller holds the lock).
+
+        At start-up only running objects hold a unit: anything else of ours is left over from
+        a spawn the hub did not finish, and is removed.  Later, "created" holds too (a spawn
+        between create and start).
+        """
+        records = await self._list_held()
+        seen: set[str] = set()
+        for rec in records:
+            holding = rec.state == "running" if startup else rec.state in HOLDING_STATES
+            if not holding:
+                if startup and rec.ours and self._remove_stale is not None:
+                    log.info("Removing %s left %s by a spawn that did not finish", rec.holder, rec.state)
+                    try:
+                        await self._remove_stale(rec)
+                    except Exception as e:  # noqa: BLE001 - one bad object must not stop the hub
+                        log.warning("Could not remove stale %s: %s", rec.holder, e)
+                continue
+            if rec.user and rec.ours:  # another hub's users are not ours to count
+                self._owners[rec.holder] = rec.user
+            if rec.unit_id not in self.inventory.by_id:
+                log.warning("%s holds unit %s, which is not in the inventory", rec.holder, rec.unit_id)
+                continue
+            seen.add(rec.holder)
+            if rec.holder in self._pending:
+                # reserved and being (re)created: its new unit is in the ledger, and this
+                # may be the old object it is about to remove
+                continue
+            if not self.ledger.hold(rec.unit_id, rec.holder):
+                log.error(
+                    "Unit %s is labelled on %s but already held by another server; "
+                    "leaving it with its first holder",
+                    rec.unit_id,
+                    rec.holder,
+                )
+        if startup:
+            self.ledger.compact()
+        for holder in list(self.ledger.holders()):
+            if holder not in seen and holder not in self._pending:
+                unit = self.ledger.release(holder)
+                log.info("%s is gone; unit %s is free again", holder, unit.id if unit else "?")
+                if unit is not None:
+                    self._hand_off(unit)
+
+    # ---- reserve / release ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def reserve(
+        self,
+        pool: str,
+        holder: str,
+        max_wait: float = 0.0,
+        on_position: Callable[[int, int], None] | None = None,
+        priority: int = 0,
+        owner: str = "",
+        max_units: int | None = None,
+    ) -> AsyncIterator[Unit]:
+        """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
+
+        The unit is marked held before the body runs, and ``holder`` stays *pending* until
+        the body ends, so a re-read of the engine labels never frees a unit whose object is
+        still being created: choose+create is atomic without serialising the creates
+        themselves.  If the body raises (or is cancelled), the unit is released.  Raises :class:`NoUnitFree` when no
+        unit comes free within ``max_wait`` seconds.  In line, a higher ``priority`` goes
+        ahead of lower ones; equal priorities keep their arrival order.
+
+        ``owner`` (the user) may hold at most ``max_units`` units, counting those held, those
+        reserved and those waited for in line by the owner's other holders, checked under the
+        lock together with the reservation: :class:`OverLimit` otherwise.  If ``holder``
+        already holds a unit whose object still exists on the engine, :class:`StillHeld`.
+        """
+        await self.ensure_synced()
+        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units)
+        self._pending.add(holder)
+        try:
+            yield unit
+        except BaseException:
+            self._release_now(holder)
+            raise
+        finally:
+            self._pending.discard(holder)
+
+    async def _take_or_wait(
+        self,
+        pool: str,
+        holder: str,
+        max_wait: float,
+        on_position: Callable[[int, int], None] | None,
+        priority: int = 0,
+        owner: str = "",
+        max_units: int | None = None,
+    ) -> Unit:
+        async with self.lock:
+            await self._drop_old_unit_locked(holder)
+            await self._check_limit_locked(owner, holder, max_units)
+            if owner:
+                self._owners[holder] = owner
+            unit = None if self._queues.get(pool) else self.ledger.take(pool, holder)
+            if unit is None and not self._queues.get(pool) and pool in self._queues:
+                await self._sync_locked()
+                unit = self.ledger.take(pool, holder)
+            if unit is not None:
+                return unit
+            if max_wait <= 0 or pool not in self._queues:
+                raise NoUnitFree(pool)
+            waiter = _Waiter(holder, on_position, priority, owner)
+            queue = self._queues[pool]
+            # behind everyone of equal or higher priority: FIFO within a priority
+            index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
+            queue.insert(index, waiter)
+            self._notify_positions(pool)
+        return await self._wait_in_line(pool, waiter, max_wait)
+
+    async def _drop_old_unit_locked(self, holder: str) -> None:
+        """Free ``holder``'s previous unit once its object is gone (caller holds the lock).
+
+        The labels are the truth: the engine is read again, and while an object of ``holder``
+        still holds the unit (a stop that failed left it running), the unit stays held and
+        :class:`StillHeld` is raised; it is never handed on under a live object.
+        """
+        if self.ledger.unit_of(holder) is None:
+            return
+        await self._sync_locked()
+        unit = self.ledger.unit_of(holder)
+        if unit is not None:
+            raise StillHeld(holder, unit.id)
+
+    def owner_counts(self, owner: str, exclude: str = "") -> tuple[int, int]:
+        """(units held or reserved, spawns waiting in line) of ``owner``'s holders but ``exclude``."""
+        held = sum(1 for h in self.ledger.holders() if h != exclude and self._owners.get(h) == owner)
+        waiting = sum(
+            1
+            for queue in self._queues.values()
+            for w in queue
+            if w.owner == owner and w.holder != exclude and not w.future.done()
+        )
+        return held, waiting
+
+    async def _check_limit_locked(self, owner: str, holder: str, max_units: int | None) -> None:
+        """Raise :class:`OverLimit` if ``owner`` may not reserve one more unit (lock held)."""
+        if not owner or max_units is None:
+            return
+        held, waiting = self.owner_counts(owner, holder)
+        if held + waiting >= max_units and held:
+            # a unit may be counted whose object has just gone: ask the engine before refusing
+            await self._sync_locked()
+            held, waiting = self.owner_counts(owner, holder)
+        if held + waiting >= max_units:
+            raise OverLimit(owner, max_units, held, waiting)
+
+    async def _wait_in_line(self, pool: str, waiter: _Waiter, max_wait: float) -> Unit:
+        start = time.monotonic()
+        deadline = start + max_wait
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoUnitFree(pool, time.monotonic() - start, self._position(pool, waiter))
+                # asyncio.wait, not wait_for: it never swallows a cancellation that
+                # arrives together with the unit (wait_for does on Python < 3.12)
+                done, _ = await asyncio.wait({waiter.future}, timeout=min(remaining, self.resync_interval))
+                if done:
+                    return waiter.future.result()
+                # nothing was released through us; a server may have vanished behind
+                # our back, so look at the engine again
+                async with self.lock:
+                    if not waiter.future.done():
+                        await self._sync_locked()
+        except BaseException:
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
+                # a unit was handed to us just as we gave up: pass it on
+                self._release_now(waiter.holder)
+                self._pending.discard(waiter.holder)
+            else:
+                waiter.future.cancel()
+            raise
+        finally:
+            queue = self._queues[pool]
+            if waiter in queue:
+                queue.remove(waiter)
+            self._notify_positions(pool)
+
+    def _position(self, pool: str, waiter: _Waiter) -> int | None:
+        for i, w in enumerate(self._queues[pool]):
+            if w is waiter:
+                return i + 1
+        return None
+
+    def _notify_positions(self, pool: str) -> None:
+        queue = self._queues.get(pool, ())
+        total = len(queue)
+        for i, w in enumerate(queue):
+            if w.on_position is not None and not w.future.done():
+                try:
+                    w.on_position(i + 1, total)
+                except Exception:
+                    log.exception("position callback failed for %s", w.holder)
+
+    def _hand_off(self, unit: Unit) -> None:
+        """Give a just-freed unit to the first live waiter of its pool, if any."""
+        queue = self._queues.get(unit.pool)
+        while queue:
+            waiter = queue.popleft()
+            if waiter.future.done():
+                continue
+            if self.ledger.take(unit.pool, waiter.holder) is None:  # pragma: no cover - invariant
+                queue.appendleft(waiter)
+                return
+            # pending from now: a re-read of the engine before the waiter wakes up must
+            # not free the unit (its object does not exist yet)
+            self._pending.add(waiter.holder)
+            waiter.future.set_result(self.ledger.unit_of(waiter.holder))
+            self._notify_positions(unit.pool)
+            return
+
+    def _release_now(self, holder: str) -> Unit | None:
+        self._owners.pop(holder, None)
+        unit = self.ledger.release(holder)
+        if unit is not None:
+            self._hand_off(unit)
+        return unit
+
+    async def release(self, holder: str) -> Unit | None:
+        """Free ``holder``'s unit (after its object was removed), handing it to the queue."""
+        async with self.lock:
+            return self._release_now(holder)
+
+    async def resync(self) -> None:
+        """Read the engine's labels again: units of objects that are gone are freed."""
+        async with self.lock:
+            await self._sync_locked()
+
+    # ---- read-only views -----------------------------------------------------------
+
+    def free_counts(self) -> dict[str, int]:
+        return self.ledger.free_counts()
+
+    def queue_length(self, pool: str) -> int:
+        return len(self._queues.get(pool, ()))
+
+    def unit_of(self, holder: str) -> Unit | None:
+        return self.ledger.unit_of(holder)

@@ -1,0 +1,351 @@
+"""``GPUDockerSpawner``: DockerSpawner that gives each server one GPU unit on a single host."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import docker
+from docker.errors import APIError, ImageNotFound
+from docker.types import DeviceRequest
+from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import TraitError, default, validate
+
+from gpuhub_spawner.core import isolation
+from gpuhub_spawner.core.inventory import Unit
+from gpuhub_spawner.core.volumes import build_mounts
+from gpuhub_spawner.hub.allocator import HeldRecord, NoUnitFree, OverLimit, StillHeld
+from gpuhub_spawner.hub.mixin import (
+    LABEL_HUB,
+    LABEL_POOL,
+    LABEL_PROFILE,
+    LABEL_SERVER,
+    LABEL_UNIT,
+    LABEL_USER,
+    GPUSpawnerMixin,
+    spawn_error,
+)
+
+#: container -> the task still retrying its removal (a stop that failed left it running)
+_LEFTOVER_TASKS: dict[str, asyncio.Future] = {}
+
+
+class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
+    """DockerSpawner that gives each server one GPU unit (or none, for CPU-only profiles).
+
+    The unit goes to the container as ``DeviceRequest(device_ids=[uuid])`` and into its
+    labels; the labels on the engine are the truth about who holds what.
+    """
+
+    @default("remove")
+    def _default_remove(self) -> bool:
+        # the GPU unit is baked into the container: a restart must create a new one
+        return True
+
+    @validate("remove")
+    def _check_remove(self, proposal: Any) -> bool:
+        if not proposal.value:
+            raise TraitError(
+                "GPUDockerSpawner.remove=False is not supported: a stopped container keeps the GPU "
+                "it was given. User files live in named volumes, so leave remove=True."
+            )
+        return True
+
+    # ---- engine access for the allocator ---------------------------------------------
+
+    def _engine_key(self) -> str:
+        # no connection needed: the form must render even when the engine is down
+        return str(self.client_kwargs.get("base_url") or os.environ.get("DOCKER_HOST") or "local")
+
+    async def _list_held(self) -> list[HeldRecord]:
+        containers = await self.docker("containers", all=True, filters={"label": LABEL_UNIT})
+        records = []
+        for c in containers:
+            labels = c.get("Labels") or {}
+            name = (c.get("Names") or ["/?"])[0].lstrip("/")
+            records.append(
+                HeldRecord(
+                    holder=name,
+                    unit_id=labels.get(LABEL_UNIT, ""),
+                    state=c.get("State", ""),
+                    object_id=c.get("Id", ""),
+                    ours=labels.get(LABEL_HUB) == self.gpu_hub_id,
+                    user=labels.get(LABEL_USER, ""),
+                )
+            )
+        return records
+
+    async def _remove_stale(self, record: HeldRecord) -> None:
+        await self.docker("remove_container", record.object_id, force=True)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self):
+        """DockerSpawner.start, with engine errors made readable and no unit left behind."""
+        self._progress_init()
+        self._gpu_unit: Unit | None = None
+        try:
+            return await super().start()
+        except web.HTTPError:  # our refusals (SpawnException) and dockerspawner's own 400s
+            await self._undo_failed_start()
+            raise
+        except Exception as e:  # noqa: BLE001 - raw engine text never reaches the user
+            await self._undo_failed_start()
+            raise self._engine_error(e) from None
+        except BaseException:
+            await self._undo_failed_start()
+            raise
+        finally:
+            self._start_finished()
+
+    async def _undo_failed_start(self) -> None:
+        """Remove a half-made container and free its unit (the hub will not call stop).
+
+        A container that cannot be removed keeps its unit: the labels are the truth, and the
+        allocator frees the unit when a later read of the engine no longer finds it.
+        """
+        gone = await self._remove_container(self.object_id or self.object_name)
+        if not gone:
+            self._remove_later(self.object_id)
+        self.object_id = ""
+        if self.gpu_unit_id:
+            if gone:
+                await self.get_allocator().release(self.object_name)
+                await self.end_usage(self.object_name)
+            else:
+                self.log.error("%s could not be removed; its unit %s stays held", self.object_name, self.gpu_unit_id)
+            self.gpu_unit_id = ""
+
+    async def _remove_container(self, ref: str) -> bool:
+        """Remove ``ref`` by force (a running one is killed); True once the engine has it gone."""
+        tries = 1
+        try:
+            await self.docker("remove_container", ref, v=True, force=True)
+            return True
+        except APIError as e:
+            if e.status_code == 404:
+                return True
+            if e.status_code == 409:  # a removal already under way: wait a little for it
+                tries = 20
+            self.log.warning("Could not remove %s: %s", ref, e)
+        except Exception as e:  # noqa: BLE001 - reported by the caller; the engine is the truth
+            self.log.warning("Could not remove %s: %s", ref, e)
+        for _ in range(tries):
+            try:
+                await self.docker("inspect_container", ref)
+            except APIError as e:
+                if e.status_code == 404:
+                    return True
+                return False
+            except Exception:  # noqa: BLE001 - the engine is not answering
+                return False
+            await asyncio.sleep(0.5)
+        return False
+
+    #: seconds between further attempts to remove a container whose stop failed
+    leftover_retry_delays: tuple[float, ...] = (10, 30, 60, 120, 300, 600)
+
+    def _remove_later(self, ref: str) -> None:
+        """Keep trying to remove the leftover container ``ref`` (an id, never a name a new
+        server could take); its unit is freed once it is gone."""
+        if not ref:
+            return
+
+        holder = self.object_name
+
+        async def retry() -> None:
+            for delay in self.leftover_retry_delays:
+                await asyncio.sleep(delay)
+                if await self._remove_container(ref):
+                    self.log.info("Removed the leftover container %s of %s", ref[:12], self._log_name)
+                    allocator = self.get_allocator()
+                    await allocator.resync()  # the labels decide: frees its unit
+                    if allocator.unit_of(holder) is None:  # no new server of that name holds one
+                        await self.end_usage(holder)
+                    return
+            self.log.error(
+                "The container %s of %s could not be removed; it keeps its GPU unit until an "
+                "operator removes it (docker rm -f)",
+                ref[:12],
+                self._log_name,
+            )
+
+        if ref not in _LEFTOVER_TASKS:
+            _LEFTOVER_TASKS[ref] = asyncio.ensure_future(retry())
+            _LEFTOVER_TASKS[ref].add_done_callback(lambda _task: _LEFTOVER_TASKS.pop(ref, None))
+
+    async def remove_object(self):
+        """Remove the container by force; refuse clearly if it is still there (it holds its GPU).
+
+        dockerspawner removes without force and ignores a 409, so a container whose stop failed
+        went on running while the hub handed its GPU to someone else.
+        """
+        ref = self.object_id or self.object_name
+        if not await self._remove_container(ref):
+            self._remove_later(self.object_id)
+            raise spawn_error(
+                "Your previous server is still shutting down and holds its GPU. Please try again "
+                "in a minute; if it keeps happening, tell the hub's admin.",
+                "engine-unavailable",
+                log_message=f"{self._log_name}: container {self.object_name} could not be removed",
+            )
+
+    async def create_object(self):
+        profile = await self.checked_profile()
+        if profile.cpu_only:
+            self._emit(30, "Creating your CPU-only server…")
+            return await self._create_shielded()
+        reservation = await self.reserve_unit(profile, priority=self._quota.priority)
+        try:
+            async with reservation as unit:
+                self._gpu_unit = unit
+                self.gpu_unit_id = unit.id
+                short = unit.device_id[:12]
+                self._emit(40, f"Assigned {unit.describe()} ({short}…). Creating your server…")
+                obj = await self._create_shielded()
+        except (NoUnitFree, OverLimit, StillHeld) as e:
+            raise self.reservation_error(e) from None
+        await self.record_usage(unit, self.object_name)
+        return obj
+
+    async def _create_shielded(self):
+        """Create the container; if the spawn is cancelled meanwhile, still learn its id.
+
+        ``docker create`` runs in a thread and finishes even when the spawn is cancelled
+        (start_timeout); the id is kept so the failed-start cleanup removes that container.
+        """
+        task = asyncio.ensure_future(super().create_object())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                obj = await task
+                self.object_id = obj[self.object_id_key]
+            except Exception:  # noqa: BLE001 - the create failed: nothing to clean up
+                pass
+            raise
+
+    async def pull_image(self, image: str):
+        try:
+            return await super().pull_image(image)
+        except (APIError, ImageNotFound) as e:
+            raise spawn_error(
+                f"The server image '{image}' is not on this machine and could not be pulled. "
+                "Tell the hub's admin (images/build.sh builds it).",
+                "image-missing",
+                log_message=f"image {image} unavailable for {self._log_name}: {e}",
+            ) from None
+
+    async def start_object(self):
+        self._emit(60, "Starting your server…")
+        await super().start_object()
+        self._emit(80, "Waiting for JupyterLab to answer…")
+
+    async def get_url(self) -> str:
+        """Where the server really listens: asked by a restarted hub about a spawn it lost.
+
+        A hub killed mid-spawn never recorded the server's address; the container knows it.
+        """
+        try:
+            ip, port = await self.get_ip_and_port()
+        except Exception as e:  # noqa: BLE001 - fall back to what the hub recorded
+            self.log.warning("Could not read the address of %s: %s", self._log_name, e)
+            return await super().get_url()
+        if ":" in ip:
+            ip = f"[{ip}]"
+        scheme = urlparse(self.server.url).scheme or "http"
+        return f"{scheme}://{ip}:{port}{self.server.base_url}"
+
+    async def poll(self):
+        try:
+            status = await super().poll()
+        except Exception as e:  # noqa: BLE001 - unknown is not stopped: keep the unit
+            self.log.warning(
+                "Could not ask the engine about %s (%s); reporting it running and keeping its GPU unit",
+                self._log_name,
+                e,
+            )
+            return None
+        busy = self._spawn_pending or self._start_pending
+        if status is not None and self.gpu_unit_id and not busy:
+            # the container exited (or the engine says it is gone): it no longer uses the GPU
+            await self.get_allocator().release(self.object_name)
+            await self.end_usage(self.object_name)
+        elif status is None and not busy:
+            self._seen_running()
+            if not self.gpu_unit_id:
+                await self._adopt_from_labels()
+        return status
+
+    async def _adopt_from_labels(self) -> None:
+        try:
+            obj = await self.get_object()
+            if obj is not None:
+                await self.adopt_unit((obj.get("Config") or {}).get("Labels") or {})
+        except Exception as e:  # noqa: BLE001 - the next poll tries again
+            self.log.warning("Could not read the labels of %s: %s", self._log_name, e)
+
+    async def stop(self, now: bool = False):
+        try:
+            await super().stop(now=now)
+        except web.HTTPError:
+            raise  # remove_object's clear refusal: the container and its unit are still there
+        except Exception as e:  # noqa: BLE001 - e.g. the stop timed out: remove it by force
+            self.log.warning("Stopping %s failed (%s); removing it by force", self._log_name, e)
+            ref = self.object_id or self.object_name
+            if not await self._remove_container(ref):
+                # it still runs with its GPU: the unit stays held until the engine has it gone
+                self._remove_later(self.object_id)
+                raise self._engine_error(e, doing="stop") from None
+            self.object_id = ""
+            self.clear_state()
+        await self.get_allocator().release(self.object_name)
+        await self.end_usage(self.object_name)
+        self.gpu_unit_id = ""
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.gpu_env(getattr(self, "_gpu_unit", None)))
+        # the image's start script finds the tutorials and the editable copy here
+        env["GPUHUB_TUTORIALS_STORE"] = self.tutorials_mount_path
+        env["GPUHUB_TUTORIALS_COPY_DIR"] = self.tutorials_copy_mount_path
+        return env
+
+    def docker(self, method: str, *args: Any, **kwargs: Any):
+        if method == "create_container":
+            kwargs = self._add_gpu_to_create(kwargs)
+        return super().docker(method, *args, **kwargs)
+
+    def _add_gpu_to_create(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Labels, device request and volumes for the container being created."""
+        unit = getattr(self, "_gpu_unit", None)
+        labels = dict(kwargs.get("labels") or {})
+        labels.update(
+            {
+                LABEL_HUB: self.gpu_hub_id,
+                LABEL_USER: self.user.name,
+                LABEL_SERVER: self.name or "",
+                LABEL_PROFILE: self.gpu_profile_slug,
+            }
+        )
+        host_config = kwargs.setdefault("host_config", {})
+        if unit is not None:
+            labels[LABEL_UNIT] = unit.id
+            labels[LABEL_POOL] = unit.pool
+            host_config["DeviceRequests"] = [DeviceRequest(device_ids=[unit.device_id], capabilities=[["gpu"]])]
+        # memory (no swap beyond it), CPUs and PIDs: never unlimited (README, limits)
+        host_config.update(isolation.container_limits(host_config, self.resource_limits()))
+        mounts = list(host_config.get("Mounts") or []) + build_mounts(self.volume_plan())
+        host_config["Mounts"] = mounts
+        security = list(host_config.get("SecurityOpt") or [])
+        if "no-new-privileges" not in security:
+            security.append("no-new-privileges")
+        host_config["SecurityOpt"] = security
+        kwargs["labels"] = labels
+        return kwargs
+
+
+__all__ = ["GPUDockerSpawner", "GPUSpawnerMixin", "docker"]

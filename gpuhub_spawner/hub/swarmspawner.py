@@ -1,0 +1,634 @@
+"""``GPUSwarmSpawner``: SwarmSpawner that gives each server one GPU unit of a Docker Swarm.
+
+Each server is a swarm service whose task requests one generic resource of its pool's kind
+(see :mod:`gpuhub_spawner.core.cluster`); swarm picks the node and the unit, and the hub reads the
+assignment back from the task.  The engine is the truth: capacity, holders and free counts are
+re-read from the nodes and tasks (no hub-side ledger to drift), so a node that joins is offered
+at once and a node that is lost frees its units.  What the hub adds is a fair line in front of
+swarm: a spawn that cannot be placed is queued (with its position) or refused at once, instead
+of a task left pending until the spawn times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.types import EndpointSpec, RestartPolicy
+from dockerspawner import SwarmSpawner
+from tornado import web
+from traitlets import Bool, Float, List, default
+
+from gpuhub_spawner.core import isolation
+from gpuhub_spawner.core.cluster import SHARED_KIND_PREFIX, ClusterView, assigned_resources, kind_of_pool
+from gpuhub_spawner.core.inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
+from gpuhub_spawner.core.labels import LABEL_NODE
+from gpuhub_spawner.core.volumes import build_mounts
+from gpuhub_spawner.hub.allocator import NoUnitFree, OverLimit
+from gpuhub_spawner.hub.mixin import (
+    LABEL_HUB,
+    LABEL_POOL,
+    LABEL_PROFILE,
+    LABEL_SERVER,
+    LABEL_UNIT,
+    LABEL_USER,
+    QUEUE_SOURCES,
+    GPUSpawnerMixin,
+    spawn_error,
+)
+
+#: what a pending task says when no node can take it
+_UNPLACEABLE = ("no suitable node", "insufficient resources")
+
+
+@dataclass
+class _Waiter:
+    holder: str
+    priority: int
+    on_position: Any
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+    owner: str = ""
+
+
+class SwarmGate:
+    """The line in front of swarm for one hub: who may create a GPU service now.
+
+    ``inflight`` holds spawns that were let through but whose task has no unit yet, so the
+    free counts read from the engine are not handed out twice in that window.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.inflight: dict[str, tuple[str, str]] = {}  # holder -> (pool, kind)
+        self.queues: dict[str, deque[_Waiter]] = {}
+        self.view: ClusterView | None = None
+        self.view_time = 0.0
+        #: service name -> unit recorded in its labels (or just assigned by this hub)
+        self.service_units: dict[str, str] = {}
+        #: GPU service name (or holder let through / in line) -> its user, for max_gpu_units
+        self.owners: dict[str, str] = {}
+
+    def queue_length(self, pool: str) -> int:
+        return len(self.queues.get(pool, ()))
+
+    def _free_kind(self, view: ClusterView, pool: str) -> str | None:
+        # in flight: let through, and not yet counted by swarm (a task that has its unit is)
+        flying = [
+            kind for holder, (p, kind) in self.inflight.items()
+            if p == pool and not (holder in view.placements and view.placements[holder].assigned)
+        ]
+        kind = kind_of_pool(pool)
+        if kind is not None:
+            return kind if view.free_count(pool) - len(flying) > 0 else None
+        counts: dict[str, int] = {}
+        for k in flying:
+            counts[k] = counts.get(k, 0) + 1
+        return view.best_shared_kind(exclude=counts)
+
+    def _notify(self, pool: str) -> None:
+        queue = self.queues.get(pool, deque())
+        for i, w in enumerate(queue):
+            if w.on_position is not None:
+                try:
+                    w.on_position(i + 1, len(queue))
+                except Exception:  # noqa: BLE001 - progress only
+                    pass
+
+    def wake(self) -> None:
+        for queue in self.queues.values():
+            for w in queue:
+                w.woken.set()
+
+    def owner_counts(self, view: ClusterView, owner: str, exclude: str) -> tuple[int, int]:
+        """(GPU services live or let through, spawns in line) of ``owner`` but ``exclude``."""
+        held = {
+            name for name in [*view.placements, *self.inflight]
+            if name != exclude and self.owners.get(name) == owner
+        }
+        waiting = sum(
+            1 for queue in self.queues.values() for w in queue if w.owner == owner and w.holder != exclude
+        )
+        return len(held), waiting
+
+    async def _check_limit(self, view: ClusterView, read_view, owner: str, holder: str,
+                           max_units: int | None) -> None:
+        """Raise :class:`OverLimit` if ``owner`` may not have one more GPU server (lock held)."""
+        if not owner or max_units is None:
+            return
+        held, waiting = self.owner_counts(view, owner, holder)
+        if held + waiting >= max_units and held:
+            # a service counted may have just gone: read the swarm again before refusing
+            held, waiting = self.owner_counts(await read_view(max_age=0.0), owner, holder)
+        if held + waiting >= max_units:
+            raise OverLimit(owner, max_units, held, waiting)
+
+    async def admit(self, pool: str, holder: str, read_view, max_wait: float,
+                    on_position=None, priority: int = 0, owner: str = "",
+                    max_units: int | None = None) -> str:
+        """Let ``holder`` create its service: returns the generic-resource kind to request.
+
+        ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
+        line count, checked under the gate's lock with the admission (:class:`OverLimit`).
+        """
+        start = time.monotonic()
+        waiter: _Waiter | None = None
+        queue = self.queues.setdefault(pool, deque())
+        try:
+            while True:
+                async with self.lock:
+                    # spawns arriving together share a read made within 0.5 s: what this hub let
+                    # through since is in `inflight`, and a release by this hub forces a fresh read
+                    view = await read_view(max_age=0.5)
+                    if waiter is None:
+                        await self._check_limit(view, read_view, owner, holder, max_units)
+                        if owner:
+                            self.owners[holder] = owner
+                    first = not queue if waiter is None else queue[0] is waiter
+                    kind = self._free_kind(view, pool) if first else None
+                    if kind is not None:
+                        if waiter is not None:
+                            queue.remove(waiter)
+                            waiter = None
+                            self._notify(pool)
+                        self.inflight[holder] = (pool, kind)
+                        return kind
+                    if max_wait <= 0:
+                        raise NoUnitFree(pool)
+                    if waiter is None:
+                        waiter = _Waiter(holder, priority, on_position, owner=owner)
+                        index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
+                        queue.insert(index, waiter)
+                        self._notify(pool)
+                remaining = start + max_wait - time.monotonic()
+                if remaining <= 0:
+                    position = next((i + 1 for i, w in enumerate(queue) if w is waiter), None)
+                    raise NoUnitFree(pool, time.monotonic() - start, position)
+                waiter.woken.clear()
+                # releases by this hub wake us at once; anything else shows in the next read
+                try:
+                    await asyncio.wait_for(waiter.woken.wait(), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+        finally:
+            if waiter is not None and waiter in queue:
+                queue.remove(waiter)
+                self._notify(pool)
+
+    def settled(self, holder: str) -> None:
+        """``holder``'s task has its unit (or its spawn ended): stop counting it in flight."""
+        if self.inflight.pop(holder, None) is not None:
+            self.wake()
+
+
+_GATES: dict[tuple[str, str], SwarmGate] = {}
+
+
+class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
+    """SwarmSpawner that gives each server one GPU unit (or none, for CPU-only profiles)."""
+
+    swarm_host_ports = Bool(
+        True,
+        config=True,
+        help="""Publish the server's port in host mode on its node and reach it at the node's
+        address (swarm's routing mesh needs IPVS).  False: use the service name on the
+        network in ``network_name`` (the hub must be attached to that overlay network).""",
+    )
+    swarm_default_cmd = List(
+        ["start-singleuser.sh"],
+        config=True,
+        help="""The server command when ``cmd`` is unset and the manager lacks the image to read
+        it from (on a swarm the image lives on the worker nodes).""",
+    )
+    swarm_view_max_age = Float(
+        1.0, config=True, help="Seconds a read of the swarm's nodes and tasks is reused for forms."
+    )
+
+    @default("poll_interval")
+    def _default_poll_interval(self) -> int:
+        # a lost node must be noticed well within 30 seconds
+        return 10
+
+    @default("use_internal_ip")
+    def _default_internal_ip(self) -> bool:
+        return False
+
+    # ---- the swarm, as read from the manager -----------------------------------------
+
+    def _engine_key(self) -> str:
+        return str(self.client_kwargs.get("base_url") or "swarm")
+
+    def _gate(self) -> SwarmGate:
+        key = (self._engine_key(), self.gpu_hub_id)
+        gate = _GATES.get(key)
+        if gate is None:
+            gate = _GATES[key] = SwarmGate()
+            QUEUE_SOURCES.append(gate)
+        return gate
+
+    async def cluster_view(self, max_age: float | None = None) -> ClusterView:
+        gate = self._gate()
+        age = self.swarm_view_max_age if max_age is None else max_age
+        if gate.view is not None and time.monotonic() - gate.view_time <= age:
+            return gate.view
+        nodes, tasks, services = await asyncio.gather(
+            self.docker("nodes"),
+            # every task, not only those meant to run: one being shut down still holds its unit
+            self.docker("tasks"),
+            self.docker("services", filters={"label": f"{LABEL_HUB}={self.gpu_hub_id}"}),
+        )
+        names = {s["ID"]: s["Spec"]["Name"] for s in services}
+        for s in services:
+            labels = s["Spec"].get("Labels") or {}
+            unit = labels.get(LABEL_UNIT)
+            if unit:
+                gate.service_units[s["Spec"]["Name"]] = unit
+            if labels.get(LABEL_POOL) and labels.get(LABEL_USER):  # a GPU server
+                gate.owners[s["Spec"]["Name"]] = labels[LABEL_USER]
+        gate.view = ClusterView.read(nodes, tasks, names)
+        gate.view_time = time.monotonic()
+        return gate.view
+
+    @property
+    def gpu_inventory_resolved(self) -> Inventory:
+        view = self._gate().view
+        return view.inventory() if view is not None else Inventory()
+
+    @property
+    def profiles(self) -> list[Profile]:
+        # pools come and go with nodes: a configured profile may wait for its pool's node
+        return profiles_from_config(list(self.gpu_profiles), self.gpu_inventory_resolved, require_pools=False)
+
+    async def sync_allocations(self) -> None:
+        await self.cluster_view()
+
+    async def _render_gpu_form(self) -> str:
+        from gpuhub_spawner.hub import forms
+
+        try:
+            view = await self.cluster_view()
+        except Exception as e:  # noqa: BLE001 - show the form even if the manager is down
+            self.log.warning("Could not read the swarm for the options form: %s", e)
+            view = ClusterView()
+        pools = {u.pool for u in view.units}
+        gate = self._gate()
+        sizes = {pool: view.pool_size(pool) for pool in pools}
+        waiting = {pool: gate.queue_length(pool) for pool in pools}
+        policy = await self.quota_policy()
+        allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
+        return forms.render_options_form(
+            self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy)
+        )
+
+    # ---- spawn ------------------------------------------------------------------------
+
+    async def get_command(self):
+        if self.cmd:
+            return await super().get_command()
+        try:
+            return await super().get_command()
+        except ImageNotFound:
+            return list(self.swarm_default_cmd) + self.get_args()
+
+    async def start(self):
+        self._progress_init()
+        self._gpu_kind = ""
+        self._gpu_unit: Unit | None = None
+        try:
+            await self.cluster_view(max_age=0.0)
+            return await super().start()
+        except BaseException as e:
+            await self._undo_failed_start()
+            if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
+                # raw engine text (a 409 "Conflict", a 500) never reaches the user
+                raise self._engine_error(e) from None
+            raise
+        finally:
+            self._start_finished()
+
+    async def _undo_failed_start(self) -> None:
+        self._gate().settled(self.object_name)
+        self._gate().owners.pop(self.object_name, None)
+        try:
+            await self.docker("remove_service", self.object_id or self.object_name)
+        except APIError as e:
+            if e.status_code != 404:
+                self.log.warning("Could not remove %s after a failed start: %s", self.object_name, e)
+        except Exception as e:  # noqa: BLE001 - best effort; the engine is the truth
+            self.log.warning("Could not remove %s after a failed start: %s", self.object_name, e)
+        self.object_id = ""
+        if self.gpu_unit_id:
+            await self.end_usage(self.object_name)
+            self.gpu_unit_id = ""
+        self._gate().wake()
+
+    async def create_object(self):
+        profile = await self.checked_profile()
+        if profile.cpu_only:
+            self._emit(30, "Creating your CPU-only server…")
+            return await super().create_object()
+        on_position = self._start_reserving(profile.pool)
+        try:
+            self._gpu_kind = await self._gate().admit(
+                profile.pool, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
+                on_position, priority=self._quota.priority,
+                owner=self.user.name, max_units=self._quota.max_gpu_units,
+            )
+        except (NoUnitFree, OverLimit) as e:
+            raise self.reservation_error(e) from None
+        self._emit(30, f"A {pool_label(profile.pool)} is free in the swarm. Creating your server…")
+        return await super().create_object()
+
+    def _pool_size(self, pool: str) -> int:
+        return (self._gate().view or ClusterView()).pool_size(pool)
+
+    def no_unit_error(self, err: NoUnitFree) -> Exception:
+        if not self._pool_size(err.pool):
+            return spawn_error(
+                f"No node of the swarm offers a {pool_label(err.pool)} right now. Start a CPU-only "
+                "server, or ask the hub's admin to add or un-cordon a node.",
+                "gpu-unavailable",
+            )
+        return super().no_unit_error(err)
+
+    def docker(self, method: str, *args: Any, **kwargs: Any):
+        if method == "create_service":
+            kwargs = self._add_gpu_to_service(kwargs)
+        return super().docker(method, *args, **kwargs)
+
+    def _labels(self) -> dict[str, str]:
+        return {
+            LABEL_HUB: self.gpu_hub_id,
+            LABEL_USER: self.user.name,
+            LABEL_SERVER: self.name or "",
+            LABEL_PROFILE: self.gpu_profile_slug,
+        }
+
+    def _add_gpu_to_service(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        template = kwargs["task_template"]
+        labels = self._labels()
+        kind = getattr(self, "_gpu_kind", "")
+        if kind:
+            profile = self._profile_by_slug(self.gpu_profile_slug)
+            labels[LABEL_POOL] = profile.pool if profile and profile.pool else ""
+            reservations = template.setdefault("Resources", {}).setdefault("Reservations", {})
+            reservations["GenericResources"] = [{"DiscreteResourceSpec": {"Kind": kind, "Value": 1}}]
+        limits = template.setdefault("Resources", {}).setdefault("Limits", {})
+        limits.update(isolation.service_limits(limits, self.resource_limits()))  # memory, CPUs, PIDs
+        spec = template["ContainerSpec"]
+        spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
+        privileges = spec.setdefault("Privileges", {}) or {}
+        privileges["NoNewPrivileges"] = True
+        spec["Privileges"] = privileges
+        # a server is never restarted by swarm elsewhere: its unit and its user's state go with it
+        template["RestartPolicy"] = RestartPolicy(condition="none")
+        kwargs["labels"] = {**(kwargs.get("labels") or {}), **labels}
+        if self.swarm_host_ports and not self.use_internal_ip:
+            # no PublishedPort: the node picks a free one, reported in the task's PortStatus
+            kwargs["endpoint_spec"] = EndpointSpec(
+                ports=[{"Protocol": "tcp", "TargetPort": self.port, "PublishMode": "host"}]
+            )
+        return kwargs
+
+    @property
+    def mounts(self):
+        # named volumes as volumes (upstream mounts everything as a bind)
+        return list(super().mounts) + build_mounts(self.volume_plan())
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        kind = getattr(self, "_gpu_kind", "")
+        if not kind:
+            env.update(self.gpu_env(None))
+        else:
+            env["GPUHUB_GPU_KIND"] = kind
+            if kind.startswith(SHARED_KIND_PREFIX):
+                view = self._gate().view
+                gpu = view.shared[kind][0] if view is not None and kind in view.shared else ""
+                env["NVIDIA_VISIBLE_DEVICES"] = gpu
+                env["GPUHUB_GPU_SHARED"] = "1"
+        env["GPUHUB_TUTORIALS_STORE"] = self.tutorials_mount_path
+        env["GPUHUB_TUTORIALS_COPY_DIR"] = self.tutorials_copy_mount_path
+        return env
+
+    # ---- waiting for the task --------------------------------------------------------
+
+    async def start_object(self):
+        """Follow the task until it runs; say at once why it cannot, never wait silently."""
+        self._emit(50, "Waiting for the swarm to place your server…")
+        dt = 0.2
+        noted: set[str] = set()
+        grace_until: float | None = None
+        while True:
+            task = await self._current_task()
+            if not task:
+                raise spawn_error("Your server's swarm service vanished while starting. Please try again.",
+                                  "engine-unavailable")
+            status = task.get("Status") or {}
+            state = status.get("State", "").lower()
+            message = status.get("Err") or status.get("Message") or ""
+            if assigned_resources(task) and "unit" not in noted:
+                noted.add("unit")
+                await self._note_assignment(task)
+            if state == "running":
+                break
+            if state == "pending" and any(s in message for s in _UNPLACEABLE):
+                # a unit freed a moment ago may still be held by a task swarm is shutting down:
+                # a user who may wait in line waits a little for it, others are told at once
+                if grace_until is None:
+                    grace_until = time.monotonic() + min(self.gpu_queue_max_wait, 30.0)
+                if time.monotonic() < grace_until:
+                    if "grace" not in noted:
+                        noted.add("grace")
+                        self._emit(55, "The swarm is still releasing a GPU; waiting for it…")
+                    await asyncio.sleep(0.5)
+                    continue
+                raise spawn_error(
+                    f"The swarm cannot place your server: {message}. Try again later, or start a "
+                    "CPU-only server.",
+                    "gpu-unavailable",
+                    log_message=f"{self._log_name}: task pending: {message}",
+                )
+            if state in {"rejected", "failed", "shutdown", "complete", "orphaned", "remove"}:
+                node = await self._node_name(task.get("NodeID", ""))
+                raise spawn_error(
+                    f"Your server could not start on node {node}: {message or state}.",
+                    "image-missing" if "No such image" in message or "image" in message.lower() else "engine-unavailable",
+                    log_message=f"{self._log_name}: task {state} on {node}: {message}",
+                )
+            if state not in noted and state in {"assigned", "preparing", "starting"}:
+                noted.add(state)
+                self._emit(60 if state == "assigned" else 70, {
+                    "assigned": "Placed on a node; preparing…",
+                    "preparing": "The node is preparing your server (image, volumes)…",
+                    "starting": "Starting your server…",
+                }[state])
+            await asyncio.sleep(dt)
+            dt = min(dt * 1.5, 1.5)
+        if "unit" not in noted:
+            self._gate().settled(self.object_name)
+        self._emit(80, "Waiting for JupyterLab to answer…")
+
+    async def _current_task(self) -> dict[str, Any] | None:
+        """The service's task in one call (upstream's get_task inspects the service first)."""
+        tasks = await self.docker("tasks", filters={"service": self.object_name})
+        if not tasks:
+            return None
+        running = [t for t in tasks if t.get("DesiredState") == "running"]
+        return max(running or tasks, key=lambda t: t.get("CreatedAt", ""))
+
+    async def _note_assignment(self, task: dict[str, Any]) -> None:
+        """Read which unit swarm gave the task; record it in state, labels and the usage ledger."""
+        view = await self.cluster_view()
+        if task.get("NodeID", "") not in view.nodes or not self._assigned_unit(view, task):
+            view = await self.cluster_view(max_age=0.0)  # a node (or unit) newer than our last read
+        node = view.nodes.get(task.get("NodeID", ""))
+        unit = None
+        for entry in assigned_resources(task):
+            named = entry.get("NamedResourceSpec")
+            if named:
+                unit = view.unit(named.get("Value", ""))
+            elif entry.get("DiscreteResourceSpec", {}).get("Kind", "").startswith(SHARED_KIND_PREFIX):
+                unit = self._shared_slot(view, entry["DiscreteResourceSpec"]["Kind"])
+        self._gate().settled(self.object_name)
+        if unit is None:
+            self.log.warning("%s: unknown assignment %s", self._log_name, assigned_resources(task))
+            return
+        self._gpu_unit = unit
+        self.gpu_unit_id = unit.id
+        where = node.hostname if node else "?"
+        self._emit(65, f"Assigned {unit.describe()} ({unit.device_id[:12]}…) on node {where}.")
+        await self.record_usage(unit, self.object_name)
+        try:
+            await self._label_service({LABEL_UNIT: unit.id, LABEL_NODE: where})
+        except Exception as e:  # noqa: BLE001 - the label is a convenience; state has the unit
+            self.log.warning("Could not label %s with its unit: %s", self.object_name, e)
+
+    async def _label_service(self, labels: dict[str, str]) -> None:
+        """Add service-level labels, sending back the spec exactly as it is otherwise.
+
+        Only the service's own labels change, so swarm does not replace the running task
+        (docker-py's update_service rebuilds parts of the spec, which can restart it).
+        """
+        api = self.client
+
+        def update() -> None:
+            current = api.inspect_service(self.object_id)
+            spec = dict(current["Spec"])
+            spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
+            url = api._url("/services/{0}/update", self.object_id)
+            api._raise_for_status(api._post_json(url, data=spec, params={"version": current["Version"]["Index"]}))
+
+        await asyncio.wrap_future(self.executor.submit(update))
+
+    @staticmethod
+    def _assigned_unit(view: ClusterView, task: dict[str, Any]) -> bool:
+        for entry in assigned_resources(task):
+            named = entry.get("NamedResourceSpec")
+            if named and view.unit(named.get("Value", "")) is None:
+                return False
+            kind = (entry.get("DiscreteResourceSpec") or {}).get("Kind", "")
+            if kind.startswith(SHARED_KIND_PREFIX) and kind not in view.shared:
+                return False
+        return True
+
+    def _shared_slot(self, view: ClusterView, kind: str) -> Unit | None:
+        """A free slot number of the shared GPU swarm gave us (swarm counts slots, we name them)."""
+        gpu, _node, slots, _taken = view.shared.get(kind, ("", "", 0, 0))
+        gate = self._gate()
+        used = {unit for name, unit in gate.service_units.items() if name != self.object_name}
+        for k in range(slots):
+            unit_id = f"{gpu}/slot-{k}"
+            if unit_id not in used:
+                gate.service_units[self.object_name] = unit_id
+                return view.unit(unit_id)
+        return None
+
+    async def _node_name(self, node_id: str) -> str:
+        view = self._gate().view
+        if view is not None and node_id in view.nodes:
+            return view.nodes[node_id].hostname
+        return node_id[:12] or "?"
+
+    async def get_ip_and_port(self):
+        if self.use_internal_ip or not self.swarm_host_ports:
+            return await super().get_ip_and_port()
+        task = await self.get_task()
+        if not task:
+            raise RuntimeError(f"no task for {self.object_name}")
+        for port in (task.get("Status") or {}).get("PortStatus", {}).get("Ports", []) or []:
+            if port.get("TargetPort") == self.port and port.get("PublishedPort"):
+                node = await self.docker("inspect_node", task["NodeID"])
+                return node["Status"]["Addr"], port["PublishedPort"]
+        raise RuntimeError(f"{self.object_name}: its task publishes no port {self.port} yet")
+
+    # ---- running servers -------------------------------------------------------------
+
+    async def poll(self):
+        try:
+            status = await self._poll_service()
+        except Exception as e:  # noqa: BLE001 - unknown is not stopped: keep the server and its unit
+            self.log.warning("Could not ask the swarm about %s (%s); reporting it running", self._log_name, e)
+            return None
+        if status is not None and not (self._spawn_pending or self._start_pending) and self.object_id:
+            # JupyterHub does not call stop() for a server that poll() reports gone: clean up here
+            await self._forget_service()
+        elif status is None and not (self._spawn_pending or self._start_pending):
+            self._seen_running()
+        return status
+
+    async def _poll_service(self):
+        status = await super().poll()
+        if status is not None:
+            return status
+        task = await self.get_task()
+        if task and task.get("NodeID"):
+            try:
+                node = await self.docker("inspect_node", task["NodeID"])
+            except APIError as e:
+                if e.status_code == 404:
+                    return "its node has left the swarm"
+                raise
+            state = (node.get("Status") or {}).get("State")
+            if state in {"down", "disconnected"}:
+                host = (node.get("Description") or {}).get("Hostname", task["NodeID"][:12])
+                self.log.warning("%s: node %s is %s; reporting the server stopped", self._log_name, host, state)
+                return f"node {host} is {state}"
+        return None
+
+    async def _forget_service(self) -> None:
+        """Remove the service and close its usage interval: its unit is free again."""
+        try:
+            await self.docker("remove_service", self.object_id)
+        except APIError as e:
+            if e.status_code != 404:
+                self.log.warning("Could not remove %s: %s", self.object_name, e)
+        await self._released()
+
+    async def _released(self) -> None:
+        gate = self._gate()
+        gate.settled(self.object_name)
+        gate.service_units.pop(self.object_name, None)
+        gate.owners.pop(self.object_name, None)
+        await self.end_usage(self.object_name)
+        self.gpu_unit_id = ""
+        gate.view_time = 0.0
+        gate.wake()
+
+    async def stop(self, now: bool = False):
+        try:
+            await super().stop(now=now)
+        except APIError as e:
+            if e.status_code != 404:
+                # the service (and the unit swarm gave it) is still there: say so plainly
+                raise self._engine_error(e, doing="stop") from None
+        except (DockerException, requests.RequestException) as e:
+            raise self._engine_error(e, doing="stop") from None
+        await self._released()
+
+
+__all__ = ["GPUSwarmSpawner", "SwarmGate"]

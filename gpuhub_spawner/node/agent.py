@@ -1,0 +1,496 @@
+"""The gpuhub node agent: GPU memory and utilization per JupyterHub user, from NVML.
+
+Runs on every GPU node (a global service on a swarm)::
+
+    gpuhub-node-agent --port 9469 --host-proc /host/proc --token-file /run/secrets/gpuhub-agent-token
+
+Every request needs ``Authorization: Bearer <token>`` (or ``token <token>``) with the token in
+``--token-file``: the port is reachable from users' servers, and what it serves (who runs what,
+where) is not theirs to read.  Without a token file the agent does not start, unless told
+``--no-auth`` while listening on a loopback address only.
+
+It reads every GPU and MIG instance from NVML, maps each compute process's host PID through
+``/proc/<pid>/cgroup`` to its container and through the container's ``org.gpuhub.*`` labels
+to the user and server, and serves:
+
+- ``GET /metrics``       Prometheus metrics (``gpuhub_gpu_…``); per-user series only for
+                         containers that are gpuhub servers
+- ``GET /api/activity``  JSON for the idle culler: every gpuhub server on the node with its
+                         GPU memory, process count and utilization (see
+                         :func:`.attribution.activity` for the contract)
+
+With ``--hpc-job-mapping-dir`` it also keeps dcgm-exporter's HPC job-mapping files there, so a
+dcgm-exporter started with the same ``--hpc-job-mapping-dir`` labels its metrics with the user
+(``hpc_job``).  NVML is read at most once per ``--cache-ttl`` however many scrapes come in;
+Docker is listed at most every ``--docker-refresh`` seconds and labels are cached by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Float, Int, Unicode, default
+from traitlets.config import Application
+
+from gpuhub_spawner.node.attribution import Attribution, activity, attribute, job_mapping, process_pids
+from gpuhub_spawner.node.cgroup import ProcReader
+from gpuhub_spawner.node.containers import ContainerDirectory
+from gpuhub_spawner.node.nvml import DeviceSample, NVMLUnavailable, load_nvml, sample_devices
+
+log = logging.getLogger(__name__)
+_JOB_FILE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+@dataclass
+class Snapshot:
+    time: float
+    devices: list[DeviceSample] = field(default_factory=list)
+    attribution: Attribution = field(default_factory=lambda: Attribution(servers={}))
+    nvml_up: bool = False
+    duration: float = 0.0
+
+
+class NodeAgent:
+    """One sample of NVML + /proc + Docker labels, shared by every request within ``ttl``."""
+
+    def __init__(
+        self,
+        node: str,
+        directory: ContainerDirectory,
+        proc: ProcReader,
+        ttl: float = 1.0,
+        job_mapping_dir: str = "",
+        nvml: ModuleType | None = None,
+        nvml_retry: float = 30.0,
+    ):
+        self.node = node
+        self.directory = directory
+        self.proc = proc
+        self.ttl = ttl
+        self.job_mapping_dir = job_mapping_dir
+        self.nvml = nvml
+        self.nvml_retry = nvml_retry
+        self._nvml_tried = 0.0
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        self._taken = 0.0
+
+    def _nvml(self) -> ModuleType | None:
+        now = time.monotonic()
+        if self.nvml is None and (not self._nvml_tried or now - self._nvml_tried >= self.nvml_retry):
+            self._nvml_tried = now
+            try:
+                self.nvml = load_nvml()
+            except NVMLUnavailable as e:
+                log.warning("No NVML on node %s (%s); only servers are reported", self.node, e)
+        return self.nvml
+
+    def snapshot(self) -> Snapshot:
+        """The current sample, taken again when older than ``ttl`` (one sampler at a time)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._snapshot is None or now - self._taken >= self.ttl:
+                self._snapshot = self._sample()
+                self._taken = time.monotonic()
+            return self._snapshot
+
+    def _sample(self) -> Snapshot:
+        t0 = time.perf_counter()
+        snap = Snapshot(time=time.time())
+        nvml = self._nvml()
+        if nvml is not None:
+            try:
+                snap.devices = sample_devices(nvml)
+                snap.nvml_up = True
+            except nvml.NVMLError as e:
+                log.warning("NVML read failed: %s", e)
+        servers = self.directory.servers()
+        containers: dict[int, str | None] = {}
+        for pid in process_pids(snap.devices):
+            cid = self.proc.container_of(pid)
+            containers[pid] = cid
+            if cid is not None and cid not in servers:
+                server = self.directory.server_of(cid)  # started since the last listing
+                if server is not None:
+                    servers[cid] = server
+        snap.attribution = attribute(snap.devices, containers, servers)
+        if self.job_mapping_dir and snap.nvml_up:
+            write_job_mapping(Path(self.job_mapping_dir), job_mapping(snap.devices, servers.values()))
+        snap.duration = time.perf_counter() - t0
+        return snap
+
+    def activity(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        return activity(self.node, snap.time, snap.devices, snap.attribution)
+
+
+def write_job_mapping(directory: Path, files: dict[str, list[str]]) -> None:
+    """Write each mapping file atomically; remove ours that no longer hold a job."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, jobs in files.items():
+        path = directory / name
+        if not jobs:
+            path.unlink(missing_ok=True)
+            continue
+        content = "".join(f"{job}\n" for job in jobs)
+        try:
+            if path.read_text() == content:
+                continue
+        except OSError:
+            pass
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".gpuhub-")
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    for path in directory.iterdir():
+        if _JOB_FILE.match(path.name) and path.name not in files:
+            path.unlink(missing_ok=True)  # a GPU that is gone
+
+
+_MIB = 1024 * 1024
+
+
+class AgentCollector(Collector):
+    """Builds every ``gpuhub_gpu_…`` family from one :class:`Snapshot` at scrape time."""
+
+    def __init__(self, agent: NodeAgent):
+        self.agent = agent
+
+    def collect(self):  # noqa: C901 - one flat list of families
+        snap = self.agent.snapshot()
+        node = self.agent.node
+        g = GaugeMetricFamily
+        up = g("gpuhub_gpu_agent_nvml_up", "1 if NVML answered in the last sample, else 0", labels=["node"])
+        up.add_metric([node], 1.0 if snap.nvml_up else 0.0)
+        took = g("gpuhub_gpu_agent_sample_duration_seconds", "Time taken by the last sample", labels=["node"])
+        took.add_metric([node], snap.duration)
+        info = g(
+            "gpuhub_gpu_info",
+            "A GPU on this node (value 1); mig_mode is 1 when MIG is on",
+            labels=["node", "gpu_uuid", "index", "name", "mig_mode"],
+        )
+        total = g("gpuhub_gpu_memory_total_bytes", "Memory of the whole GPU", labels=["node", "gpu_uuid"])
+        used = g(
+            "gpuhub_gpu_memory_used_bytes", "Memory in use on the whole GPU", labels=["node", "gpu_uuid"]
+        )
+        util = g(
+            "gpuhub_gpu_utilization_ratio",
+            "Fraction of the last sample period in which a kernel ran (NVML); absent for "
+            "MIG-enabled GPUs, where NVML gives no utilization",
+            labels=["node", "gpu_uuid"],
+        )
+        mem_util = g(
+            "gpuhub_gpu_memory_utilization_ratio",
+            "Fraction of the last sample period in which GPU memory was read or written (NVML); "
+            "absent for MIG-enabled GPUs",
+            labels=["node", "gpu_uuid"],
+        )
+        mig_total = g(
+            "gpuhub_gpu_mig_memory_total_bytes",
+            "Memory of a MIG instance (NVML gives no utilization per MIG instance)",
+            labels=["node", "gpu_uuid", "mig_uuid", "profile"],
+        )
+        mig_used = g(
+            "gpuhub_gpu_mig_memory_used_bytes",
+            "Memory in use on a MIG instance",
+            labels=["node", "gpu_uuid", "mig_uuid", "profile"],
+        )
+        procs = g(
+            "gpuhub_gpu_processes",
+            "Compute processes on a GPU or MIG instance (mig_uuid empty for a whole GPU)",
+            labels=["node", "gpu_uuid", "mig_uuid"],
+        )
+        other = g(
+            "gpuhub_gpu_unattributed_processes",
+            "Compute processes on a GPU or MIG instance that are in no gpuhub server",
+            labels=["node", "gpu_uuid", "mig_uuid"],
+        )
+        for d in snap.devices:
+            info.add_metric([node, d.uuid, str(d.index), d.name, "1" if d.mig_enabled else "0"], 1.0)
+            total.add_metric([node, d.uuid], float(d.memory_total))
+            used.add_metric([node, d.uuid], float(d.memory_used))
+            if d.utilization is not None:
+                util.add_metric([node, d.uuid], d.utilization / 100.0)
+            if d.memory_utilization is not None:
+                mem_util.add_metric([node, d.uuid], d.memory_utilization / 100.0)
+            if not d.mig_enabled:
+                procs.add_metric([node, d.uuid, ""], float(len(d.processes)))
+            for m in d.mig:
+                mig_total.add_metric([node, d.uuid, m.uuid, m.profile], float(m.memory_total))
+                mig_used.add_metric([node, d.uuid, m.uuid, m.profile], float(m.memory_used))
+                procs.add_metric([node, d.uuid, m.uuid], float(len(m.processes)))
+        for (gpu, mig), count in snap.attribution.unattributed.items():
+            other.add_metric([node, gpu, mig], float(count))
+        yield from (up, took, info, total, used, util, mem_util, mig_total, mig_used, procs, other)
+        yield from self._per_user(snap, node)
+
+    def _per_user(self, snap: Snapshot, node: str):
+        g = GaugeMetricFamily
+        server_info = g(
+            "gpuhub_gpu_server_info",
+            "A gpuhub notebook server on this node (value 1), with its unit, pool and profile",
+            labels=["node", "user", "server", "container", "unit", "pool", "profile"],
+        )
+        keys = ["node", "user", "server", "unit", "gpu_uuid", "mig_uuid"]
+        mem = g(
+            "gpuhub_gpu_user_memory_used_bytes", "GPU memory used by a user's server's processes", labels=keys
+        )
+        count = g(
+            "gpuhub_gpu_user_processes",
+            "Compute processes of a user's server on a GPU or MIG instance",
+            labels=keys,
+        )
+        util = g(
+            "gpuhub_gpu_user_utilization_ratio",
+            "Utilization of the whole GPU a user's server holds; absent for MIG instances (NVML "
+            "gives none) and shared replica slots (it cannot be split per user)",
+            labels=["node", "user", "server", "unit", "gpu_uuid"],
+        )
+        by_uuid = {d.uuid: d for d in snap.devices}
+        servers = snap.attribution.servers
+        for cid, s in servers.items():
+            server_info.add_metric([node, s.user, s.server, cid[:12], s.unit, s.pool, s.profile], 1.0)
+            gpu = s.whole_gpu
+            device = by_uuid.get(gpu) if gpu else None
+            if device is not None and device.utilization is not None:
+                util.add_metric([node, s.user, s.server, s.unit, gpu], device.utilization / 100.0)
+        for (cid, gpu, mig), usage in snap.attribution.usage.items():
+            s = servers[cid]
+            labels = [node, s.user, s.server, s.unit, gpu, mig]
+            mem.add_metric(labels, float(usage.memory_used_bytes))
+            count.add_metric(labels, float(usage.processes))
+        yield from (server_info, mem, count, util)
+
+
+# ---- web ---------------------------------------------------------------------------------
+
+
+def token_matches(header: str, token: str) -> bool:
+    """Is ``header`` (an Authorization value) ``Bearer <token>`` or ``token <token>``?"""
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not given.strip():
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+class _Handler(web.RequestHandler):
+    @property
+    def agent(self) -> NodeAgent:
+        return self.settings["agent"]
+
+    def prepare(self) -> None:
+        token = self.settings["token"]
+        if token is None:  # --no-auth on a loopback address
+            return
+        if not token_matches(self.request.headers.get("Authorization", ""), token):
+            self.set_header("WWW-Authenticate", 'Bearer realm="gpuhub-node-agent"')
+            self.set_header("Content-Type", "text/plain")
+            self.set_status(401)
+            self.finish("401: this agent needs 'Authorization: Bearer <token>' (its --token-file)\n")
+
+
+class MetricsHandler(_Handler):
+    async def get(self) -> None:
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, generate_latest, self.settings["registry"]
+        )
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(body)
+
+
+class ActivityHandler(_Handler):
+    async def get(self) -> None:
+        doc = await asyncio.get_running_loop().run_in_executor(None, self.agent.activity)
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(doc))
+
+
+class IndexHandler(_Handler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain")
+        self.write(f"gpuhub node agent on {self.agent.node}: /metrics, /api/activity\n")
+
+
+def make_web_app(agent: NodeAgent, token: str | None = None) -> web.Application:
+    """The agent's routes; every request must carry ``token``.  ``None`` checks nothing: the
+    application allows that only on a loopback address (:func:`read_token`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(agent))
+    return web.Application(
+        [(r"/", IndexHandler), (r"/metrics", MetricsHandler), (r"/api/activity", ActivityHandler)],
+        agent=agent,
+        registry=registry,
+        token=token,
+    )
+
+
+class AgentConfigError(Exception):
+    """The agent cannot start as configured (the message says how to fix it)."""
+
+
+def is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str, no_auth: bool, ip: str) -> str | None:
+    """The token to require, from ``path``; ``None`` only with ``no_auth`` on a loopback ``ip``."""
+    if no_auth:
+        if not is_loopback(ip):
+            raise AgentConfigError(
+                f"--no-auth is only allowed with a loopback --ip (127.0.0.1), not {ip!r}: on any other "
+                "address users' servers could read the agent. Give --token-file instead."
+            )
+        if path:
+            raise AgentConfigError("give either --token-file or --no-auth, not both")
+        return None
+    if not path:
+        raise AgentConfigError(
+            "no --token-file: the agent needs a token that Prometheus and the culler send "
+            "(a swarm secret, e.g. /run/secrets/gpuhub-agent-token; see deploy/swarm/README.md). "
+            "For a loopback-only agent, --ip 127.0.0.1 --no-auth."
+        )
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise AgentConfigError(f"cannot read --token-file {path}: {e.strerror}") from None
+    if len(token) < 16:
+        raise AgentConfigError(f"--token-file {path} holds no token of at least 16 characters (openssl rand -hex 32)")
+    return token
+
+
+class NodeAgentApp(Application):
+    """gpuhub node agent: per-user GPU metrics and activity for one GPU node."""
+
+    name = "gpuhub-node-agent"
+    description = __doc__
+
+    ip = Unicode("0.0.0.0", config=True, help="Address to listen on.")
+    port = Int(9469, config=True, help="Port to listen on.")
+    node = Unicode(config=True, help="Node name in the metrics (default: the host name).")
+    host_proc = Unicode(
+        "/proc",
+        config=True,
+        help="""The host's /proc (NVML reports host PIDs). In a container, mount the host's
+        /proc read-only at /host/proc, run with the host's PID namespace, and pass
+        --host-proc /host/proc.""",
+    )
+    cache_ttl = Float(1.0, config=True, help="Seconds one NVML sample serves scrapes and activity requests.")
+    docker_refresh = Float(5.0, config=True, help="Seconds between listings of the gpuhub containers.")
+    hub_id = Unicode("", config=True, help="Only servers of this hub (label org.gpuhub.hub); empty: all.")
+    token_file = Unicode(
+        "",
+        config=True,
+        help="""File holding the token every request must send (``Authorization: Bearer <token>``),
+        e.g. the swarm secret /run/secrets/gpuhub-agent-token. Required unless --no-auth.
+        Prometheus: ``authorization: {credentials_file: …}``; the culler:
+        GPUHUB_GPU_AGENT_TOKEN_FILE.""",
+    )
+    no_auth = Bool(
+        False,
+        config=True,
+        help="""Serve without a token. Only allowed when --ip is a loopback address (nothing but
+        this machine's own processes can connect); the agent refuses to start otherwise.""",
+    )
+    docker_url = Unicode(
+        "", config=True, help="Docker engine URL (default: DOCKER_HOST or the local socket)."
+    )
+    hpc_job_mapping_dir = Unicode(
+        "",
+        config=True,
+        help="""Optional: keep dcgm-exporter's HPC job-mapping files in this directory (one file
+        per GPU index, or <GPU index>.<GPU instance id> for MIG, listing the users that hold
+        it). Start dcgm-exporter with the same --hpc-job-mapping-dir. Empty: off.""",
+    )
+
+    aliases = {
+        "ip": "NodeAgentApp.ip",
+        "port": "NodeAgentApp.port",
+        "node": "NodeAgentApp.node",
+        "host-proc": "NodeAgentApp.host_proc",
+        "cache-ttl": "NodeAgentApp.cache_ttl",
+        "docker-refresh": "NodeAgentApp.docker_refresh",
+        "hub-id": "NodeAgentApp.hub_id",
+        "docker-url": "NodeAgentApp.docker_url",
+        "hpc-job-mapping-dir": "NodeAgentApp.hpc_job_mapping_dir",
+        "token-file": "NodeAgentApp.token_file",
+    }
+    flags = {
+        "no-auth": ({"NodeAgentApp": {"no_auth": True}}, "serve without a token (loopback --ip only)"),
+    }
+
+    @default("node")
+    def _default_node(self) -> str:
+        return os.environ.get("GPUHUB_NODE_NAME") or socket.gethostname()
+
+    def make_agent(self) -> NodeAgent:
+        import docker
+
+        client = (
+            docker.DockerClient(base_url=self.docker_url, timeout=10)
+            if self.docker_url
+            else docker.from_env(timeout=10)
+        )
+        directory = ContainerDirectory(client.api, refresh=self.docker_refresh, hub_id=self.hub_id)
+        return NodeAgent(
+            self.node,
+            directory,
+            ProcReader(self.host_proc),
+            ttl=self.cache_ttl,
+            job_mapping_dir=self.hpc_job_mapping_dir,
+        )
+
+    async def serve(self, token: str | None) -> None:
+        agent = self.make_agent()
+        server = HTTPServer(make_web_app(agent, token))
+        server.listen(self.port, self.ip)
+        log.info(
+            "gpuhub node agent for %s on %s:%d (host proc %s; %s)", self.node, self.ip, self.port, self.host_proc,
+            "no token: loopback only" if token is None else f"token from {self.token_file}",
+        )
+        await asyncio.Event().wait()
+
+    def start(self) -> None:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+        try:
+            token = read_token(self.token_file, self.no_auth, self.ip)
+        except AgentConfigError as e:
+            print(f"gpuhub-node-agent: {e}", file=sys.stderr)
+            self.exit(2)
+        asyncio.run(self.serve(token))
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = NodeAgentApp()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main()
