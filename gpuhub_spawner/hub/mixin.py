@@ -37,6 +37,7 @@ from gpuhub_spawner.core.labels import (  # noqa: F401 - re-exported for the spa
     LABEL_SERVER,
     LABEL_UNIT,
     LABEL_USER,
+    ServerLabels,
 )
 from gpuhub_spawner.core.quotas import (
     QuotaError,
@@ -837,11 +838,12 @@ class GPUSpawnerMixin(LoggingConfigurable):
     async def adopt_unit(self, labels: dict[str, str]) -> None:
         """A running server whose state has no unit (the hub died between creating it and saving
         its state) takes the unit its labels name: counted in quotas, freed and charged as usual."""
-        unit_id = labels.get(LABEL_UNIT, "")
-        if not unit_id or self.gpu_unit_id or labels.get(LABEL_HUB) != self.gpu_hub_id:
+        parsed = ServerLabels.from_labels(labels)
+        unit_id = parsed.unit
+        if not unit_id or self.gpu_unit_id or parsed.hub != self.gpu_hub_id:
             return
         self.gpu_unit_id = unit_id
-        self.gpu_profile_slug = self.gpu_profile_slug or labels.get(LABEL_PROFILE, "")
+        self.gpu_profile_slug = self.gpu_profile_slug or parsed.profile
         await self.get_allocator().ensure_synced()  # the labels: the unit is held by this server
         unit = self.gpu_inventory_resolved.by_id.get(unit_id)
         ledger = await self.ledger_in_thread()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuhub_spawner.core.labels import LABEL_POOL, LABEL_PROFILE, LABEL_SERVER, LABEL_UNIT, LABEL_USER
+from gpuhub_spawner.core.labels import ServerLabels
 from gpuhub_spawner.node.nvml import DeviceSample, ProcessSample
 
 
@@ -29,18 +29,12 @@ class Server:
     profile: str = ""
 
     @classmethod
-    def from_labels(cls, container: str, labels: Mapping[str, str]) -> Server | None:
-        user = labels.get(LABEL_USER)
-        if not user:
+    def from_labels(cls, container: str, labels: Mapping[str, str] | None) -> Server | None:
+        """The server running as ``container``, or ``None`` when its labels name no user."""
+        parsed = ServerLabels.from_labels(labels)
+        if not parsed.is_server:
             return None  # not a gpuhub server
-        return cls(
-            container=container,
-            user=user,
-            server=labels.get(LABEL_SERVER, ""),
-            unit=labels.get(LABEL_UNIT, ""),
-            pool=labels.get(LABEL_POOL, ""),
-            profile=labels.get(LABEL_PROFILE, ""),
-        )
+        return cls(container, parsed.user, parsed.server, parsed.unit, parsed.pool, parsed.profile)
 
     @property
     def mig(self) -> bool:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuhub_spawner.core.labels import LABEL_HUB, LABEL_UNIT, LABEL_USER
+from gpuhub_spawner.core.labels import LABEL_HUB, LABEL_UNIT, LABEL_USER, ServerLabels
 from gpuhub_spawner.node.attribution import Server
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,8 @@ class ContainerDirectory:
             self._labels.popitem(last=False)
 
     def _ours(self, labels: Mapping[str, str] | None) -> bool:
-        if not labels or LABEL_USER not in labels:
-            return False
-        return not self.hub_id or labels.get(LABEL_HUB) == self.hub_id
+        parsed = ServerLabels.from_labels(labels)
+        return parsed.is_server and parsed.of_hub(self.hub_id)
 
     def servers(self) -> dict[str, Server]:
         """Running gpuhub servers by container id (re-listed at most every ``refresh`` seconds)."""
@@ -86,9 +85,10 @@ class ContainerDirectory:
                 servers = {}
                 for c in listed:
                     labels = c.get("Labels") or {}
-                    if LABEL_UNIT not in labels:
+                    if not ServerLabels.from_labels(labels).unit:  # swarm: the unit is in the env
                         cached = self._labels.get(c["Id"])
-                        labels = cached if cached is not None and LABEL_UNIT in cached else self._inspect(c["Id"]) or labels
+                        has_unit = ServerLabels.from_labels(cached).unit
+                        labels = cached if has_unit else self._inspect(c["Id"]) or labels
                     self._remember(c["Id"], labels)
                     server = Server.from_labels(c["Id"], labels)
                     if server is not None:
@@ -116,7 +116,8 @@ class ContainerDirectory:
             return None
         config = info.get("Config") or {}
         labels = dict(config.get("Labels") or {})
-        if LABEL_USER in labels and LABEL_UNIT not in labels:
+        parsed = ServerLabels.from_labels(labels)
+        if parsed.is_server and not parsed.unit:
             unit = unit_from_env(config.get("Env"))
             if unit:
                 labels[LABEL_UNIT] = unit

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from gpuhub_spawner.core.labels import LABEL_HUB, LABEL_PROFILE, LABEL_SERVER, LABEL_UNIT, LABEL_USER
+from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
 from hub_services.culler.decide import GPUReading
 from hub_services.culler.probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
 
@@ -226,9 +226,8 @@ class Containers:
     def _list(self) -> dict[tuple[str, str], ContainerInfo]:
         found = {}
         for c in self.client.api.containers(filters={"label": f"{LABEL_HUB}={self.hub_id}"}):
-            labels = c.get("Labels") or {}
-            key = (labels.get(LABEL_USER, ""), labels.get(LABEL_SERVER, ""))
-            found[key] = ContainerInfo(c["Id"], labels.get(LABEL_PROFILE, ""), labels.get(LABEL_UNIT, ""))
+            labels = ServerLabels.from_labels(c.get("Labels"))
+            found[labels.key] = ContainerInfo(c["Id"], labels.profile, labels.unit)
         return found
 
     async def running(self) -> dict[tuple[str, str], ContainerInfo]:
