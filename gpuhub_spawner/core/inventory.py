@@ -169,6 +169,18 @@ def _int_field(entry: Mapping[str, Any], key: str, where: str, default: int, min
     return value
 
 
+def _uuid(entry: Mapping[str, Any], where: str, pattern: re.Pattern[str], kind: str, why: str) -> str:
+    """The entry's ``uuid``, which must be a full ``GPU-…`` / ``MIG-…`` UUID."""
+    uuid = _need(entry, "uuid", where, str)
+    if not pattern.match(uuid):
+        raise InventoryError(
+            where,
+            f"'{uuid}' is not a {kind} UUID",
+            f"Use the full UUID that `nvidia-smi -L` prints, starting with '{kind}-'{why}.",
+        )
+    return uuid
+
+
 def _mig_units(gpu_uuid: str, entries: Any, where: str, node: str, name: str) -> list[Unit]:
     if not isinstance(entries, list):
         raise InventoryError(where, "'mig' must be a list", "Give 'mig' as a list of instances.")
@@ -177,13 +189,7 @@ def _mig_units(gpu_uuid: str, entries: Any, where: str, node: str, name: str) ->
         mwhere = f"{where}.mig[{j}]"
         if not isinstance(mig, Mapping):
             raise InventoryError(mwhere, "must be a mapping", "Give uuid and profile.")
-        uuid = _need(mig, "uuid", mwhere, str)
-        if not _MIG_UUID.match(uuid):
-            raise InventoryError(
-                mwhere,
-                f"'{uuid}' is not a MIG UUID",
-                "Use the full UUID that `nvidia-smi -L` prints, starting with 'MIG-'.",
-            )
+        uuid = _uuid(mig, mwhere, _MIG_UUID, "MIG", "")
         profile = _need(mig, "profile", mwhere, str)
         if not _MIG_PROFILE.match(profile):
             raise InventoryError(
@@ -224,57 +230,52 @@ def units_from_gpus(
         )
     units: list[Unit] = []
     for i, gpu in enumerate(gpus):
-        where = f"{setting}[{i}]"
-        if not isinstance(gpu, Mapping):
-            raise InventoryError(where, "must be a mapping", 'Write {"uuid": "GPU-..."}.')
-        unknown = set(gpu) - {"uuid", "name", "memory_mb", "mig", "replicas", "node", "index"}
-        if unknown:
-            raise InventoryError(
-                where,
-                f"unknown key(s) {', '.join(sorted(unknown))}",
-                "Allowed keys: uuid, name, memory_mb, mig, replicas, node.",
-            )
-        uuid = _need(gpu, "uuid", where, str)
-        if not _GPU_UUID.match(uuid):
-            raise InventoryError(
-                where,
-                f"'{uuid}' is not a GPU UUID",
-                "Use the full UUID that `nvidia-smi -L` prints, starting with 'GPU-' "
-                "(indices are not accepted: they change between boots).",
-            )
-        gnode = gpu.get("node", node)
-        name = gpu.get("name", "")
-        memory = _int_field(gpu, "memory_mb", where, 0, 0)
-        mig = gpu.get("mig")
-        if mig:
-            if "replicas" in gpu and gpu["replicas"] != 1:
-                raise InventoryError(
-                    where,
-                    "a MIG-enabled GPU cannot also be time-sliced",
-                    "Remove 'replicas' from this GPU or its 'mig' list.",
-                )
-            units.extend(_mig_units(uuid, mig, where, gnode, name))
-            continue
-        replicas = _int_field(gpu, "replicas", where, default_replicas, 1)
-        if replicas == 1:
-            units.append(Unit(uuid, KIND_GPU, POOL_GPU, uuid, uuid, gnode, memory, gpu_name=name))
-            continue
-        for k in range(replicas):
-            units.append(
-                Unit(
-                    id=f"{uuid}/slot-{k}",
-                    kind=KIND_REPLICA,
-                    pool=POOL_SHARED,
-                    device_id=uuid,
-                    gpu_uuid=uuid,
-                    node=gnode,
-                    memory_mb=memory // replicas if memory else 0,
-                    slot=k,
-                    slots=replicas,
-                    gpu_name=name,
-                )
-            )
+        units.extend(_gpu_units(gpu, f"{setting}[{i}]", default_replicas, node))
     return units
+
+
+def _gpu_units(gpu: Any, where: str, default_replicas: int, node: str) -> list[Unit]:
+    """The units of one GPU description: its MIG instances, one whole GPU, or its replica slots."""
+    if not isinstance(gpu, Mapping):
+        raise InventoryError(where, "must be a mapping", 'Write {"uuid": "GPU-..."}.')
+    unknown = set(gpu) - {"uuid", "name", "memory_mb", "mig", "replicas", "node", "index"}
+    if unknown:
+        raise InventoryError(
+            where,
+            f"unknown key(s) {', '.join(sorted(unknown))}",
+            "Allowed keys: uuid, name, memory_mb, mig, replicas, node.",
+        )
+    uuid = _uuid(gpu, where, _GPU_UUID, "GPU", " (indices are not accepted: they change between boots)")
+    gnode = gpu.get("node", node)
+    name = gpu.get("name", "")
+    memory = _int_field(gpu, "memory_mb", where, 0, 0)
+    mig = gpu.get("mig")
+    if mig:
+        if "replicas" in gpu and gpu["replicas"] != 1:
+            raise InventoryError(
+                where,
+                "a MIG-enabled GPU cannot also be time-sliced",
+                "Remove 'replicas' from this GPU or its 'mig' list.",
+            )
+        return _mig_units(uuid, mig, where, gnode, name)
+    replicas = _int_field(gpu, "replicas", where, default_replicas, 1)
+    if replicas == 1:
+        return [Unit(uuid, KIND_GPU, POOL_GPU, uuid, uuid, gnode, memory, gpu_name=name)]
+    return [
+        Unit(
+            id=f"{uuid}/slot-{k}",
+            kind=KIND_REPLICA,
+            pool=POOL_SHARED,
+            device_id=uuid,
+            gpu_uuid=uuid,
+            node=gnode,
+            memory_mb=memory // replicas if memory else 0,
+            slot=k,
+            slots=replicas,
+            gpu_name=name,
+        )
+        for k in range(replicas)
+    ]
 
 
 def spread_order(units: Iterable[Unit]) -> list[Unit]:
