@@ -177,14 +177,25 @@ class AgentCollector(Collector):
     def __init__(self, agent: NodeAgent):
         self.agent = agent
 
-    def collect(self):  # noqa: C901 - one flat list of families
+    def collect(self):
         snap = self.agent.snapshot()
         node = self.agent.node
+        yield from self._agent(snap, node)
+        yield from self._gpus(snap, node)
+        yield from self._instances(snap, node)
+        yield from self._per_user(snap, node)
+
+    def _agent(self, snap: Snapshot, node: str):
         g = GaugeMetricFamily
         up = g("gpuhub_gpu_agent_nvml_up", "1 if NVML answered in the last sample, else 0", labels=["node"])
         up.add_metric([node], 1.0 if snap.nvml_up else 0.0)
         took = g("gpuhub_gpu_agent_sample_duration_seconds", "Time taken by the last sample", labels=["node"])
         took.add_metric([node], snap.duration)
+        yield from (up, took)
+
+    def _gpus(self, snap: Snapshot, node: str):
+        """Whole GPUs: what they are, their memory and utilization."""
+        g = GaugeMetricFamily
         info = g(
             "gpuhub_gpu_info",
             "A GPU on this node (value 1); mig_mode is 1 when MIG is on",
@@ -206,6 +217,19 @@ class AgentCollector(Collector):
             "absent for MIG-enabled GPUs",
             labels=["node", "gpu_uuid"],
         )
+        for d in snap.devices:
+            info.add_metric([node, d.uuid, str(d.index), d.name, "1" if d.mig_enabled else "0"], 1.0)
+            total.add_metric([node, d.uuid], float(d.memory_total))
+            used.add_metric([node, d.uuid], float(d.memory_used))
+            if d.utilization is not None:
+                util.add_metric([node, d.uuid], d.utilization / 100.0)
+            if d.memory_utilization is not None:
+                mem_util.add_metric([node, d.uuid], d.memory_utilization / 100.0)
+        yield from (info, total, used, util, mem_util)
+
+    def _instances(self, snap: Snapshot, node: str):
+        """MIG instances' memory, and compute processes per GPU or MIG instance."""
+        g = GaugeMetricFamily
         mig_total = g(
             "gpuhub_gpu_mig_memory_total_bytes",
             "Memory of a MIG instance (NVML gives no utilization per MIG instance)",
@@ -227,13 +251,6 @@ class AgentCollector(Collector):
             labels=["node", "gpu_uuid", "mig_uuid"],
         )
         for d in snap.devices:
-            info.add_metric([node, d.uuid, str(d.index), d.name, "1" if d.mig_enabled else "0"], 1.0)
-            total.add_metric([node, d.uuid], float(d.memory_total))
-            used.add_metric([node, d.uuid], float(d.memory_used))
-            if d.utilization is not None:
-                util.add_metric([node, d.uuid], d.utilization / 100.0)
-            if d.memory_utilization is not None:
-                mem_util.add_metric([node, d.uuid], d.memory_utilization / 100.0)
             if not d.mig_enabled:
                 procs.add_metric([node, d.uuid, ""], float(len(d.processes)))
             for m in d.mig:
@@ -242,8 +259,7 @@ class AgentCollector(Collector):
                 procs.add_metric([node, d.uuid, m.uuid], float(len(m.processes)))
         for (gpu, mig), count in snap.attribution.unattributed.items():
             other.add_metric([node, gpu, mig], float(count))
-        yield from (up, took, info, total, used, util, mem_util, mig_total, mig_used, procs, other)
-        yield from self._per_user(snap, node)
+        yield from (mig_total, mig_used, procs, other)
 
     def _per_user(self, snap: Snapshot, node: str):
         g = GaugeMetricFamily
