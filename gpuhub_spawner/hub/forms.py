@@ -1,12 +1,19 @@
-"""The profile picker users see, and the checks on what comes back (pure)."""
+"""The profile picker users see (a Jinja template operators may override), and the checks on
+what comes back (pure)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from html import escape
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, TemplateError
+
 from gpuhub_spawner.core.inventory import Profile
+
+log = logging.getLogger(__name__)
 
 
 class ProfileChoiceError(ValueError):
@@ -17,18 +24,38 @@ class ProfileChoiceError(ValueError):
         super().__init__(message)
 
 
-def render_options_form(
+TEMPLATES = Path(__file__).with_name("templates")
+FORM_TEMPLATE = "gpuhub_spawn_form.html"
+
+
+@lru_cache(maxsize=8)
+def form_environment(template_paths: tuple[str, ...] = ()) -> Environment:
+    """The Jinja environment for the form: ``template_paths`` first, then gpuhub's own templates.
+
+    ``template_paths`` is the hub's own search path (``c.JupyterHub.template_paths``), so an
+    operator overrides the form where they override the hub's pages. The built-in template stays
+    reachable as ``gpuhub/<name>`` for an override that extends it.
+    """
+    loader = ChoiceLoader(
+        [
+            FileSystemLoader([*template_paths, str(TEMPLATES)]),
+            PrefixLoader({"gpuhub": FileSystemLoader(str(TEMPLATES))}),
+        ]
+    )
+    return Environment(loader=loader, autoescape=True)
+
+
+def profile_rows(
     profiles: Sequence[Profile],
     free: Mapping[str, int],
     sizes: Mapping[str, int],
     waiting: Mapping[str, int],
     allowed: set[str] | None = None,
-    notice: str = "",
-) -> str:
-    """HTML radio list of the profiles this user may pick, with free counts.
+) -> list[dict[str, Any]]:
+    """One row per profile this user may pick: its free count in words, and which one is checked.
 
-    Profiles outside ``allowed`` are left out (the server refuses them anyway); ``notice`` is a
-    line shown above the list, such as the GPU time left.
+    Profiles outside ``allowed`` are left out (the server refuses them anyway); the default is
+    checked, else the last one.
     """
     rows = []
     checked_done = False
@@ -42,27 +69,49 @@ def render_options_form(
             if n_free == 0:
                 queued = waiting.get(profile.pool, 0)
                 status += f", {queued} waiting" if queued else ", you may have to wait"
-        checked = ""
-        if not checked_done and (profile.default or profile is shown[-1]):
-            checked, checked_done = " checked", True
+        checked = not checked_done and (profile.default or profile is shown[-1])
+        checked_done = checked_done or checked
         rows.append(
-            '<div class="radio gpuhub-profile">\n'
-            f'  <label><input type="radio" name="profile" value="{escape(profile.slug)}"{checked}>\n'
-            f"  <strong>{escape(profile.display_name)}</strong>"
-            f' <span class="text-muted">({escape(status)})</span>\n'
-            f"  <br><small>{escape(profile.description)}</small></label>\n"
-            "</div>"
+            {
+                "slug": profile.slug,
+                "name": profile.display_name,
+                "description": profile.description,
+                "status": status,
+                "checked": checked,
+            }
         )
-    if not rows:
-        rows.append("<p>No server profile is available to you. Ask the hub's admin.</p>")
-    head = f'<p class="gpuhub-notice">{escape(notice)}</p>\n' if notice else ""
-    return (
-        '<div class="form-group gpuhub-profiles">\n'
-        + head
-        + "<p>Choose what your server gets:</p>\n"
-        + "\n".join(rows)
-        + "\n</div>"
-    )
+    return rows
+
+
+def render_options_form(
+    profiles: Sequence[Profile],
+    free: Mapping[str, int],
+    sizes: Mapping[str, int],
+    waiting: Mapping[str, int],
+    allowed: set[str] | None = None,
+    notice: str = "",
+    template_paths: Sequence[str] = (),
+) -> str:
+    """HTML radio list of the profiles this user may pick, with free counts.
+
+    ``notice`` is a line shown above the list, such as the GPU time left. The HTML comes from
+    ``gpuhub_spawn_form.html``, found first in ``template_paths``; an override that does not
+    render is logged and the built-in template is used, so users can still start a server.
+    """
+    context = {"rows": profile_rows(profiles, free, sizes, waiting, allowed), "notice": notice}
+    try:
+        return form_environment(tuple(template_paths)).get_template(FORM_TEMPLATE).render(context)
+    except TemplateError as e:
+        if not template_paths:
+            raise
+        log.error(
+            "The spawn form template in %s does not render (%s: %s); using gpuhub's own. Fix the "
+            "override or remove it from c.JupyterHub.template_paths.",
+            ", ".join(template_paths),
+            type(e).__name__,
+            e,
+        )
+        return form_environment(()).get_template(FORM_TEMPLATE).render(context)
 
 
 def options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -33,10 +33,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
-from traitlets import Dict, Float, Unicode, default
+from traitlets import Dict, Float, List, Unicode, default
 from traitlets.config import Application
 
 from gpuhub_spawner.core.quotas import FIELDS, QuotaError, parse_quota
@@ -104,11 +105,15 @@ class Base(HubOAuthenticated, web.RequestHandler):
         if self.api:
             self.finish(exc.as_dict() if isinstance(exc, core.AdminError) else {"error": reason})
         else:
-            self.finish(pages.page(self.prefix, f"Error {status_code}", "", reason))
+            self.finish(
+                self.render_page("gpuhub_admin_error.html", title=f"Error {status_code}", message=reason)
+            )
 
-    @property
-    def xsrf_input(self) -> str:
-        return self.xsrf_form_html()
+    def render_page(self, name: str, **context: Any) -> str:
+        """One admin page inside the hub's page.html, for the signed-in admin (see pages.py)."""
+        xsrf = self.xsrf_form_html() if self.current_user else ""
+        token = self.xsrf_token.decode() if self.current_user else ""
+        return self.settings["admin_pages"].render(name, self.current_user, token, xsrf, **context)
 
 
 class ApiBase(Base):
@@ -193,8 +198,17 @@ class IndexPage(Base):
             usage = await core.usage(self.ctx)
         except core.AdminError as e:
             usage, message = [], e.message
-        body = pages.index(self.prefix, self.xsrf_input, core.allocations(self.ctx), usage)
-        self.finish(pages.page(self.prefix, "GPU Hub", body, message))
+        allocs = core.allocations(self.ctx)
+        self.finish(
+            self.render_page(
+                "gpuhub_admin_index.html",
+                title="GPU Hub",
+                tab="",
+                message=message,
+                allocs=allocs,
+                usage=usage,
+            )
+        )
 
 
 class QuotasPage(Base):
@@ -209,7 +223,9 @@ class QuotasPage(Base):
             message = message or e.message
         self.set_status(status)
         self.finish(
-            pages.page(self.prefix, "Quotas", pages.quotas(self.prefix, self.xsrf_input, data), message)
+            self.render_page(
+                "gpuhub_admin_quotas.html", title="Quotas", tab="quotas", message=message, data=data
+            )
         )
 
     def form_fields(self) -> dict[str, str]:
@@ -242,7 +258,7 @@ class UserQuotaForm(QuotasPage):
 
 class RosterPage(Base):
     async def get(self) -> None:
-        self.finish(pages.page(self.prefix, "Roster import", pages.roster(self.prefix, self.xsrf_input)))
+        self.finish(self.render_page("gpuhub_admin_roster.html", title="Roster import", tab="roster"))
 
     async def post(self) -> None:
         text = self.get_body_argument("roster", "")
@@ -250,8 +266,16 @@ class RosterPage(Base):
             report, message = await core.import_roster(self.ctx, text), ""
         except core.AdminError as e:
             report, message = None, e.message
-        body = pages.roster(self.prefix, self.xsrf_input, text, report)
-        self.finish(pages.page(self.prefix, "Roster import", body, message))
+        self.finish(
+            self.render_page(
+                "gpuhub_admin_roster.html",
+                title="Roster import",
+                tab="roster",
+                message=message,
+                text=text,
+                report=report,
+            )
+        )
 
 
 class StopForm(Base):
@@ -300,6 +324,14 @@ class AdminServiceApp(Application):
     hub_timeout = Float(20, config=True, help="Seconds one hub API request may take.")
     service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
     prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
+    template_paths = List(
+        Unicode(),
+        config=True,
+        help="Folders searched first for the pages' Jinja templates (env GPUHUB_TEMPLATE_PATHS, "
+        "os.pathsep-separated; jupyterhub_config.py passes the hub's c.JupyterHub.template_paths). "
+        "A gpuhub_admin_*.html or page.html there replaces the built-in one; see README 'Templates'. "
+        'e.g. c.AdminServiceApp.template_paths = ["/etc/gpuhub/templates"].',
+    )
 
     aliases = {
         "usage-db-url": "AdminServiceApp.usage_db_url",
@@ -340,6 +372,20 @@ class AdminServiceApp(Application):
     def _prefix_env(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
 
+    @default("template_paths")
+    def _template_paths_env(self) -> list[str]:
+        return [p for p in os.environ.get("GPUHUB_TEMPLATE_PATHS", "").split(os.pathsep) if p]
+
+    def make_pages(self, prefix: str) -> pages.Pages:
+        hub_prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL") or "/", "hub/")
+        name = os.environ.get("JUPYTERHUB_SERVICE_NAME", self.name)
+        admin_pages = pages.Pages(pages.HubFrame(hub_prefix, name, prefix), self.template_paths)
+        try:
+            admin_pages.check()
+        except pages.TemplateProblem as e:
+            raise SystemExit(f"gpuhub-admin: {e}") from None
+        return admin_pages
+
     def make_context(self) -> core.Context:
         if not self.usage_db_url or not self.api_token:
             raise SystemExit(
@@ -358,6 +404,7 @@ class AdminServiceApp(Application):
             routes(prefix),
             admin_context=ctx,
             admin_prefix=prefix,
+            admin_pages=self.make_pages(prefix),
             cookie_secret=secrets.token_bytes(32),
             xsrf_cookies=True,
         )

@@ -44,10 +44,43 @@ def test_form_escapes_html():
     evil = Profile('x"><script>', "<script>alert(1)</script>", pool="gpu", description="<img src=x>")
     html = render_options_form([evil], free={"gpu": 1}, sizes={"gpu": 1}, waiting={})
     assert "<script>" not in html and "<img" not in html
-    assert 'value="x&quot;&gt;&lt;script&gt;"' in html
+    assert 'value="x&#34;&gt;&lt;script&gt;"' in html  # Jinja's autoescape spells " as &#34;
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Whole &lt;b&gt;GPU&lt;/b&gt;" in render_options_form(PROFILES, {}, {}, {})
-    assert "Tom &amp; Jerry&#x27;s GPU" in render_options_form(PROFILES, {}, {}, {})
+    assert "Tom &amp; Jerry&#39;s GPU" in render_options_form(PROFILES, {}, {}, {})
+
+
+def test_form_escapes_html_in_an_operator_template_too(tmp_path):
+    (tmp_path / "gpuhub_spawn_form.html").write_text(
+        "{% for row in rows %}<b id='{{ row.slug }}'>{{ row.name }}</b>{% endfor %}{{ notice }}"
+    )
+    evil = Profile('x"><script>', "<script>alert(1)</script>", pool="gpu", description="")
+    html = render_options_form([evil], {}, {}, {}, notice="<img src=x>", template_paths=[str(tmp_path)])
+    assert "<script>" not in html and "<img" not in html
+    assert "<b id='x&#34;&gt;&lt;script&gt;'>&lt;script&gt;alert(1)&lt;/script&gt;</b>" in html
+
+
+def test_an_operator_template_replaces_the_form_and_may_extend_the_built_in_one(tmp_path):
+    site, other = tmp_path / "site", tmp_path / "other"
+    site.mkdir()
+    other.mkdir()
+    (site / "gpuhub_spawn_form.html").write_text(
+        '{% extends "gpuhub/gpuhub_spawn_form.html" %}'
+        "{% block after_profiles %}<p class='site-note'>Ask {{ 'TA & co' }} for help.</p>{% endblock %}"
+    )
+    (other / "gpuhub_spawn_form.html").write_text("the later folder loses")
+    html = render_options_form(PROFILES, {}, {}, {}, template_paths=[str(site), str(other)])
+    assert "<p class='site-note'>Ask TA &amp; co for help.</p>" in html
+    assert " checked" in row(html, "small") and html.count('name="profile"') == 3
+    assert "later folder" not in html
+    assert "site-note" not in render_options_form(PROFILES, {}, {}, {}, template_paths=[str(other / "none")])
+
+
+def test_an_override_that_does_not_render_falls_back_to_the_built_in_form(tmp_path, caplog):
+    (tmp_path / "gpuhub_spawn_form.html").write_text("{% for row in rows %}unclosed")
+    html = render_options_form(PROFILES, {}, {}, {}, template_paths=[str(tmp_path)])
+    assert html.count('name="profile"') == 3 and "unclosed" not in html
+    assert "does not render" in caplog.text and str(tmp_path) in caplog.text
 
 
 def test_form_checks_the_default():

@@ -127,6 +127,10 @@ def test_admin_token_reads_every_page(hub, path):
         r.json()
     else:
         assert "<h1>" in r.text
+        # inside the hub's own page.html: its navigation bar and static files
+        assert '<span id="jupyterhub-logo" class="navbar-brand">' in r.text
+        assert 'href="/hub/static/css/style.min.css"' in r.text and '<span class="me-1">boss</span>' in r.text
+        assert requests.get(hub.url + "/hub/static/css/style.min.css", timeout=10).ok
 
 
 def test_roster_import_applies_good_rows_and_reports_bad_ones(hub):
