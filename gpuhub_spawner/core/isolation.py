@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpuhub_spawner.core.quotas import BOUNDS, parse_bytes
+from gpuhub_spawner.core.quotas import BOUNDS
+from gpuhub_spawner.core.sizes import check_size, read_size
 
 # ---- limits ---------------------------------------------------------------------------
 
@@ -46,15 +47,11 @@ class Limits:
 
 
 def parse_memory(value: Any) -> int:
-    """Bytes of a memory limit, in the one grammar of every ``mem_limit`` (:func:`quotas.parse_bytes`:
-    ``"8G"``, ``"4Gi"``, ``"512M"``, ``"1.5G"``, whole bytes) within ``quotas.BOUNDS``; ValueError otherwise."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(value)
-    number = parse_bytes(value)
+    """Bytes of a memory limit within ``quotas.BOUNDS`` (6M to 64T), in gpuhub's one size grammar
+    (:func:`gpuhub_spawner.core.sizes.parse_size`: ``"8G"``, ``"512M"``, ``"1.5G"``, bytes); SizeError
+    (a ValueError) otherwise."""
     low, high = BOUNDS["mem_limit"]
-    if not low <= number <= high:
-        raise ValueError(f"{value!r} is outside {int(low)} to {int(high)} bytes")
-    return number
+    return check_size(value, int(low), int(high), read=read_size)
 
 
 def resolve_limits(

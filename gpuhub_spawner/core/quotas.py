@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from gpuhub_spawner.core.sizes import FORMS as SIZE_FORMS
+from gpuhub_spawner.core.sizes import SizeError, format_size, read_size, size_error
+
 PERIODS = ("day", "week", "month", "total")
 #: Fields where ``None`` means "no limit"; ``period`` and ``priority`` always have a value.
 LIMIT_FIELDS = ("allowed_profiles", "max_gpu_units", "gpu_hours_per_period", "max_session_hours")
@@ -45,8 +48,6 @@ _NO_LIMIT = {"unlimited", "none", "null"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _INT = re.compile(r"^[+-]?[0-9]{1,30}$")
 _NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-_BYTES = re.compile(r"^([0-9]{1,20}(?:\.[0-9]{1,9})?)\s*(?:([kmgt])(i?)b?|b)?$", re.IGNORECASE)
-_UNIT = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 MIB, TIB = 1024**2, 1024**4
 
 #: (lowest, highest) allowed value of each numeric field, both inclusive.
@@ -134,33 +135,17 @@ def _number(value: Any, positive: bool) -> float:
 
 
 def parse_bytes(value: Any) -> int:
-    """A memory size in bytes: the one grammar for every ``mem_limit`` (profiles and quotas).
-
-    A whole number of bytes, or a number (decimals allowed) with a unit ``K``, ``M``, ``G`` or
-    ``T``, optionally followed by ``i`` and/or ``B``, in any case: ``"4G"``, ``"4Gi"``,
-    ``"4GB"``, ``"4GiB"`` and ``"4g"`` all mean 4 x 1024**3 (binary units, as Docker and
-    JupyterHub read them).  Fractions of a byte are dropped.  Raises ``ValueError`` (with
-    the value) for anything else, for zero and for negative sizes.
+    """A memory size in whole bytes above zero, in gpuhub's one size grammar
+    (:func:`gpuhub_spawner.core.sizes.read_size`: ``"4G"``, ``"512M"``, ``"1.5T"``, bytes; and for
+    one release the old forms such as ``"4Gi"`` already stored in group properties). Raises
+    ``SizeError`` (a ValueError naming the accepted forms and the fix) otherwise.
     """
-    number = value
-    if isinstance(value, str):
-        match = _BYTES.match(value.strip())
-        if not match:
-            raise ValueError(f"{_show(value)} is not a memory size")
-        digits, unit, _binary = match.groups()
-        number = int(float(digits) * _UNIT[(unit or "").lower()])
-    try:
-        size = _whole(number, 1)
-    except _Invalid:
-        raise ValueError(f"{_show(value)} is not a memory size") from None
+    if isinstance(value, float) and not value.is_integer():
+        raise size_error(value)  # a fraction of a byte is a typo, not a size
+    size = read_size(value)
+    if size < 1:
+        raise size_error(value)
     return size
-
-
-def _bytes(value: Any) -> int:
-    try:
-        return parse_bytes(value)
-    except ValueError:
-        raise _Invalid from None
 
 
 def _profiles(value: Any) -> frozenset[str] | None:
@@ -195,18 +180,10 @@ _CONVERTERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "period": (_period, "one of " + ", ".join(PERIODS)),
     "max_session_hours": (lambda v: _number(v, True), "a number > 0 (or 'unlimited')"),
     "cpu_limit": (lambda v: _number(v, True), "a number > 0 (or 'unlimited')"),
-    "mem_limit": (_bytes, "a memory size such as '4G', '4Gi', '512M' or a number of bytes (or 'unlimited')"),
+    "mem_limit": (parse_bytes, f"a size: {SIZE_FORMS} (or 'unlimited')"),
     "max_named_servers": (lambda v: _whole(v, 0), "a whole number ≥ 0 (or 'unlimited')"),
     "priority": (lambda v: _whole(v, None), "a whole number such as 0, 10 or -5"),
 }
-
-
-def _size(value: float) -> str:
-    """``6M``, ``64T``: a byte count in the largest binary unit that divides it."""
-    for suffix, unit in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if value >= unit and value % unit == 0:
-            return f"{value // unit:g}{suffix}"
-    return f"{value:g} bytes"
 
 
 def _figure(value: float) -> str:
@@ -218,7 +195,7 @@ def allowed_range(field: str) -> str:
     """The allowed range of a numeric field in words, e.g. ``from 0 to 1,000``."""
     low, high = BOUNDS[field]
     if field == "mem_limit":
-        return f"from {_size(low)} to {_size(high)}"
+        return f"from {format_size(low)} to {format_size(high)}"
     if field == "max_session_hours":
         return f"more than 0 and at most {_figure(high)}"
     return f"from {_figure(low)} to {_figure(high)}"
@@ -250,6 +227,8 @@ def _parse_field(field: str, value: Any, where: str) -> tuple[bool, Any]:
     convert, allowed = _CONVERTERS[field]
     try:
         converted = convert(value)
+    except SizeError as e:
+        raise QuotaError(field, f"{e} (or 'unlimited')", where) from None
     except _Invalid:
         raise QuotaError(field, f"{_show(value)} is not {allowed}", where) from None
     _check_bounds(field, converted, value, where)
