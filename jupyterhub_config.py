@@ -272,6 +272,14 @@ extra = os.environ.get("GPUHUB_EXTRA_CONFIG")
 if extra:
     load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
 
+# the admin service's pages look for templates where the hub does (after the extra config, so
+# an operator's c.JupyterHub.template_paths there counts); the spawn form reads the hub's own
+template_paths = c.JupyterHub.get("template_paths") or []
+if isinstance(template_paths, list) and template_paths:
+    for service in c.JupyterHub.services:
+        if service["name"] == "gpuhub-admin":
+            service["environment"]["GPUHUB_TEMPLATE_PATHS"] = os.pathsep.join(map(str, template_paths))
+
 # ---- metrics: hub exporter service + Prometheus's token (after the extra config, so the ----
 # ---- exporter sees the final spawner settings; see deploy/prometheus/) --------------------
 # GPUHUB_EXPORTER_PORT          runs the hub exporter service on that port (off when unset)

@@ -658,8 +658,16 @@ class GPUSpawnerMixin(LoggingConfigurable):
         policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
-            self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy)
+            self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
+            template_paths=self.hub_template_paths,
         )
+
+    @property
+    def hub_template_paths(self) -> list[str]:
+        """The hub's template search path (``c.JupyterHub.template_paths``, as the hub passes it
+        to its users): an operator's ``gpuhub_spawn_form.html`` there replaces gpuhub's form."""
+        settings = getattr(getattr(self, "user", None), "settings", None) or {}
+        return [str(p) for p in settings.get("template_path") or []]
 
     async def _budget_notice(self, policy: QuotaPolicy) -> str:
         """'GPU time left this week: 1.5 h', when the user has a GPU-hour budget."""
