@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Make this machine ready to run (and test) gpuhub on one host. Idempotent; run as root.
+#   deploy/setup-host.sh          # to run the hub (deploy/gpuhub-up)
+#   deploy/setup-host.sh --test   # to run the tests too (deploy/gpuhub-test, CI)
 #   - a Docker engine (Debian's docker.io), started here if none is running
-#   - the Python virtual environment .venv with gpuhub installed (and its test extra)
+#   - the Python virtual environment .venv with gpuhub installed (with --test: and its test extra)
 #   - configurable-http-proxy (npm)
-#   - for the tests: PostgreSQL server binaries and Debian's Chromium + chromedriver
+#   - with --test: PostgreSQL server binaries, Debian's Chromium + chromedriver and Prometheus
 #   - the local images (images/build.sh: debootstrap + docker import, no registry needed)
 # Environment: GPUHUB_SKIP_IMAGES=1 skips the image build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+for_tests=0
+case "${1:-}" in
+  --test) for_tests=1 ;;
+  "") ;;
+  *) log "usage: deploy/setup-host.sh [--test]"; exit 2 ;;
+esac
 
 need_apt=()
 command -v dockerd >/dev/null || need_apt+=(docker.io)
@@ -19,13 +28,15 @@ command -v iptables >/dev/null || need_apt+=(iptables)
 # deploy/swarm/make-tls.sh (mutual TLS to a swarm manager; the swarm tests use it)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v npm >/dev/null || need_apt+=(npm)
-# PostgreSQL server binaries: the ledger's tests run against a real, throwaway cluster
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
-# Debian's Chromium for the browser tests (tools that download their own browser cannot run here)
-command -v chromium >/dev/null || need_apt+=(chromium)
-command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
-# Prometheus (the metrics tests start /usr/bin/prometheus themselves; the system service is not used)
-[ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+if [ "$for_tests" = 1 ]; then
+  # PostgreSQL server binaries: the ledger's tests run against a real, throwaway cluster
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+  # Debian's Chromium for the browser tests (tools that download their own browser cannot run here)
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+  # Prometheus (the metrics tests start /usr/bin/prometheus themselves; the system service is not used)
+  [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   apt-get update -qq
@@ -54,10 +65,12 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
 fi
-stamp=.venv/.gpuhub-installed
+# the hub needs gpuhub's own dependencies only; the tests add the `test` extra (pytest, selenium…)
+spec=. stamp=.venv/.gpuhub-installed
+[ "$for_tests" = 0 ] || { spec=".[test]"; stamp=.venv/.gpuhub-installed-test; }
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing gpuhub into .venv"
-  .venv/bin/pip install -q -e ".[test]"
+  log "installing gpuhub ($spec) into .venv"
+  .venv/bin/pip install -q -e "$spec"
   touch "$stamp"
 fi
 

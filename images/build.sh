@@ -88,21 +88,20 @@ build_node() {
   build_cached "$NODE_IMAGE" "$NODE_BASE_IMAGE" "$here/node"
 }
 
-# The node agent: its own dependencies in a venv and only the gpuhub modules it imports
-# (no JupyterHub).  A new import in the agent must be added here: the build runs --help-all.
-AGENT_MODULES="gpuhub_spawner/__init__.py gpuhub_spawner/core/__init__.py gpuhub_spawner/core/labels.py
-  gpuhub_spawner/node/__init__.py gpuhub_spawner/node/nvml.py gpuhub_spawner/node/agent.py
-  gpuhub_spawner/node/attribution.py gpuhub_spawner/node/cgroup.py gpuhub_spawner/node/containers.py"
-
+# The node agent: the `node` extra's dependencies (read from pyproject.toml: no list kept here)
+# and gpuhub's core and node packages, installed with --no-deps (no JupyterHub).  The build runs
+# the agent's --help-all; tests/node/test_agent_image.py checks the agent imports nothing else.
 build_agent() {
-  local tmp m
+  local tmp repo="$here/.."
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
   cp -r "$here/agent"/. "$tmp"/
-  for m in $AGENT_MODULES; do
-    mkdir -p "$tmp/gpuhub/$(dirname "$m")"
-    cp "$here/../$m" "$tmp/gpuhub/$m"
-  done
+  python3 "$here/agent/extra_requirements.py" "$repo/pyproject.toml" node >"$tmp/requirements.txt"
+  mkdir -p "$tmp/src/gpuhub_spawner"
+  cp "$repo/pyproject.toml" "$repo/README.md" "$tmp/src/"
+  cp "$repo/gpuhub_spawner/__init__.py" "$tmp/src/gpuhub_spawner/"
+  cp -r "$repo/gpuhub_spawner/core" "$repo/gpuhub_spawner/node" "$tmp/src/gpuhub_spawner/"
+  find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
   cp /etc/ssl/certs/ca-certificates.crt "$tmp/host-ca.crt"
   build_cached "$AGENT_IMAGE" "$BASE_IMAGE" "$tmp"
 }
