@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from jupyterhub.spawner import SpawnException
 
+from gpuhub_spawner.hub import metrics
+
 #: reason -> HTTP status.  Capacity problems are 503 (try again), policy problems 400/403.
 REASONS: dict[str, int] = {
     "gpu-unavailable": 503,
@@ -21,7 +23,8 @@ REASONS: dict[str, int] = {
 
 
 def spawn_error(message: str, reason: str, log_message: str | None = None) -> SpawnException:
-    """Build the SpawnException for ``reason``; raise it at the call site."""
+    """Build the SpawnException for ``reason`` (counted in ``gpuhub_spawn_refusals_total``);
+    raise it at the call site."""
     if reason not in REASONS:
         raise ValueError(f"unknown spawn failure reason {reason!r}")
     error = SpawnException(
@@ -33,4 +36,5 @@ def spawn_error(message: str, reason: str, log_message: str | None = None) -> Sp
     # JupyterHub 6.1 words the progress stream's failure from ``str(error)``, which is the log
     # message behind "503 SpawnException(reason=…)": say the user's message there too.
     error.jupyterhub_message = message
+    metrics.count_refusal(reason)
     return error

@@ -6,16 +6,12 @@ import asyncio
 import json
 import os
 import socket
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import requests
 from docker.errors import APIError, DockerException
-from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import GaugeMetricFamily
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
@@ -52,63 +48,18 @@ from gpuhub_spawner.core.quotas import (
 from gpuhub_spawner.core.volumes import VolumePlan, check_source
 from gpuhub_spawner.hub import forms
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
-from gpuhub_spawner.hub.errors import REASONS
-from gpuhub_spawner.hub.errors import spawn_error as _spawn_error
+from gpuhub_spawner.hub.errors import spawn_error
+from gpuhub_spawner.hub.state import LEGACY_QUEUE_SOURCES, HubState
 from gpuhub_spawner.node.nvml import discover_or_none
 from gpuhub_spawner.storage.ledger import UsageLedger
 
 # resolved once per process: NVML discovery and config parsing are not redone per spawner
 _INVENTORY_CACHE: dict[str, Inventory] = {}
-_ALLOCATORS: dict[tuple[str, str], Allocator] = {}
-_LEDGERS: dict[str, UsageLedger] = {}
-_LEDGERS_LOCK = threading.Lock()
-_LEDGER_RECONCILED: set[tuple[str, str]] = set()
-_STARTUP_SYNCS: dict[tuple[str, str], asyncio.Future] = {}
 #: this hub process, in the notice table: a "starting" row of another process is a start a crash cut off
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-_NOTICE_WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuhub-notices")
 
-# ---- hub-side metrics, on the hub's own /hub/metrics (they live in the hub process) ----
-SPAWN_REFUSALS = Counter(
-    "gpuhub_spawn_refusals_total",
-    "Spawns the GPU spawner refused (no unit, quota, bad profile, engine down…), by reason",
-    ["reason"],
-)
-for _reason in REASONS:
-    SPAWN_REFUSALS.labels(_reason)
-
-
-def spawn_error(message: str, reason: str, log_message: str | None = None) -> Exception:
-    """:func:`errors.spawn_error`, counted in ``gpuhub_spawn_refusals_total{reason}``."""
-    error = _spawn_error(message, reason, log_message)
-    SPAWN_REFUSALS.labels(reason).inc()
-    return error
-
-
-#: other objects with ``queues: {pool: line}`` (the swarm spawner's gates register here)
-QUEUE_SOURCES: list = []
-
-
-class _QueueCollector:
-    """``gpuhub_queue_length{pool}``: spawns waiting in line now, read from the allocators."""
-
-    def collect(self):
-        family = GaugeMetricFamily(
-            "gpuhub_queue_length", "Spawns waiting in line for a GPU unit, by pool", labels=["pool"]
-        )
-        lengths: dict[str, int] = {}
-        for allocator in list(_ALLOCATORS.values()):
-            for pool in allocator.inventory.pools:
-                lengths[pool] = lengths.get(pool, 0) + allocator.queue_length(pool)
-        for gate in list(QUEUE_SOURCES):  # the swarm spawner's lines
-            for pool, queue in list(gate.queues.items()):
-                lengths[pool] = lengths.get(pool, 0) + len(queue)
-        for pool, length in sorted(lengths.items()):
-            family.add_metric([pool], float(length))
-        yield family
-
-
-REGISTRY.register(_QueueCollector())
+#: Deprecated alias (the swarm spawner's gates): use ``HubState.for_hub(hub_id).gate(key, factory)``
+QUEUE_SOURCES = LEGACY_QUEUE_SOURCES
 
 
 def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
@@ -430,7 +381,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
                 self.log.warning("Could not %s for %s: %s", method.replace("_", " "), self._log_name, e)
 
         try:
-            asyncio.get_running_loop().run_in_executor(_NOTICE_WRITER, write)  # one thread: in order
+            asyncio.get_running_loop().run_in_executor(self.hub_state.notice_writer, write)  # in order
         except RuntimeError:  # no event loop (a unit test): nothing to tell
             pass
 
@@ -476,14 +427,11 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def usage_ledger(self) -> UsageLedger | None:
         if not self.usage_db_url:
             return None
-        with _LEDGERS_LOCK:  # created from worker threads (see ledger_in_thread)
-            if self.usage_db_url not in _LEDGERS:
-                _LEDGERS[self.usage_db_url] = UsageLedger(self.usage_db_url)
-            return _LEDGERS[self.usage_db_url]
+        return self.hub_state.ledger(self.usage_db_url)  # opened from worker threads too
 
     async def ledger_in_thread(self) -> UsageLedger | None:
         """:attr:`usage_ledger`, opened off the event loop (opening creates missing tables)."""
-        if not self.usage_db_url or self.usage_db_url in _LEDGERS:
+        if not self.usage_db_url or self.hub_state.has_ledger(self.usage_db_url):
             return self.usage_ledger
         return await asyncio.to_thread(lambda: self.usage_ledger)
 
@@ -501,8 +449,9 @@ class GPUSpawnerMixin(LoggingConfigurable):
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        key = (self._engine_key(), self.gpu_hub_id)
-        if key in _STARTUP_SYNCS:
+        syncs = self.hub_state.startup_syncs
+        key = self._engine_key()
+        if key in syncs:
             return
 
         async def sync() -> None:
@@ -516,7 +465,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
                     self.log.warning("GPU allocations not synced at start (%s); trying again", e)
             self.log.error("GPU allocations could not be synced at start; the next spawn tries again")
 
-        _STARTUP_SYNCS[key] = asyncio.ensure_future(sync())
+        syncs[key] = asyncio.ensure_future(sync())
 
     async def _tell_cut_off_starts(self) -> None:
         ledger = await self.ledger_in_thread()
@@ -531,8 +480,9 @@ class GPUSpawnerMixin(LoggingConfigurable):
         await allocator.ensure_synced()
         ledger = await self.ledger_in_thread()
         key = (self._engine_key(), self.usage_db_url)
-        if ledger is not None and key not in _LEDGER_RECONCILED:
-            _LEDGER_RECONCILED.add(key)
+        reconciled = self.hub_state.ledgers_reconciled
+        if ledger is not None and key not in reconciled:
+            reconciled.add(key)
             holders = set(allocator.ledger.holders())
             closed = await asyncio.to_thread(ledger.close_all_except, holders)
             if closed:
@@ -638,13 +588,16 @@ class GPUSpawnerMixin(LoggingConfigurable):
     async def _remove_stale(self, record: HeldRecord) -> None:
         raise NotImplementedError
 
+    @property
+    def hub_state(self) -> HubState:
+        """What this hub's spawners share: allocators, gates, ledgers, background work."""
+        return HubState.for_hub(self.gpu_hub_id)
+
     def get_allocator(self) -> Allocator:
-        key = (self._engine_key(), self.gpu_hub_id)
-        allocator = _ALLOCATORS.get(key)
-        if allocator is None:
-            allocator = Allocator(self.gpu_inventory_resolved, self._list_held, self._remove_stale)
-            _ALLOCATORS[key] = allocator
-        return allocator
+        return self.hub_state.allocator(
+            self._engine_key(),
+            lambda: Allocator(self.gpu_inventory_resolved, self._list_held, self._remove_stale),
+        )
 
     async def _render_gpu_form(self) -> str:
         inventory = self.gpu_inventory_resolved

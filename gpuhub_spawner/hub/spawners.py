@@ -29,9 +29,6 @@ from gpuhub_spawner.hub.mixin import (
     spawn_error,
 )
 
-#: container -> the task still retrying its removal (a stop that failed left it running)
-_LEFTOVER_TASKS: dict[str, asyncio.Future] = {}
-
 
 class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     """DockerSpawner that gives each server one GPU unit (or none, for CPU-only profiles).
@@ -173,9 +170,10 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 self._log_name,
             )
 
-        if ref not in _LEFTOVER_TASKS:
-            _LEFTOVER_TASKS[ref] = asyncio.ensure_future(retry())
-            _LEFTOVER_TASKS[ref].add_done_callback(lambda _task: _LEFTOVER_TASKS.pop(ref, None))
+        leftovers = self.hub_state.leftovers
+        if ref not in leftovers:
+            leftovers[ref] = asyncio.ensure_future(retry())
+            leftovers[ref].add_done_callback(lambda _task: leftovers.pop(ref, None))
 
     async def remove_object(self):
         """Remove the container by force; refuse clearly if it is still there (it holds its GPU).

@@ -24,6 +24,7 @@ from jupyterhub.spawner import SpawnException
 
 from gpuhub_spawner.hub.allocator import NoUnitFree
 from gpuhub_spawner.hub.spawners import GPUDockerSpawner
+from gpuhub_spawner.hub.state import HubState
 from gpuhub_spawner.hub.swarmspawner import GPUSwarmSpawner
 
 pytestmark = [pytest.mark.docker]
@@ -110,6 +111,7 @@ def engine(docker_client):
     yield SimpleNamespace(hub_id=hub_id, client=FlakyClient(), docker=docker_client)
     for c in docker_client.containers.list(all=True, filters={"label": f"org.gpuhub.hub={hub_id}"}):
         c.remove(force=True)
+    HubState.forget(hub_id)
 
 
 def _run_labelled(engine, spawner, unit_id: str):
@@ -257,8 +259,6 @@ async def test_engine_conflict_on_create_is_a_clear_message(engine):
 async def test_hub_side_fault_is_a_clear_message(engine):
     """A fault of the hub itself (here its usage database refuses connections) reaches the user
     as a plain message; the details go to the log only."""
-    from gpuhub_spawner.hub import mixin
-
     url = "postgresql+psycopg://gpuhub@127.0.0.1:9/nowhere"
     spawner = _spawner(GPUDockerSpawner, engine.client, engine.hub_id, usage_db_url=url)
     spawner.user_options = {"profile": "gpu"}
@@ -266,7 +266,7 @@ async def test_hub_side_fault_is_a_clear_message(engine):
         with pytest.raises(SpawnException) as failed:
             await spawner.start()
     finally:
-        mixin._LEDGERS.pop(url, None)
+        spawner.hub_state.forget_ledger(url)
     assert failed.value.reason == "engine-unavailable"
     assert failed.value.message == (
         "Your server could not start because of an error on the hub. Please try again in a minute; "
