@@ -272,11 +272,16 @@ extra = os.environ.get("GPUHUB_EXTRA_CONFIG")
 if extra:
     load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
 
+def _listed(value: object) -> list:
+    """A list setting as set so far: a list, or traitlets' lazy value after .append()."""
+    return value if isinstance(value, list) else value.get_value([]) if hasattr(value, "get_value") else []
+
+
 # the admin service's pages look for templates where the hub does (after the extra config, so
 # an operator's c.JupyterHub.template_paths there counts); the spawn form reads the hub's own
-template_paths = c.JupyterHub.get("template_paths") or []
-if isinstance(template_paths, list) and template_paths:
-    for service in c.JupyterHub.services:
+template_paths = _listed(c.JupyterHub.get("template_paths"))
+if template_paths:
+    for service in _listed(c.JupyterHub.services):
         if service["name"] == "gpuhub-admin":
             service["environment"]["GPUHUB_TEMPLATE_PATHS"] = os.pathsep.join(map(str, template_paths))
 
