@@ -353,6 +353,46 @@ def budget_left_seconds(policy: QuotaPolicy, used_seconds: float) -> float | Non
     return max(0.0, policy.gpu_hours_per_period * 3600 - used_seconds)
 
 
+_SPAN = {"day": "today", "week": "this week", "month": "this month", "total": "in total"}
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """A user's GPU-hour budget now, as the spawn form, the culler, the admin page and the
+    exporter all show it (one computation, so they always agree)."""
+
+    period: str
+    since: datetime  # start of the current period: the usage to count is since then
+    resets_at: datetime | None  # None: the period is ``total`` and never resets
+    used_seconds: float
+    limit_seconds: float | None  # None: no GPU-hour limit
+
+    @property
+    def left_seconds(self) -> float | None:
+        """GPU-seconds left, never below 0; ``None`` when unlimited."""
+        return None if self.limit_seconds is None else max(0.0, self.limit_seconds - self.used_seconds)
+
+    def notice(self) -> str:
+        """``GPU time left this week: 1.5 h of 10 h.``; empty when unlimited."""
+        if self.limit_seconds is None:
+            return ""
+        left = (self.left_seconds or 0.0) / 3600
+        return f"GPU time left {_SPAN[self.period]}: {left:.1f} h of {self.limit_seconds / 3600:g} h."
+
+
+def budget_since(policy: QuotaPolicy, now: datetime) -> datetime:
+    """Since when usage counts against ``policy``'s budget (the start of its current period)."""
+    return period_bounds(now, policy.period)[0]
+
+
+def budget_view(policy: QuotaPolicy, used_seconds: float, now: datetime) -> BudgetView:
+    """The budget of a user with ``policy`` who used ``used_seconds`` GPU-seconds since
+    :func:`budget_since`; ``now`` may be naive (UTC)."""
+    since, resets = period_bounds(now, policy.period)
+    hours = policy.gpu_hours_per_period
+    return BudgetView(policy.period, since, resets, used_seconds, None if hours is None else hours * 3600)
+
+
 def format_when(when: datetime) -> str:
     """``Monday 2026-11-23 00:00 UTC`` (English day names whatever the locale)."""
     when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)

@@ -539,6 +539,30 @@ def test_budget_left_seconds(hours: float | None, used: float, left: float | Non
     assert budget_left_seconds(QuotaPolicy(gpu_hours_per_period=hours), used) == left
 
 
+@pytest.mark.parametrize(
+    "policy, used, since, resets, left, notice",
+    [
+        pytest.param(QuotaPolicy(gpu_hours_per_period=10), 3 * 3600, utc(2026, 11, 16), utc(2026, 11, 23),
+                     7 * 3600.0, "GPU time left this week: 7.0 h of 10 h.", id="week"),
+        pytest.param(QuotaPolicy(gpu_hours_per_period=0.5, period="day"), 3600, utc(2026, 11, 18),
+                     utc(2026, 11, 19), 0.0, "GPU time left today: 0.0 h of 0.5 h.", id="day-overdrawn"),
+        pytest.param(QuotaPolicy(gpu_hours_per_period=2, period="total"), 0, datetime.min.replace(tzinfo=timezone.utc),
+                     None, 7200.0, "GPU time left in total: 2.0 h of 2 h.", id="total-never-resets"),
+        pytest.param(QuotaPolicy(period="month"), 10**6, utc(2026, 11, 1), utc(2026, 12, 1), None, "",
+                     id="unlimited"),
+    ],
+)
+def test_budget_view_is_what_every_process_shows(
+    policy: QuotaPolicy, used: float, since: datetime, resets: datetime | None, left: float | None, notice: str
+) -> None:
+    now = utc(2026, 11, 18, 14, 30)
+    view = quotas.budget_view(policy, used, now)
+    assert (view.period, view.since, view.resets_at, view.used_seconds) == (policy.period, since, resets, used)
+    assert view.left_seconds == left == budget_left_seconds(policy, used)
+    assert view.notice() == notice
+    assert quotas.budget_since(policy, now) == since
+
+
 # ---- check_spawn ---------------------------------------------------------------------
 
 NOW = utc(2026, 11, 18, 14, 30)  # a Wednesday
