@@ -402,7 +402,7 @@ if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "fa
 # ---- such as "your server stopped while the hub was restarting" (rows in the usage database) ---
 notices_db = c.GPUDockerSpawner.get("usage_db_url", "")
 if notices_db:
-    from hub_services.culler.notices import hub_announcement
+    from gpuhub_spawner.hub.announce import hub_announcement
 
     page_vars = dict(c.JupyterHub.get("template_vars", {}))
     page_vars["announcement"] = hub_announcement(notices_db, fallback=page_vars.get("announcement", ""))

@@ -41,9 +41,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gpuhub_spawner.storage.notices import NoticeStore  # noqa: E402
 from hub_services.culler.core import Context, Settings, run_once  # noqa: E402
 from hub_services.culler.metrics import CullerMetrics  # noqa: E402
-from hub_services.culler.notices import NoticeStore  # noqa: E402
 from hub_services.culler.signals import HTTP, Hub  # noqa: E402
 
 log = logging.getLogger("culler-bench")

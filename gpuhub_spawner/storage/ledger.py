@@ -1,7 +1,8 @@
 """GPU usage ledger: who held which GPU unit when, and per-user quota overrides.
 
 The ledger lives in its own tables (``gpuhub_usage``, ``gpuhub_user_quota``) in a SQL database
-given by URL: a sqlite file by default, PostgreSQL for larger hubs.  It survives hub restarts:
+given by URL: a sqlite file by default, PostgreSQL for larger hubs, whose schema
+:mod:`gpuhub_spawner.storage.db` migrates when the ledger is opened.  It survives hub restarts:
 the intervals of servers still running stay open, and the spawner closes the rest with
 :meth:`UsageLedger.close_all_except`.
 
@@ -35,64 +36,18 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import (
-    DateTime,
-    Dialect,
-    Index,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import Index, Integer, String, Text, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from gpuhub_spawner.storage.db import Base, UTCDateTime, as_utc, open_engine, utcnow
+from gpuhub_spawner.storage.notices import UserNotices
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC (tests may patch this)."""
-    return datetime.now(timezone.utc)
-
-
-def as_utc(when: datetime) -> datetime:
-    """``when`` as an aware UTC datetime; a naive one is taken to be UTC already."""
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A datetime column that always gives back aware UTC datetimes.
-
-    PostgreSQL stores ``timestamptz``; sqlite has no time zones, so naive UTC is stored there
-    (its text form then sorts and compares correctly) and UTC is put back on read.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = as_utc(value)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else as_utc(value)
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class UsageInterval(Base):
@@ -108,7 +63,7 @@ class UsageInterval(Base):
     node: Mapped[str] = mapped_column(String(255), default="")
     holder: Mapped[str] = mapped_column(String(255), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
     # At most one open interval per holder, even with several threads or hubs writing.
     __table_args__ = (
@@ -135,51 +90,6 @@ class UserQuota(Base):
     values: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_by: Mapped[str] = mapped_column(String(255), default="")
-
-
-class UserNotice(Base):
-    """Something a user must be told on the hub's pages (e.g. their server stopped while the
-    hub was down); kept until their next start of that server."""
-
-    __tablename__ = "gpuhub_user_notice"
-
-    user: Mapped[str] = mapped_column(String(255), primary_key=True)
-    server: Mapped[str] = mapped_column(String(255), primary_key=True)
-    message: Mapped[str] = mapped_column(String(1000))
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    #: "notice" (shown to the user) or "starting" (a start under way in hub process ``process``)
-    kind: Mapped[str] = mapped_column(String(16), default="notice")
-    process: Mapped[str] = mapped_column(String(128), default="")
-
-
-def read_notices(session: Session) -> dict[str, list[tuple[str, str]]]:
-    """The notices to show (not starts under way): user -> [(server, message)], oldest first."""
-    found: dict[str, list[tuple[str, str]]] = {}
-    for row in session.scalars(select(UserNotice).where(UserNotice.kind == "notice").order_by(UserNotice.at)):
-        found.setdefault(row.user, []).append((row.server, row.message))
-    return found
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-    finally:
-        cursor.close()
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``, set up for use from several threads."""
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
-    return create_engine(parsed, pool_pre_ping=True)
 
 
 def _overlap_seconds(row: UsageInterval | Interval, since: datetime, now: datetime) -> float:
@@ -216,12 +126,12 @@ def usage_seconds_by_user(intervals: Iterable[Interval], since: datetime, now: d
     return usage
 
 
-class UsageLedger:
-    """The GPU usage ledger in the database at ``url`` (tables are created when missing)."""
+class UsageLedger(UserNotices):
+    """The GPU usage ledger in the database at ``url`` (migrated to the newest schema when
+    opened), with the user notices the hub writes (:class:`~gpuhub_spawner.storage.notices.UserNotices`)."""
 
     def __init__(self, url: str):
-        self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        self.engine = open_engine(url)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         # holder -> stop time of an end() that could not reach the database (retried later)
         self._pending_ends: dict[str, datetime] = {}
@@ -387,40 +297,6 @@ class UsageLedger:
         for row in self._overlapping(since, now):
             usage[row.user] = usage.get(row.user, 0.0) + _overlap_seconds(row, since, now)
         return usage
-
-    # ---- notices to users ------------------------------------------------------------------
-
-    def set_notice(self, user: str, server: str, message: str, kind: str = "notice", process: str = "") -> None:
-        with self._session.begin() as session:
-            row = session.get(UserNotice, (user, server)) or UserNotice(user=user, server=server)
-            row.message, row.at, row.kind, row.process = message[:1000], utcnow(), kind, process
-            session.add(row)
-
-    def mark_starting(self, user: str, server: str, process: str) -> None:
-        """A start of ``user``'s ``server`` is under way in hub process ``process``."""
-        self.set_notice(user, server, "", kind="starting", process=process)
-
-    def expire_starting(self, process: str, message: str) -> int:
-        """Starts under way in another (dead) hub process never finished: tell their users.
-
-        ``message`` may name ``{server}``.  Returns how many users are told.
-        """
-        with self._session.begin() as session:
-            query = select(UserNotice).where(UserNotice.kind == "starting", UserNotice.process != process)
-            rows = list(session.scalars(query))
-            for row in rows:
-                row.kind, row.at = "notice", utcnow()
-                row.message = message.format(server=row.server or "default")[:1000]
-            return len(rows)
-
-    def clear_notice(self, user: str, server: str) -> None:
-        with self._session.begin() as session:
-            session.execute(delete(UserNotice).where(UserNotice.user == user, UserNotice.server == server))
-
-    def notices(self) -> dict[str, list[tuple[str, str]]]:
-        """Every user's notices: user -> [(server, message)], oldest first."""
-        with self._session() as session:
-            return read_notices(session)
 
     def is_open(self, holder: str) -> bool:
         """Whether ``holder`` has an open interval (a server adopted after a hub crash may not)."""

@@ -47,11 +47,11 @@ from traitlets.config import Application
 
 from gpuhub_spawner.core.quotas import QuotaError, parse_quota
 from gpuhub_spawner.storage.ledger import UsageLedger
+from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.common.shutdown import on_stop_signal
 from hub_services.culler import core
 from hub_services.culler.decide import GPUThresholds
 from hub_services.culler.metrics import CullerMetrics
-from hub_services.culler.notices import NoticeStore
 from hub_services.culler.signals import HTTP, Containers, Hub, SignalError
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,11 @@ from gpuhub_spawner.core.quotas import (
     resolve_policy,
 )
 from gpuhub_spawner.storage.ledger import UsageLedger
+from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.common.hubtime import parse_time
 from hub_services.culler import decide as d
 from hub_services.culler.metrics import CullerMetrics
-from hub_services.culler.notices import KEEPALIVE_COMMAND, NoticeStore, notice_text
+from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_text
 from hub_services.culler.probe import parse_probe
 from hub_services.culler.signals import (
     HTTP,

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from hub_services.culler.notices import NoticeStore, hub_announcement
+from gpuhub_spawner.hub.announce import hub_announcement
+from gpuhub_spawner.storage.notices import NoticeStore
 
 
 @pytest.fixture

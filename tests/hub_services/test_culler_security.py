@@ -33,7 +33,7 @@ from needs import unavailable
 from pg import create_database, postgres_fixture
 from promserver import PROMETHEUS, PrometheusServer
 
-from hub_services.culler.notices import NoticeStore
+from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.culler.probe import parse_probe
 from hub_services.culler.signals import Containers
 

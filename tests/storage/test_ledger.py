@@ -241,7 +241,7 @@ def test_data_survives_a_restart(ledger_url: str) -> None:
     before.set_override("ada", {"max_gpu_units": 2}, by="admin")
     before.dispose()
 
-    after = UsageLedger(ledger_url)  # create_all again: idempotent
+    after = UsageLedger(ledger_url)  # opened again: already at the newest revision, nothing changes
     try:
         # a server still running keeps its interval open across the restart
         assert after.open_allocations() == [
