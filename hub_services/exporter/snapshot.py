@@ -2,9 +2,9 @@
 
 Computing the hub exporter's families at 1,000 users takes tens of milliseconds (ledger read,
 quota resolution, text exposition), more than a scrape should.  So the app renders the whole
-exposition in a worker thread every ``interval`` seconds, and again at once when an input
-changed (a read of the hub's API or of the swarm calls :meth:`Snapshot.invalidate`); a
-scrape returns the last rendered bytes.
+exposition (``prometheus_client.generate_latest`` of its registry) in a worker thread every
+``interval`` seconds, and again at once when an input changed (a read of the hub's API or of
+the swarm calls :meth:`Snapshot.invalidate`); a scrape returns the last rendered bytes.
 
 Staleness is bounded: the values in a response were computed at most ``interval`` (+ one
 render) seconds before it, and say when (``gpuhub_exporter_snapshot_timestamp_seconds``).
@@ -16,71 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-class _One:
-    """One family as a registry, for prometheus_client's own renderer."""
-
-    def __init__(self, family: Metric):
-        self.family = family
-
-    def collect(self):
-        yield self.family
-
-
-def _plain_gauge(family: Metric) -> bool:
-    """A gauge whose names need no escaping and whose samples carry nothing but labels and a value."""
-    if family.type != "gauge" or not _NAME.match(family.name):
-        return False
-    checked: set[tuple[str, ...]] = set()
-    for s in family.samples:
-        if s.name != family.name or s.timestamp is not None or s.exemplar is not None:
-            return False
-        keys = tuple(s.labels)
-        if keys not in checked:
-            if not all(_LABEL.match(k) and not k.startswith("__") for k in keys):
-                return False
-            checked.add(keys)
-    return True
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def render_text(families: Iterable[Metric]) -> bytes:
-    """The text exposition format (0.0.4) of ``families``, byte for byte what
-    ``prometheus_client.generate_latest`` writes, about four times faster on plain gauges
-    (the only kind the hub exporter has); any other family is rendered by the library."""
-    out: list[str] = []
-    for family in families:
-        if not _plain_gauge(family):
-            out.append(generate_latest(_One(family)).decode("utf-8"))
-            continue
-        name = family.name
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
-        for s in family.samples:
-            if s.labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
-                out.append(f"{name}{{{pairs}}} {floatToGoString(s.value)}\n")
-            else:
-                out.append(f"{name} {floatToGoString(s.value)}\n")
-    return "".join(out).encode("utf-8")
 
 
 class Snapshot:
@@ -113,7 +56,7 @@ class Snapshot:
         """Compute and render every family now (blocking; the app runs it in a worker thread)."""
         started, taken = self.clock(), self.wall()
         self._rendering_at = taken
-        body = render_text(self.registry.collect())
+        body = generate_latest(self.registry)  # prometheus_client's own text exposition
         self.body, self.rendered_at, self.taken_at = body, started, taken
         self.last_duration = self.clock() - started
         self.renders += 1

@@ -30,7 +30,7 @@ from gpuhub_spawner.storage.ledger import UsageLedger, usage_seconds_by_user
 from hub_services.common.hubtime import parse_time
 from hub_services.exporter.app import HubExporterApp, read_sync, refresh_swarm
 from hub_services.exporter.hubmetrics import HubCollector, HubState, Settings
-from hub_services.exporter.snapshot import Snapshot, render_text
+from hub_services.exporter.snapshot import Snapshot
 from hub_services.exporter.swarmread import SwarmState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,10 +268,10 @@ def test_intervals_since_give_the_same_usage_and_open_allocations(busy_ledger, p
     assert len(expected) == 3 and {r["user"] for r in expected} == {"ann", "bob", "cy"}
 
 
-# ---- the fast text exposition is the library's, byte for byte ------------------------------
+# ---- what a scrape serves is the library's exposition, byte for byte ------------------------
 
 
-def test_render_text_is_byte_identical_to_generate_latest(collector):
+def test_snapshot_body_is_the_librarys_exposition(collector):
     odd = 'a"b\\c\nd é'  # quote, backslash, newline, non-ASCII: every escape
     collector.state.users.append(
         {"name": odd, "groups": [], "servers": {odd: {"started": iso(NOW), "user_options": {"profile": odd}}}}
@@ -287,8 +287,14 @@ def test_render_text_is_byte_identical_to_generate_latest(collector):
     families = list(collector.collect())
     counter = CounterMetricFamily("gpuhub_test_things", "A counter\nwith a newline", labels=["x"])
     counter.add_metric(["y"], 3)
-    families.append(counter)  # not a plain gauge: rendered by the library itself
-    body = render_text(families)
+    families.append(counter)  # not a gauge: the exposition is the library's for every type
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed(families))
+    snapshot = Snapshot(registry)
+    try:
+        body = snapshot.render()
+    finally:
+        snapshot.close()
     assert body == generate_latest(Fixed(families))
     assert b'server="a\\"b\\\\c\\nd \xc3\xa9"' in body and b"gpuhub_test_things_total" in body
 
