@@ -6,40 +6,14 @@ JupyterLab are real.
 
 from __future__ import annotations
 
-import os
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 from fakes.fake_github import FakeGitHub
 from harness import HubProcess, container_of, fake_gpus, fake_mig_gpu
-from needs import unavailable
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
-        unavailable("Debian's chromium and chromium-driver are not installed")
-    from selenium import webdriver  # the test extra installs it
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--disable-quic", "--window-size=1280,900",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(120)
-    yield driver
-    driver.quit()
-
 
 @pytest.fixture
 def github():
@@ -66,7 +40,8 @@ def _hub(tmp_path: Path, github: FakeGitHub, admin_teams: set[str] | None = None
     return HubProcess(tmp_path / "hub", {"gpu_inventory": inventory}, extra=extra)
 
 
-def test_sign_in_pick_a_profile_watch_progress_land_in_jupyterlab(browser, github, docker_client, tmp_path):
+def test_sign_in_pick_a_profile_watch_progress_land_in_jupyterlab(browser, github, docker_client, tmp_path,
+                                                                   artifacts):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -83,24 +58,21 @@ def test_sign_in_pick_a_profile_watch_progress_land_in_jupyterlab(browser, githu
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile]")))
         form = browser.find_element(By.CSS_SELECTOR, ".gpuhub-profiles").text
         assert "MIG 1g.10gb" in form and "2 of 2 free" in form and "CPU only" in form
-        browser.save_screenshot(str(tmp_path / "1-options.png"))
+        browser.save_screenshot(str(artifacts / "1-options.png"))
         browser.find_element(By.CSS_SELECTOR, "input[name=profile][value='mig-1g-10gb']").click()
         browser.find_element(By.CSS_SELECTOR, "form input[type=submit], form button[type=submit]").click()
 
         # progress: the real steps, streamed into the page's event log while the server starts
         seen = _progress_messages(browser, until="Assigned MIG 1g.10gb")
         assert any("Reserving a MIG 1g.10gb" in m for m in seen), seen
-        browser.save_screenshot(str(tmp_path / "2-progress.png"))
+        browser.save_screenshot(str(artifacts / "2-progress.png"))
 
         WebDriverWait(browser, 180).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
         assert "/user/ann/lab" in browser.current_url
-        browser.save_screenshot(str(tmp_path / "3-jupyterlab.png"))
+        browser.save_screenshot(str(artifacts / "3-jupyterlab.png"))
         unit = container_of(docker_client, hub, "ann").labels["org.gpuhub.unit"]
         assert unit.startswith("MIG-br-")
     finally:
-        if os.environ.get("GPUHUB_KEEP_SCREENSHOTS"):
-            shutil.copytree(tmp_path, os.environ["GPUHUB_KEEP_SCREENSHOTS"], dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("chromium-profile", "data", "*.sqlite"))
         hub.cleanup(docker_client)
 
 
@@ -122,7 +94,7 @@ def _progress_messages(browser, until: str, timeout: float = 120) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker_client, tmp_path):
+def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker_client, tmp_path, artifacts):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -148,11 +120,8 @@ def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker
         field = form.find_element(By.NAME, "max_gpu_units")
         field.clear()
         field.send_keys("2")
-        browser.save_screenshot(str(tmp_path / "4-gpu-hub-quotas.png"))
+        browser.save_screenshot(str(artifacts / "4-gpu-hub-quotas.png"))
         form.find_element(By.TAG_NAME, "button").click()
         wait.until(lambda d: hub.api("GET", "/groups/students").json()["properties"].get("max_gpu_units") == 2)
     finally:
-        if os.environ.get("GPUHUB_KEEP_SCREENSHOTS"):
-            shutil.copytree(tmp_path, os.environ["GPUHUB_KEEP_SCREENSHOTS"], dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("chromium-profile", "data", "*.sqlite"))
         hub.cleanup(docker_client)

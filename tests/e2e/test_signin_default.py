@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import requests
 from harness import HubProcess
-from test_browser import browser  # noqa: F401 - the fixture: Debian's Chromium, headless
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -50,7 +49,7 @@ def hub(docker_client, tmp_path):
     hub.cleanup(docker_client)
 
 
-def test_admin_signs_in_with_the_generated_password_nobody_else_can(hub, browser, tmp_path):  # noqa: F811
+def test_admin_signs_in_with_the_generated_password_nobody_else_can(hub, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait

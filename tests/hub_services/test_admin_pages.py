@@ -165,3 +165,18 @@ def test_a_broken_override_is_named_at_start(tmp_path, file, text, words):
 def test_jupyterhub_templates_are_found():
     assert (JUPYTERHUB_TEMPLATES + "/page.html").endswith("templates/page.html")
     Pages(FRAME).check()
+
+
+def test_the_service_refuses_to_start_on_a_broken_override(tmp_path, monkeypatch):
+    from hub_services.admin.app import AdminServiceApp
+
+    (tmp_path / "gpuhub_admin_quotas.html").write_text("{% block content %}")
+    monkeypatch.setenv("GPUHUB_TEMPLATE_PATHS", str(tmp_path))
+    app = AdminServiceApp()
+    assert app.template_paths == [str(tmp_path)]
+    with pytest.raises(SystemExit) as info:
+        app.make_pages("/services/gpuhub-admin/")
+    assert str(info.value).startswith("gpuhub-admin: the template ")
+    assert "gpuhub_admin_quotas.html does not compile" in str(info.value)
+    monkeypatch.delenv("GPUHUB_TEMPLATE_PATHS")
+    assert AdminServiceApp().make_pages("/p/").frame.hub_prefix == "/hub/"
