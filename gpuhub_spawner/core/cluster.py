@@ -15,7 +15,8 @@ Swarm can only be told *how many* of a generic resource a task needs, not which 
 
 :class:`ClusterView` turns ``docker node ls`` / ``docker service ps`` data into units, their
 holders and the free counts per pool, the same :class:`~gpuhub_spawner.core.inventory.Unit` model
-the single-host spawner uses (with ``node`` set).
+the single-host spawner uses (with ``node`` set); :func:`read_swarm` fetches that data from the
+manager through the client it is given.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gpuhub_spawner.core.inventory import (
     Unit,
     pool_for_mig,
 )
+from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
 
 KIND_PREFIX = "NVIDIA_"
 GPU_KIND = "NVIDIA_GPU"
@@ -151,6 +153,9 @@ class ClusterView:
     shared: dict[str, tuple[str, str, int, int]] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)  # pool -> tasks not yet given a unit
 
+    #: this hub's services by name, with their labels (filled by :func:`read_swarm`)
+    labels: dict[str, ServerLabels] = field(default_factory=dict)
+
     @classmethod
     def read(cls, nodes: list[Mapping[str, Any]], tasks: list[Mapping[str, Any]],
              service_names: Mapping[str, str] | None = None) -> ClusterView:
@@ -159,73 +164,81 @@ class ClusterView:
         ``service_names`` maps service id -> name (tasks only carry the id).
         """
         view = cls()
-        names = service_names or {}
-        shared_uuid: dict[tuple[str, str], str] = {}
-        for n in nodes:
-            desc = n.get("Description") or {}
-            status = n.get("Status") or {}
-            spec = n.get("Spec") or {}
-            info = NodeInfo(
-                id=n.get("ID", ""),
-                hostname=desc.get("Hostname", ""),
-                addr=status.get("Addr", ""),
-                state=status.get("State", "unknown"),
-                availability=spec.get("Availability", "active"),
-                role=spec.get("Role", "worker"),
-            )
-            view.nodes[info.id] = info
-            labels = (desc.get("Engine") or {}).get("Labels") or {}
-            for kind, value, named in _generic((desc.get("Resources") or {}).get("GenericResources")):
-                unit = _unit_for(kind, value, named, info.hostname)
-                if unit is not None:
-                    view.units.append(unit)
-                    view.unit_node[unit.id] = info.id
-                elif not named and kind.startswith(SHARED_KIND_PREFIX):
-                    gpu = labels.get(SHARED_LABEL_PREFIX + kind, "")
-                    shared_uuid[(info.id, kind)] = gpu
-                    view.shared[kind] = (gpu, info.id, int(value), 0)
-        taken_slots: dict[str, list[str]] = {}
-        for t in tasks:
-            # swarm frees a task's resources when the task itself ends, not when it is told to:
-            # a task being shut down (desired "shutdown"/"remove", still running) still holds them
-            state = (t.get("Status") or {}).get("State", "")
-            if state not in LIVE_TASK_STATES:
-                continue
-            service = names.get(t.get("ServiceID", ""), t.get("ServiceID", ""))
-            held: list[str] = []
-            assigned = assigned_resources(t)
-            for kind, value, named in _generic(assigned):
-                if named:
-                    held.append(str(value))
-                    view.held[str(value)] = service
-                elif kind in view.shared:
-                    taken_slots.setdefault(kind, []).append(service)
-            requested = _generic(((t.get("Spec") or {}).get("Resources") or {}).get("Reservations", {}).get("GenericResources"))
-            if not assigned and requested:
-                pool = pool_of_kind(requested[0][0])
-                if pool:
-                    view.pending[pool] = view.pending.get(pool, 0) + 1
-            view.placements[service] = Placement(
-                service_id=t.get("ServiceID", ""),
-                service_name=service,
-                node_id=t.get("NodeID", ""),
-                state=state,
-                unit_ids=tuple(held),
-                assigned=bool(assigned),
-            )
-        for kind, holders in taken_slots.items():
-            gpu, node, slots, _ = view.shared[kind]
-            view.shared[kind] = (gpu, node, slots, len(holders))
-        for gpu, node_id, slots, _ in view.shared.values():
-            host = view.nodes[node_id].hostname if node_id in view.nodes else ""
+        for node in nodes:
+            view._add_node(node)
+        taken_slots: dict[str, int] = {}
+        for task in tasks:
+            view._add_task(task, service_names or {}, taken_slots)
+        view._add_shared_slots(taken_slots)
+        return view
+
+    def _add_node(self, n: Mapping[str, Any]) -> None:
+        """A node and the units it advertises (named kinds; a shared kind's slots come later)."""
+        desc = n.get("Description") or {}
+        status = n.get("Status") or {}
+        spec = n.get("Spec") or {}
+        info = NodeInfo(
+            id=n.get("ID", ""),
+            hostname=desc.get("Hostname", ""),
+            addr=status.get("Addr", ""),
+            state=status.get("State", "unknown"),
+            availability=spec.get("Availability", "active"),
+            role=spec.get("Role", "worker"),
+        )
+        self.nodes[info.id] = info
+        labels = (desc.get("Engine") or {}).get("Labels") or {}
+        for kind, value, named in _generic((desc.get("Resources") or {}).get("GenericResources")):
+            unit = _unit_for(kind, value, named, info.hostname)
+            if unit is not None:
+                self.units.append(unit)
+                self.unit_node[unit.id] = info.id
+            elif not named and kind.startswith(SHARED_KIND_PREFIX):
+                self.shared[kind] = (labels.get(SHARED_LABEL_PREFIX + kind, ""), info.id, int(value), 0)
+
+    def _add_task(self, t: Mapping[str, Any], names: Mapping[str, str], taken_slots: dict[str, int]) -> None:
+        """A live task: what it holds (named units, shared slots) or waits for, and where."""
+        # swarm frees a task's resources when the task itself ends, not when it is told to:
+        # a task being shut down (desired "shutdown"/"remove", still running) still holds them
+        state = (t.get("Status") or {}).get("State", "")
+        if state not in LIVE_TASK_STATES:
+            return
+        service = names.get(t.get("ServiceID", ""), t.get("ServiceID", ""))
+        held: list[str] = []
+        assigned = assigned_resources(t)
+        for kind, value, named in _generic(assigned):
+            if named:
+                held.append(str(value))
+                self.held[str(value)] = service
+            elif kind in self.shared:
+                taken_slots[kind] = taken_slots.get(kind, 0) + 1
+        reservations = ((t.get("Spec") or {}).get("Resources") or {}).get("Reservations", {})
+        requested = _generic(reservations.get("GenericResources"))
+        pool = pool_of_kind(requested[0][0]) if requested and not assigned else None
+        if pool:
+            self.pending[pool] = self.pending.get(pool, 0) + 1
+        self.placements[service] = Placement(
+            service_id=t.get("ServiceID", ""),
+            service_name=service,
+            node_id=t.get("NodeID", ""),
+            state=state,
+            unit_ids=tuple(held),
+            assigned=bool(assigned),
+        )
+
+    def _add_shared_slots(self, taken_slots: Mapping[str, int]) -> None:
+        """Name each shared GPU's slots as units (swarm only counts them)."""
+        for kind, taken in taken_slots.items():
+            gpu, node, slots, _ = self.shared[kind]
+            self.shared[kind] = (gpu, node, slots, taken)
+        for gpu, node_id, slots, _ in self.shared.values():
+            host = self.nodes[node_id].hostname if node_id in self.nodes else ""
             for k in range(slots):
                 unit = Unit(
                     id=f"{gpu}/slot-{k}", kind=KIND_REPLICA, pool=POOL_SHARED, device_id=gpu,
                     gpu_uuid=gpu, node=host, slot=k, slots=slots,
                 )
-                view.units.append(unit)
-                view.unit_node[unit.id] = node_id
-        return view
+                self.units.append(unit)
+                self.unit_node[unit.id] = node_id
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -311,3 +324,21 @@ def kind_of_pool(pool: str) -> str | None:
     if pool.startswith("mig-"):
         return mig_kind(pool[len("mig-"):])
     return None
+
+
+def read_swarm(api: Any, hub_id: str) -> ClusterView:
+    """Read the swarm through the manager's low-level API: the one read of it, for the swarm
+    spawner and the hub exporter alike (the only function here that calls out).
+
+    ``api`` is a ``docker.APIClient`` (its ``nodes``, ``tasks`` and ``services`` are called,
+    blocking: run this in a thread).  All tasks, not only those meant to run: one being shut
+    down holds its unit until it ends.  Only hub ``hub_id``'s services are named, with their
+    labels in :attr:`ClusterView.labels`.
+    """
+    nodes = api.nodes()
+    tasks = api.tasks()
+    services = api.services(filters={"label": f"{LABEL_HUB}={hub_id}"})
+    names = {s["ID"]: (s.get("Spec") or {}).get("Name", s["ID"]) for s in services}
+    view = ClusterView.read(nodes, tasks, names)
+    view.labels = {names[s["ID"]]: ServerLabels.from_labels((s.get("Spec") or {}).get("Labels")) for s in services}
+    return view

@@ -5,9 +5,9 @@ Two layers:
 - :class:`Ledger` is pure bookkeeping: which unit each holder has, and which units of each
   pool are free, in O(1) per decision however large the inventory.
 - :class:`Allocator` adds the concurrency rules for one Docker engine: choose-and-create
-  runs under one lock, a fair FIFO queue per pool with a bounded wait, and the container
-  labels on the engine are the truth (the held set is rebuilt from them at start and
-  re-read whenever a pool looks empty).
+  runs under one lock, the fair line per pool (:mod:`gpuhub_spawner.hub.fairline`, shared
+  with the swarm gate) with a bounded wait, and the container labels on the engine are the
+  truth (the held set is rebuilt from them at start and re-read whenever a pool looks empty).
 
 A *holder* is the name of the container (or swarm service) that holds the unit: unique per
 user and server, and written in the object's labels.
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpuhub_spawner.core.inventory import Inventory, Unit, spread_order
+from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket
+
+__all__ = ["Allocator", "HeldRecord", "Ledger", "NoUnitFree", "OverLimit", "StillHeld"]
 
 log = logging.getLogger(__name__)
 
@@ -154,27 +156,6 @@ class HeldRecord:
     user: str = ""  # the user label: whose quota the unit counts against
 
 
-class NoUnitFree(Exception):
-    """The pool had no free unit (``waited`` seconds in line, ``position`` at the end)."""
-
-    def __init__(self, pool: str, waited: float = 0.0, position: int | None = None):
-        self.pool = pool
-        self.waited = waited
-        self.position = position
-        super().__init__(pool)
-
-
-class OverLimit(Exception):
-    """``owner`` already holds (``held``) or waits in line for (``waiting``) ``limit`` units."""
-
-    def __init__(self, owner: str, limit: int, held: int, waiting: int):
-        self.owner = owner
-        self.limit = limit
-        self.held = held
-        self.waiting = waiting
-        super().__init__(owner)
-
-
 class StillHeld(Exception):
     """``holder``'s previous object still exists on the engine and holds ``unit_id``."""
 
@@ -184,21 +165,12 @@ class StillHeld(Exception):
         super().__init__(holder)
 
 
-@dataclass
-class _Waiter:
-    holder: str
-    on_position: Callable[[int, int], None] | None
-    priority: int = 0
-    owner: str = ""
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
 ListHeld = Callable[[], Awaitable[list[HeldRecord]]]
 RemoveObject = Callable[[HeldRecord], Awaitable[None]]
 
 
 class Allocator:
-    """Allocation for one engine (or one swarm): lock, queue, and sync with the labels."""
+    """Allocation for one engine: lock, the fair line, and sync with the labels."""
 
     def __init__(
         self,
@@ -213,9 +185,8 @@ class Allocator:
         self._remove_stale = remove_stale
         self.resync_interval = resync_interval
         self.lock = asyncio.Lock()
-        self._queues: dict[str, deque[_Waiter]] = {p: deque() for p in inventory.pools}
+        self.line = FairLine()
         self._pending: set[str] = set()  # handed a unit, container not created yet
-        self._owners: dict[str, str] = {}  # holder -> user whose quota its unit counts against
         self._synced = False
 
     # ---- sync with the engine ------------------------------------------------------
@@ -239,24 +210,18 @@ class Allocator:
         for rec in records:
             holding = rec.state == "running" if startup else rec.state in HOLDING_STATES
             if not holding:
-                if startup and rec.ours and self._remove_stale is not None:
-                    log.info("Removing %s left %s by a spawn that did not finish", rec.holder, rec.state)
-                    try:
-                        await self._remove_stale(rec)
-                    except Exception as e:  # noqa: BLE001 - one bad object must not stop the hub
-                        log.warning("Could not remove stale %s: %s", rec.holder, e)
+                if startup and rec.ours:
+                    await self._remove_left_over(rec)
                 continue
             if rec.user and rec.ours:  # another hub's users are not ours to count
-                self._owners[rec.holder] = rec.user
+                self.line.owners[rec.holder] = rec.user
             if rec.unit_id not in self.inventory.by_id:
                 log.warning("%s holds unit %s, which is not in the inventory", rec.holder, rec.unit_id)
                 continue
             seen.add(rec.holder)
-            if rec.holder in self._pending:
-                # reserved and being (re)created: its new unit is in the ledger, and this
-                # may be the old object it is about to remove
-                continue
-            if not self.ledger.hold(rec.unit_id, rec.holder):
+            # a pending holder is reserved and being (re)created: its new unit is in the
+            # ledger, and this may be the old object it is about to remove
+            if rec.holder not in self._pending and not self.ledger.hold(rec.unit_id, rec.holder):
                 log.error(
                     "Unit %s is labelled on %s but already held by another server; "
                     "leaving it with its first holder",
@@ -272,6 +237,15 @@ class Allocator:
                 if unit is not None:
                     self._hand_off(unit)
 
+    async def _remove_left_over(self, rec: HeldRecord) -> None:
+        if self._remove_stale is None:
+            return
+        log.info("Removing %s left %s by a spawn that did not finish", rec.holder, rec.state)
+        try:
+            await self._remove_stale(rec)
+        except Exception as e:  # noqa: BLE001 - one bad object must not stop the hub
+            log.warning("Could not remove stale %s: %s", rec.holder, e)
+
     # ---- reserve / release ---------------------------------------------------------
 
     @asynccontextmanager
@@ -280,7 +254,7 @@ class Allocator:
         pool: str,
         holder: str,
         max_wait: float = 0.0,
-        on_position: Callable[[int, int], None] | None = None,
+        on_position: OnPosition | None = None,
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
@@ -290,9 +264,9 @@ class Allocator:
         The unit is marked held before the body runs, and ``holder`` stays *pending* until
         the body ends, so a re-read of the engine labels never frees a unit whose object is
         still being created: choose+create is atomic without serialising the creates
-        themselves.  If the body raises (or is cancelled), the unit is released.  Raises :class:`NoUnitFree` when no
-        unit comes free within ``max_wait`` seconds.  In line, a higher ``priority`` goes
-        ahead of lower ones; equal priorities keep their arrival order.
+        themselves.  If the body raises (or is cancelled), the unit is released.  Raises
+        :class:`NoUnitFree` when no unit comes free within ``max_wait`` seconds.  In line, a
+        higher ``priority`` goes ahead of lower ones; equal priorities keep their arrival order.
 
         ``owner`` (the user) may hold at most ``max_units`` units, counting those held, those
         reserved and those waited for in line by the owner's other holders, checked under the
@@ -315,31 +289,43 @@ class Allocator:
         pool: str,
         holder: str,
         max_wait: float,
-        on_position: Callable[[int, int], None] | None,
+        on_position: OnPosition | None,
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
     ) -> Unit:
         async with self.lock:
             await self._drop_old_unit_locked(holder)
-            await self._check_limit_locked(owner, holder, max_units)
-            if owner:
-                self._owners[holder] = owner
-            unit = None if self._queues.get(pool) else self.ledger.take(pool, holder)
-            if unit is None and not self._queues.get(pool) and pool in self._queues:
+            await self.line.count_in(owner, holder, max_units, self._admitted_locked)
+            known = pool in self.inventory.pools
+            unit = None if self.line.length(pool) else self.ledger.take(pool, holder)
+            if unit is None and known and not self.line.length(pool):
                 await self._sync_locked()
                 unit = self.ledger.take(pool, holder)
             if unit is not None:
                 return unit
-            if max_wait <= 0 or pool not in self._queues:
+            if max_wait <= 0 or not known:
                 raise NoUnitFree(pool)
-            waiter = _Waiter(holder, on_position, priority, owner)
-            queue = self._queues[pool]
-            # behind everyone of equal or higher priority: FIFO within a priority
-            index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
-            queue.insert(index, waiter)
-            self._notify_positions(pool)
-        return await self._wait_in_line(pool, waiter, max_wait)
+            ticket = self.line.join(pool, holder, priority, owner, on_position)
+        return await self.line.wait(ticket, max_wait, self._recheck, self.resync_interval, self._abandoned)
+
+    async def _admitted_locked(self, fresh: bool) -> list[str]:
+        """Holders of a unit (held or reserved); ``fresh``: after a re-read of the engine."""
+        if fresh:  # a unit may be counted whose object has just gone
+            await self._sync_locked()
+        return list(self.ledger.holders())
+
+    async def _recheck(self, ticket: Ticket) -> None:
+        """Nothing was released through us; a server may have vanished behind our back, so
+        look at the engine again (a unit found free is handed to the head of the line)."""
+        async with self.lock:
+            if ticket.live:
+                await self._sync_locked()
+
+    def _abandoned(self, ticket: Ticket) -> None:
+        """A unit was handed to a waiter just as it gave up: pass it on."""
+        self._release_now(ticket.holder)
+        self._pending.discard(ticket.holder)
 
     async def _drop_old_unit_locked(self, holder: str) -> None:
         """Free ``holder``'s previous unit once its object is gone (caller holds the lock).
@@ -357,94 +343,23 @@ class Allocator:
 
     def owner_counts(self, owner: str, exclude: str = "") -> tuple[int, int]:
         """(units held or reserved, spawns waiting in line) of ``owner``'s holders but ``exclude``."""
-        held = sum(1 for h in self.ledger.holders() if h != exclude and self._owners.get(h) == owner)
-        waiting = sum(
-            1
-            for queue in self._queues.values()
-            for w in queue
-            if w.owner == owner and w.holder != exclude and not w.future.done()
-        )
-        return held, waiting
-
-    async def _check_limit_locked(self, owner: str, holder: str, max_units: int | None) -> None:
-        """Raise :class:`OverLimit` if ``owner`` may not reserve one more unit (lock held)."""
-        if not owner or max_units is None:
-            return
-        held, waiting = self.owner_counts(owner, holder)
-        if held + waiting >= max_units and held:
-            # a unit may be counted whose object has just gone: ask the engine before refusing
-            await self._sync_locked()
-            held, waiting = self.owner_counts(owner, holder)
-        if held + waiting >= max_units:
-            raise OverLimit(owner, max_units, held, waiting)
-
-    async def _wait_in_line(self, pool: str, waiter: _Waiter, max_wait: float) -> Unit:
-        start = time.monotonic()
-        deadline = start + max_wait
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NoUnitFree(pool, time.monotonic() - start, self._position(pool, waiter))
-                # asyncio.wait, not wait_for: it never swallows a cancellation that
-                # arrives together with the unit (wait_for does on Python < 3.12)
-                done, _ = await asyncio.wait({waiter.future}, timeout=min(remaining, self.resync_interval))
-                if done:
-                    return waiter.future.result()
-                # nothing was released through us; a server may have vanished behind
-                # our back, so look at the engine again
-                async with self.lock:
-                    if not waiter.future.done():
-                        await self._sync_locked()
-        except BaseException:
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                # a unit was handed to us just as we gave up: pass it on
-                self._release_now(waiter.holder)
-                self._pending.discard(waiter.holder)
-            else:
-                waiter.future.cancel()
-            raise
-        finally:
-            queue = self._queues[pool]
-            if waiter in queue:
-                queue.remove(waiter)
-            self._notify_positions(pool)
-
-    def _position(self, pool: str, waiter: _Waiter) -> int | None:
-        for i, w in enumerate(self._queues[pool]):
-            if w is waiter:
-                return i + 1
-        return None
-
-    def _notify_positions(self, pool: str) -> None:
-        queue = self._queues.get(pool, ())
-        total = len(queue)
-        for i, w in enumerate(queue):
-            if w.on_position is not None and not w.future.done():
-                try:
-                    w.on_position(i + 1, total)
-                except Exception:
-                    log.exception("position callback failed for %s", w.holder)
+        return self.line.counts(owner, self.ledger.holders(), exclude)
 
     def _hand_off(self, unit: Unit) -> None:
         """Give a just-freed unit to the first live waiter of its pool, if any."""
-        queue = self._queues.get(unit.pool)
-        while queue:
-            waiter = queue.popleft()
-            if waiter.future.done():
-                continue
-            if self.ledger.take(unit.pool, waiter.holder) is None:  # pragma: no cover - invariant
-                queue.appendleft(waiter)
-                return
-            # pending from now: a re-read of the engine before the waiter wakes up must
-            # not free the unit (its object does not exist yet)
-            self._pending.add(waiter.holder)
-            waiter.future.set_result(self.ledger.unit_of(waiter.holder))
-            self._notify_positions(unit.pool)
+        ticket = self.line.head(unit.pool)
+        if ticket is None:
             return
+        given = self.ledger.take(unit.pool, ticket.holder)
+        if given is None:  # pragma: no cover - invariant: the unit was just freed
+            return
+        # pending from now: a re-read of the engine before the waiter wakes up must
+        # not free the unit (its object does not exist yet)
+        self._pending.add(ticket.holder)
+        self.line.grant(ticket, given)
 
     def _release_now(self, holder: str) -> Unit | None:
-        self._owners.pop(holder, None)
+        self.line.forget(holder)
         unit = self.ledger.release(holder)
         if unit is not None:
             self._hand_off(unit)
@@ -466,7 +381,7 @@ class Allocator:
         return self.ledger.free_counts()
 
     def queue_length(self, pool: str) -> int:
-        return len(self._queues.get(pool, ()))
+        return self.line.length(pool)
 
     def unit_of(self, holder: str) -> Unit | None:
         return self.ledger.unit_of(holder)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -25,11 +23,17 @@ from tornado import web
 from traitlets import Bool, Float, List, default
 
 from gpuhub_spawner.core import isolation
-from gpuhub_spawner.core.cluster import SHARED_KIND_PREFIX, ClusterView, assigned_resources, kind_of_pool
+from gpuhub_spawner.core.cluster import (
+    SHARED_KIND_PREFIX,
+    ClusterView,
+    assigned_resources,
+    kind_of_pool,
+    read_swarm,
+)
 from gpuhub_spawner.core.inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
 from gpuhub_spawner.core.labels import LABEL_NODE
 from gpuhub_spawner.core.volumes import build_mounts
-from gpuhub_spawner.hub.allocator import NoUnitFree, OverLimit
+from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket
 from gpuhub_spawner.hub.mixin import (
     LABEL_HUB,
     LABEL_POOL,
@@ -37,22 +41,12 @@ from gpuhub_spawner.hub.mixin import (
     LABEL_SERVER,
     LABEL_UNIT,
     LABEL_USER,
-    QUEUE_SOURCES,
     GPUSpawnerMixin,
     spawn_error,
 )
 
 #: what a pending task says when no node can take it
 _UNPLACEABLE = ("no suitable node", "insufficient resources")
-
-
-@dataclass
-class _Waiter:
-    holder: str
-    priority: int
-    on_position: Any
-    woken: asyncio.Event = field(default_factory=asyncio.Event)
-    owner: str = ""
 
 
 class SwarmGate:
@@ -64,17 +58,27 @@ class SwarmGate:
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
+        self.line = FairLine()
         self.inflight: dict[str, tuple[str, str]] = {}  # holder -> (pool, kind)
-        self.queues: dict[str, deque[_Waiter]] = {}
         self.view: ClusterView | None = None
         self.view_time = 0.0
         #: service name -> unit recorded in its labels (or just assigned by this hub)
         self.service_units: dict[str, str] = {}
-        #: GPU service name (or holder let through / in line) -> its user, for max_gpu_units
-        self.owners: dict[str, str] = {}
 
     def queue_length(self, pool: str) -> int:
-        return len(self.queues.get(pool, ()))
+        return self.line.length(pool)
+
+    def queue_lengths(self) -> dict[str, int]:
+        return self.line.lengths()
+
+    def learn(self, view: ClusterView) -> None:
+        """Keep ``view`` as the latest read, with the units and users its services' labels name."""
+        for name, labels in view.labels.items():
+            if labels.unit:
+                self.service_units[name] = labels.unit
+            if labels.pool and labels.user:  # a GPU server
+                self.line.owners[name] = labels.user
+        self.view, self.view_time = view, time.monotonic()
 
     def _free_kind(self, view: ClusterView, pool: str) -> str | None:
         # in flight: let through, and not yet counted by swarm (a task that has its unit is)
@@ -90,102 +94,53 @@ class SwarmGate:
             counts[k] = counts.get(k, 0) + 1
         return view.best_shared_kind(exclude=counts)
 
-    def _notify(self, pool: str) -> None:
-        queue = self.queues.get(pool, deque())
-        for i, w in enumerate(queue):
-            if w.on_position is not None:
-                try:
-                    w.on_position(i + 1, len(queue))
-                except Exception:  # noqa: BLE001 - progress only
-                    pass
+    def _let_through(self, view: ClusterView, pool: str, holder: str) -> str | None:
+        kind = self._free_kind(view, pool)
+        if kind is not None:
+            self.inflight[holder] = (pool, kind)
+        return kind
 
     def wake(self) -> None:
-        for queue in self.queues.values():
-            for w in queue:
-                w.woken.set()
-
-    def owner_counts(self, view: ClusterView, owner: str, exclude: str) -> tuple[int, int]:
-        """(GPU services live or let through, spawns in line) of ``owner`` but ``exclude``."""
-        held = {
-            name for name in [*view.placements, *self.inflight]
-            if name != exclude and self.owners.get(name) == owner
-        }
-        waiting = sum(
-            1 for queue in self.queues.values() for w in queue if w.owner == owner and w.holder != exclude
-        )
-        return len(held), waiting
-
-    async def _check_limit(self, view: ClusterView, read_view, owner: str, holder: str,
-                           max_units: int | None) -> None:
-        """Raise :class:`OverLimit` if ``owner`` may not have one more GPU server (lock held)."""
-        if not owner or max_units is None:
-            return
-        held, waiting = self.owner_counts(view, owner, holder)
-        if held + waiting >= max_units and held:
-            # a service counted may have just gone: read the swarm again before refusing
-            held, waiting = self.owner_counts(await read_view(max_age=0.0), owner, holder)
-        if held + waiting >= max_units:
-            raise OverLimit(owner, max_units, held, waiting)
+        self.line.nudge()
 
     async def admit(self, pool: str, holder: str, read_view, max_wait: float,
-                    on_position=None, priority: int = 0, owner: str = "",
+                    on_position: OnPosition | None = None, priority: int = 0, owner: str = "",
                     max_units: int | None = None) -> str:
         """Let ``holder`` create its service: returns the generic-resource kind to request.
 
         ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
         line count, checked under the gate's lock with the admission (:class:`OverLimit`).
         """
-        start = time.monotonic()
-        waiter: _Waiter | None = None
-        queue = self.queues.setdefault(pool, deque())
-        try:
-            while True:
-                async with self.lock:
-                    # spawns arriving together share a read made within 0.5 s: what this hub let
-                    # through since is in `inflight`, and a release by this hub forces a fresh read
-                    view = await read_view(max_age=0.5)
-                    if waiter is None:
-                        await self._check_limit(view, read_view, owner, holder, max_units)
-                        if owner:
-                            self.owners[holder] = owner
-                    first = not queue if waiter is None else queue[0] is waiter
-                    kind = self._free_kind(view, pool) if first else None
-                    if kind is not None:
-                        if waiter is not None:
-                            queue.remove(waiter)
-                            waiter = None
-                            self._notify(pool)
-                        self.inflight[holder] = (pool, kind)
-                        return kind
-                    if max_wait <= 0:
-                        raise NoUnitFree(pool)
-                    if waiter is None:
-                        waiter = _Waiter(holder, priority, on_position, owner=owner)
-                        index = next((i for i, w in enumerate(queue) if w.priority < priority), len(queue))
-                        queue.insert(index, waiter)
-                        self._notify(pool)
-                remaining = start + max_wait - time.monotonic()
-                if remaining <= 0:
-                    position = next((i + 1 for i, w in enumerate(queue) if w is waiter), None)
-                    raise NoUnitFree(pool, time.monotonic() - start, position)
-                waiter.woken.clear()
-                # releases by this hub wake us at once; anything else shows in the next read
-                try:
-                    await asyncio.wait_for(waiter.woken.wait(), min(remaining, 1.0))
-                except TimeoutError:
-                    pass
-        finally:
-            if waiter is not None and waiter in queue:
-                queue.remove(waiter)
-                self._notify(pool)
+        async with self.lock:
+            # spawns arriving together share a read made within 0.5 s: what this hub let
+            # through since is in `inflight`, and a release by this hub forces a fresh read
+            view = await read_view(max_age=0.5)
+
+            async def admitted(fresh: bool) -> list[str]:
+                seen = await read_view(max_age=0.0) if fresh else view
+                return [*seen.placements, *self.inflight]
+
+            await self.line.count_in(owner, holder, max_units, admitted)
+            kind = None if self.line.length(pool) else self._let_through(view, pool, holder)
+            if kind is not None:
+                return kind
+            if max_wait <= 0:
+                raise NoUnitFree(pool)
+            ticket = self.line.join(pool, holder, priority, owner, on_position)
+
+        async def recheck(ticket: Ticket) -> str | None:
+            async with self.lock:
+                if self.line.head(pool) is not ticket:
+                    return None
+                return self._let_through(await read_view(max_age=0.5), pool, holder)
+
+        # releases by this hub nudge the line at once; anything else shows in a read within 1 s
+        return await self.line.wait(ticket, max_wait, recheck, interval=1.0)
 
     def settled(self, holder: str) -> None:
         """``holder``'s task has its unit (or its spawn ended): stop counting it in flight."""
         if self.inflight.pop(holder, None) is not None:
             self.wake()
-
-
-_GATES: dict[tuple[str, str], SwarmGate] = {}
 
 
 class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
@@ -223,35 +178,16 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         return str(self.client_kwargs.get("base_url") or "swarm")
 
     def _gate(self) -> SwarmGate:
-        key = (self._engine_key(), self.gpu_hub_id)
-        gate = _GATES.get(key)
-        if gate is None:
-            gate = _GATES[key] = SwarmGate()
-            QUEUE_SOURCES.append(gate)
-        return gate
+        return self.hub_state.gate(self._engine_key(), SwarmGate)
 
     async def cluster_view(self, max_age: float | None = None) -> ClusterView:
         gate = self._gate()
         age = self.swarm_view_max_age if max_age is None else max_age
         if gate.view is not None and time.monotonic() - gate.view_time <= age:
             return gate.view
-        nodes, tasks, services = await asyncio.gather(
-            self.docker("nodes"),
-            # every task, not only those meant to run: one being shut down still holds its unit
-            self.docker("tasks"),
-            self.docker("services", filters={"label": f"{LABEL_HUB}={self.gpu_hub_id}"}),
-        )
-        names = {s["ID"]: s["Spec"]["Name"] for s in services}
-        for s in services:
-            labels = s["Spec"].get("Labels") or {}
-            unit = labels.get(LABEL_UNIT)
-            if unit:
-                gate.service_units[s["Spec"]["Name"]] = unit
-            if labels.get(LABEL_POOL) and labels.get(LABEL_USER):  # a GPU server
-                gate.owners[s["Spec"]["Name"]] = labels[LABEL_USER]
-        gate.view = ClusterView.read(nodes, tasks, names)
-        gate.view_time = time.monotonic()
-        return gate.view
+        view = await asyncio.wrap_future(self.executor.submit(read_swarm, self.client, self.gpu_hub_id))
+        gate.learn(view)
+        return view
 
     @property
     def gpu_inventory_resolved(self) -> Inventory:
@@ -313,7 +249,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
 
     async def _undo_failed_start(self) -> None:
         self._gate().settled(self.object_name)
-        self._gate().owners.pop(self.object_name, None)
+        self._gate().line.forget(self.object_name)
         try:
             await self.docker("remove_service", self.object_id or self.object_name)
         except APIError as e:
@@ -510,19 +446,28 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             self.log.warning("Could not label %s with its unit: %s", self.object_name, e)
 
     async def _label_service(self, labels: dict[str, str]) -> None:
-        """Add service-level labels, sending back the spec exactly as it is otherwise.
+        """Add service-level labels, sending back the rest of the spec exactly as it is.
 
-        Only the service's own labels change, so swarm does not replace the running task
-        (docker-py's update_service rebuilds parts of the spec, which can restart it).
+        Only the service's own labels change, so swarm keeps the running task.  Every part of
+        the spec is passed as read: ``fetch_current_spec=True`` would re-read it with the
+        engine's defaults filled in, and a task template that differs restarts the task.
         """
         api = self.client
 
         def update() -> None:
             current = api.inspect_service(self.object_id)
-            spec = dict(current["Spec"])
-            spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
-            url = api._url("/services/{0}/update", self.object_id)
-            api._raise_for_status(api._post_json(url, data=spec, params={"version": current["Version"]["Index"]}))
+            spec = current["Spec"]
+            api.update_service(
+                self.object_id,
+                current["Version"]["Index"],
+                task_template=spec.get("TaskTemplate"),
+                name=spec.get("Name"),
+                labels={**(spec.get("Labels") or {}), **labels},
+                mode=spec.get("Mode"),
+                update_config=spec.get("UpdateConfig"),
+                rollback_config=spec.get("RollbackConfig"),
+                endpoint_spec=spec.get("EndpointSpec"),
+            )
 
         await asyncio.wrap_future(self.executor.submit(update))
 
@@ -614,7 +559,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         gate = self._gate()
         gate.settled(self.object_name)
         gate.service_units.pop(self.object_name, None)
-        gate.owners.pop(self.object_name, None)
+        gate.line.forget(self.object_name)
         await self.end_usage(self.object_name)
         self.gpu_unit_id = ""
         gate.view_time = 0.0

@@ -6,8 +6,8 @@ tasks, this hub's services) into a :class:`~gpuhub_spawner.core.cluster.ClusterV
 background; the collector then reports per pool the units on schedulable nodes and the free
 ones, and per node its state and units.
 
-:func:`read_swarm` is the only function here that does I/O (blocking ``docker.APIClient``
-calls: run it in a thread).
+The one read that does I/O is :func:`read_swarm`, the swarm spawner's own, re-exported from
+:mod:`gpuhub_spawner.core.cluster` (blocking ``docker.APIClient`` calls: run it in a thread).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuhub_spawner.core.cluster import ClusterView
+from gpuhub_spawner.core.cluster import ClusterView, read_swarm
 from gpuhub_spawner.core.inventory import Inventory, Profile, profiles_from_config
-from gpuhub_spawner.core.labels import LABEL_HUB
+
+__all__ = ["SwarmState", "read_swarm", "swarm_down", "swarm_state"]
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -34,18 +34,6 @@ class SwarmState:
     profiles: list[Profile] = field(default_factory=list)
     read_at: float | None = None  # wall-clock time of the last good read; None: never read
     ok: bool = False
-
-
-def read_swarm(api: Any, hub_id: str) -> ClusterView:
-    """Nodes, tasks and this hub's services from the manager's low-level API.
-
-    All tasks, not only those meant to run: one being shut down holds its unit until it ends.
-    """
-    nodes = api.nodes()
-    tasks = api.tasks()
-    services = api.services(filters={"label": f"{LABEL_HUB}={hub_id}"})
-    names = {s["ID"]: (s.get("Spec") or {}).get("Name", s["ID"]) for s in services}
-    return ClusterView.read(nodes, tasks, names)
 
 
 def swarm_state(view: ClusterView, profile_config: list[Any], read_at: float | None = None) -> SwarmState:

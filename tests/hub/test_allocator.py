@@ -523,7 +523,7 @@ async def test_higher_priority_waiters_go_first_fifo_within_a_priority():
     for holder, priority in (("low-1", 0), ("low-2", 0), ("high", 5), ("mid", 1)):
         tasks.append(asyncio.create_task(wait(holder, priority)))
         await asyncio.sleep(0.01)
-    assert [w.holder for w in alloc._queues["gpu"]] == ["high", "mid", "low-1", "low-2"]
+    assert alloc.line.waiting("gpu") == ["high", "mid", "low-1", "low-2"]
     for current in ("owner", "high", "mid", "low-1"):
         records[:] = []
         await alloc.release(current)

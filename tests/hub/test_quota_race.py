@@ -152,7 +152,7 @@ async def test_swarm_gate_counts_live_services_of_the_user():
     nodes = [_node([f"NVIDIA_GPU={GPU_A}", f"NVIDIA_GPU={GPU_B}"])]
     tasks = [_running("s-ann", GPU_A)]
     gate = SwarmGate()
-    gate.owners["hub-ann-old"] = "ann"  # what cluster_view reads from the service's labels
+    gate.line.owners["hub-ann-old"] = "ann"  # what cluster_view reads from the service's labels
 
     async def read_view(max_age: float = 0.5) -> ClusterView:
         return ClusterView.read(nodes, tasks, {"s-ann": "hub-ann-old"})

@@ -1,0 +1,208 @@
+"""The one fair line in front of a pool of GPU units, shared by both spawners.
+
+A spawn that finds its pool full waits here: per pool, a higher ``priority`` goes ahead and equal
+priorities keep their arrival order, and every waiter is told its place ("#k of n in line")
+whenever the line moves.  The line does not know what is free; its owner does, and either
+hands the first live waiter a value (:meth:`FairLine.grant`: the single-host allocator gives the
+unit itself) or nudges the waiters to look again (:meth:`FairLine.nudge`: the swarm gate, which
+can only re-read the swarm).  A waiter that gives up (it timed out, or its spawn was cancelled
+or stopped) leaves at once, and a value handed to it as it gave up is passed back to the owner.
+
+The line also keeps whose each holder is, so ``max_gpu_units`` counts one user's servers that
+hold a unit, are being given one, or wait in line, in the same step as the admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OnPosition = Callable[[int, int], None]
+
+
+class NoUnitFree(Exception):
+    """The pool had no free unit (``waited`` seconds in line, ``position`` at the end)."""
+
+    def __init__(self, pool: str, waited: float = 0.0, position: int | None = None):
+        self.pool = pool
+        self.waited = waited
+        self.position = position
+        super().__init__(pool)
+
+
+class OverLimit(Exception):
+    """``owner`` already holds (``held``) or waits in line for (``waiting``) ``limit`` units."""
+
+    def __init__(self, owner: str, limit: int, held: int, waiting: int):
+        self.owner = owner
+        self.limit = limit
+        self.held = held
+        self.waiting = waiting
+        super().__init__(owner)
+
+
+def _future() -> asyncio.Future:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One spawn's place in line; ``granted`` resolves with what its owner hands it."""
+
+    pool: str
+    holder: str
+    priority: int = 0
+    owner: str = ""
+    on_position: OnPosition | None = None
+    granted: asyncio.Future = field(default_factory=_future)
+    nudged: asyncio.Future = field(default_factory=_future)
+
+    @property
+    def live(self) -> bool:
+        """Still waiting: not handed anything, not given up."""
+        return not self.granted.done()
+
+
+#: the owner's look at a ticket that was nudged or waited a while: a value to hand it, or None
+Recheck = Callable[[Ticket], Awaitable[Any]]
+#: the holders that count against their user: hold a unit, or were let through and await one
+Admitted = Callable[[bool], Awaitable[Iterable[str]]]
+
+
+class FairLine:
+    """Per-pool FIFO lines (by priority) and the per-user count of holders; not thread-safe."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, list[Ticket]] = {}
+        #: holder -> user whose ``max_gpu_units`` its unit (held, in flight or awaited) counts against
+        self.owners: dict[str, str] = {}
+
+    # ---- the line ----------------------------------------------------------------------
+
+    def join(self, pool: str, holder: str, priority: int = 0, owner: str = "",
+             on_position: OnPosition | None = None) -> Ticket:
+        """Queue ``holder``: behind everyone of equal or higher priority."""
+        ticket = Ticket(pool, holder, priority, owner, on_position)
+        line = self._lines.setdefault(pool, [])
+        index = next((i for i, t in enumerate(line) if t.priority < priority), len(line))
+        line.insert(index, ticket)
+        self._notify(pool)
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        line = self._lines.get(ticket.pool, [])
+        if ticket in line:
+            line.remove(ticket)
+            self._notify(ticket.pool)
+
+    def head(self, pool: str) -> Ticket | None:
+        """The first waiter of ``pool`` that still waits."""
+        return next((t for t in self._lines.get(pool, ()) if t.live), None)
+
+    def grant(self, ticket: Ticket, value: Any) -> None:
+        """Hand ``value`` to ``ticket`` (it leaves the line; the others move up)."""
+        ticket.granted.set_result(value)
+        self.leave(ticket)
+
+    def nudge(self) -> None:
+        """Wake every waiter to look again (something may have come free)."""
+        for line in self._lines.values():
+            for ticket in line:
+                if not ticket.nudged.done():
+                    ticket.nudged.set_result(None)
+
+    def position(self, ticket: Ticket) -> int | None:
+        line = self._lines.get(ticket.pool, [])
+        return line.index(ticket) + 1 if ticket in line else None
+
+    def length(self, pool: str) -> int:
+        return len(self._lines.get(pool, ()))
+
+    def lengths(self) -> dict[str, int]:
+        """pool -> spawns waiting in line now (the ``gpuhub_queue_length`` gauge)."""
+        return {pool: len(line) for pool, line in self._lines.items()}
+
+    def waiting(self, pool: str) -> list[str]:
+        """The holders waiting for ``pool``, first first."""
+        return [t.holder for t in self._lines.get(pool, ())]
+
+    def _notify(self, pool: str) -> None:
+        line = self._lines.get(pool, [])
+        for i, ticket in enumerate(line):
+            if ticket.on_position is not None and ticket.live:
+                try:
+                    ticket.on_position(i + 1, len(line))
+                except Exception:  # noqa: BLE001 - progress only; the line must move on
+                    log.exception("position callback failed for %s", ticket.holder)
+
+    async def wait(self, ticket: Ticket, max_wait: float, recheck: Recheck, interval: float,
+                   on_abandon: Callable[[Ticket], None] | None = None) -> Any:
+        """Wait until ``ticket`` is handed a value; :class:`NoUnitFree` after ``max_wait`` s.
+
+        Every ``interval`` seconds, or when nudged, ``recheck(ticket)`` looks again and may
+        return the value to hand it.  If the wait ends otherwise (time out, cancellation) just
+        as a value arrives, ``on_abandon(ticket)`` gives ``ticket.granted``'s value back.
+        """
+        start = time.monotonic()
+        try:
+            while ticket.live:
+                remaining = start + max_wait - time.monotonic()
+                if remaining <= 0:
+                    raise NoUnitFree(ticket.pool, time.monotonic() - start, self.position(ticket))
+                # asyncio.wait, not wait_for: it never swallows a cancellation that arrives
+                # together with the value (wait_for does on Python < 3.12)
+                await asyncio.wait({ticket.granted, ticket.nudged}, timeout=min(remaining, interval),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if ticket.nudged.done():
+                    ticket.nudged = _future()
+                if ticket.live:
+                    value = await recheck(ticket)
+                    if value is not None and ticket.live:
+                        self.grant(ticket, value)
+            return ticket.granted.result()
+        except BaseException:
+            granted = ticket.granted
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
+                if on_abandon is not None:
+                    on_abandon(ticket)
+            else:
+                granted.cancel()
+            raise
+        finally:
+            self.leave(ticket)
+
+    # ---- per-user counts (max_gpu_units) ---------------------------------------------
+
+    def counts(self, owner: str, admitted: Iterable[str], exclude: str = "") -> tuple[int, int]:
+        """(holders in ``admitted``, spawns in line) of ``owner``, not counting ``exclude``."""
+        held = {h for h in admitted if h != exclude and self.owners.get(h) == owner}
+        waiting = sum(
+            1 for line in self._lines.values() for t in line
+            if t.owner == owner and t.holder != exclude and t.live
+        )
+        return len(held), waiting
+
+    async def count_in(self, owner: str, holder: str, max_units: int | None, admitted: Admitted) -> None:
+        """Count ``holder`` as ``owner``'s, or raise :class:`OverLimit` if that would pass ``max_units``.
+
+        ``admitted(fresh)`` lists the holders that count; with ``fresh`` True it reads the engine
+        again, which is done before refusing, since a server counted may have just gone.
+        """
+        if owner and max_units is not None:
+            held, waiting = self.counts(owner, await admitted(False), holder)
+            if held + waiting >= max_units and held:
+                held, waiting = self.counts(owner, await admitted(True), holder)
+            if held + waiting >= max_units:
+                raise OverLimit(owner, max_units, held, waiting)
+        if owner:
+            self.owners[holder] = owner
+
+    def forget(self, holder: str) -> None:
+        """``holder`` holds nothing and waits for nothing any more."""
+        self.owners.pop(holder, None)
