@@ -1,83 +1,47 @@
-# gpuhub's JupyterHub configuration, driven by environment variables.
+# gpuhub's JupyterHub configuration: wiring from gpuhub.yaml to the hub, spawner, sign-in and services.
 #
-# With nothing set it runs the embedded default: one host, plain Docker, sqlite, the local
+# The settings are in one file, gpuhub.yaml, named by GPUHUB_CONFIG (`gpuhub config example`
+# prints a commented one; `gpuhub config check FILE` checks one; deploy/gpuhub.example.yaml).
+# Without it this runs the embedded default: one host, plain Docker, sqlite, the local
 # `gpuhub/singleuser` image, the hub on http://127.0.0.1:8000, and sign-in with each person's
 # own password (sign up, an admin approves; admins get a generated one in the data directory).
-# GPUs come from NVML when the host has it, else from GPUHUB_GPU_INVENTORY; with neither, users
-# get CPU-only servers.
+# GPUs come from NVML when the host has it, else from inventory.gpus; with neither, users get
+# CPU-only servers. A bad file stops the hub here with one line per problem, naming its key.
 #
-# Settings (all optional):
-#   GPUHUB_DATA_DIR         where the database, cookie secret and admin passwords live (./data)
-#   GPUHUB_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
-#   GPUHUB_HUB_IP           address of the hub API; default: the user network's gateway
-#                           (on a swarm: Docker's bridge gateway)
-#   GPUHUB_USER_NETWORK     Docker network of user servers, created at start with
-#                           container-to-container traffic off (gpuhub-users)
-#   GPUHUB_USER_FIREWALL    "off": do not install the host firewall that lets user servers
-#                           reach only the hub API on this host (then do it yourself: README)
-#   GPUHUB_HUB_PORT         port of the hub API (8081)
-#   GPUHUB_PROXY_API_PORT   port of the proxy's REST API (8001)
-#   GPUHUB_DB_URL           database URL (sqlite in GPUHUB_DATA_DIR)
-#   GPUHUB_USAGE_DB_URL     GPU usage ledger and per-user quota overrides (sqlite in GPUHUB_DATA_DIR)
-#   GPUHUB_IMAGE            single-user image (gpuhub/singleuser:latest)
-#   GPUHUB_GPU_DISCOVERY    auto | nvml | static (auto)
-#   GPUHUB_GPU_INVENTORY    static GPUs as JSON, or @/path/to/file.json
-#   GPUHUB_REPLICAS_PER_GPU time-slicing: servers per non-MIG GPU (1)
-#   GPUHUB_PROFILES         profiles as JSON, or @file (default: one per pool + CPU only)
-#   GPUHUB_QUEUE_MAX_WAIT   seconds a spawn waits in line for a GPU (300; 0 refuses at once)
-#   GPUHUB_QUOTA_DEFAULTS   quota of every user before group properties, JSON ({})
-#   GPUHUB_ADMIN_SERVICE_PORT  port of the "GPU Hub" admin service (8766)
-#   GPUHUB_TUTORIALS        tutorials volume name or absolute host path (gpuhub-tutorials)
-#   GPUHUB_ADMIN_USERS      comma-separated admin usernames (each gets a generated password)
-#   GITHUB_CLIENT_ID, GITHUB_CLIENT_SECRET, GPUHUB_OAUTH_CALLBACK_URL, GPUHUB_GITHUB_ORGS
-#   (orgs or org:team), GPUHUB_ALLOWED_USERS, GPUHUB_GITHUB_ADMIN_TEAMS, JUPYTERHUB_CRYPT_KEY
-#                           sign in with GitHub instead of hub passwords
-#   GPUHUB_TUTORIALS_REPO   Git URL of the tutorials; starts the tutorial-sync service, which
-#                           publishes GPUHUB_TUTORIALS_BRANCH (main) into GPUHUB_DATA_DIR/tutorials
-#   GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, GPUHUB_TUTORIALS_POLL_INTERVAL (60)
-#   GPUHUB_EXPORTER_PORT, GPUHUB_PROMETHEUS_TOKEN_FILE
-#                           per-user metrics service and Prometheus's token (see the metrics block)
-#   GPUHUB_EXTRA_CONFIG     a Python config file loaded last, for anything else
+# The GPUHUB_* environment variables of earlier releases still work for this release, laid
+# over the file, each with a notice naming its key (gpuhub_spawner/core/hubconfig.py lists
+# them). Secrets stay in the environment or in files the config names: GITHUB_CLIENT_SECRET,
+# JUPYTERHUB_CRYPT_KEY, GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, the *_file keys.
 import json
 import os
 import sys
 from pathlib import Path
 
 from gpuhub_spawner.core import dockerhost, hubconfig
+from gpuhub_spawner.core.config import ConfigFileError, load_config
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
 here = Path(__file__).resolve().parent
-data_dir = Path(os.environ.get("GPUHUB_DATA_DIR", here / "data")).resolve()
-data_dir.mkdir(parents=True, exist_ok=True)
-
 try:
-    gpu_inventory = hubconfig.env_json("GPUHUB_GPU_INVENTORY", [])
-    profiles = hubconfig.env_json("GPUHUB_PROFILES", [])
-    hubconfig.check_profile_limits(profiles)
-    replicas = hubconfig.env_int("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1, maximum=64)
-    queue_wait = hubconfig.env_number("GPUHUB_QUEUE_MAX_WAIT", 300, maximum=24 * 3600)
-    quota_defaults = hubconfig.env_quota("GPUHUB_QUOTA_DEFAULTS")
-    hub_port = hubconfig.env_port("GPUHUB_HUB_PORT", 8081)
-    proxy_api_port = hubconfig.env_port("GPUHUB_PROXY_API_PORT", 8001)
-    admin_service_port = hubconfig.env_port("GPUHUB_ADMIN_SERVICE_PORT", 8766)
-    # read again by the blocks below: every number is checked here, before anything starts
-    for port_setting, port_default in (
-        ("GPUHUB_TUTORIAL_SYNC_PORT", 8765), ("GPUHUB_EXPORTER_PORT", 8768), ("GPUHUB_CULLER_PORT", 8767)
-    ):
-        hubconfig.env_port(port_setting, port_default)
-    hubconfig.env_number("GPUHUB_TUTORIALS_POLL_INTERVAL", 60, minimum=1, maximum=24 * 3600)
+    cfg = load_config()
+except ConfigFileError as e:
+    hubconfig.fail(*e.lines)
 except hubconfig.ConfigError as e:
     hubconfig.fail(str(e))
+data_dir = Path(cfg.hub.data_dir or here / "data").resolve()
+data_dir.mkdir(parents=True, exist_ok=True)
+# services read the same file (and, for this release, the variables the hub passes them)
+service_env = {"GPUHUB_CONFIG": os.environ["GPUHUB_CONFIG"]} if os.environ.get("GPUHUB_CONFIG") else {}
 
 # ---- the Docker engine: its unix socket, or a TCP address with mutual TLS only ------------
 # Checked before anything talks to the engine (the user network, the bridge address below).
-swarm_mode = os.environ.get("GPUHUB_SPAWNER", "docker") == "swarm"
-docker_host = os.environ.get("GPUHUB_DOCKER_HOST", "") if swarm_mode else ""
+swarm_mode = cfg.hub.spawner == "swarm"
+docker_host = cfg.hub.docker_host if swarm_mode else ""
 try:
     docker_tls = dockerhost.require_mutual_tls(
         docker_host or os.environ.get("DOCKER_HOST", ""), os.environ,
-        "GPUHUB_DOCKER_HOST" if docker_host else "DOCKER_HOST",
+        hubconfig.setting_name("hub.docker_host") if docker_host else "DOCKER_HOST",
     )
 except dockerhost.DockerHostError as e:
     hubconfig.fail(str(e))
@@ -89,53 +53,53 @@ if docker_client_kwargs:
     c.GPUDockerSpawner.client_kwargs = docker_client_kwargs
 
 # ---- hub, proxy, database -------------------------------------------------------------
-c.JupyterHub.bind_url = os.environ.get("GPUHUB_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.bind_url = cfg.hub.bind_url
 # User servers are untrusted (README, "Limits and networking"). On one host they run on their
 # own Docker network, created here, where they cannot connect to each other; the hub API listens
 # on its gateway, and the firewall (installed at the end of this file) lets them reach nothing
 # else on this host.
 user_network = None
-if os.environ.get("GPUHUB_SPAWNER", "docker") != "swarm":
-    from gpuhub_spawner.core import isolation
+if not swarm_mode:
     from gpuhub_spawner.hub import isolation_host
 
     try:
-        user_network = isolation_host.ensure_user_network(
-            os.environ.get("GPUHUB_USER_NETWORK") or isolation.USER_NETWORK
-        )
+        user_network = isolation_host.ensure_user_network(cfg.hub.user_network)
     except isolation_host.IsolationError as e:
         hubconfig.fail(str(e))
     c.GPUDockerSpawner.network_name = user_network.name
-c.JupyterHub.hub_ip = os.environ.get("GPUHUB_HUB_IP") or (
-    user_network.gateway if user_network else hubconfig.docker_bridge_gateway()
-)
-c.JupyterHub.hub_port = hub_port
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
+c.JupyterHub.hub_ip = cfg.hub.ip or (user_network.gateway if user_network else hubconfig.docker_bridge_gateway())
+c.JupyterHub.hub_port = cfg.hub.port
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{cfg.hub.proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
-c.JupyterHub.db_url = os.environ.get("GPUHUB_DB_URL", f"sqlite:///{data_dir / 'jupyterhub.sqlite'}")
+c.JupyterHub.db_url = cfg.hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.cleanup_servers = False  # servers (and their GPUs) survive a hub restart
 
 # ---- spawner --------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
-c.GPUDockerSpawner.image = os.environ.get("GPUHUB_IMAGE", "gpuhub/singleuser:latest")
+c.GPUDockerSpawner.image = cfg.images.default
 c.GPUDockerSpawner.pull_policy = "ifnotpresent"
-c.GPUDockerSpawner.gpu_discovery = os.environ.get("GPUHUB_GPU_DISCOVERY", "auto")
-c.GPUDockerSpawner.gpu_inventory = gpu_inventory
-c.GPUDockerSpawner.gpu_replicas_per_gpu = replicas
-c.GPUDockerSpawner.gpu_profiles = profiles
-c.GPUDockerSpawner.gpu_queue_max_wait = queue_wait
-c.GPUDockerSpawner.tutorials_source = os.environ.get("GPUHUB_TUTORIALS", "gpuhub-tutorials")
-c.GPUDockerSpawner.usage_db_url = os.environ.get(
-    "GPUHUB_USAGE_DB_URL", f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"
-)
-c.GPUDockerSpawner.quota_defaults = quota_defaults
+c.GPUDockerSpawner.gpu_discovery = cfg.inventory.discovery
+c.GPUDockerSpawner.gpu_inventory = cfg.inventory.gpus
+c.GPUDockerSpawner.gpu_replicas_per_gpu = cfg.inventory.replicas_per_gpu
+c.GPUDockerSpawner.gpu_profiles = [p.spawner_entry() for p in cfg.profiles]
+c.GPUDockerSpawner.gpu_queue_max_wait = cfg.inventory.queue_max_wait
+c.GPUDockerSpawner.tutorials_source = cfg.tutorials.source or "gpuhub-tutorials"
+c.GPUDockerSpawner.usage_db_url = cfg.hub.usage_db_url or f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"
+c.GPUDockerSpawner.quota_defaults = cfg.quota_defaults
+if any(p.image or p.environment for p in cfg.profiles):
+    # a profile's own image and environment, set on the spawner as its profile is chosen
+    from gpuhub_spawner.hub.profile_image import profile_image_hook
 
-# ---- swarm: GPUHUB_SPAWNER=swarm, the hub on a manager (the engine's unix socket) ----------
+    c.Spawner.pre_spawn_hook = profile_image_hook(
+        {p.slug: (p.image, p.environment) for p in cfg.profiles}, cfg.images.default
+    )
+
+# ---- swarm: hub.spawner: swarm, the hub on a manager (the engine's unix socket) ------------
 # Servers become swarm services; GPUs are whatever the nodes advertise (`gpuhub node setup`),
-# so GPUHUB_GPU_INVENTORY does not apply.  The hub reaches servers on their node's address
-# (ports published in host mode); set GPUHUB_HUB_IP to an address the nodes can reach.
-# A hub off the manager: GPUHUB_DOCKER_HOST=tcp://<manager>:2376 with mutual TLS only
+# so inventory.gpus does not apply.  The hub reaches servers on their node's address
+# (ports published in host mode); set hub.ip to an address the nodes can reach.
+# A hub off the manager: hub.docker_host: tcp://<manager>:2376 with mutual TLS only
 # (DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH=<ca.pem, cert.pem, key.pem>: deploy/swarm/make-tls.sh).
 # A Docker API over TCP without TLS client verification (either mode) stops the hub at start:
 # every user's server could reach it and be root on every node.
@@ -152,11 +116,12 @@ c.JupyterHub.services.append(
         # browser for it (never more than that admin may do): create roster users and undo
         # them, create groups and set members and quotas, stop servers
         "oauth_client_allowed_scopes": ["admin:users", "admin:groups", "delete:servers"],
-        "url": f"http://127.0.0.1:{admin_service_port}",
+        "url": f"http://127.0.0.1:{cfg.services.admin_port}",
         "command": [sys.executable, "-m", "hub_services.admin"],
         "environment": {
             "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
-            "GPUHUB_QUOTA_DEFAULTS": json.dumps(quota_defaults),
+            "GPUHUB_QUOTA_DEFAULTS": json.dumps(cfg.quota_defaults),
+            **service_env,
         },
     }
 )
@@ -174,15 +139,10 @@ c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
 
 # ---- tutorial sync: publish a Git branch to the store that servers mount -------------
-tutorials_repo = os.environ.get("GPUHUB_TUTORIALS_REPO")
+tutorials_repo = cfg.tutorials.repo
 if tutorials_repo:
-    store = Path(os.environ.get("GPUHUB_TUTORIALS_STORE", data_dir / "tutorials"))
-    sync_port = os.environ.get("GPUHUB_TUTORIAL_SYNC_PORT", "8765")
-    try:  # a commit over these is not published (the status page says why)
-        sync_max_total_mb = int(hubconfig.env_number("GPUHUB_TUTORIALS_MAX_TOTAL_MB", 10240, minimum=1))
-        sync_max_files = int(hubconfig.env_number("GPUHUB_TUTORIALS_MAX_FILES", 100000, minimum=1))
-    except hubconfig.ConfigError as e:
-        hubconfig.fail(str(e))
+    store = Path(cfg.tutorials.store or data_dir / "tutorials")
+    sync_port = cfg.tutorials.port
     c.JupyterHub.services.append(
         {
             "name": "tutorial-sync",
@@ -192,11 +152,12 @@ if tutorials_repo:
             "command": [
                 sys.executable, "-m", "hub_services.tutorial_sync",
                 "--repo", tutorials_repo,
-                "--branch", os.environ.get("GPUHUB_TUTORIALS_BRANCH", "main"),
+                "--branch", cfg.tutorials.branch,
                 "--store", str(store),
-                "--poll-interval", os.environ.get("GPUHUB_TUTORIALS_POLL_INTERVAL", "60"),
-                "--max-total-mb", str(sync_max_total_mb),
-                "--max-files", str(sync_max_files),
+                "--poll-interval", f"{cfg.tutorials.poll_interval:g}",
+                # a commit over these is not published (the status page says why)
+                "--max-total-mb", str(cfg.tutorials.max_total_mb),
+                "--max-files", str(cfg.tutorials.max_files),
             ],
             # secrets travel in the environment, never on the command line
             "environment": {
@@ -207,7 +168,7 @@ if tutorials_repo:
     # it needs no hub API access at all: no role, so its token holds no scopes. Its status page
     # is for admins and whoever holds access:services!service=tutorial-sync (e.g. a role for a
     # "tutorial-authors" group); its metrics for a read:metrics token; the webhook is signed.
-    if os.environ.get("GPUHUB_EXPORTER_PORT"):
+    if cfg.metrics.exporter_port:
         # the exporter reads status.json for its gpuhub_tutorial_sync_status_* series
         c.JupyterHub.load_roles.append(
             {
@@ -216,13 +177,14 @@ if tutorials_repo:
                 "services": ["gpuhub-exporter"],
             }
         )
-    if not os.environ.get("GPUHUB_TUTORIALS"):
+    if not cfg.tutorials.source:
         c.GPUDockerSpawner.tutorials_source = str(store)
 
 # ---- sign-in --------------------------------------------------------------------------
-admins = {u.strip() for u in os.environ.get("GPUHUB_ADMIN_USERS", "").split(",") if u.strip()}
+admins = set(cfg.sign_in.admin_users)
 c.Authenticator.admin_users = admins
-if os.environ.get("GITHUB_CLIENT_ID"):
+github = cfg.sign_in.github
+if cfg.sign_in.authenticator == "github":
     # GitHub sign-in: orgs and org:team allowlists, a roster (users an admin put in the
     # "roster" group, or added in the admin panel), GitHub teams mirrored as groups named
     # org:team, admin teams
@@ -231,24 +193,30 @@ if os.environ.get("GITHUB_CLIENT_ID"):
     from gpuhub_spawner.hub.auth import admin_teams_problem
 
     # admin teams by GitHub team id (org:team-slug=id): a name can be taken over, an id cannot
-    admin_teams = {t.strip() for t in os.environ.get("GPUHUB_GITHUB_ADMIN_TEAMS", "").split(",") if t.strip()}
+    admin_teams = set(github.admin_teams)
     if admin_teams_problem(admin_teams):
-        hubconfig.fail(f"GPUHUB_GITHUB_ADMIN_TEAMS: {admin_teams_problem(admin_teams)}")
+        hubconfig.fail(f"{hubconfig.setting_name('sign_in.github.admin_teams')}: {admin_teams_problem(admin_teams)}")
     c.GPUHubGitHubAuthenticator.admin_teams = admin_teams
+    c.GitHubOAuthenticator.client_id = github.client_id
+    if github.client_secret_file:
+        try:
+            c.GitHubOAuthenticator.client_secret = hubconfig.read_token_file(
+                "sign_in.github.client_secret_file", github.client_secret_file, min_length=8
+            )
+        except hubconfig.ConfigError as e:
+            hubconfig.fail(str(e))
     if os.environ.get("JUPYTERHUB_CRYPT_KEY"):
         # auth state lets the hub re-check membership on refresh, so removed attendees lose access
         c.GPUHubGitHubAuthenticator.enable_auth_state = True
         c.Authenticator.auth_refresh_age = 900
-    c.GitHubOAuthenticator.oauth_callback_url = os.environ.get(
-        "GPUHUB_OAUTH_CALLBACK_URL", c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
+    c.GitHubOAuthenticator.oauth_callback_url = (
+        github.callback_url or c.JupyterHub.bind_url.rstrip("/") + "/hub/oauth_callback"
     )
-    orgs = {o.strip() for o in os.environ.get("GPUHUB_GITHUB_ORGS", "").split(",") if o.strip()}
-    users = {u.strip() for u in os.environ.get("GPUHUB_ALLOWED_USERS", "").split(",") if u.strip()}
-    c.GitHubOAuthenticator.allowed_organizations = orgs
-    c.GitHubOAuthenticator.allowed_users = users
+    c.GitHubOAuthenticator.allowed_organizations = set(github.orgs)
+    c.GitHubOAuthenticator.allowed_users = set(github.allowed_users)
 else:
     # Each person their own password (NativeAuthenticator): attendees sign up at /hub/signup
-    # and an admin approves them at /hub/authorize. Each GPUHUB_ADMIN_USERS name gets a
+    # and an admin approves them at /hub/authorize. Each sign_in.admin_users name gets a
     # generated password at first start, kept (mode 0600) in <data>/admin-credentials/<name>;
     # the log says where, never the password. Nobody can sign up under an admin's name.
     credentials = data_dir / "admin-credentials"
@@ -264,11 +232,11 @@ else:
             print(f"gpuhub: {data_dir / old} is no longer used (everyone has their own password now); "
                   "delete it", flush=True)
     if not admins:
-        print("gpuhub: no GPUHUB_ADMIN_USERS, so nobody can approve sign-ups: set it, e.g. "
-              "GPUHUB_ADMIN_USERS=prof (or set GITHUB_CLIENT_ID to use GitHub)", flush=True)
+        print("gpuhub: no admin users, so nobody can approve sign-ups: set sign_in.admin_users in "
+              "gpuhub.yaml, e.g. [prof] (or sign_in.authenticator: github to use GitHub)", flush=True)
 
 # ---- site-specific additions, then a check of the result ------------------------------
-extra = os.environ.get("GPUHUB_EXTRA_CONFIG")
+extra = cfg.hub.extra_config
 if extra:
     load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
 
@@ -287,11 +255,11 @@ if template_paths:
 
 # ---- metrics: hub exporter service + Prometheus's token (after the extra config, so the ----
 # ---- exporter sees the final spawner settings; see deploy/prometheus/) --------------------
-# GPUHUB_EXPORTER_PORT          runs the hub exporter service on that port (off when unset)
-# GPUHUB_PROMETHEUS_TOKEN_FILE  a file holding the token Prometheus scrapes with: registers a
-#                               "prometheus" service whose role holds only read:metrics (for
-#                               /hub/metrics and the exporter's /services/gpuhub-exporter/metrics)
-exporter_port = os.environ.get("GPUHUB_EXPORTER_PORT")
+# metrics.exporter_port          runs the hub exporter service on that port (off when null)
+# metrics.prometheus_token_file  a file holding the token Prometheus scrapes with: registers a
+#                                "prometheus" service whose role holds only read:metrics (for
+#                                /hub/metrics and the exporter's /services/gpuhub-exporter/metrics)
+exporter_port = cfg.metrics.exporter_port
 if exporter_port:
     spawner_cfg = c.GPUDockerSpawner
     exporter_env = {
@@ -324,7 +292,7 @@ if exporter_port:
             "display": False,
             "url": f"http://127.0.0.1:{exporter_port}",
             "command": [sys.executable, "-m", "hub_services.exporter"],
-            "environment": exporter_env,
+            "environment": {**exporter_env, **service_env},
         }
     )
     c.JupyterHub.load_roles.append(
@@ -335,10 +303,12 @@ if exporter_port:
             "services": ["gpuhub-exporter"],
         }
     )
-prometheus_token_file = os.environ.get("GPUHUB_PROMETHEUS_TOKEN_FILE")
+prometheus_token_file = cfg.metrics.prometheus_token_file
 if prometheus_token_file:
     try:
-        prometheus_token = hubconfig.read_token_file("GPUHUB_PROMETHEUS_TOKEN_FILE", prometheus_token_file)
+        prometheus_token = hubconfig.read_token_file(
+            hubconfig.setting_name("metrics.prometheus_token_file"), prometheus_token_file
+        )
     except hubconfig.ConfigError as e:
         hubconfig.fail(str(e))
     c.JupyterHub.services.append({"name": "prometheus", "api_token": prometheus_token})
@@ -349,10 +319,9 @@ if prometheus_token_file:
 
 # ---- GPU-aware idle culler (hub_services/culler; after the extra config, so it sees the ----
 # ---- final spawner settings) ---------------------------------------------------------------
-# GPUHUB_CULLER           "off" runs no culler (on by default)
-# GPUHUB_CULLER_PORT      port of the culler service (8767)
-# GPUHUB_CULLER_CONFIG    its config file (JSON or traitlets .py): timeouts, warning, agents…
-# GPUHUB_GPU_AGENT_URLS   node agents serving /api/activity, comma-separated (GPU work signal)
+# culler.enabled         false runs no culler (on by default); culler.port: its port (8767)
+# culler.config_file     its config file (JSON or traitlets .py): timeouts, warning, agents…
+# culler.gpu_agent_urls  node agents serving /api/activity (GPU work signal)
 # It stops idle servers (hub, kernel and GPU signals must all agree), servers past the quota's
 # max_session_hours and GPU servers out of GPU-hours, after a warning shown in the hub's pages
 # (the `announcement` template variable, per user) and as ~/CULL-WARNING.txt in the server.
@@ -360,25 +329,26 @@ if prometheus_token_file:
 # kernel probes (run inside the container with the server's own token; on a swarm, servers on
 # other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
 # Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
-if os.environ.get("GPUHUB_CULLER", "on").strip().lower() not in ("off", "0", "false", "no"):
+if cfg.culler.enabled:
     culler_spawner = c.GPUDockerSpawner
     culler_db = culler_spawner.get("usage_db_url", "")
     culler_command = [sys.executable, "-m", "hub_services.culler"]
-    if os.environ.get("GPUHUB_CULLER_CONFIG"):
-        culler_command += ["--config", os.environ["GPUHUB_CULLER_CONFIG"]]
+    if cfg.culler.config_file:
+        culler_command += ["--config", cfg.culler.config_file]
     c.JupyterHub.services.append(
         {
             "name": "gpuhub-culler",
             "display": False,
-            "url": "http://127.0.0.1:{}".format(os.environ.get("GPUHUB_CULLER_PORT", "8767")),
+            "url": f"http://127.0.0.1:{cfg.culler.port}",
             "command": culler_command,
             "environment": {
                 "GPUHUB_USAGE_DB_URL": culler_db,
                 "GPUHUB_QUOTA_DEFAULTS": json.dumps(culler_spawner.get("quota_defaults", {})),
                 "GPUHUB_HUB_ID": culler_spawner.get("gpu_hub_id", "gpuhub"),
-                "GPUHUB_GPU_AGENT_URLS": os.environ.get("GPUHUB_GPU_AGENT_URLS", ""),
+                "GPUHUB_GPU_AGENT_URLS": ",".join(cfg.culler.gpu_agent_urls),
                 # the agents' bearer token (a file path, never the token itself)
-                "GPUHUB_GPU_AGENT_TOKEN_FILE": os.environ.get("GPUHUB_GPU_AGENT_TOKEN_FILE", ""),
+                "GPUHUB_GPU_AGENT_TOKEN_FILE": cfg.culler.gpu_agent_token_file,
+                **service_env,
             },
         }
     )
@@ -409,11 +379,14 @@ if notices_db:
     c.JupyterHub.template_vars = page_vars
 
 # ---- host firewall for the user network (after the extra config: the final hub address) ----
-# The hub refuses to start without it (fail closed) unless GPUHUB_USER_FIREWALL=off.
+# The hub refuses to start without it (fail closed) unless hub.user_firewall is false.
 if user_network is not None:
-    if os.environ.get("GPUHUB_USER_FIREWALL", "on").strip().lower() in ("off", "0", "false", "no"):
-        print("gpuhub: GPUHUB_USER_FIREWALL=off: nothing stops user servers from reaching services "
-              "on this host; install equivalent rules yourself (README)", file=sys.stderr, flush=True)
+    if not cfg.hub.user_firewall:
+        off = "hub.user_firewall is false"
+        if hubconfig.setting_name("hub.user_firewall") != "hub.user_firewall":
+            off = "GPUHUB_USER_FIREWALL=off"
+        print(f"gpuhub: {off}: nothing stops user servers from reaching services on this host; "
+              "install equivalent rules yourself (README)", file=sys.stderr, flush=True)
     else:
         try:
             isolation_host.install_firewall(user_network, c.JupyterHub.hub_ip, c.JupyterHub.hub_port)

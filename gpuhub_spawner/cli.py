@@ -3,6 +3,8 @@
     gpuhub inventory [--static FILE] [--replicas N]   what this host offers, as JSON
     gpuhub doctor [--image NAME]                      is this host ready to run servers?
     gpuhub node inventory|setup|cordon|drain|remove|prepull   swarm GPU nodes (see nodecli)
+    gpuhub config check FILE                          is this gpuhub.yaml valid? (exit 2 if not)
+    gpuhub config example                             a commented full gpuhub.yaml
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import shutil
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from gpuhub_spawner.core.hubconfig import ConfigError, env_json
 from gpuhub_spawner.core.inventory import Inventory, InventoryError, default_profiles, units_from_gpus
@@ -83,6 +86,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(ok for name, ok, _ in checks if name in ("docker engine", "single-user image")) else 1
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate a gpuhub.yaml alone (no environment, nothing started), in the hub's own words."""
+    from gpuhub_spawner.core.config import ConfigFileError, check_file
+    from gpuhub_spawner.core.hubconfig import error_line
+
+    try:
+        check_file(args.file)
+    except ConfigFileError as e:
+        for line in e.lines:
+            print(error_line(line), file=sys.stderr)
+        return 2
+    print("ok")
+    return 0
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    from gpuhub_spawner.core.config_example import EXAMPLE
+
+    sys.stdout.write(EXAMPLE)
+    return 0
+
+
+def add_config_commands(sub: Any) -> None:
+    config = sub.add_parser("config", help="check gpuhub.yaml, or print an example of it")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a gpuhub.yaml without starting anything")
+    check.add_argument("file", help="the gpuhub.yaml to check")
+    check.set_defaults(func=cmd_config_check)
+    example = config_sub.add_parser("example", help="print a commented full gpuhub.yaml")
+    example.set_defaults(func=cmd_config_example)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuhub", description="gpuhub operator tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.add_argument("--image", default="gpuhub/singleuser:latest")
     doc.set_defaults(func=cmd_doctor)
     add_node_commands(sub)
+    add_config_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

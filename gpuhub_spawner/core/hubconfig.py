@@ -19,6 +19,7 @@ from typing import Any
 
 from gpuhub_spawner.core.inventory import Inventory, InventoryError, profiles_from_config, units_from_gpus
 from gpuhub_spawner.core.quotas import QuotaError, parse_quota
+from gpuhub_spawner.core.sizes import suggestion
 from gpuhub_spawner.core.volumes import check_source
 
 
@@ -26,9 +27,9 @@ class ConfigError(Exception):
     """A setting that cannot work; the message names it and says how to fix it."""
 
 
-def env_json(name: str, default: Any) -> Any:
+def env_json(name: str, default: Any, environ: Mapping[str, str] | None = None) -> Any:
     """JSON from environment variable ``name``; ``@/path`` reads the JSON from a file."""
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
     where = name
@@ -49,9 +50,9 @@ def env_json(name: str, default: Any) -> Any:
         ) from None
 
 
-def env_number(name: str, default: float, minimum: float = 0, maximum: float | None = None) -> float:
+def env_number(name: str, default: float, minimum: float = 0, maximum: float | None = None, environ: Mapping[str, str] | None = None) -> float:
     """A number from environment variable ``name`` (``default`` when unset or blank), in range."""
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
     try:
@@ -66,9 +67,9 @@ def env_number(name: str, default: float, minimum: float = 0, maximum: float | N
     return value
 
 
-def env_int(name: str, default: int, minimum: int, maximum: int) -> int:
+def env_int(name: str, default: int, minimum: int, maximum: int, environ: Mapping[str, str] | None = None) -> int:
     """A whole number from environment variable ``name`` (``default`` when unset or blank), in range."""
-    raw = os.environ.get(name, "").strip()
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return default
     if not re.fullmatch(r"[+-]?[0-9]{1,12}", raw):
@@ -84,9 +85,9 @@ def env_int(name: str, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
-def env_port(name: str, default: int | None) -> int | None:
+def env_port(name: str, default: int | None, environ: Mapping[str, str] | None = None) -> int | None:
     """A TCP port from environment variable ``name`` (1-65535); ``default`` when unset or blank."""
-    raw = os.environ.get(name, "")
+    raw = (os.environ if environ is None else environ).get(name, "")
     if raw.strip() and raw != raw.strip():
         raise ConfigError(
             f"{name}={raw[:40]!r} has spaces around it. Set it to a port number such as {default or 8000}."
@@ -100,9 +101,9 @@ def env_port(name: str, default: int | None) -> int | None:
     return int(raw)
 
 
-def env_quota(name: str) -> dict[str, Any]:
+def env_quota(name: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Quota defaults as JSON from environment variable ``name``, checked field by field."""
-    values = env_json(name, {})
+    values = env_json(name, {}, environ)
     check_quota(values, name)
     return values
 
@@ -148,20 +149,23 @@ def shared_password(data_dir: Path, name: str = "shared-password") -> tuple[str,
     return secret_file(data_dir / name, 12)
 
 
+def plain_username(name: str) -> bool:
+    """One plain file name: not empty, '.', '..', hidden, and no '/', spaces, commas or control characters."""
+    return not (
+        not name
+        or name.startswith(".")
+        or any(ch in name for ch in "/\\ ,")
+        or any(ord(ch) < 32 for ch in name)
+    )
+
+
 def admin_credential_path(directory: Path, name: str) -> Path:
     """Where admin ``name``'s generated password is kept: ``directory/name``, or ConfigError.
 
     Names that are not one plain file name (empty, '.', '..', '/', spaces, commas, control
     characters) are refused: they could not be a hub username anyway.
     """
-    bad = (
-        not name
-        or name in (".", "..")
-        or name.startswith(".")
-        or any(ch in name for ch in "/\\ ,")
-        or any(ord(ch) < 32 for ch in name)
-    )
-    if bad:
+    if not plain_username(name):
         raise ConfigError(
             f"GPUHUB_ADMIN_USERS: {name[:40]!r} is not a username. Give comma-separated plain "
             "usernames, e.g. GPUHUB_ADMIN_USERS=prof,ta1."
@@ -242,7 +246,140 @@ def check_spawner_config(section: Any, require_pools: bool = True) -> Inventory:
     return inventory
 
 
-def fail(message: str) -> None:
-    """Stop the hub at start with one clear line (no traceback)."""
-    print(f"gpuhub: configuration error: {message}", file=sys.stderr)
+def error_line(message: str) -> str:
+    """The one line a configuration problem is shown as (the hub and ``gpuhub config check``)."""
+    return f"gpuhub: configuration error: {message}"
+
+
+def fail(*messages: str) -> None:
+    """Stop the hub at start with one clear line per problem (no traceback)."""
+    for message in messages:
+        print(error_line(message), file=sys.stderr)
     raise SystemExit(2)
+
+
+# ---- the environment variables of earlier releases, laid over gpuhub.yaml ------------------
+# (variable, key in gpuhub.yaml, reader). Each reader checks the value in today's words and
+# returns what the key takes. Secrets (GITHUB_CLIENT_SECRET, JUPYTERHUB_CRYPT_KEY,
+# GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET) stay in the environment and are not listed.
+
+
+def _text(name: str, environ: Mapping[str, str]) -> str:
+    return environ[name].strip()
+
+
+def _names(name: str, environ: Mapping[str, str]) -> list[str]:
+    return [part.strip() for part in environ[name].split(",") if part.strip()]
+
+
+def _switch(name: str, environ: Mapping[str, str]) -> bool:
+    return environ[name].strip().lower() not in ("off", "0", "false", "no")
+
+
+def _port_reader(default: int) -> Any:
+    return lambda name, environ: env_port(name, default, environ)
+
+
+def _profiles(name: str, environ: Mapping[str, str]) -> Any:
+    profiles = env_json(name, [], environ)
+    check_profile_limits(profiles)
+    for entry in profiles if isinstance(profiles, list) else []:
+        _new_size_form(entry)
+    return profiles
+
+
+def _quota(name: str, environ: Mapping[str, str]) -> Any:
+    return _new_size_form(env_quota(name, environ))
+
+
+def _new_size_form(entry: Any) -> Any:
+    """An old size form ("4Gi", "512m") of ``entry["mem_limit"]`` in the grammar gpuhub.yaml takes."""
+    if isinstance(entry, dict) and isinstance(entry.get("mem_limit"), str):
+        fix = suggestion(entry["mem_limit"])
+        if fix is not None:
+            entry["mem_limit"] = int(fix) if fix.isdigit() else fix
+    return entry
+
+
+def _total_mb(name: str, environ: Mapping[str, str]) -> int:
+    return int(env_number(name, 10240, minimum=1, environ=environ)) * 1024**2
+
+
+ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
+    ("GPUHUB_DATA_DIR", "hub.data_dir", _text),
+    ("GPUHUB_BIND_URL", "hub.bind_url", _text),
+    ("GPUHUB_HUB_IP", "hub.ip", _text),
+    ("GPUHUB_HUB_PORT", "hub.port", _port_reader(8081)),
+    ("GPUHUB_PROXY_API_PORT", "hub.proxy_api_port", _port_reader(8001)),
+    ("GPUHUB_DB_URL", "hub.db_url", _text),
+    ("GPUHUB_USAGE_DB_URL", "hub.usage_db_url", _text),
+    ("GPUHUB_SPAWNER", "hub.spawner", lambda n, e: "swarm" if e[n].strip() == "swarm" else "docker"),
+    ("GPUHUB_DOCKER_HOST", "hub.docker_host", _text),
+    ("GPUHUB_USER_NETWORK", "hub.user_network", _text),
+    ("GPUHUB_USER_FIREWALL", "hub.user_firewall", _switch),
+    ("GPUHUB_EXTRA_CONFIG", "hub.extra_config", _text),
+    ("GPUHUB_IMAGE", "images.default", _text),
+    ("GPUHUB_GPU_DISCOVERY", "inventory.discovery", _text),
+    ("GPUHUB_GPU_INVENTORY", "inventory.gpus", lambda n, e: env_json(n, [], e)),
+    ("GPUHUB_REPLICAS_PER_GPU", "inventory.replicas_per_gpu", lambda n, e: env_int(n, 1, 1, 64, e)),
+    ("GPUHUB_QUEUE_MAX_WAIT", "inventory.queue_max_wait", lambda n, e: env_number(n, 300, 0, 24 * 3600, e)),
+    ("GPUHUB_PROFILES", "profiles", _profiles),
+    ("GPUHUB_QUOTA_DEFAULTS", "quota_defaults", _quota),
+    ("GPUHUB_ADMIN_USERS", "sign_in.admin_users", _names),
+    ("GITHUB_CLIENT_ID", "sign_in.github.client_id", _text),
+    ("GPUHUB_OAUTH_CALLBACK_URL", "sign_in.github.callback_url", _text),
+    ("GPUHUB_GITHUB_ORGS", "sign_in.github.orgs", _names),
+    ("GPUHUB_ALLOWED_USERS", "sign_in.github.allowed_users", _names),
+    ("GPUHUB_GITHUB_ADMIN_TEAMS", "sign_in.github.admin_teams", _names),
+    ("GPUHUB_TUTORIALS", "tutorials.source", _text),
+    ("GPUHUB_TUTORIALS_REPO", "tutorials.repo", _text),
+    ("GPUHUB_TUTORIALS_BRANCH", "tutorials.branch", _text),
+    ("GPUHUB_TUTORIALS_STORE", "tutorials.store", _text),
+    ("GPUHUB_TUTORIALS_POLL_INTERVAL", "tutorials.poll_interval", lambda n, e: env_number(n, 60, 1, 24 * 3600, e)),
+    ("GPUHUB_TUTORIALS_MAX_TOTAL_MB", "tutorials.max_total_size", _total_mb),
+    ("GPUHUB_TUTORIALS_MAX_FILES", "tutorials.max_files", lambda n, e: int(env_number(n, 100000, 1, None, e))),
+    ("GPUHUB_TUTORIAL_SYNC_PORT", "tutorials.port", _port_reader(8765)),
+    ("GPUHUB_ADMIN_SERVICE_PORT", "services.admin_port", _port_reader(8766)),
+    ("GPUHUB_EXPORTER_PORT", "metrics.exporter_port", _port_reader(8768)),
+    ("GPUHUB_PROMETHEUS_TOKEN_FILE", "metrics.prometheus_token_file", _text),
+    ("GPUHUB_CULLER", "culler.enabled", _switch),
+    ("GPUHUB_CULLER_PORT", "culler.port", _port_reader(8767)),
+    ("GPUHUB_CULLER_CONFIG", "culler.config_file", _text),
+    ("GPUHUB_GPU_AGENT_URLS", "culler.gpu_agent_urls", _names),
+    ("GPUHUB_GPU_AGENT_TOKEN_FILE", "culler.gpu_agent_token_file", _text),
+)
+#: set by the upstream projects themselves: read, but not deprecated
+UPSTREAM = {"GITHUB_CLIENT_ID"}
+
+
+def setting_name(key: str, environ: Mapping[str, str] | None = None) -> str:
+    """What to call the setting of ``key`` in a message: its deprecated variable where that set it."""
+    environ = os.environ if environ is None else environ
+    for name, known, _read in ENVIRONMENT:
+        if known == key and environ.get(name, "").strip():
+            return name
+    return key
+
+
+def env_overlay(raw: dict[str, Any], environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Lay the variables set in ``environ`` over ``raw`` (gpuhub.yaml, parsed) in place.
+
+    Returns (variable, key) of each one that is deprecated, for a notice. A blank variable
+    counts as unset (as it always did). Raises ConfigError in today's words for a bad value.
+    """
+    used: list[tuple[str, str]] = []
+    for name, key, read in ENVIRONMENT:
+        if not environ.get(name, "").strip():
+            continue
+        section = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            if not isinstance(section.get(part), dict):
+                section[part] = {}
+            section = section[part]
+        section[last] = read(name, environ)
+        if name == "GITHUB_CLIENT_ID":
+            raw["sign_in"]["authenticator"] = "github"
+        if name not in UPSTREAM:
+            used.append((name, key))
+    return used

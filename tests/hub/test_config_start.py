@@ -82,7 +82,10 @@ BAD_SETTINGS = [
     ),
     pytest.param(
         {"GPUHUB_PROFILES": json.dumps([{**CPU_PROFILE, "mem_limit": "4 gigs"}])},
-        ["gpu_profiles[0] (GPUHUB_PROFILES) mem_limit: '4 gigs' is not a memory size such as '4G', '4Gi'"],
+        [
+            "gpu_profiles[0] (GPUHUB_PROFILES) mem_limit: '4 gigs' is not a memory size such as '4G'",
+            "a number followed by K, M, G or T (1024-based)",
+        ],
         id="profile-mem-word",
     ),
     pytest.param(

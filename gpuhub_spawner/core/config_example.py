@@ -1,0 +1,103 @@
+"""The commented example of ``gpuhub.yaml`` that ``gpuhub config example`` prints.
+
+Kept equal to ``deploy/gpuhub.example.yaml`` (a test checks), and it passes ``gpuhub config check``.
+"""
+
+EXAMPLE = """\
+# gpuhub.yaml: the one file that configures gpuhub (the hub and its services).
+#
+# The hub reads the file named by GPUHUB_CONFIG at start and refuses to start when it is wrong;
+# check it first with `gpuhub config check gpuhub.yaml`. Every key is optional; the values here
+# are an example for one host with one GPU, and the comments say what an empty or missing
+# value means. Unknown keys are errors. `gpuhub config example` prints this file.
+# Secrets never go in this file: it names files holding them, or they stay in the environment
+# (GITHUB_CLIENT_SECRET, JUPYTERHUB_CRYPT_KEY, GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET).
+#
+# Sizes (mem_limit, max_total_size) are JupyterHub's: a number of bytes, or a number followed
+# by K, M, G or T (1024-based), such as 512M, 4G or 1.5T. "4Gi", "4GB" and "4g" are refused.
+
+hub:
+  bind_url: http://127.0.0.1:8000   # public URL the proxy listens on
+  ip: ""                 # address of the hub API; empty: the user network's gateway
+                         # (on a swarm: Docker's bridge gateway; set one the nodes can reach)
+  port: 8081             # port of the hub API
+  proxy_api_port: 8001   # port of the proxy's REST API
+  data_dir: ""           # database, cookie secret, admin passwords; empty: ./data
+  db_url: ""             # JupyterHub's database; empty: sqlite in data_dir
+  usage_db_url: ""       # GPU usage ledger and quota overrides; empty: sqlite in data_dir
+  spawner: docker        # docker (one host) or swarm (the hub on a swarm manager)
+  docker_host: ""        # swarm only: tcp://manager:2376, mutual TLS only (DOCKER_TLS_VERIFY,
+                         # DOCKER_CERT_PATH in the environment; deploy/swarm/make-tls.sh)
+  user_network: gpuhub-users   # Docker network of user servers (no traffic between them)
+  user_firewall: true    # false: you install the host firewall yourself (README)
+  extra_config: ""       # a Python config file loaded last, for anything else
+
+sign_in:
+  authenticator: native  # native: each person their own password; github: GitHub sign-in
+  admin_users: [prof]    # with native sign-in each gets a generated password in data_dir
+  github:
+    client_id: ""        # the OAuth app's client id (its secret: GITHUB_CLIENT_SECRET,
+    client_secret_file: ""   # or a file named here)
+    callback_url: ""     # empty: <bind_url>/hub/oauth_callback
+    orgs: []             # orgs or org:team whose members may sign in
+    allowed_users: []    # GitHub usernames allowed besides them
+    admin_teams: []      # org:team-slug=id (by team id: a name can be taken over)
+
+images:
+  default: gpuhub/singleuser:latest
+  allowed: [gpuhub/singleuser:latest]   # images a profile may name (the default always may)
+
+inventory:
+  discovery: static      # auto (NVML when present, else gpus below), nvml or static
+  gpus:                  # static GPUs: uuid, name, memory_mb; optional replicas, mig
+    - {uuid: GPU-00000000-0000-4000-8000-000000000000, name: NVIDIA A100 40GB, memory_mb: 40960}
+  replicas_per_gpu: 1    # time-slicing: servers per non-MIG GPU (1-64)
+  queue_max_wait: 300    # seconds a spawn waits in line for a GPU (0: refuse at once)
+
+profiles:                # the choices on the spawn page; empty: one per pool + CPU only
+  - slug: gpu
+    display_name: One A100
+    pool: gpu            # a pool of the inventory (the GPU's kind); null: CPU only
+    description: A whole GPU
+    default: true
+    mem_limit: 32G
+    cpu_limit: 8
+    environment: {TF_CPP_MIN_LOG_LEVEL: "2"}
+  - slug: cpu
+    display_name: CPU only
+    pool: null
+    mem_limit: 4G
+    cpu_limit: 2
+    image: gpuhub/singleuser:latest   # one of images.allowed; empty: images.default
+
+quota_defaults:          # every user's quota before their groups' (see README, "Quotas")
+  max_gpu_units: 1
+  gpu_hours_per_period: 20
+  period: week
+  mem_limit: 16G
+
+culler:
+  enabled: true          # stop idle servers and servers out of GPU-hours, after a warning
+  port: 8767
+  config_file: ""        # timeouts, warning, thresholds: JSON or traitlets .py
+  gpu_agent_urls: []     # node agents serving /api/activity (the GPU work signal)
+  gpu_agent_token_file: ""   # the agents' bearer token, in a file
+
+tutorials:
+  source: ""             # volume name or absolute host path servers mount; empty: the synced
+                         # store when repo is set, else the gpuhub-tutorials volume
+  repo: ""               # Git URL: publishes branch into store (the tutorial-sync service)
+  branch: main
+  store: ""              # empty: <data_dir>/tutorials
+  poll_interval: 60      # seconds between fetches (a signed webhook also triggers one)
+  max_total_size: 10G    # a commit over this is not published
+  max_files: 100000
+  port: 8765
+
+metrics:
+  exporter_port: null    # a port runs the per-user metrics service; null: none
+  prometheus_token_file: ""  # a file holding Prometheus's token (read:metrics only)
+
+services:
+  admin_port: 8766       # the "GPU Hub" admin service
+"""
