@@ -26,6 +26,7 @@ from gpuhub_spawner.hub.mixin import (
     LABEL_UNIT,
     LABEL_USER,
     GPUSpawnerMixin,
+    ServerLabels,
     spawn_error,
 )
 
@@ -61,16 +62,16 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         containers = await self.docker("containers", all=True, filters={"label": LABEL_UNIT})
         records = []
         for c in containers:
-            labels = c.get("Labels") or {}
+            labels = ServerLabels.from_labels(c.get("Labels"))
             name = (c.get("Names") or ["/?"])[0].lstrip("/")
             records.append(
                 HeldRecord(
                     holder=name,
-                    unit_id=labels.get(LABEL_UNIT, ""),
+                    unit_id=labels.unit,
                     state=c.get("State", ""),
                     object_id=c.get("Id", ""),
-                    ours=labels.get(LABEL_HUB) == self.gpu_hub_id,
-                    user=labels.get(LABEL_USER, ""),
+                    ours=labels.hub == self.gpu_hub_id,
+                    user=labels.user,
                 )
             )
         return records
