@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from gpuhub_spawner.core.cluster import KIND_PREFIX, SHARED_LABEL_PREFIX, named_kinds, node_resources
 from gpuhub_spawner.core.dockerhost import DockerHostError, client_kwargs
 from gpuhub_spawner.core.inventory import Inventory, units_from_gpus
-from gpuhub_spawner.core.labels import LABEL_HUB, LABEL_USER
+from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
 
 
@@ -281,8 +281,8 @@ def _servers_on(client, node_id: str) -> list[str]:
     out = []
     for service in client.services.list(filters={"label": LABEL_HUB}):
         for task in service.tasks(filters={"node": node_id, "desired-state": "running"}):
-            labels = service.attrs["Spec"].get("Labels") or {}
-            out.append(f"{labels.get(LABEL_USER, '?')} ({service.name}, {task['Status']['State']})")
+            user = ServerLabels.from_labels(service.attrs["Spec"].get("Labels")).user or "?"
+            out.append(f"{user} ({service.name}, {task['Status']['State']})")
     return out
 
 
