@@ -1,5 +1,5 @@
 """The profile picker users see (a Jinja template operators may override), and the checks on
-what comes back (pure)."""
+what comes back. No I/O but reading the template."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, TemplateError
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 
 from gpuhub_spawner.core.inventory import Profile
 
@@ -101,7 +101,7 @@ def render_options_form(
     context = {"rows": profile_rows(profiles, free, sizes, waiting, allowed), "notice": notice}
     try:
         return form_environment(tuple(template_paths)).get_template(FORM_TEMPLATE).render(context)
-    except TemplateError as e:
+    except Exception as e:  # an operator's template may raise anything
         if not template_paths:
             raise
         log.error(

@@ -76,8 +76,11 @@ def test_an_operator_template_replaces_the_form_and_may_extend_the_built_in_one(
     assert "site-note" not in render_options_form(PROFILES, {}, {}, {}, template_paths=[str(other / "none")])
 
 
-def test_an_override_that_does_not_render_falls_back_to_the_built_in_form(tmp_path, caplog):
-    (tmp_path / "gpuhub_spawn_form.html").write_text("{% for row in rows %}unclosed")
+@pytest.mark.parametrize(
+    "text", ["{% for row in rows %}unclosed", "{{ rows[0].name + 1 }}"], ids=["syntax", "raises"]
+)
+def test_an_override_that_does_not_render_falls_back_to_the_built_in_form(tmp_path, caplog, text):
+    (tmp_path / "gpuhub_spawn_form.html").write_text(text)
     html = render_options_form(PROFILES, {}, {}, {}, template_paths=[str(tmp_path)])
     assert html.count('name="profile"') == 3 and "unclosed" not in html
     assert "does not render" in caplog.text and str(tmp_path) in caplog.text
