@@ -191,3 +191,79 @@ def test_plaintext_docker_host_is_refused_before_anything_connects(tmp_path) -> 
     assert "gpuhub: configuration error: " in log and "DOCKER_TLS_VERIFY" in log, log
     assert "Traceback" not in log, log
     assert not accepted, "the hub spoke plaintext to the Docker address before refusing it"
+
+
+# ---- gpuhub.yaml: the hub refuses a bad file in the words of `gpuhub config check` ------------
+
+GPU = {"uuid": "GPU-00000000-0000-4000-8000-000000000000", "name": "NVIDIA A100 40GB", "memory_mb": 40960}
+BAD_FILES = [
+    pytest.param({"hub": {"prot": 8081}}, "hub.prot: unknown key", id="unknown-key"),
+    pytest.param(
+        {"profiles": [{"slug": "cpu", "pool": None, "mem_limit": "4Gi"}]},
+        "profiles[0].mem_limit: '4Gi' is not a memory size such as '4G'; write 4G",
+        id="bad-size",
+    ),
+    pytest.param(
+        {"inventory": {"discovery": "static", "gpus": [GPU]}, "profiles": [{"slug": "h", "pool": "h100"}]},
+        "profiles[0].pool: 'h100' is not a pool of inventory.gpus (pools: gpu)",
+        id="unknown-pool",
+    ),
+    pytest.param(
+        {"profiles": [{"slug": "x", "pool": None, "image": "evil/miner"}]},
+        "profiles[0].image: 'evil/miner' is not an allowed image: add it to images.allowed",
+        id="image-not-allowed",
+    ),
+]
+
+
+@pytest.mark.parametrize("raw, line", BAD_FILES)
+def test_a_bad_file_stops_the_hub_in_the_words_of_config_check(tmp_path, raw, line) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    check = subprocess.run(
+        [sys.executable, "-m", "gpuhub_spawner.cli", "config", "check", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert check.returncode == 2 and check.stdout == "", check
+    assert check.stderr.startswith("gpuhub: configuration error: " + line), check.stderr
+    code, log = HubProcess(tmp_path / "hub").start_refused({"GPUHUB_CONFIG": str(path)})
+    assert code == 2, log
+    refused = [row for row in log.splitlines() if row.startswith("gpuhub: configuration error: ")]
+    assert refused == check.stderr.splitlines(), log
+    assert "Traceback" not in log, log
+    assert "Starting managed service" not in log and "Proxy API at" not in log, log
+
+
+def test_a_good_file_drives_the_hub_and_a_profile_gets_its_memory_and_environment(
+    docker_client, hub_factory, tmp_path
+) -> None:
+    """From gpuhub.yaml alone: the profile's limits and its own environment reach the container."""
+    import yaml
+    from harness import IMAGE
+
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text(yaml.safe_dump({
+        "images": {"default": IMAGE, "allowed": [IMAGE]},
+        "profiles": [{
+            "slug": "cpu", "display_name": "CPU only", "pool": None, "mem_limit": "4G", "cpu_limit": 0.5,
+            "image": IMAGE, "environment": {"GPUHUB_TEST_PROFILE": "from-gpuhub-yaml"},
+        }],
+    }))
+    hub = hub_factory(start=False)
+    hub.start(env={"GPUHUB_CONFIG": str(path)})
+    hub.create_users(["yam"])
+    r = hub.spawn("yam", {"profile": "cpu"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("yam")
+    container = container_of(docker_client, hub, "yam")
+    assert container.attrs["HostConfig"]["Memory"] == 4 * 1024**3
+    assert container.attrs["HostConfig"]["CpuQuota"] == 50_000
+    assert "GPUHUB_TEST_PROFILE=from-gpuhub-yaml" in container.attrs["Config"]["Env"]
+    log = hub.log_path.read_text(errors="replace")
+    # the harness's own GPUHUB_* variables still work, each with its notice
+    assert "gpuhub: GPUHUB_HUB_PORT is deprecated (read for one more release): set hub.port" in log
