@@ -411,6 +411,18 @@ def load_config(
     if not isinstance(raw, Mapping):
         raise ConfigFileError([f"{path}: the file must be a mapping of sections such as hub:, profiles:"])
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
-    for variable, key in env_overlay(raw, environ):
+    used = env_overlay(raw, environ)
+    for variable, key in used:
         notify(f"gpuhub: {variable} is deprecated (read for one more release): set {key} in gpuhub.yaml instead")
-    return validate(raw)
+    try:
+        return validate(raw)
+    except ConfigFileError as e:
+        raise ConfigFileError([_from_variable(line, used) for line in e.lines]) from None
+
+
+def _from_variable(line: str, used: list[tuple[str, str]]) -> str:
+    """``line`` with the variable that set its key, where one did: ``(set by GPUHUB_X)``."""
+    for variable, key in used:
+        if line.startswith((key + ":", key + ".", key + "[")):
+            return f"{line} (set by {variable})"
+    return line

@@ -270,3 +270,11 @@ def test_every_variable_of_today_maps_onto_its_key() -> None:
         if expected is not None:
             assert value == expected, name
         assert f"{name} is deprecated" in "\n".join(notices) and f"set {key} in gpuhub.yaml" in "\n".join(notices)
+
+
+def test_a_problem_a_variable_made_names_the_variable() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config(environ={"GPUHUB_GPU_DISCOVERY": "magic"}, notify=lambda line: None)
+    assert info.value.lines == [
+        "inventory.discovery: 'magic': input should be 'auto', 'nvml' or 'static' (set by GPUHUB_GPU_DISCOVERY)"
+    ]
