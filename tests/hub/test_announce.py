@@ -7,8 +7,10 @@ holds closed (an SQLAlchemy event on every engine), standing in for a slow Postg
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -76,3 +78,17 @@ def test_a_slow_database_does_not_hold_the_page(tmp_path, gate):
         assert time.monotonic() < deadline, "the cleared warning stayed"
         time.sleep(0.05)
     store.dispose()
+
+
+def test_the_hub_config_imports_no_service_code():
+    """The hub process runs hub-side code only: the announcement is ``gpuhub_spawner.hub.announce``,
+    not a module of the culler (services are started as commands, never imported)."""
+    config = Path(__file__).resolve().parents[2] / "jupyterhub_config.py"
+    imported = set()
+    for node in ast.walk(ast.parse(config.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "gpuhub_spawner.hub.announce" in imported
+    assert not {name for name in imported if name.split(".")[0] == "hub_services"}
