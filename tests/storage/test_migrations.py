@@ -16,8 +16,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -278,6 +280,22 @@ def test_processes_starting_at_once_migrate_once(legacy_tree, db_url, start):
     after = dump(db_url)
     assert set(after) == TABLES
     assert {name: rows for name, rows in after.items() if name in before} == before
+
+
+def test_threads_of_one_process_migrate_several_databases_at_once(tmp_path):
+    """Alembic keeps the running migration in module globals: one at a time per process."""
+    urls = [f"sqlite:///{tmp_path / f'usage{i}.sqlite'}" for i in range(8)]
+    start = threading.Barrier(len(urls))
+
+    def open_one(url: str) -> None:
+        start.wait()
+        db.open_engine(url).dispose()
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        list(pool.map(open_one, urls))  # re-raises any thread's error
+    for url in urls:
+        assert revision_rows(url) == [db.head_revision()]
+        assert set(dump(url)) == TABLES
 
 
 def test_a_database_from_a_newer_gpuhub_is_refused_with_what_to_do(db_url):
