@@ -51,11 +51,15 @@ def _services(rig: SwarmRig, hub) -> dict[str, dict]:
         out = {}
         for s in client.services.list(filters={"label": f"org.gpuhub.hub={hub.hub_id}"}):
             labels = s.attrs["Spec"].get("Labels") or {}
-            tasks = [t for t in s.tasks() if t["DesiredState"] == "running"]
+            every_task = s.tasks()
+            tasks = [t for t in every_task if t["DesiredState"] == "running"]
             task = tasks[0] if tasks else None
+            template = s.attrs["Spec"]["TaskTemplate"]
             out[labels["org.gpuhub.user"]] = {
                 "labels": labels,
-                "mounts": s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts") or [],
+                "mounts": template["ContainerSpec"].get("Mounts") or [],
+                "reserved": ((template.get("Resources") or {}).get("Reservations") or {}).get("GenericResources"),
+                "task_count": len(every_task),
                 "task": task,
                 "node": nodes.get(task["NodeID"]) if task else None,
             }
@@ -126,6 +130,9 @@ def test_concurrent_spawns_get_distinct_units_across_nodes(rig, swarm_hub):
         env = _task_env(rig, svc["node"], svc["task"])
         kind = "NVIDIA_GPU" if wanted[u] == "gpu" else "NVIDIA_MIG_1G_10GB"
         assert env[f"DOCKER_RESOURCE_{kind}"] == svc["labels"]["org.gpuhub.unit"] == recorded[u]
+        # labelling the service with its unit kept the spec and the task: no second task
+        assert svc["reserved"] == [{"DiscreteResourceSpec": {"Kind": kind, "Value": 1}}], svc["reserved"]
+        assert svc["task_count"] == 1, svc
         assert svc["node"] == ("w-gpu" if wanted[u] == "gpu" else "w-mig")
         assert svc["labels"]["org.gpuhub.node"] == svc["node"]
         # the user's named volumes are mounted as volumes (upstream SwarmSpawner makes them binds)
@@ -239,8 +246,8 @@ def _install_gpuhub(node) -> None:
     """Copy the gpuhub package and the FAKE NVML into a rig node (as an operator would pip install)."""
     repo = Path(__file__).resolve().parents[2]
     for src, dest in ((repo / "gpuhub_spawner", "/opt/gpuhub/gpuhub_spawner"), (repo / "tests" / "support" / "fakes", "/opt/gpuhub/fakes")):
-        for f in src.glob("*.py"):
-            node.put_file(f"{dest}/{f.name}", f.read_bytes())
+        for f in src.rglob("*.py"):  # the subpackages too (core, node, ...)
+            node.put_file(f"{dest}/{f.relative_to(src).as_posix()}", f.read_bytes())
 
 
 NEW_NODE_GPUS = {"gpus": [
