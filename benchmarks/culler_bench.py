@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gpuhub_spawner.storage.notices import NoticeStore  # noqa: E402
+from hub_services.common.hubapi import BoundedHTTP, HubClient  # noqa: E402
 from hub_services.culler.core import Context, Settings, run_once  # noqa: E402
 from hub_services.culler.metrics import CullerMetrics  # noqa: E402
-from hub_services.culler.signals import HTTP, Hub  # noqa: E402
 
 log = logging.getLogger("culler-bench")
 OLD = "2020-01-01T00:00:00.000000Z"
@@ -248,10 +248,10 @@ async def bench(args: Any) -> dict[str, Any]:
             await hub.call("POST", "/users", {"usernames": users[i:i + 500]}, ok=(201, 409))
         running = users[: args.servers]
         db = f"sqlite:///{workdir / 'usage.sqlite'}"
-        http = HTTP(args.concurrency, 60)
+        http = BoundedHTTP(args.concurrency, 60)
         from gpuhub_spawner.storage.ledger import UsageLedger
 
-        ctx = Context(http=http, hub=Hub(http, hub.api, hub.tokens["gpuhub"], args.page_size),
+        ctx = Context(http=http, hub=HubClient(hub.api, hub.tokens["gpuhub"], page_size=args.page_size, http=http),
                       metrics=CullerMetrics(), agent_urls=[f"http://127.0.0.1:{fake_port}"], containers=None,
                       ledger=UsageLedger(db), notices=NoticeStore(db))
         out: dict[str, Any] = {"keep": [], "cull": []}

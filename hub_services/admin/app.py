@@ -24,27 +24,22 @@ the request's header, or the OAuth token the hub gave the admin's browser for th
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
-import os
 import secrets
 from typing import Any
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
-from traitlets import Dict, Float, List, Unicode, default
-from traitlets.config import Application
+from traitlets import List, Unicode
 
-from gpuhub_spawner.core.quotas import FIELDS, QuotaError, parse_quota
+from gpuhub_spawner.core.quotas import FIELDS
 from gpuhub_spawner.storage.ledger import UsageLedger
 from hub_services.admin import core, pages
-from hub_services.common.hubapi import HubClient
-from hub_services.common.shutdown import on_stop_signal
+from hub_services.common.base import UsageService
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +53,7 @@ class Base(HubOAuthenticated, web.RequestHandler):
         if getattr(self, "_ctx", None) is None:
             base: core.Context = self.settings["admin_context"]
             token = self.hub_auth.get_token(self) if self.current_user else None
-            actor = HubClient(base.hub.api_url, token, base.hub.timeout) if token else None
+            actor = base.hub.with_token(token) if token else None
             self._ctx = dataclasses.replace(base, actor=actor)
         return self._ctx
 
@@ -309,21 +304,12 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
     ]
 
 
-class AdminServiceApp(Application):
+class AdminServiceApp(UsageService):
     """gpuhub-admin: the "GPU Hub" admin page and JSON API, for hub admins only."""
 
     name = "gpuhub-admin"
-    api_url = Unicode(config=True, help="The hub's REST API (env JUPYTERHUB_API_URL).")
-    api_token = Unicode(config=True, help="This service's hub API token (env JUPYTERHUB_API_TOKEN).")
-    usage_db_url = Unicode(config=True, help="The GPU usage ledger database URL (env GPUHUB_USAGE_DB_URL).")
-    quota_defaults = Dict(
-        config=True,
-        help="Quota defaults, as the spawner has them (env GPUHUB_QUOTA_DEFAULTS, JSON); "
-        'e.g. c.AdminServiceApp.quota_defaults = {"gpu_hours_per_period": 10}.',
-    )
-    hub_timeout = Float(20, config=True, help="Seconds one hub API request may take.")
-    service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
-    prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
+    default_port = 8766
+    title = "GPU Hub admin service"
     template_paths = List(
         Unicode(),
         config=True,
@@ -339,47 +325,10 @@ class AdminServiceApp(Application):
         "url": "AdminServiceApp.service_url",
     }
 
-    @default("api_url")
-    def _api_url_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
-
-    @default("api_token")
-    def _api_token_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
-    @default("usage_db_url")
-    def _usage_db_env(self) -> str:
-        return os.environ.get("GPUHUB_USAGE_DB_URL", "")
-
-    @default("quota_defaults")
-    def _defaults_env(self) -> dict[str, Any]:
-        text = os.environ.get("GPUHUB_QUOTA_DEFAULTS", "").strip()
-        try:
-            value = json.loads(text) if text else {}
-        except ValueError:
-            raise SystemExit(
-                "gpuhub-admin: GPUHUB_QUOTA_DEFAULTS is not valid JSON; give a JSON object"
-            ) from None
-        if not isinstance(value, dict):
-            raise SystemExit("gpuhub-admin: GPUHUB_QUOTA_DEFAULTS must be a JSON object of quota fields")
-        return value
-
-    @default("service_url")
-    def _url_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8766")
-
-    @default("prefix")
-    def _prefix_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-
-    @default("template_paths")
-    def _template_paths_env(self) -> list[str]:
-        return [p for p in os.environ.get("GPUHUB_TEMPLATE_PATHS", "").split(os.pathsep) if p]
-
     def make_pages(self, prefix: str) -> pages.Pages:
-        hub_prefix = url_path_join(os.environ.get("JUPYTERHUB_BASE_URL") or "/", "hub/")
-        name = os.environ.get("JUPYTERHUB_SERVICE_NAME", self.name)
-        admin_pages = pages.Pages(pages.HubFrame(hub_prefix, name, prefix), self.template_paths)
+        hub_prefix = url_path_join(self.base_url, "hub/")
+        frame = pages.HubFrame(hub_prefix, self.service_name or self.name, prefix)
+        admin_pages = pages.Pages(frame, self.template_paths)
         try:
             admin_pages.check()
         except pages.TemplateProblem as e:
@@ -391,15 +340,11 @@ class AdminServiceApp(Application):
             raise SystemExit(
                 "gpuhub-admin: set GPUHUB_USAGE_DB_URL and run it as a hub service (JUPYTERHUB_API_TOKEN)"
             )
-        try:
-            parse_quota(self.quota_defaults, "quota defaults")
-        except QuotaError as e:
-            raise SystemExit(f"gpuhub-admin: {e}; fix GPUHUB_QUOTA_DEFAULTS") from None
-        hub = HubClient(self.api_url, self.api_token, self.hub_timeout)
-        return core.Context(hub, UsageLedger(self.usage_db_url), dict(self.quota_defaults))
+        defaults = self.checked_quota_defaults()
+        return core.Context(self.hub_client(), UsageLedger(self.usage_db_url), defaults)
 
     def make_web_app(self, ctx: core.Context) -> web.Application:
-        prefix = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+        prefix = self.url_prefix
         return web.Application(
             routes(prefix),
             admin_context=ctx,
@@ -409,23 +354,16 @@ class AdminServiceApp(Application):
             xsrf_cookies=True,
         )
 
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        ctx = self.make_context()
-        url = urlparse(self.service_url)
-        server = HTTPServer(self.make_web_app(ctx), xheaders=True)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+    async def serve(self) -> None:
+        self.ctx = ctx = self.make_context()
+        self.listen(self.make_web_app(ctx))
         log.info("GPU Hub admin service listening on %s%s", self.service_url, self.prefix)
-        try:
-            on_stop_signal(IOLoop.current().asyncio_loop, "GPU Hub admin service", IOLoop.current().stop)
-            IOLoop.current().start()
-        except KeyboardInterrupt:  # the hub stops its services with SIGINT
-            log.info("GPU Hub admin service stopping")
-        finally:
+        await asyncio.Event().wait()
+
+    def cleanup(self) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
             ctx.ledger.dispose()
 
 
-def main(argv: list[str] | None = None) -> None:
-    app = AdminServiceApp()
-    app.initialize(argv)
-    app.start()
+main = AdminServiceApp.main

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from gpuhub_spawner.core.quotas import (
     FIELDS,
     QuotaError,
-    budget_left_seconds,
-    period_bounds,
+    budget_since,
+    budget_view,
     resolve_policy,
     validate_quota_edit,
 )
@@ -134,13 +134,12 @@ async def usage(ctx: Context, now: datetime | None = None) -> list[dict[str, Any
             rows.append(row)
             continue
         if policy.period not in by_period:
-            start, _ = period_bounds(now, policy.period)
-            by_period[policy.period] = ctx.ledger.usage_by_user(start, now)
-        used = by_period[policy.period].get(name, 0.0)
+            by_period[policy.period] = ctx.ledger.usage_by_user(budget_since(policy, now), now)
+        view = budget_view(policy, by_period[policy.period].get(name, 0.0), now)
         row.update(
-            period=policy.period,
-            gpu_seconds=round(used, 1),
-            budget_left_seconds=budget_left_seconds(policy, used),
+            period=view.period,
+            gpu_seconds=round(view.used_seconds, 1),
+            budget_left_seconds=view.left_seconds,
         )
         rows.append(row)
     return rows

@@ -35,24 +35,18 @@ import json
 import logging
 import os
 from typing import Any
-from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
-from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
-from traitlets.config import Application
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
-from gpuhub_spawner.core.quotas import QuotaError, parse_quota
 from gpuhub_spawner.storage.ledger import UsageLedger
 from gpuhub_spawner.storage.notices import NoticeStore
-from hub_services.common.shutdown import on_stop_signal
+from hub_services.common.base import LOG_FORMAT, MetricsHandler, ServiceHandler, UsageService
+from hub_services.common.hubapi import HubAPIError
 from hub_services.culler import core
 from hub_services.culler.decide import GPUThresholds
 from hub_services.culler.metrics import CullerMetrics
-from hub_services.culler.signals import HTTP, Containers, Hub, SignalError
+from hub_services.culler.signals import Containers
 
 log = logging.getLogger(__name__)
 #: bytes a request body may have (keep-alives and triggers send none)
@@ -61,50 +55,26 @@ MAX_BODY = 64 * 1024
 MAX_SERVER_NAME = 255
 
 
-class _Base(web.RequestHandler):
+class _Base(ServiceHandler):
     async def identify(self) -> dict[str, Any]:
         if not self.request.headers.get("Authorization", "").strip():
             raise web.HTTPError(403, "Send a hub token: Authorization: token ...")
-        model = await token_model(self)
+        model = await self.token_model()
         if not model:
             raise web.HTTPError(403, "The hub does not know this token.")
         return model
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
-        self.finish({"error": message})
-
-
-async def token_model(handler: web.RequestHandler) -> dict[str, Any] | None:
-    """The hub's model of the request's token (``Authorization: token|bearer …``), or None."""
-    kind, _, token = handler.request.headers.get("Authorization", "").partition(" ")
-    if kind.lower() not in ("token", "bearer") or not token.strip():
-        return None
-    return await handler.settings["hub_auth"].user_for_token(token.strip(), use_cache=True, sync=False)
-
-
-class MetricsHandler(web.RequestHandler):
-    async def get(self) -> None:
-        scope = self.settings["metrics_scope"]
-        if scope:
-            model = await token_model(self)
-            if not model or scope not in (model.get("scopes") or []):
-                raise web.HTTPError(403, f"These metrics need a hub token with the '{scope}' scope.")
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(self.settings["ctx"].metrics.registry))
 
 
 class PassHandler(_Base):
     async def post(self) -> None:
         model = await self.identify()
-        auth: HubAuth = self.settings["hub_auth"]
+        auth = self.settings["hub_auth"]
         admin = model.get("kind", "user") == "user" and model.get("admin") is True
         if not admin and not auth.check_scopes(auth.access_scopes, model):
             raise web.HTTPError(403, "Only hub admins and services granted access to the culler may trigger a pass.")
         try:
             results = await core.run_once(self.settings["ctx"], self.settings["culler_settings"])
-        except SignalError as e:
+        except HubAPIError as e:
             raise web.HTTPError(502, f"The pass failed: {e}") from None
         self.finish({"servers": results})
 
@@ -129,33 +99,26 @@ class KeepaliveHandler(_Base):
     async def _running(self, ctx: core.Context, user: str) -> set[str]:
         try:
             return await ctx.hub.running_servers(user)
-        except SignalError as e:
+        except HubAPIError as e:
             log.warning("Keep-alive of %s: cannot read their servers: %s", user, e)
             raise web.HTTPError(503, "The hub does not answer now; try again in a minute.") from None
 
 
-class CullerApp(Application):
+class CullerApp(UsageService):
     """gpuhub-culler: stop idle servers (hub, kernel and GPU signals), old ones and over-budget GPU ones."""
 
     name = "gpuhub-culler"
     description = __doc__
 
     # ---- hub and service -----------------------------------------------------------------
+    default_port = 8767
+    max_body_size = MAX_BODY
+    title = "Culler"
     config_file = Unicode("", config=True, help="A config file: JSON (.json) or traitlets Python (.py).")
-    api_url = Unicode(config=True, help="The hub's REST API (default: env JUPYTERHUB_API_URL).")
-    api_token = Unicode(config=True, help="This service's hub token (default: env JUPYTERHUB_API_TOKEN).")
-    service_url = Unicode(config=True, help="Where to listen (default: env JUPYTERHUB_SERVICE_URL).")
-    prefix = Unicode(config=True, help="URL prefix (default: env JUPYTERHUB_SERVICE_PREFIX).")
-    hub_timeout = Float(20, config=True, help="Seconds one request (hub, server, agent) may take.")
     concurrency = Integer(
         20, config=True, help="Requests in flight at once during a pass (hub API, servers, agents)."
     )
     page_size = Integer(200, config=True, help="Users per page when listing the hub's users.")
-    metrics_scope = Unicode(
-        "read:metrics", config=True,
-        help="""Scope a token needs to read ``metrics`` (the one the hub's own /hub/metrics asks
-        for; the ``prometheus`` service and hub admins hold it).  Empty: metrics are public.""",
-    )
 
     # ---- when -----------------------------------------------------------------------------
     every = Float(
@@ -190,15 +153,7 @@ class CullerApp(Application):
         300, config=True,
         help="""Seconds between the warning (hub pages, notice file) and the cull; 0 culls without one.""",
     )
-    quota_defaults = Dict(
-        config=True,
-        help="""Quota defaults as the spawner has them (default: env GPUHUB_QUOTA_DEFAULTS, JSON):
-        max_session_hours and gpu_hours_per_period are enforced, after the groups and the
-        user's override.""",
-    )
-    usage_db_url = Unicode(
-        config=True, help="GPU usage ledger database (default: env GPUHUB_USAGE_DB_URL); also holds warnings."
-    )
+    # quota_defaults and usage_db_url (which also holds warnings and keep-alives): UsageService
 
     # ---- GPU signal -----------------------------------------------------------------------
     gpu_agent_urls = List(
@@ -215,7 +170,7 @@ class CullerApp(Application):
         True, config=True,
         help="Use the local Docker engine for container labels (profile, unit) and the notice file.",
     )
-    hub_id = Unicode(config=True, help="The spawner's gpu_hub_id (default: env GPUHUB_HUB_ID, else 'gpuhub').")
+    hub_id = Unicode("gpuhub", config=True, help="The spawner's gpu_hub_id (env GPUHUB_HUB_ID).")
     notice_path = Unicode(
         "/home/jovyan/CULL-WARNING.txt", config=True, help="The notice file, inside the user's container."
     )
@@ -252,45 +207,6 @@ class CullerApp(Application):
         "no-docker": ({"CullerApp": {"docker_notices": False}}, "Do not use the Docker engine."),
     }
 
-    @default("api_url")
-    def _api_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
-
-    @default("api_token")
-    def _api_token(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
-    @default("service_url")
-    def _service_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8767")
-
-    @default("prefix")
-    def _prefix(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-
-    @default("usage_db_url")
-    def _usage_db(self) -> str:
-        return os.environ.get("GPUHUB_USAGE_DB_URL", "")
-
-    @default("hub_id")
-    def _hub_id(self) -> str:
-        return os.environ.get("GPUHUB_HUB_ID", "gpuhub")
-
-    @default("gpu_agent_urls")
-    def _agents(self) -> list[str]:
-        return [u.strip() for u in os.environ.get("GPUHUB_GPU_AGENT_URLS", "").split(",") if u.strip()]
-
-    @default("quota_defaults")
-    def _quota_defaults(self) -> dict[str, Any]:
-        text = os.environ.get("GPUHUB_QUOTA_DEFAULTS", "").strip()
-        try:
-            value = json.loads(text) if text else {}
-        except ValueError:
-            raise SystemExit("gpuhub-culler: GPUHUB_QUOTA_DEFAULTS is not valid JSON; give a JSON object") from None
-        if not isinstance(value, dict):
-            raise SystemExit("gpuhub-culler: GPUHUB_QUOTA_DEFAULTS must be a JSON object of quota fields")
-        return value
-
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         if self.config_file:
@@ -299,16 +215,12 @@ class CullerApp(Application):
             self.update_config(self.cli_config)  # the command line wins over the file
 
     def settings(self) -> core.Settings:
-        try:
-            parse_quota(self.quota_defaults, "quota defaults")
-        except QuotaError as e:
-            raise SystemExit(f"gpuhub-culler: {e}; fix GPUHUB_QUOTA_DEFAULTS") from None
         return core.Settings(
             idle_cpu_seconds=self.idle_cpu_timeout,
             idle_gpu_seconds=self.idle_gpu_timeout,
             profile_idle_seconds={str(k): float(v) for k, v in self.profile_idle_timeouts.items()},
             warn_seconds=self.warn_seconds,
-            quota_defaults=dict(self.quota_defaults),
+            quota_defaults=self.checked_quota_defaults(),
             gpu_thresholds=GPUThresholds(self.gpu_utilization_threshold, int(self.gpu_memory_threshold_mb * 1024**2)),
             idle_without_probe=self.idle_without_probe,
             dry_run=self.dry_run,
@@ -317,7 +229,7 @@ class CullerApp(Application):
     def context(self) -> core.Context:
         if not self.api_token:
             raise SystemExit("gpuhub-culler: no hub token; run it as a hub service (JUPYTERHUB_API_TOKEN)")
-        http = HTTP(self.concurrency, self.hub_timeout)
+        hub = self.hub_client(concurrency=self.concurrency, page_size=self.page_size)
         ledger = UsageLedger(self.usage_db_url) if self.usage_db_url else None
         if ledger is None:
             log.warning("No usage_db_url: GPU-hour budgets, warnings in hub pages and keep-alives are off")
@@ -328,8 +240,8 @@ class CullerApp(Application):
         if not self.gpu_agent_urls:
             log.warning("No GPU agent configured: GPU work is not a signal (hub and kernel activity only)")
         return core.Context(
-            http=http,
-            hub=Hub(http, self.api_url, self.api_token, self.page_size),
+            http=hub.http,
+            hub=hub,
             metrics=CullerMetrics(),
             agent_urls=list(self.gpu_agent_urls),
             containers=Containers(self.hub_id, self.notice_path) if self.docker_notices else None,
@@ -338,8 +250,7 @@ class CullerApp(Application):
         )
 
     def web_app(self, ctx: core.Context, settings: core.Settings) -> web.Application:
-        prefix = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
-        hub_auth = HubAuth(api_token=self.api_token, api_url=self.api_url, cache_max_age=5)
+        prefix = self.url_prefix
         return web.Application(
             [
                 (prefix + "metrics", MetricsHandler),
@@ -348,8 +259,9 @@ class CullerApp(Application):
             ],
             ctx=ctx,
             culler_settings=settings,
-            hub_auth=hub_auth,
+            hub_auth=self.hub_auth(cache_max_age=5),
             metrics_scope=self.metrics_scope,
+            metrics_registry=ctx.metrics.registry,
         )
 
     async def _timed(self, ctx: core.Context, settings: core.Settings) -> None:
@@ -360,36 +272,41 @@ class CullerApp(Application):
             except Exception as e:  # noqa: BLE001 - the next pass tries again
                 log.warning("Culler pass failed: %s", e)
 
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    async def serve(self) -> None:
         settings = self.settings()
-        if self.once:
-            ctx = self.context()
-            results = IOLoop.current().run_sync(lambda: core.run_once(ctx, settings))
-            print(json.dumps({"servers": results}, indent=1))
-            return
-        ctx = self.context()
-        url = urlparse(self.service_url)
-        server = HTTPServer(self.web_app(ctx, settings), xheaders=True, max_body_size=MAX_BODY)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.ctx = ctx = self.context()
+        self.listen(self.web_app(ctx, settings))
         log.info(
             "Culler listening on %s%s; pass every %ss, idle GPU %ss / CPU %ss, warning %ss, %d GPU agent(s)",
             self.service_url, self.prefix, self.every, self.idle_gpu_timeout, self.idle_cpu_timeout,
             self.warn_seconds, len(self.gpu_agent_urls),
         )
         if self.every > 0:
-            IOLoop.current().add_callback(self._timed, ctx, settings)
+            await self._timed(ctx, settings)
+        else:
+            await asyncio.Event().wait()  # passes only when triggered
+
+    async def once_pass(self) -> list[dict[str, Any]]:
+        """One pass (``--once``), its decisions."""
+        settings = self.settings()
+        self.ctx = self.context()
+        return await core.run_once(self.ctx, settings)
+
+    def cleanup(self) -> None:
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None and ctx.ledger is not None:
+            ctx.ledger.dispose()
+
+    def start(self) -> None:
+        if not self.once:
+            super().start()
+            return
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         try:
-            on_stop_signal(IOLoop.current().asyncio_loop, "Culler", IOLoop.current().stop)
-            IOLoop.current().start()
-        except KeyboardInterrupt:  # the hub stops its services with SIGINT
-            log.info("Culler stopping")
+            results = asyncio.run(self.once_pass())
         finally:
-            if ctx.ledger is not None:
-                ctx.ledger.dispose()
+            self.cleanup()
+        print(json.dumps({"servers": results}, indent=1))
 
 
-def main(argv: list[str] | None = None) -> None:
-    app = CullerApp()
-    app.initialize(argv)
-    app.start()
+main = CullerApp.main

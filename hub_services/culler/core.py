@@ -3,7 +3,7 @@
 :func:`run_once` is what the service's timer and its ``api/pass`` trigger call, and what
 tests and the benchmark call directly.  Users arrive page by page and each server is handled
 in its own task as soon as its page arrives; requests are bounded by one semaphore
-(:class:`signals.HTTP`).  A failure with one server is logged, counted and skipped.
+(:class:`~hub_services.common.hubapi.BoundedHTTP`).  A failure with one server is logged, counted and skipped.
 """
 
 from __future__ import annotations
@@ -15,29 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from gpuhub_spawner.core.quotas import (
-    QuotaError,
-    QuotaPolicy,
-    budget_left_seconds,
-    period_bounds,
-    resolve_policy,
-)
+from gpuhub_spawner.core.quotas import QuotaError, QuotaPolicy, budget_since, budget_view, resolve_policy
 from gpuhub_spawner.storage.ledger import UsageLedger
 from gpuhub_spawner.storage.notices import NoticeStore
+from hub_services.common.hubapi import BoundedHTTP, HubAPIError, HubClient
 from hub_services.common.hubtime import parse_time
 from hub_services.culler import decide as d
 from hub_services.culler.metrics import CullerMetrics
 from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_text
 from hub_services.culler.probe import parse_probe
-from hub_services.culler.signals import (
-    HTTP,
-    AgentView,
-    ContainerInfo,
-    Containers,
-    Hub,
-    SignalError,
-    read_agents,
-)
+from hub_services.culler.signals import AgentView, ContainerInfo, Containers, read_agents
 
 log = logging.getLogger(__name__)
 #: seconds a kernel probe inside a container may take (the script itself stops after 10)
@@ -63,8 +50,8 @@ class Settings:
 class Context:
     """Long-lived clients and state of the service (kept between passes)."""
 
-    http: HTTP
-    hub: Hub
+    http: BoundedHTTP  # the hub client's: agents and probes share its bound
+    hub: HubClient
     metrics: CullerMetrics
     agent_urls: list[str] = field(default_factory=list)
     containers: Containers | None = None
@@ -163,11 +150,11 @@ async def _policy(ctx: Context, settings: Settings, state: PassState, user: dict
 async def _gpu_left(ctx: Context, state: PassState, user: str, policy: QuotaPolicy) -> float | None:
     if policy.gpu_hours_per_period is None or ctx.ledger is None:
         return None
+    now = datetime.fromtimestamp(state.now, timezone.utc)
     if policy.period not in state.usage:
-        now = datetime.fromtimestamp(state.now, timezone.utc)
-        since, _ = period_bounds(now, policy.period)
+        since = budget_since(policy, now)
         state.usage[policy.period] = await asyncio.to_thread(ctx.ledger.usage_by_user, since, now)
-    return budget_left_seconds(policy, state.usage[policy.period].get(user, 0.0))
+    return budget_view(policy, state.usage[policy.period].get(user, 0.0), now).left_seconds
 
 
 def _gpu_signal(state: PassState, key: tuple[str, str], holds_gpu: bool) -> tuple[d.GPUReading | None, bool]:
@@ -303,7 +290,7 @@ async def act(
     # cull
     log.info("Culling %s: %s (last active %s)", name, decision.reason,
              datetime.fromtimestamp(decision.last_active, timezone.utc).isoformat() if decision.last_active else "never")
-    code = await ctx.hub.stop(user, server)
+    code = await ctx.hub.stop_server(user, server)
     ctx.metrics.culls.labels(decision.reason).inc()
     if code == 202:
         log.info("%s is slow to stop; the hub goes on stopping it", name)
@@ -333,7 +320,7 @@ async def _handle_safely(ctx: Context, settings: Settings, state: PassState, use
                          server: dict) -> dict[str, Any]:
     try:
         return await handle_server(ctx, settings, state, user, name, server)
-    except SignalError as e:
+    except HubAPIError as e:
         stage, reason = "hub-api", "hub-api"
         log.warning("Culler: skipped %s/%s: %s", user.get("name"), name, e)
     except Exception:  # noqa: BLE001 - per-server failures are logged and skipped
@@ -366,11 +353,11 @@ async def _run(ctx: Context, settings: Settings) -> list[dict[str, Any]]:
     state = await _pass_state(ctx)
     tasks: list[asyncio.Task] = []
     try:
-        async for page in ctx.hub.active_users():
+        async for page in ctx.hub.pages("/users", state="active"):
             for user in page:
                 for name, server in (user.get("servers") or {}).items():
                     tasks.append(asyncio.ensure_future(_handle_safely(ctx, settings, state, user, name, server)))
-    except SignalError as e:
+    except HubAPIError as e:
         ctx.metrics.errors.labels("hub-api").inc()
         log.warning("Culler pass: listing users failed: %s", e)
         await asyncio.gather(*tasks)

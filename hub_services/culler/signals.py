@@ -1,128 +1,30 @@
-"""The culler's I/O: the hub's REST API, node agents, Docker (labels, notices, kernel probes).
+"""The culler's I/O besides the hub's API: node agents, Docker (labels, notices, kernel probes).
 
-The culler's token goes to the hub only: users' servers are asked about their kernels from
-inside their own containers, with their own token (:mod:`.probe`).
-
-Every request has a timeout and goes through one semaphore, so a pass over thousands of
-servers runs many requests at once but never more than ``concurrency``.
+The culler's token goes to the hub only (:class:`~hub_services.common.hubapi.HubClient`):
+users' servers are asked about their kernels from inside their own containers, with their
+own token (:mod:`.probe`).  Agent reads go through the hub client's
+:class:`~hub_services.common.hubapi.BoundedHTTP`, so a pass over thousands of servers runs
+many requests at once but never more than ``concurrency``, each with a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
-
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
+from hub_services.common.hubapi import BoundedHTTP, HubAPIError
 from hub_services.culler.decide import GPUReading
 from hub_services.culler.probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
 
 log = logging.getLogger(__name__)
-PAGINATION = "application/jupyterhub-pagination+json"
 
 
 class SignalError(Exception):
-    """A request the culler needed failed; ``str()`` says which, without secrets."""
-
-
-def seg(value: str) -> str:
-    return quote(value, safe="")
-
-
-class HTTP:
-    """tornado's client behind a semaphore, with JSON in and out."""
-
-    def __init__(self, concurrency: int, timeout: float):
-        self.semaphore = asyncio.Semaphore(max(1, concurrency))
-        self.timeout = timeout
-        # our own client (not the loop's shared one, which allows 10 at once): the semaphore decides
-        self.client = AsyncHTTPClient(force_instance=True, max_clients=max(10, concurrency))
-
-    async def json(self, url: str, method: str = "GET", token: str = "", accept: str = "application/json",
-                   body: Any = None) -> tuple[int, Any]:
-        headers = {"Accept": accept}
-        if token:
-            headers["Authorization"] = f"token {token}"
-        data = None if body is None else json.dumps(body)
-        request = HTTPRequest(
-            url, method=method, headers=headers, body=data, allow_nonstandard_methods=True,
-            connect_timeout=self.timeout, request_timeout=self.timeout, follow_redirects=False,
-        )
-        async with self.semaphore:
-            try:
-                response = await self.client.fetch(request, raise_error=False)
-            except OSError as e:
-                raise SignalError(f"{method} {_safe(url)}: {e}") from None
-        if response.code == 599:
-            raise SignalError(f"{method} {_safe(url)}: {response.error}")
-        if not response.body:
-            return response.code, None
-        try:
-            return response.code, json.loads(response.body)
-        except ValueError:
-            return response.code, None
-
-
-def _safe(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-class Hub:
-    """The hub's REST API as the culler uses it."""
-
-    def __init__(self, http: HTTP, api_url: str, token: str, page_size: int = 200):
-        self.http = http
-        self.api_url = api_url.rstrip("/")
-        self.token = token
-        self.page_size = page_size
-
-    async def _get(self, path: str, accept: str = "application/json") -> Any:
-        code, body = await self.http.json(self.api_url + path, token=self.token, accept=accept)
-        if code != 200:
-            raise SignalError(f"GET {path.split('?')[0]}: hub answered {code}")
-        return body
-
-    async def active_users(self) -> AsyncIterator[list[dict[str, Any]]]:
-        """Pages of users with a running or pending server (``state=active``), as they arrive."""
-        offset = 0
-        while True:
-            query = urlencode({"state": "active", "offset": offset, "limit": self.page_size})
-            page = await self._get(f"/users?{query}", accept=PAGINATION)
-            if isinstance(page, list):  # a hub that does not page
-                yield page
-                return
-            yield page.get("items", [])
-            nxt = (page.get("_pagination") or {}).get("next")
-            if not nxt:
-                return
-            offset = int(nxt["offset"])
-
-    async def group_properties(self, name: str) -> dict[str, Any]:
-        body = await self._get(f"/groups/{seg(name)}")
-        return dict(body.get("properties") or {})
-
-    async def running_servers(self, user: str) -> set[str]:
-        """Names of the user's running or pending servers ("" is the default server)."""
-        code, body = await self.http.json(self.api_url + f"/users/{seg(user)}", token=self.token)
-        if code == 404:
-            return set()
-        if code != 200 or not isinstance(body, dict):
-            raise SignalError(f"GET /users/{{name}}: hub answered {code}")
-        return {str(name) for name in (body.get("servers") or {})}
-
-    async def stop(self, user: str, server: str) -> int:
-        path = f"/users/{seg(user)}/servers/{seg(server)}" if server else f"/users/{seg(user)}/server"
-        code, _ = await self.http.json(self.api_url + path, method="DELETE", token=self.token)
-        if code not in (202, 204):
-            raise SignalError(f"DELETE {path}: hub answered {code}")
-        return code
+    """A local source the culler needed failed (the agents' token file); ``str()`` says which."""
 
 
 @dataclass
@@ -146,7 +48,7 @@ def agent_token() -> str:
         raise SignalError(f"cannot read GPUHUB_GPU_AGENT_TOKEN_FILE: {e.strerror}") from None
 
 
-async def read_agents(http: HTTP, urls: list[str]) -> AgentView:
+async def read_agents(http: BoundedHTTP, urls: list[str]) -> AgentView:
     """Ask every node agent for its ``/api/activity``; an agent that fails is named in ``failed``."""
 
     try:
@@ -157,11 +59,11 @@ async def read_agents(http: HTTP, urls: list[str]) -> AgentView:
 
     async def one(url: str) -> tuple[str, Any]:
         try:
-            code, body = await http.json(url.rstrip("/") + "/api/activity", token=token)
-        except SignalError as e:
+            code, body = await http.fetch(url.rstrip("/") + "/api/activity", token=token)
+        except HubAPIError as e:
             return url, e
         if code != 200 or not isinstance(body, dict):
-            return url, SignalError(f"answered {code}")
+            return url, HubAPIError(code, f"answered {code}")
         return url, body
 
     readings: dict[tuple[str, str], GPUReading] = {}

@@ -29,27 +29,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 import docker
 from docker.utils import kwargs_from_env
-from jupyterhub.services.auth import HubAuth
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.httpserver import HTTPServer
-from traitlets import Dict, Float, Int, List, Unicode, default
-from traitlets.config import Application
+from traitlets import Float, Int, List, Unicode, default
 
-from gpuhub_spawner.core import hubconfig
 from gpuhub_spawner.core.inventory import Inventory, profiles_from_config
 from gpuhub_spawner.hub.mixin import resolve_inventory
 from gpuhub_spawner.storage.ledger import UsageLedger
+from hub_services.common.base import MetricsHandler, UsageService
 from hub_services.common.hubapi import HubAPIError, HubClient
-from hub_services.common.shutdown import run_until_stopped
 from hub_services.exporter.hubmetrics import HubCollector, HubState, Settings
 from hub_services.exporter.snapshot import Snapshot, SnapshotCollector
 from hub_services.exporter.swarmread import SwarmState, read_swarm, swarm_down, swarm_state
@@ -60,7 +54,7 @@ log = logging.getLogger(__name__)
 async def read_hub(hub: HubClient, previous: HubState) -> HubState:
     """Users with an active server and group properties; on failure the last good read, marked down."""
     try:
-        users = await hub.paginate("/users?state=active")
+        users = await hub.users(state="active")
         groups = await hub.groups()
     except HubAPIError as e:
         log.warning("Cannot read the hub's API: %s", e.message)
@@ -98,28 +92,16 @@ async def refresh_swarm(previous: SwarmState, api: Any, hub_id: str, profile_con
         return swarm_down(previous)
 
 
-class MetricsHandler(web.RequestHandler):
-    async def get(self) -> None:
-        scope = self.settings["metrics_scope"]
-        if scope and not await self._token_has(scope):
-            raise web.HTTPError(403, f"Access to these metrics needs a token with the '{scope}' scope.")
+class SnapshotMetrics(MetricsHandler):
+    """The last snapshot (:mod:`.snapshot`), computed in the background, not at scrape time."""
+
+    async def metrics(self) -> bytes:
         snapshot: Snapshot = self.settings["snapshot"]
         try:
-            body = await snapshot.current()
+            return await snapshot.current()
         except Exception as e:  # noqa: BLE001 - the scraper sees a failed scrape, the log says why
             log.exception("Cannot compute the metrics")
             raise web.HTTPError(503, "The metrics cannot be computed now; see the exporter's log.") from e
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.write(body)
-
-    async def _token_has(self, scope: str) -> bool:
-        header = self.request.headers.get("Authorization", "")
-        kind, _, token = header.partition(" ")
-        if kind.lower() not in ("bearer", "token") or not token.strip():
-            return False
-        auth: HubAuth = self.settings["hub_auth"]
-        model = await auth.user_for_token(token.strip(), use_cache=True, sync=False)
-        return bool(model) and scope in (model.get("scopes") or [])
 
 
 class IndexHandler(web.RequestHandler):
@@ -128,23 +110,19 @@ class IndexHandler(web.RequestHandler):
         self.write("gpuhub hub exporter: metrics at ./metrics\n")
 
 
-class HubExporterApp(Application):
+class HubExporterApp(UsageService):
     """gpuhub hub exporter: per-user, per-pool and sync metrics for Prometheus."""
 
     name = "gpuhub-hub-exporter"
     description = __doc__
+    default_port = 8768
+    title = "gpuhub hub exporter"
 
-    api_url = Unicode(config=True, help="The hub's API (env JUPYTERHUB_API_URL).")
-    api_token = Unicode(config=True, help="This service's token (env JUPYTERHUB_API_TOKEN).")
-    service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
-    prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
-    usage_db_url = Unicode(
-        config=True, help="The usage ledger, as the spawner's usage_db_url (env GPUHUB_USAGE_DB_URL)."
-    )
-    quota_defaults = Dict(config=True, help="As the spawner's quota_defaults (env GPUHUB_QUOTA_DEFAULTS).")
     gpu_inventory = List(config=True, help="As the spawner's gpu_inventory (env GPUHUB_GPU_INVENTORY).")
-    gpu_discovery = Unicode(config=True, help="As the spawner's gpu_discovery (env GPUHUB_GPU_DISCOVERY).")
-    gpu_replicas_per_gpu = Int(config=True, help="As the spawner's (env GPUHUB_REPLICAS_PER_GPU).")
+    gpu_discovery = Unicode(
+        "auto", config=True, help="As the spawner's gpu_discovery (env GPUHUB_GPU_DISCOVERY)."
+    )
+    gpu_replicas_per_gpu = Int(1, config=True, help="As the spawner's (env GPUHUB_REPLICAS_PER_GPU).")
     gpu_profiles = List(config=True, help="As the spawner's gpu_profiles (env GPUHUB_PROFILES).")
     tutorial_sync_url = Unicode(
         config=True,
@@ -161,8 +139,8 @@ class HubExporterApp(Application):
         the swarm also triggers one at once.  --snapshot-interval=1
         """,
     )
-    metrics_scope = Unicode("read:metrics", config=True, help="Scope a scraper's token needs; empty: none.")
     spawner = Unicode(
+        "docker",
         config=True,
         help="""'swarm': pool capacity and free units come from the swarm manager's API
         (nodes and tasks), not from the GPU inventory (env GPUHUB_SPAWNER).""",
@@ -172,7 +150,7 @@ class HubExporterApp(Application):
         help="The swarm manager's engine URL, as the hub's (env GPUHUB_DOCKER_HOST; empty: DOCKER_HOST or the local socket).",
     )
     hub_id = Unicode(
-        config=True, help="The spawner's gpu_hub_id: labels this hub's services (env GPUHUB_HUB_ID)."
+        "gpuhub", config=True, help="The spawner's gpu_hub_id: labels this hub's services (env GPUHUB_HUB_ID)."
     )
     swarm_refresh_interval = Float(
         5.0, config=True, help="Seconds between reads of the swarm (nodes, tasks)."
@@ -187,61 +165,9 @@ class HubExporterApp(Application):
         "usage-db-url": "HubExporterApp.usage_db_url",
     }
 
-    @default("api_url")
-    def _api_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
-
-    @default("api_token")
-    def _api_token(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_TOKEN", "")
-
-    @default("service_url")
-    def _service_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8768")
-
-    @default("prefix")
-    def _prefix(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-
-    @default("usage_db_url")
-    def _usage_db_url(self) -> str:
-        return os.environ.get("GPUHUB_USAGE_DB_URL", "")
-
-    @default("quota_defaults")
-    def _quota_defaults(self) -> dict[str, Any]:
-        return hubconfig.env_json("GPUHUB_QUOTA_DEFAULTS", {})
-
-    @default("gpu_inventory")
-    def _gpu_inventory(self) -> list[Any]:
-        return hubconfig.env_json("GPUHUB_GPU_INVENTORY", [])
-
-    @default("gpu_discovery")
-    def _gpu_discovery(self) -> str:
-        return os.environ.get("GPUHUB_GPU_DISCOVERY", "auto")
-
-    @default("gpu_replicas_per_gpu")
-    def _replicas(self) -> int:
-        return int(hubconfig.env_number("GPUHUB_REPLICAS_PER_GPU", 1, minimum=1))
-
-    @default("gpu_profiles")
-    def _profiles(self) -> list[Any]:
-        return hubconfig.env_json("GPUHUB_PROFILES", [])
-
-    @default("tutorial_sync_url")
-    def _sync_url(self) -> str:
-        return os.environ.get("GPUHUB_TUTORIAL_SYNC_STATUS_URL", "")
-
-    @default("spawner")
-    def _spawner(self) -> str:
-        return os.environ.get("GPUHUB_SPAWNER", "docker")
-
-    @default("docker_host")
-    def _docker_host(self) -> str:
-        return os.environ.get("GPUHUB_DOCKER_HOST", "")
-
-    @default("hub_id")
-    def _hub_id(self) -> str:
-        return os.environ.get("GPUHUB_HUB_ID", "gpuhub")
+    @default("hub_timeout")
+    def _default_hub_timeout(self) -> float:
+        return 10.0  # a read every refresh_interval: a slow one is skipped, the next one tries again
 
     @property
     def on_swarm(self) -> bool:
@@ -276,12 +202,12 @@ class HubExporterApp(Application):
         if self.on_swarm:
             note += f", the swarm every {self.swarm_refresh_interval:g} s"
         registry.register(SnapshotCollector(snapshot, note))
-        p = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+        p = self.url_prefix
         return web.Application(
-            [(p, IndexHandler), (p + "metrics", MetricsHandler)],
+            [(p, IndexHandler), (p + "metrics", SnapshotMetrics)],
             snapshot=snapshot,
             metrics_scope=self.metrics_scope,
-            hub_auth=HubAuth(api_url=self.api_url, api_token=self.api_token, cache_max_age=60),
+            hub_auth=self.hub_auth(),
         )
 
     async def refresh_loop(self, collector: HubCollector, hub: HubClient, snapshot: Snapshot) -> None:
@@ -320,23 +246,14 @@ class HubExporterApp(Application):
 
     async def serve(self) -> None:
         collector = self.make_collector()
-        url = urlparse(self.service_url)
         webapp = self.make_web_app(collector)
         snapshot: Snapshot = webapp.settings["snapshot"]
-        server = HTTPServer(webapp, xheaders=True)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.listen(webapp)
         log.info("gpuhub hub exporter on %s%s", self.service_url, self.prefix)
         tasks = [asyncio.create_task(snapshot.run())]
         if self.on_swarm:
             tasks.append(asyncio.create_task(self.swarm_loop(collector, snapshot)))
-        await self.refresh_loop(collector, HubClient(self.api_url, self.api_token, timeout=10), snapshot)
-
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(run_until_stopped(self.serve(), "gpuhub hub exporter"))
+        await self.refresh_loop(collector, self.hub_client(), snapshot)
 
 
-def main(argv: list[str] | None = None) -> None:
-    app = HubExporterApp()
-    app.initialize(argv)
-    app.start()
+main = HubExporterApp.main

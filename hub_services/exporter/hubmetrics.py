@@ -10,9 +10,9 @@ the nodes and tasks, :mod:`.swarmread`, with per-node series).  Tutorial sync st
 ``gpuhub_server_info`` series joins users to GPU UUID and MIG instance, with the labels that
 the node agent (``gpuhub_gpu_*``) and dcgm-exporter (``UUID``, via ``label_replace``) use.
 
-Budgets are the admin service's: the same :func:`~gpuhub_spawner.core.quotas.resolve_policy`,
-:func:`~gpuhub_spawner.core.quotas.period_bounds` and :func:`~gpuhub_spawner.core.quotas.budget_left_seconds`
-over the same ledger, so both always agree.
+Budgets are the spawn form's, the culler's and the admin service's: the same
+:func:`~gpuhub_spawner.core.quotas.resolve_policy` and :func:`~gpuhub_spawner.core.quotas.budget_view`
+over the same ledger, so they always agree.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpuhub_spawner.core.inventory import KIND_MIG, Inventory, Profile
-from gpuhub_spawner.core.quotas import QuotaError, budget_left_seconds, period_bounds, resolve_policy
+from gpuhub_spawner.core.quotas import QuotaError, budget_view, period_bounds, resolve_policy
 from gpuhub_spawner.storage.ledger import Interval, UsageLedger, usage_seconds_by_user
 from hub_services.common.hubtime import parse_time
 from hub_services.exporter.swarmread import SwarmState
@@ -137,7 +137,7 @@ class HubCollector(Collector):
         yield from self._hub(state)
         yield from self._pools(allocations, inventory, swarm)
         yield from self._servers(state, allocations, now, inventory, profiles)
-        yield from self._budgets(holders, policies, usage)
+        yield from self._budgets(holders, policies, usage, moment)
         yield from self._sync(state)
 
     # ---- families ----------------------------------------------------------------------
@@ -277,7 +277,7 @@ class HubCollector(Collector):
                 idle.add_metric([user, name], max(0.0, now - last))
         yield from (info, age, idle)
 
-    def _budgets(self, holders: set[str], policies: Policies, usage: dict[str, dict[str, float]]):
+    def _budgets(self, holders: set[str], policies: Policies, usage: dict[str, dict[str, float]], now: datetime):
         used_f = GaugeMetricFamily(
             "gpuhub_user_gpu_usage_seconds",
             "GPU-seconds a user used in the current budget period (resets when a period starts)",
@@ -292,11 +292,10 @@ class HubCollector(Collector):
             policy = policies.of(user)
             if policy is None:
                 continue
-            used = usage[policy.period].get(user, 0.0)
-            used_f.add_metric([user, policy.period], used)
-            left = budget_left_seconds(policy, used)
-            if left is not None:
-                left_f.add_metric([user, policy.period], left)
+            view = budget_view(policy, usage[policy.period].get(user, 0.0), now)
+            used_f.add_metric([user, view.period], view.used_seconds)
+            if view.left_seconds is not None:
+                left_f.add_metric([user, view.period], view.left_seconds)
         yield from (used_f, left_f)
 
     def _sync(self, state: HubState):

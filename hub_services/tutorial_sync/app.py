@@ -24,22 +24,18 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from html import escape
 from pathlib import Path
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tornado import web
-from tornado.httpserver import HTTPServer
 from traitlets import Float, Integer, TraitError, Unicode, default, validate
-from traitlets.config import Application
 
-from hub_services.common.shutdown import run_until_stopped
+from hub_services.common.base import HubService, MetricsHandler, ServiceHandler
 from hub_services.tutorial_sync.gitsource import GitSource, SyncError
 from hub_services.tutorial_sync.publish import CommitLimits, current_version, publish
 
@@ -185,22 +181,18 @@ def push_ref(body: bytes) -> str:
     return ref if isinstance(ref, str) else ""
 
 
-class _Base(web.RequestHandler):
+class _Base(ServiceHandler):
     @property
     def syncer(self) -> Syncer:
         return self.settings["syncer"]
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
-        """A short JSON error, never a traceback (``{"error": "..."}``)."""
-        exc = kwargs.get("exc_info", (None, None, None))[1]  # type: ignore[index]
-        message = self._reason
-        if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
+        """A short JSON error (``{"error": "..."}``), or a short page; never a traceback."""
         if getattr(self, "api", True):
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"error": message}))
-        else:
-            self.finish(f"<!doctype html><title>Tutorial sync</title><h1>Error {status_code}</h1><p>{escape(message)}</p>")
+            super().write_error(status_code, **kwargs)
+            return
+        message = self.error_message(status_code, kwargs.get("exc_info", (None, None, None))[1])  # type: ignore[index]
+        self.finish(f"<!doctype html><title>Tutorial sync</title><h1>Error {status_code}</h1><p>{escape(message)}</p>")
 
 
 class _SignedIn(HubOAuthenticated, _Base):
@@ -289,31 +281,12 @@ class Webhook(_Base):
         return None
 
 
-class Metrics(_Base):
-    """Prometheus metrics, for a token holding ``metrics_scope`` (``read:metrics``)."""
-
-    async def get(self) -> None:
-        scope = self.settings["metrics_scope"]
-        if not await self._token_has(scope):
-            raise web.HTTPError(403, "These metrics need a hub token with the '%s' scope.", scope)
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.write(generate_latest(self.syncer.metrics.registry))
-
-    async def _token_has(self, scope: str) -> bool:
-        kind, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if kind.lower() not in ("bearer", "token") or not token.strip():
-            return False
-        auth: HubOAuth = self.settings["hub_auth"]
-        if not auth.api_token:
-            return False  # not running under a hub: nobody can be checked, so nobody gets in
-        model = await auth.user_for_token(token.strip(), use_cache=True, sync=False)
-        return bool(model) and scope in (model.get("scopes") or [])
-
-
-class TutorialSyncApp(Application):
+class TutorialSyncApp(HubService):
     """gpuhub-tutorial-sync: publish a Git branch to the shared tutorial store."""
 
     name = "gpuhub-tutorial-sync"
+    default_port = 8765
+    title = "Tutorial sync"
     repo_url = Unicode(config=True, help="Git URL of the tutorial repository (no credentials in it).")
     branch = Unicode("main", config=True, help="Branch to follow.")
     store = Unicode(config=True, help="The shared tutorial store directory (mounted into servers).")
@@ -349,21 +322,6 @@ class TutorialSyncApp(Application):
     token = Unicode(config=True, help="HTTPS token for a private repository (env GPUHUB_TUTORIALS_TOKEN).")
     ssh_key = Unicode(config=True, help="Deploy key file for an SSH repository.")
     webhook_secret = Unicode(config=True, help="GitHub webhook secret (env GPUHUB_WEBHOOK_SECRET).")
-    service_url = Unicode(config=True, help="Where to listen (env JUPYTERHUB_SERVICE_URL).")
-    prefix = Unicode(config=True, help="URL prefix (env JUPYTERHUB_SERVICE_PREFIX).")
-    service_name = Unicode(
-        config=True,
-        help="""This service's name in the hub (env JUPYTERHUB_SERVICE_NAME, else tutorial-sync).
-
-        The status needs ``access:services!service=<this name>``.""",
-    )
-    metrics_scope = Unicode(
-        "read:metrics",
-        config=True,
-        help="""Scope a token needs to read the metrics (the one /hub/metrics asks for).
-
-        Example: ``c.TutorialSyncApp.metrics_scope = "read:metrics"``.""",
-    )
 
     aliases = {
         "repo": "TutorialSyncApp.repo_url",
@@ -378,6 +336,11 @@ class TutorialSyncApp(Application):
         "fetch-timeout": "TutorialSyncApp.fetch_timeout",
     }
 
+    @default("service_name")
+    def _default_service_name(self) -> str:
+        """The status needs ``access:services!service=<this name>``."""
+        return "tutorial-sync"
+
     @validate("max_total_mb", "max_files", "max_webhook_kb", "max_file_mb")
     def _positive(self, proposal: dict) -> int:
         if proposal["value"] < 1:
@@ -385,25 +348,10 @@ class TutorialSyncApp(Application):
             raise TraitError(f"TutorialSyncApp.{name} must be at least 1, not {proposal['value']}; raise it.")
         return proposal["value"]
 
-    @default("service_name")
-    def _name_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_NAME", "tutorial-sync")
-
-    @default("token")
-    def _token_env(self) -> str:
-        return os.environ.get("GPUHUB_TUTORIALS_TOKEN", "")
-
-    @default("webhook_secret")
-    def _secret_env(self) -> str:
-        return os.environ.get("GPUHUB_WEBHOOK_SECRET", "")
-
-    @default("service_url")
-    def _url_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8765")
-
-    @default("prefix")
-    def _prefix_env(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+    @property
+    def max_body_size(self) -> int:  # type: ignore[override]
+        """No route takes a body bigger than a webhook: larger ones are refused (400) unread."""
+        return self.max_webhook_kb * 1024
 
     def make_syncer(self) -> Syncer:
         if not self.repo_url or not self.store:
@@ -422,42 +370,30 @@ class TutorialSyncApp(Application):
         return Syncer(source, store, self.max_file_mb * 1024 * 1024, self.keep, self.repo_url, limits)
 
     def make_web_app(self, syncer: Syncer) -> web.Application:
-        p = self.prefix if self.prefix.endswith("/") else self.prefix + "/"
-        hub_auth = HubOAuth(
-            access_scopes={f"access:services!service={self.service_name}"},
-            cache_max_age=60,
-        )
+        p = self.url_prefix
+        hub_auth = self.hub_auth(HubOAuth, access_scopes={f"access:services!service={self.service_name}"})
         return web.Application(
             [
                 (p, StatusPage),
                 (p + "status.json", StatusJSON),
                 (p + "webhook", Webhook),
-                (p + "metrics", Metrics),
+                (p + "metrics", MetricsHandler),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
             ],
             syncer=syncer,
             webhook_secret=self.webhook_secret.encode(),
             max_webhook_bytes=self.max_webhook_kb * 1024,
             metrics_scope=self.metrics_scope,
+            metrics_registry=syncer.metrics.registry,
             hub_auth=hub_auth,
             cookie_secret=secrets.token_bytes(32),
         )
 
     async def serve(self) -> None:
         syncer = self.make_syncer()
-        url = urlparse(self.service_url)
-        # no route takes a body bigger than a webhook: larger ones are refused (400) unread
-        server = HTTPServer(self.make_web_app(syncer), xheaders=True, max_body_size=self.max_webhook_kb * 1024)
-        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.listen(self.make_web_app(syncer))
         log.info("Tutorial sync for branch %s listening on %s%s", self.branch, self.service_url, self.prefix)
         await syncer.loop(self.poll_interval)
 
-    def start(self) -> None:
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
-        asyncio.run(run_until_stopped(self.serve(), "Tutorial sync"))
 
-
-def main(argv: list[str] | None = None) -> None:
-    app = TutorialSyncApp()
-    app.initialize(argv)
-    app.start()
+main = TutorialSyncApp.main

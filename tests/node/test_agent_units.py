@@ -424,12 +424,13 @@ def test_the_cullers_agent_reader_sends_the_token_from_its_file(agent_server, tm
     culler then treats its servers as GPU-busy, never as idle)."""
     import asyncio
 
-    from hub_services.culler.signals import HTTP, read_agents
+    from hub_services.common.hubapi import BoundedHTTP
+    from hub_services.culler.signals import read_agents
 
     url = agent_server(TOKEN)
 
     async def read():
-        return await read_agents(HTTP(concurrency=2, timeout=10), [url])
+        return await read_agents(BoundedHTTP(concurrency=2, timeout=10), [url])
 
     monkeypatch.delenv("GPUHUB_GPU_AGENT_TOKEN_FILE", raising=False)
     view = asyncio.run(read())
