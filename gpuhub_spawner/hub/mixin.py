@@ -1,19 +1,23 @@
-"""What the GPU spawners share: config traits, profiles, quotas, allocation, progress, errors."""
+"""What the GPU spawners share: profiles, admission, allocation, errors, the server's limits.
+
+The pieces live beside it: configuration traits in :mod:`~gpuhub_spawner.hub.settings`, the
+admission decision in :mod:`~gpuhub_spawner.hub.admission`, the progress stream and notices in
+:mod:`~gpuhub_spawner.hub.progress`, the usage database in :mod:`~gpuhub_spawner.hub.usage`,
+and what the spawners of one hub share in :mod:`~gpuhub_spawner.hub.state`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import requests
 from docker.errors import APIError, DockerException
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
+from tornado import web
+from traitlets import default
 
 from gpuhub_spawner.core import isolation
 from gpuhub_spawner.core.inventory import (
@@ -35,31 +39,29 @@ from gpuhub_spawner.core.labels import (  # noqa: F401 - re-exported for the spa
     LABEL_USER,
     ServerLabels,
 )
-from gpuhub_spawner.core.quotas import (
-    QuotaError,
-    QuotaPolicy,
-    budget_left_seconds,
-    check_spawn,
-    parse_bytes,
-    parse_quota,
-    period_bounds,
-    resolve_policy,
-)
-from gpuhub_spawner.core.volumes import VolumePlan, check_source
-from gpuhub_spawner.hub import forms
+from gpuhub_spawner.core.quotas import parse_bytes
+from gpuhub_spawner.core.volumes import VolumePlan
+from gpuhub_spawner.hub import admission, forms
+from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from gpuhub_spawner.hub.errors import spawn_error
+from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress  # noqa: F401 - PROCESS_ID re-exported
+from gpuhub_spawner.hub.settings import GPUSpawnerSettings
 from gpuhub_spawner.hub.state import LEGACY_QUEUE_SOURCES, HubState
+from gpuhub_spawner.hub.usage import UsageRecords
 from gpuhub_spawner.node.nvml import discover_or_none
-from gpuhub_spawner.storage.ledger import UsageLedger
 
 # resolved once per process: NVML discovery and config parsing are not redone per spawner
 _INVENTORY_CACHE: dict[str, Inventory] = {}
-#: this hub process, in the notice table: a "starting" row of another process is a start a crash cut off
-PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 #: Deprecated alias (the swarm spawner's gates): use ``HubState.for_hub(hub_id).gate(key, factory)``
 QUEUE_SOURCES = LEGACY_QUEUE_SOURCES
+
+#: the one message for a server whose previous object still runs and holds its GPU
+STILL_HELD = (
+    "Your previous server is still shutting down and holds its GPU. Please try again in a minute; "
+    "if it keeps happening, tell the hub's admin."
+)
 
 
 def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
@@ -81,240 +83,8 @@ def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
     return _INVENTORY_CACHE[key]
 
 
-class GPUSpawnerMixin(LoggingConfigurable):
-    """What the Docker and Swarm GPU spawners share: config, profiles, allocation, progress."""
-
-    # ---- inventory ------------------------------------------------------------------
-    gpu_inventory = List(
-        config=True,
-        help="""Static GPU inventory, used where NVML is absent (or with gpu_discovery='static').
-
-        A list of GPUs, each with its full UUID, and either its MIG instances or a replica count
-        for time-slicing::
-
-            c.GPUDockerSpawner.gpu_inventory = [
-                {"uuid": "GPU-8a1f...", "mig": [{"uuid": "MIG-41c2...", "profile": "1g.10gb"}]},
-                {"uuid": "GPU-3e77...", "replicas": 4, "memory_mb": 81920},
-            ]
-        """,
-    )
-    gpu_discovery = Unicode(
-        "auto",
-        config=True,
-        help="""Where the GPU inventory comes from: 'auto' (NVML when present, else gpu_inventory),
-        'nvml' (fail if NVML is absent) or 'static' (gpu_inventory only).
-
-            c.GPUDockerSpawner.gpu_discovery = "static"
-        """,
-    )
-    gpu_replicas_per_gpu = Int(
-        1,
-        config=True,
-        help="""Time-slicing: how many servers share each non-MIG GPU (1 = whole GPUs).
-
-        Shared slots have no memory isolation; the UI says so. A GPU in gpu_inventory can set
-        its own 'replicas'.
-
-            c.GPUDockerSpawner.gpu_replicas_per_gpu = 4
-        """,
-    )
-    gpu_profiles = List(
-        config=True,
-        help="""The profiles users choose from; empty means one per pool plus 'CPU only'.
-
-        Each entry: slug, display_name, pool (a pool name such as 'gpu', 'shared',
-        'mig-1g.10gb', or None for CPU-only), and optionally description, mem_limit,
-        cpu_limit, default::
-
-            c.GPUDockerSpawner.gpu_profiles = [
-                {"slug": "small", "display_name": "MIG 1g.10gb", "pool": "mig-1g.10gb", "default": True},
-                {"slug": "cpu", "display_name": "CPU only", "pool": None},
-            ]
-        """,
-    )
-    gpu_queue_max_wait = Float(
-        300,
-        config=True,
-        help="""Seconds a spawn waits in line for a GPU unit when its pool is empty.
-
-        Users see their place in line while they wait. 0 refuses at once with a clear message.
-        start_timeout is raised to cover the wait.
-
-            c.GPUDockerSpawner.gpu_queue_max_wait = 120
-        """,
-    )
-    gpu_hub_id = Unicode(
-        "gpuhub",
-        config=True,
-        help="""Name of this hub in the labels of the objects it creates.
-
-        Only needed when two hubs share one Docker engine: each then cleans up only its own.
-
-            c.GPUDockerSpawner.gpu_hub_id = "course-a"
-        """,
-    )
-    gpu_memory_hints = Bool(
-        True,
-        config=True,
-        help="""On shared GPU slots, set environment variables that ask frameworks to use
-        only their share of GPU memory (JAX's XLA_PYTHON_CLIENT_MEM_FRACTION, TensorFlow's
-        memory growth, and GPUHUB_GPU_MEMORY_LIMIT_MB for user code). Hints, not limits.
-        """,
-    )
-
-    quota_defaults = Dict(
-        config=True,
-        help="""Quota of every user before their groups' values (JupyterHub group properties).
-
-        Fields: allowed_profiles, max_gpu_units, gpu_hours_per_period, period, max_session_hours,
-        cpu_limit, mem_limit, max_named_servers, priority. A user in several groups gets the most
-        permissive value of each field. Enforced at spawn, whatever the client sends::
-
-            c.GPUDockerSpawner.quota_defaults = {"max_gpu_units": 1, "allowed_profiles": "cpu,shared"}
-
-        Admins change a group's quota in the admin panel (group properties, e.g. max_gpu_units=2);
-        it applies from the next spawn. GPU-hour budgets need the usage ledger (usage_db_url).
-        """,
-    )
-
-    usage_db_url = Unicode(
-        "",
-        config=True,
-        help="""Database of the GPU usage ledger and per-user quota overrides (SQLAlchemy URL).
-
-        sqlite by default in the embedded config; PostgreSQL by URL. Empty: no ledger, so
-        GPU-hour budgets cannot be enforced (a warning says so when a quota sets one).
-
-            c.GPUDockerSpawner.usage_db_url = "postgresql+psycopg://gpuhub@db/gpuhub"
-        """,
-    )
-
-    # ---- limits: user servers are untrusted ------------------------------------------
-    default_mem_limit = Unicode(
-        isolation.DEFAULT_MEM_LIMIT,
-        config=True,
-        help="""Memory of a server whose profile and quota set no ``mem_limit`` (RAM; no swap beyond it).
-
-        A profile's or quota's ``mem_limit`` wins; this applies when neither sets one, so no
-        server runs without a memory limit. A server that goes past it has its largest process
-        killed by the kernel's OOM killer; the host, the hub and other users are not affected.
-
-            c.GPUDockerSpawner.default_mem_limit = "16G"
-        """,
-    )
-    default_cpu_limit = Float(
-        isolation.DEFAULT_CPU_LIMIT,
-        config=True,
-        help="""CPUs of a server whose profile and quota set no ``cpu_limit``.
-
-        A profile's or quota's ``cpu_limit`` wins. On a swarm, a node with fewer CPUs than the
-        limit refuses the task: keep it at or below your smallest node's CPU count.
-
-            c.GPUDockerSpawner.default_cpu_limit = 4
-        """,
-    )
-    pids_limit = Int(
-        isolation.DEFAULT_PIDS_LIMIT,
-        config=True,
-        help="""Processes and threads one server may have at once (stops fork bombs).
-
-            c.GPUDockerSpawner.pids_limit = 4096
-        """,
-    )
-
-    # ---- volumes ---------------------------------------------------------------------
-    tutorials_source = Unicode(
-        "gpuhub-tutorials",
-        config=True,
-        help="""The shared tutorials, mounted read-only: a named volume or an absolute host path.
-        Empty: no tutorials mount.
-
-            c.GPUDockerSpawner.tutorials_source = "/srv/tutorials"
-        """,
-    )
-    tutorials_mount_path = Unicode(
-        "/opt/gpuhub/tutorials",
-        config=True,
-        help="""Where the tutorials are mounted in the container. The image's start script links
-        ~/tutorials to it (to its `current` version when the tutorial-sync service publishes it).""",
-    )
-    scratch_volume_name = Unicode(
-        "gpuhub-{username}-scratch",
-        config=True,
-        help="""Template of the per-user scratch volume ({username} is escaped). Empty: none.""",
-    )
-    scratch_mount_path = Unicode("/home/jovyan/scratch", config=True, help="Where scratch appears.")
-    tutorials_copy_volume_name = Unicode(
-        "gpuhub-{username}-my-tutorials",
-        config=True,
-        help="""Template of the per-user volume holding the editable copy of the tutorials.
-        Empty: no editable copy.""",
-    )
-    tutorials_copy_mount_path = Unicode(
-        "/home/jovyan/my-tutorials", config=True, help="Where the editable copy appears."
-    )
-
-    @validate("gpu_discovery")
-    def _check_discovery(self, proposal: Any) -> str:
-        if proposal.value not in ("auto", "nvml", "static"):
-            raise TraitError(
-                f"gpu_discovery={proposal.value!r} is not one of 'auto', 'nvml', 'static'. "
-                "Use 'auto' unless you need to force one."
-            )
-        return proposal.value
-
-    @validate("gpu_replicas_per_gpu")
-    def _check_replicas(self, proposal: Any) -> int:
-        value = proposal.value
-        if value < 1:
-            raise TraitError(f"gpu_replicas_per_gpu={value!r} must be a whole number ≥ 1, e.g. 4.")
-        return value
-
-    @validate("tutorials_source")
-    def _check_tutorials(self, proposal: Any) -> str:
-        problem = check_source("tutorials_source", proposal.value)
-        if problem:
-            raise TraitError(problem)
-        return proposal.value
-
-    @validate("quota_defaults")
-    def _check_quota_defaults(self, proposal: Any) -> dict:
-        try:
-            parse_quota(proposal.value, "quota_defaults")
-        except QuotaError as e:
-            raise TraitError(f"quota_defaults: {e}") from None
-        return proposal.value
-
-    @validate("default_mem_limit")
-    def _check_default_mem(self, proposal: Any) -> str:
-        try:
-            isolation.parse_memory(proposal.value)
-        except ValueError:
-            raise TraitError(
-                f"default_mem_limit={proposal.value!r} is not a memory size of at least 6M. "
-                "Use e.g. '8G' or '512M' (there is no 'unlimited': set a size)."
-            ) from None
-        return proposal.value
-
-    @validate("default_cpu_limit")
-    def _check_default_cpu(self, proposal: Any) -> float:
-        if not 0.01 <= proposal.value < 1e6:
-            raise TraitError(f"default_cpu_limit={proposal.value!r} must be a number of CPUs ≥ 0.01, e.g. 2.")
-        return proposal.value
-
-    @validate("pids_limit")
-    def _check_pids(self, proposal: Any) -> int:
-        if proposal.value < 64:
-            raise TraitError(
-                f"pids_limit={proposal.value!r} is too small for JupyterLab; use a whole number ≥ 64, e.g. 2048."
-            )
-        return proposal.value
-
-    @validate("gpu_queue_max_wait")
-    def _check_wait(self, proposal: Any) -> float:
-        if proposal.value < 0:
-            raise TraitError(f"gpu_queue_max_wait={proposal.value!r} must be ≥ 0 seconds (0 refuses at once).")
-        return proposal.value
+class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
+    """What the Docker and Swarm GPU spawners share: profiles, admission, allocation, limits."""
 
     @default("start_timeout")
     def _start_timeout_covers_queue(self) -> int:
@@ -326,14 +96,8 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Any:
-        # the profile is checked (with the user's quota) when the server is created; this only
-        # tells JupyterHub that 'profile' is handled, and flags anything else
-        def note_options(spawner: Any, user_options: dict) -> None:
-            unknown = sorted(set(user_options or {}) - {"profile"})
-            if unknown:
-                spawner.log.warning("Ignoring unknown user_options for %s: %s", spawner._log_name, unknown)
-
-        return note_options
+        # JupyterHub runs this before pre_spawn_hook and start: the request check
+        return type(self).apply_gpu_options
 
     @default("options_from_form")
     def _default_gpu_options_from_form(self) -> Any:
@@ -343,70 +107,13 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     gpu_unit_id: str = ""
     gpu_profile_slug: str = ""
+    #: what this spawn was admitted with (not persisted: a restarted hub needs it no more)
+    gpu_choice: Choice | None = None
 
-    def _progress_init(self) -> None:
-        self._progress_events: list[dict[str, Any]] = []
-        self._progress_changed = asyncio.Event()
-        # a new start answers an old notice; until it ends, a hub crash leaves this row to say so
-        self._notice_in_background("mark_starting", PROCESS_ID)
-
-    def _start_finished(self) -> None:
-        """The start ended (ready or failed, either way the user was told): no notice left."""
-        self._notice_in_background("clear_notice")
-
-    # ---- notices on the hub's pages ---------------------------------------------------
-
-    #: what a user is told when the hub, starting again, finds their start cut off
-    STOPPED_WHILE_DOWN = (
-        "The start of your server '{server}' was cut off when the hub restarted. Your files are "
-        "kept: start it again from the home page."
-    )
-
-    def _seen_running(self) -> None:
-        """poll() found the server running (e.g. adopted after a crash): a notice that its start
-        was cut off is old news.  Once per spawner object, so polls do not write each time."""
-        if not getattr(self, "_notice_answered", False):
-            self._notice_answered = True
-            self._notice_in_background("clear_notice")
-
-    def _notice_in_background(self, method: str, *args: str) -> None:
-        """Write to the notice table in a thread: a slow database never holds a start or stop."""
-        if not self.usage_db_url:
-            return
-
-        def write() -> None:
-            try:
-                getattr(self.usage_ledger, method)(self.user.name, self.name or "", *args)
-            except Exception as e:  # noqa: BLE001 - a notice lost is logged, never fatal
-                self.log.warning("Could not %s for %s: %s", method.replace("_", " "), self._log_name, e)
-
-        try:
-            asyncio.get_running_loop().run_in_executor(self.hub_state.notice_writer, write)  # in order
-        except RuntimeError:  # no event loop (a unit test): nothing to tell
-            pass
-
-    def _emit(self, progress: int, message: str) -> None:
-        if not hasattr(self, "_progress_events"):
-            self._progress_init()
-        self._progress_events.append({"progress": progress, "message": message})
-        self._progress_changed.set()
-
-    async def progress(self):
-        """Stream the real steps of this spawn: reserving, place in line, assignment, start."""
-        if not hasattr(self, "_progress_events"):
-            self._progress_init()
-        sent = 0
-        while True:
-            events = self._progress_events
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            self._progress_changed.clear()
-            try:
-                await asyncio.wait_for(self._progress_changed.wait(), 1)
-            except TimeoutError:
-                if not (self._spawn_pending or self._start_pending):
-                    return
+    @property
+    def gpu_unit(self) -> Unit | None:
+        """The unit this server holds (or is being given), from :attr:`gpu_unit_id`."""
+        return self.gpu_inventory_resolved.by_id.get(self.gpu_unit_id) if self.gpu_unit_id else None
 
     # ---- inventory, profiles, allocator ----------------------------------------------
 
@@ -423,161 +130,79 @@ class GPUSpawnerMixin(LoggingConfigurable):
     def profiles(self) -> list[Profile]:
         return profiles_from_config(list(self.gpu_profiles), self.gpu_inventory_resolved)
 
-    @property
-    def usage_ledger(self) -> UsageLedger | None:
-        if not self.usage_db_url:
-            return None
-        return self.hub_state.ledger(self.usage_db_url)  # opened from worker threads too
-
-    async def ledger_in_thread(self) -> UsageLedger | None:
-        """:attr:`usage_ledger`, opened off the event loop (opening creates missing tables)."""
-        if not self.usage_db_url or self.hub_state.has_ledger(self.usage_db_url):
-            return self.usage_ledger
-        return await asyncio.to_thread(lambda: self.usage_ledger)
-
-    #: seconds between tries of the start-up sync while the engine or database does not answer
-    startup_sync_retry_delays: tuple[float, ...] = (5, 10, 30, 60, 120)
-
-    def schedule_startup_sync(self) -> None:
-        """Sync with the engine and the ledger as soon as the hub process makes its first spawner.
-
-        The hub (re)starting makes a spawner for every user with a server: leftovers of spawns a
-        crash cut off are removed, their units freed and their usage rows closed then, not when
-        somebody next opens the spawn page.  Outside a running event loop nothing is scheduled.
-        """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        syncs = self.hub_state.startup_syncs
-        key = self._engine_key()
-        if key in syncs:
-            return
-
-        async def sync() -> None:
-            for delay in (0, *self.startup_sync_retry_delays):
-                await asyncio.sleep(delay)
-                try:
-                    await self.sync_allocations()
-                    await self._tell_cut_off_starts()
-                    return
-                except Exception as e:  # noqa: BLE001 - engine or database down: try again later
-                    self.log.warning("GPU allocations not synced at start (%s); trying again", e)
-            self.log.error("GPU allocations could not be synced at start; the next spawn tries again")
-
-        syncs[key] = asyncio.ensure_future(sync())
-
-    async def _tell_cut_off_starts(self) -> None:
-        ledger = await self.ledger_in_thread()
-        if ledger is not None:
-            told = await asyncio.to_thread(ledger.expire_starting, PROCESS_ID, self.STOPPED_WHILE_DOWN)
-            if told:
-                self.log.info("%d start(s) were cut off by the hub's restart; their users are told", told)
-
-    async def sync_allocations(self) -> None:
-        """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""
-        allocator = self.get_allocator()
-        await allocator.ensure_synced()
-        ledger = await self.ledger_in_thread()
-        key = (self._engine_key(), self.usage_db_url)
-        reconciled = self.hub_state.ledgers_reconciled
-        if ledger is not None and key not in reconciled:
-            reconciled.add(key)
-            holders = set(allocator.ledger.holders())
-            closed = await asyncio.to_thread(ledger.close_all_except, holders)
-            if closed:
-                self.log.info("Closed %d GPU usage interval(s) of servers gone while the hub was down", closed)
-
-    async def record_usage(self, unit: Unit | None, holder: str) -> None:
-        ledger = self.usage_ledger
-        if ledger is not None and unit is not None:
-            await asyncio.to_thread(
-                ledger.start, self.user.name, self.name or "", unit.id, unit.pool, holder, unit.node
-            )
-
-    async def end_usage(self, holder: str) -> None:
-        ledger = self.usage_ledger
-        if ledger is not None:
-            await asyncio.to_thread(ledger.end, holder)
-
-    async def quota_policy(self) -> QuotaPolicy:
-        """This user's quota now: defaults, their groups' properties, their override (read fresh).
-
-        The override is read in a worker thread: a slow database must not stall the hub.
-        """
-        groups = [dict(group.properties or {}) for group in self.user.groups]
-        ledger = await self.ledger_in_thread()
-        override = await asyncio.to_thread(ledger.get_override, self.user.name) if ledger is not None else None
-        try:
-            return resolve_policy(self.quota_defaults, groups, override)
-        except QuotaError as e:
-            raise spawn_error(
-                "Your quota settings cannot be read, so no server can start. Tell the hub's admin.",
-                "config-error",
-                log_message=f"bad quota for {self.user.name}: {e}",
-            ) from None
-
     async def allowed_profiles(self) -> set[str] | None:
         """Slugs this user may choose, or None for all."""
         allowed = (await self.quota_policy()).allowed_profiles
         return None if allowed is None else set(allowed)
 
-    def gpu_units_held_by_user(self) -> int:
-        """GPU units this user's other servers hold right now."""
-        return sum(
+    # ---- admission: one decision, before anything starts ------------------------------
+
+    async def apply_gpu_options(self, user_options: Any) -> None:
+        """``apply_user_options``: admit the spawn or refuse it before anything starts.
+
+        JupyterHub answers a refusal (an HTTPError) with its status and message: a REST spawn
+        with a bad body, a forbidden profile or no quota left gets 400/403 and nothing is made.
+        """
+        self.gpu_choice = None
+        if isinstance(user_options, Mapping):
+            unknown = sorted(set(user_options) - {"profile"})
+            if unknown:
+                self.log.warning("Ignoring unknown user_options for %s: %s", self._log_name, unknown)
+        self.gpu_choice = await self.admit(user_options)
+
+    async def admitted_choice(self) -> Choice:
+        """What this spawn was admitted with; decided now if ``apply_user_options`` did not run."""
+        if self.gpu_choice is None:
+            self.gpu_choice = await self.admit(self.user_options)
+        return self.gpu_choice
+
+    async def admit(self, user_options: Any) -> Choice:
+        """The profile asked for, checked with the user's quota now (see :mod:`admission`)."""
+        try:
+            await self.sync_allocations()  # the pools as the engine has them (a swarm's nodes)
+        except Exception as e:  # noqa: BLE001 - the profile can still be checked; units are re-read
+            self.log.warning("Could not read the engine before admitting %s: %s", self._log_name, e)
+        try:
+            profile = admission.choose(self.profiles, user_options, await self.allowed_profiles())
+            choice = Choice(profile, await self.quota_policy())
+            refused = admission.decide(choice, await self.admission_facts(choice))
+        except admission.Refused as e:
+            refused = e
+        except web.HTTPError:
+            raise
+        except Exception as e:  # noqa: BLE001 - engine or database down: a plain message
+            raise self._engine_error(e) from None
+        if refused is not None:
+            raise spawn_error(refused.message, refused.reason, log_message=f"{self._log_name}: {refused.message}")
+        self.gpu_profile_slug = choice.slug
+        return choice
+
+    async def admission_facts(self, choice: Choice) -> admission.Facts:
+        """What the decision needs to know about the user's other servers and GPU time."""
+        now = datetime.now(timezone.utc)
+        others = [sp for name, sp in self.user.spawners.items() if sp is not self and sp.active and name]
+        facts = admission.Facts(now, self.name or "", named_servers=len(others))
+        if not choice.gpu:
+            return facts
+        held, waiting = (0, 0) if choice.policy.max_gpu_units is None else await self.gpu_units_at_once()
+        used = await self.gpu_seconds_used(choice.policy, now)
+        return admission.Facts(now, facts.server_name, facts.named_servers, held, waiting, used)
+
+    async def gpu_units_at_once(self) -> tuple[int, int]:
+        """(units held, spawns in line) of this user's other servers, as the spawners know them;
+        a spawner with an allocator adds reservations and its line (the lock re-checks them)."""
+        held = sum(
             1
             for spawner in self.user.spawners.values()
             if spawner is not self and getattr(spawner, "gpu_unit_id", "") and spawner.active
         )
-
-    async def gpu_seconds_used(self, policy: QuotaPolicy, now: datetime) -> float:
-        """GPU-seconds this user used in the current budget period (0 without a ledger)."""
-        ledger = self.usage_ledger
-        if ledger is None:
-            if policy.gpu_hours_per_period is not None:
-                self.log.warning("A GPU-hour budget is set but usage_db_url is empty: it is not enforced")
-            return 0.0
-        since, _ = period_bounds(now, policy.period)
-        return await asyncio.to_thread(ledger.gpu_seconds, self.user.name, since, now)
-
-    async def check_quota(self, profile: Profile, policy: QuotaPolicy | None = None) -> QuotaPolicy:
-        """Refuse the spawn if the user's quota (``policy``, else read now) does not allow ``profile``."""
-        if policy is None:
-            policy = await self.quota_policy()
-        now = datetime.now(timezone.utc)
-        gpu = not profile.cpu_only
-        decision = check_spawn(
-            policy,
-            profile.slug,
-            gpu=gpu,
-            units_held=self.gpu_units_held_by_user() if gpu else 0,
-            gpu_seconds_used=await self.gpu_seconds_used(policy, now) if gpu else 0.0,
-            now=now,
-        )
-        if not decision.ok:
-            raise spawn_error(decision.message, decision.reason)
-        if self.name and policy.max_named_servers is not None:
-            named = sum(1 for n, sp in self.user.spawners.items() if n and sp is not self and sp.active)
-            if named >= policy.max_named_servers:
-                raise spawn_error(
-                    f"Your quota allows {policy.max_named_servers} named server(s) at once and you have "
-                    f"{named}. Stop one first.",
-                    "quota-exceeded",
-                )
-        return policy
+        return held, 0
 
     async def checked_profile(self) -> Profile:
-        """The profile asked for, checked against the form's choices and the user's quota now."""
-        profile = self.choose_profile(await self.allowed_profiles())
-        self._quota = await self.check_quota(profile)
-        self.gpu_profile_slug = profile.slug
-        return profile
-
-    def choose_profile(self, allowed: set[str] | None) -> Profile:
-        try:
-            return forms.choose_profile(self.profiles, self.user_options or {}, allowed)
-        except forms.ProfileChoiceError as e:
-            raise spawn_error(str(e), e.reason) from None
+        """Deprecated (the swarm spawner until it reads :attr:`gpu_choice`): the admitted profile."""
+        choice = await self.admitted_choice()
+        self._quota = choice.policy
+        return choice.profile
 
     def _engine_key(self) -> str:
         raise NotImplementedError
@@ -622,32 +247,26 @@ class GPUSpawnerMixin(LoggingConfigurable):
         settings = getattr(getattr(self, "user", None), "settings", None) or {}
         return [str(p) for p in settings.get("template_path") or []]
 
-    async def _budget_notice(self, policy: QuotaPolicy) -> str:
-        """'GPU time left this week: 1.5 h', when the user has a GPU-hour budget."""
-        if policy.gpu_hours_per_period is None or self.usage_ledger is None:
-            return ""
-        used = await self.gpu_seconds_used(policy, datetime.now(timezone.utc))
-        left = budget_left_seconds(policy, used) or 0.0
-        when = {"day": "today", "week": "this week", "month": "this month"}.get(policy.period, "in total")
-        return f"GPU time left {when}: {left / 3600:.1f} h of {policy.gpu_hours_per_period:g} h."
+    async def reserve_unit(self, choice: Choice):
+        """Context manager reserving a unit of ``choice``'s pool, with progress and errors.
 
-    async def reserve_unit(self, profile: Profile, priority: int = 0):
-        """Context manager reserving a unit of ``profile``'s pool, with progress and errors."""
+        The allocator re-checks the user's units at once under its lock (two requests at once
+        cannot both pass the admission); a refusal there has the admission's wording.
+        """
         allocator = self.get_allocator()
-        on_position = self._start_reserving(profile.pool)
+        on_position = self._start_reserving(choice.profile.pool)
         try:
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
-        quota = getattr(self, "_quota", None)
         return allocator.reserve(
-            profile.pool,
+            choice.profile.pool,
             self.object_name,
             self.gpu_queue_max_wait,
             on_position,
-            priority=priority,
+            priority=choice.policy.priority,
             owner=self.user.name,
-            max_units=quota.max_gpu_units if quota is not None else None,
+            max_units=choice.policy.max_gpu_units,
         )
 
     def reservation_error(self, err: Exception) -> Exception:
@@ -655,27 +274,14 @@ class GPUSpawnerMixin(LoggingConfigurable):
         if isinstance(err, NoUnitFree):
             return self.no_unit_error(err)
         if isinstance(err, OverLimit):
-            units = f"{err.limit} GPU unit" + ("" if err.limit == 1 else "s")
-            if err.waiting:
-                msg = (
-                    f"Your quota allows {units} at once, and another of your servers is already "
-                    "holding or waiting in line for one. Stop or cancel that server first, or start "
-                    "a CPU-only server."
-                )
-            else:
-                msg = (
-                    f"You already hold {units}, the most your quota allows. Stop another GPU "
-                    "server first, or start a CPU-only server."
-                )
+            msg = admission.units_message(err.limit, err.held, err.waiting)
             return spawn_error(msg, "quota-exceeded", log_message=f"{self._log_name}: {msg}")
         if isinstance(err, StillHeld):
-            return spawn_error(
-                "Your previous server is still shutting down and holds its GPU. Please try again "
-                "in a minute; if it keeps happening, tell the hub's admin.",
-                "engine-unavailable",
-                log_message=f"{self._log_name}: old object still holds {err.unit_id}",
-            )
+            return self.still_held_error(f"{self._log_name}: old object still holds {err.unit_id}")
         raise TypeError(err)
+
+    def still_held_error(self, log_message: str) -> Exception:
+        return spawn_error(STILL_HELD, "engine-unavailable", log_message=log_message)
 
     def _start_reserving(self, pool: str):
         """Say a unit is being reserved; returns the callback that streams the place in line."""
@@ -758,8 +364,9 @@ class GPUSpawnerMixin(LoggingConfigurable):
 
     def resource_limits(self) -> isolation.Limits:
         """This server's limits: the stricter of the profile's and the quota's, else the defaults."""
-        profile = self._profile_by_slug(self.gpu_profile_slug)
-        quota = getattr(self, "_quota", None)
+        choice = self.gpu_choice
+        profile = choice.profile if choice is not None else self._profile_by_slug(self.gpu_profile_slug)
+        quota = choice.policy if choice is not None else None
         defaults = isolation.Limits(
             isolation.parse_memory(self.default_mem_limit), self.default_cpu_limit, self.pids_limit
         )
@@ -821,6 +428,7 @@ class GPUSpawnerMixin(LoggingConfigurable):
         super().clear_state()
         self.gpu_unit_id = ""
         self.gpu_profile_slug = ""
+        self.gpu_choice = None
 
     def load_gpu_state(self, state: dict[str, Any]) -> None:
         self.gpu_unit_id = state.get("gpu_unit", "")

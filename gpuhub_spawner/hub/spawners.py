@@ -9,22 +9,16 @@ from urllib.parse import urlparse
 
 import docker
 from docker.errors import APIError, ImageNotFound
-from docker.types import DeviceRequest
 from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import TraitError, default, validate
 
-from gpuhub_spawner.core import isolation
-from gpuhub_spawner.core.inventory import Unit
 from gpuhub_spawner.core.volumes import build_mounts
+from gpuhub_spawner.hub import docker_create
 from gpuhub_spawner.hub.allocator import HeldRecord, NoUnitFree, OverLimit, StillHeld
+from gpuhub_spawner.hub.docker_create import WithGPU
 from gpuhub_spawner.hub.mixin import (
-    LABEL_HUB,
-    LABEL_POOL,
-    LABEL_PROFILE,
-    LABEL_SERVER,
     LABEL_UNIT,
-    LABEL_USER,
     GPUSpawnerMixin,
     ServerLabels,
     spawn_error,
@@ -35,7 +29,9 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     """DockerSpawner that gives each server one GPU unit (or none, for CPU-only profiles).
 
     The unit goes to the container as ``DeviceRequest(device_ids=[uuid])`` and into its
-    labels; the labels on the engine are the truth about who holds what.
+    labels (see :mod:`~gpuhub_spawner.hub.docker_create`, through DockerSpawner's
+    ``extra_create_kwargs`` and ``extra_host_config``); the labels on the engine are the truth
+    about who holds what.
     """
 
     @default("remove")
@@ -51,6 +47,25 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 "it was given. User files live in named volumes, so leave remove=True."
             )
         return True
+
+    @default("extra_create_kwargs")
+    def _default_extra_create_kwargs(self) -> WithGPU:
+        return WithGPU({}, type(self).gpu_create_kwargs)
+
+    @validate("extra_create_kwargs")
+    def _with_gpu_create_kwargs(self, proposal: Any) -> WithGPU:
+        # what the operator sets is kept; the hub's labels are merged over it at create
+        value = proposal.value
+        return value if isinstance(value, WithGPU) else WithGPU(value, type(self).gpu_create_kwargs)
+
+    @default("extra_host_config")
+    def _default_extra_host_config(self) -> WithGPU:
+        return WithGPU({}, type(self).gpu_host_config)
+
+    @validate("extra_host_config")
+    def _with_gpu_host_config(self, proposal: Any) -> WithGPU:
+        value = proposal.value
+        return value if isinstance(value, WithGPU) else WithGPU(value, type(self).gpu_host_config)
 
     # ---- engine access for the allocator ---------------------------------------------
 
@@ -84,7 +99,6 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     async def start(self):
         """DockerSpawner.start, with engine errors made readable and no unit left behind."""
         self._progress_init()
-        self._gpu_unit: Unit | None = None
         try:
             return await super().start()
         except web.HTTPError:  # our refusals (SpawnException) and dockerspawner's own 400s
@@ -185,22 +199,16 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         ref = self.object_id or self.object_name
         if not await self._remove_container(ref):
             self._remove_later(self.object_id)
-            raise spawn_error(
-                "Your previous server is still shutting down and holds its GPU. Please try again "
-                "in a minute; if it keeps happening, tell the hub's admin.",
-                "engine-unavailable",
-                log_message=f"{self._log_name}: container {self.object_name} could not be removed",
-            )
+            raise self.still_held_error(f"{self._log_name}: container {self.object_name} could not be removed")
 
     async def create_object(self):
-        profile = await self.checked_profile()
-        if profile.cpu_only:
+        choice = await self.admitted_choice()
+        if not choice.gpu:
             self._emit(30, "Creating your CPU-only server…")
             return await self._create_shielded()
-        reservation = await self.reserve_unit(profile, priority=self._quota.priority)
+        reservation = await self.reserve_unit(choice)
         try:
             async with reservation as unit:
-                self._gpu_unit = unit
                 self.gpu_unit_id = unit.id
                 short = unit.device_id[:12]
                 self._emit(40, f"Assigned {unit.describe()} ({short}…). Creating your server…")
@@ -307,44 +315,38 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
-        env.update(self.gpu_env(getattr(self, "_gpu_unit", None)))
+        env.update(self.gpu_env(self.gpu_unit))
         # the image's start script finds the tutorials and the editable copy here
         env["GPUHUB_TUTORIALS_STORE"] = self.tutorials_mount_path
         env["GPUHUB_TUTORIALS_COPY_DIR"] = self.tutorials_copy_mount_path
         return env
 
-    def docker(self, method: str, *args: Any, **kwargs: Any):
-        if method == "create_container":
-            kwargs = self._add_gpu_to_create(kwargs)
-        return super().docker(method, *args, **kwargs)
+    async def gpu_units_at_once(self) -> tuple[int, int]:
+        """The allocator's count: units held or reserved, and spawns in line, of the user's other
+        servers (read from the engine's labels at start, so a restarted hub counts them too)."""
+        await self.sync_allocations()
+        held, waiting = self.get_allocator().owner_counts(self.user.name, exclude=self.object_name)
+        spawners_held, _ = await super().gpu_units_at_once()
+        return max(held, spawners_held), waiting
 
-    def _add_gpu_to_create(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Labels, device request and volumes for the container being created."""
-        unit = getattr(self, "_gpu_unit", None)
-        labels = dict(kwargs.get("labels") or {})
-        labels.update(
-            {
-                LABEL_HUB: self.gpu_hub_id,
-                LABEL_USER: self.user.name,
-                LABEL_SERVER: self.name or "",
-                LABEL_PROFILE: self.gpu_profile_slug,
-            }
+    # ---- the container: DockerSpawner's extension points -------------------------------
+
+    def gpu_create_kwargs(self, configured: dict[str, Any]) -> dict[str, Any]:
+        """``extra_create_kwargs`` additions: the labels (the engine's record of who holds what)."""
+        labels = docker_create.server_labels(
+            self.gpu_hub_id, self.user.name, self.name or "", self.gpu_profile_slug, self.gpu_unit
         )
-        host_config = kwargs.setdefault("host_config", {})
-        if unit is not None:
-            labels[LABEL_UNIT] = unit.id
-            labels[LABEL_POOL] = unit.pool
-            host_config["DeviceRequests"] = [DeviceRequest(device_ids=[unit.device_id], capabilities=[["gpu"]])]
-        # memory (no swap beyond it), CPUs and PIDs: never unlimited (README, limits)
-        host_config.update(isolation.container_limits(host_config, self.resource_limits()))
-        mounts = list(host_config.get("Mounts") or []) + build_mounts(self.volume_plan())
-        host_config["Mounts"] = mounts
-        security = list(host_config.get("SecurityOpt") or [])
-        if "no-new-privileges" not in security:
-            security.append("no-new-privileges")
-        host_config["SecurityOpt"] = security
-        kwargs["labels"] = labels
-        return kwargs
+        return {"labels": {**(configured.get("labels") or {}), **docker_create.literal(labels)}}
+
+    def gpu_host_config(self, configured: dict[str, Any]) -> dict[str, Any]:
+        """``extra_host_config`` additions: the unit, limits, volumes, no-new-privileges."""
+        if self.mem_limit is not None:  # upstream's own mem_limit / cpu_limit are set already
+            configured = {"mem_limit": self.mem_limit, **configured}
+        if self.cpu_limit is not None:
+            configured = {"cpu_quota": self.cpu_limit, **configured}
+        return docker_create.host_config_additions(
+            configured, self.gpu_unit, self.resource_limits(), self.mount_binds, build_mounts(self.volume_plan())
+        )
 
 
 __all__ = ["GPUDockerSpawner", "GPUSpawnerMixin", "docker"]

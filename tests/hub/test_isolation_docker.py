@@ -26,7 +26,7 @@ def user_network(docker_client):
     """A user network name for this module's hubs (≤ 15 characters: it is also the bridge's)."""
     name = "gpuhub-t" + secrets.token_hex(3)
     yield name
-    from gpuhub_spawner import isolation_host  # lazily: the teardown must not hide a test's failure
+    from gpuhub_spawner.hub import isolation_host  # lazily: the teardown must not hide a test's failure
 
     isolation_host.remove_user_isolation(name, docker_client)
 

@@ -1,0 +1,134 @@
+"""The spawners' use of the usage database: the GPU ledger, quota overrides, the budget left.
+
+Every database call runs in a worker thread: a slow or locked database never holds the hub's
+event loop.  The ledger itself (one per database URL and hub) lives in the hub's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from gpuhub_spawner.core.inventory import Unit
+from gpuhub_spawner.core.quotas import QuotaError, QuotaPolicy, budget_since, budget_view, resolve_policy
+from gpuhub_spawner.hub.errors import spawn_error
+from gpuhub_spawner.hub.progress import PROCESS_ID
+from gpuhub_spawner.storage.ledger import UsageLedger
+
+
+class UsageRecords:
+    """Ledger, quota and start-up sync of one spawner (mixed into ``GPUSpawnerMixin``).
+
+    Uses the spawner's ``usage_db_url``, ``quota_defaults``, ``hub_state``, ``get_allocator()``
+    and ``user``.
+    """
+
+    #: seconds between tries of the start-up sync while the engine or database does not answer
+    startup_sync_retry_delays: tuple[float, ...] = (5, 10, 30, 60, 120)
+
+    @property
+    def usage_ledger(self) -> UsageLedger | None:
+        if not self.usage_db_url:
+            return None
+        return self.hub_state.ledger(self.usage_db_url)  # opened from worker threads too
+
+    async def ledger_in_thread(self) -> UsageLedger | None:
+        """:attr:`usage_ledger`, opened off the event loop (opening creates missing tables)."""
+        if not self.usage_db_url or self.hub_state.has_ledger(self.usage_db_url):
+            return self.usage_ledger
+        return await asyncio.to_thread(lambda: self.usage_ledger)
+
+    def schedule_startup_sync(self) -> None:
+        """Sync with the engine and the ledger as soon as the hub process makes its first spawner.
+
+        The hub (re)starting makes a spawner for every user with a server: leftovers of spawns a
+        crash cut off are removed, their units freed and their usage rows closed then, not when
+        somebody next opens the spawn page.  Outside a running event loop nothing is scheduled.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        syncs = self.hub_state.startup_syncs
+        key = self._engine_key()
+        if key in syncs:
+            return
+
+        async def sync() -> None:
+            for delay in (0, *self.startup_sync_retry_delays):
+                await asyncio.sleep(delay)
+                try:
+                    await self.sync_allocations()
+                    await self._tell_cut_off_starts()
+                    return
+                except Exception as e:  # noqa: BLE001 - engine or database down: try again later
+                    self.log.warning("GPU allocations not synced at start (%s); trying again", e)
+            self.log.error("GPU allocations could not be synced at start; the next spawn tries again")
+
+        syncs[key] = asyncio.ensure_future(sync())
+
+    async def _tell_cut_off_starts(self) -> None:
+        ledger = await self.ledger_in_thread()
+        if ledger is not None:
+            told = await asyncio.to_thread(ledger.expire_starting, PROCESS_ID, self.STOPPED_WHILE_DOWN)
+            if told:
+                self.log.info("%d start(s) were cut off by the hub's restart; their users are told", told)
+
+    async def sync_allocations(self) -> None:
+        """Rebuild the held set from the engine once; then close ledger rows of vanished servers."""
+        allocator = self.get_allocator()
+        await allocator.ensure_synced()
+        ledger = await self.ledger_in_thread()
+        key = (self._engine_key(), self.usage_db_url)
+        reconciled = self.hub_state.ledgers_reconciled
+        if ledger is not None and key not in reconciled:
+            reconciled.add(key)
+            holders = set(allocator.ledger.holders())
+            closed = await asyncio.to_thread(ledger.close_all_except, holders)
+            if closed:
+                self.log.info("Closed %d GPU usage interval(s) of servers gone while the hub was down", closed)
+
+    async def record_usage(self, unit: Unit | None, holder: str) -> None:
+        ledger = self.usage_ledger
+        if ledger is not None and unit is not None:
+            await asyncio.to_thread(
+                ledger.start, self.user.name, self.name or "", unit.id, unit.pool, holder, unit.node
+            )
+
+    async def end_usage(self, holder: str) -> None:
+        ledger = self.usage_ledger
+        if ledger is not None:
+            await asyncio.to_thread(ledger.end, holder)
+
+    async def quota_policy(self) -> QuotaPolicy:
+        """This user's quota now: defaults, their groups' properties, their override (read fresh).
+
+        The override is read in a worker thread: a slow database must not stall the hub.
+        """
+        groups = [dict(group.properties or {}) for group in self.user.groups]
+        ledger = await self.ledger_in_thread()
+        override = await asyncio.to_thread(ledger.get_override, self.user.name) if ledger is not None else None
+        try:
+            return resolve_policy(self.quota_defaults, groups, override)
+        except QuotaError as e:
+            raise spawn_error(
+                "Your quota settings cannot be read, so no server can start. Tell the hub's admin.",
+                "config-error",
+                log_message=f"bad quota for {self.user.name}: {e}",
+            ) from None
+
+    async def gpu_seconds_used(self, policy: QuotaPolicy, now: datetime) -> float:
+        """GPU-seconds this user used in the current budget period (0 without a ledger)."""
+        ledger = self.usage_ledger
+        if ledger is None:
+            if policy.gpu_hours_per_period is not None:
+                self.log.warning("A GPU-hour budget is set but usage_db_url is empty: it is not enforced")
+            return 0.0
+        return await asyncio.to_thread(ledger.gpu_seconds, self.user.name, budget_since(policy, now), now)
+
+    async def _budget_notice(self, policy: QuotaPolicy) -> str:
+        """'GPU time left this week: 1.5 h', when the user has a GPU-hour budget."""
+        if policy.gpu_hours_per_period is None or self.usage_ledger is None:
+            return ""
+        now = datetime.now(timezone.utc)
+        return budget_view(policy, await self.gpu_seconds_used(policy, now), now).notice()
