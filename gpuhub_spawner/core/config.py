@@ -14,10 +14,18 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gpuhub_spawner.core import sizes
 from gpuhub_spawner.core.hubconfig import env_overlay, plain_username
@@ -25,13 +33,16 @@ from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
 from gpuhub_spawner.core.quotas import BOUNDS, FIELDS, QuotaError, parse_quota
 
 DEFAULT_IMAGE = "gpuhub/singleuser:latest"
-Port = int
 
 
 def _port(value: Any) -> Any:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535):
         raise ValueError(f"{value!r} is not a port: write a port number from 1 to 65535")
     return value
+
+
+#: a TCP port, 1-65535 (a whole number: "8081" in quotes is refused like 0 or 70000)
+Port = Annotated[int, BeforeValidator(_port)]
 
 
 class _KeyProblems(ValueError):
@@ -49,6 +60,8 @@ class Section(BaseModel):
 
 
 class Hub(Section):
+    """The hub process, its proxy and databases, and where user servers run."""
+
     bind_url: str = "http://127.0.0.1:8000"
     ip: str = ""  # empty: the user network's gateway (on a swarm: Docker's bridge gateway)
     port: Port = 8081
@@ -62,10 +75,11 @@ class Hub(Section):
     user_firewall: bool = True
     extra_config: str = ""
 
-    _ports = field_validator("port", "proxy_api_port", mode="before")(_port)
 
 
 class GitHub(Section):
+    """GitHub sign-in (``sign_in.authenticator: github``); the secret is a file or the environment."""
+
     client_id: str = ""
     client_secret_file: str = ""  # else GITHUB_CLIENT_SECRET in the environment
     callback_url: str = ""  # empty: <bind_url>/hub/oauth_callback
@@ -75,6 +89,8 @@ class GitHub(Section):
 
 
 class SignIn(Section):
+    """Who signs in and who is an admin."""
+
     authenticator: Literal["native", "github"] = "native"
     admin_users: list[str] = []
     github: GitHub = GitHub()
@@ -99,11 +115,15 @@ class SignIn(Section):
 
 
 class Images(Section):
+    """Single-user images: the default, and the only ones a profile may name."""
+
     default: str = DEFAULT_IMAGE
     allowed: list[str] = []  # images profiles may name; the default is always allowed
 
 
 class Inventory(Section):
+    """The GPU units: discovered by NVML, or the static list here (pools come from it)."""
+
     discovery: Literal["auto", "nvml", "static"] = "auto"
     gpus: list[dict[str, Any]] = []
     replicas_per_gpu: int = Field(1, ge=1, le=64)
@@ -121,6 +141,8 @@ def _size_field(value: Any, low: float, high: float) -> Any:
 
 
 class Profile(Section):
+    """One choice on the spawn page: a pool (None: CPU only) and that server's own limits."""
+
     slug: str
     display_name: str = ""
     pool: str | None = None  # None: CPU only
@@ -144,16 +166,19 @@ class Profile(Section):
 
 
 class Culler(Section):
+    """The GPU-aware idle culler service (hub_services/culler)."""
+
     enabled: bool = True
     port: Port = 8767
     config_file: str = ""  # JSON or traitlets .py: timeouts, warning, thresholds
     gpu_agent_urls: list[str] = []
     gpu_agent_token_file: str = ""
 
-    _ports = field_validator("port", mode="before")(_port)
 
 
 class Tutorials(Section):
+    """The tutorials servers mount, and the tutorial-sync service that publishes a Git branch."""
+
     source: str = ""  # volume name or absolute host path; empty: the synced store, else gpuhub-tutorials
     repo: str = ""  # Git URL: runs the tutorial-sync service
     branch: str = "main"
@@ -163,7 +188,6 @@ class Tutorials(Section):
     max_files: int = Field(100000, ge=1)
     port: Port = 8765
 
-    _ports = field_validator("port", mode="before")(_port)
 
     @field_validator("max_total_size", mode="before")
     @classmethod
@@ -176,16 +200,18 @@ class Tutorials(Section):
 
 
 class Metrics(Section):
-    exporter_port: Port | None = None  # None: no exporter service
+    """The per-user metrics exporter service and Prometheus's read:metrics token."""
+
+    exporter_port: Annotated[int | None, BeforeValidator(_port)] = None  # None: no exporter service
     prometheus_token_file: str = ""  # registers a read:metrics service for Prometheus
 
-    _ports = field_validator("exporter_port", mode="before")(_port)
 
 
 class Services(Section):
+    """The hub's other services (the 'GPU Hub' admin pages)."""
+
     admin_port: Port = 8766
 
-    _ports = field_validator("admin_port", mode="before")(_port)
 
 
 class GPUHubConfig(Section):
