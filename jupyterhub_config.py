@@ -320,7 +320,8 @@ if prometheus_token_file:
 # ---- GPU-aware idle culler (hub_services/culler; after the extra config, so it sees the ----
 # ---- final spawner settings) ---------------------------------------------------------------
 # culler.enabled         false runs no culler (on by default); culler.port: its port (8767)
-# culler.config_file     its config file (JSON or traitlets .py): timeouts, warning, agents…
+# culler.config_file     its config file (JSON or traitlets .py): timeouts, warning, agents…;
+#                        culler.every, idle_cpu_timeout, idle_gpu_timeout, warn_seconds win over it
 # culler.gpu_agent_urls  node agents serving /api/activity (GPU work signal)
 # It stops idle servers (hub, kernel and GPU signals must all agree), servers past the quota's
 # max_session_hours and GPU servers out of GPU-hours, after a warning shown in the hub's pages
@@ -335,6 +336,7 @@ if cfg.culler.enabled:
     culler_command = [sys.executable, "-m", "hub_services.culler"]
     if cfg.culler.config_file:
         culler_command += ["--config", cfg.culler.config_file]
+    culler_command += cfg.culler.command_options()
     c.JupyterHub.services.append(
         {
             "name": "gpuhub-culler",

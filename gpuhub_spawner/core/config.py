@@ -173,7 +173,16 @@ class Culler(Section):
     config_file: str = ""  # JSON or traitlets .py: timeouts, warning, thresholds
     gpu_agent_urls: list[str] = []
     gpu_agent_token_file: str = ""
+    # seconds; null: the culler's own default, or what config_file sets (a value here wins)
+    every: float | None = Field(None, ge=0, le=24 * 3600)
+    idle_cpu_timeout: float | None = Field(None, ge=0)
+    idle_gpu_timeout: float | None = Field(None, ge=0)
+    warn_seconds: float | None = Field(None, ge=0)
 
+    def command_options(self) -> list[str]:
+        """The culler's command-line options for the timings set here."""
+        names = ("every", "idle_cpu_timeout", "idle_gpu_timeout", "warn_seconds")
+        return [f"--{n.replace('_', '-')}={getattr(self, n):g}" for n in names if getattr(self, n) is not None]
 
 
 class Tutorials(Section):

@@ -82,6 +82,10 @@ culler:
   config_file: ""        # timeouts, warning, thresholds: JSON or traitlets .py
   gpu_agent_urls: []     # node agents serving /api/activity (the GPU work signal)
   gpu_agent_token_file: ""   # the agents' bearer token, in a file
+  every: 60              # seconds between passes (0: none, only triggered ones); null: default
+  idle_cpu_timeout: 3600 # seconds a CPU-only server may be idle (0: never culled for idleness)
+  idle_gpu_timeout: 1200 # seconds a GPU server may be idle
+  warn_seconds: 300      # the warning comes this long before a server is stopped
 
 tutorials:
   source: ""             # volume name or absolute host path servers mount; empty: the synced
