@@ -461,3 +461,24 @@ def _from_variable(line: str, used: list[tuple[str, str]]) -> str:
         if line.startswith((key + ":", key + ".", key + "[")):
             return f"{line} (set by {variable})"
     return line
+
+
+def service_settings(cfg: GPUHubConfig) -> dict[str, Any]:
+    """The settings a service takes from gpuhub.yaml, by the trait names of the services' base
+    (``hub_services/common/base.py``): a service applies those of its traits found here, below
+    what the hub passes it in the environment (the final values, after ``hub.extra_config``).
+
+    Empty values are left out, so a service keeps its own default (as for an unset variable).
+    """
+    settings = {
+        "usage_db_url": cfg.hub.usage_db_url,
+        "quota_defaults": cfg.quota_defaults,
+        "gpu_agent_urls": cfg.culler.gpu_agent_urls,
+        "gpu_inventory": cfg.inventory.gpus,
+        "gpu_discovery": cfg.inventory.discovery,
+        "gpu_replicas_per_gpu": cfg.inventory.replicas_per_gpu,
+        "gpu_profiles": [p.spawner_entry() for p in cfg.profiles],
+        "spawner": cfg.hub.spawner,
+        "docker_host": cfg.hub.docker_host,
+    }
+    return {name: value for name, value in settings.items() if value not in ("", [], {}, None)}
