@@ -1,7 +1,9 @@
-"""Helpers for ``jupyterhub_config.py``: read settings from the environment, check them early.
+"""Helpers for ``jupyterhub_config.py``: the deprecated ``GPUHUB_*`` variables, checks run early.
 
-Everything here runs while the hub loads its config, so a bad setting stops the hub at
-start with a message that names the setting and the fix, instead of failing a user's spawn.
+Settings live in gpuhub.yaml (:mod:`gpuhub_spawner.core.config`); for one release the variables
+of earlier releases are still read here (:data:`ENVIRONMENT` maps each onto its key) and laid
+over the file. Everything here runs while the hub loads its config, so a bad setting stops the
+hub at start with a message that names the setting and the fix, instead of failing a user's spawn.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ def check_profile_limits(profiles: Any) -> None:
     """Each profile's ``mem_limit`` and ``cpu_limit``: the quota grammar and range, no "unlimited".
 
     The spawner reads a profile's memory with :func:`gpuhub_spawner.core.quotas.parse_bytes`, as the
-    quotas do, so what passes here is what a spawn gets ("4G", "4Gi", "512M", bytes).
+    quotas do, so what passes here is what a spawn gets (the one size grammar, :mod:`.sizes`).
     """
     if not isinstance(profiles, (list, tuple)):
         return  # profiles_from_config says what is wrong with it
