@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gpuhub_spawner.core import dockerhost, hubconfig
 from gpuhub_spawner.core.config import ConfigFileError, load_config
+from gpuhub_spawner.hub import managed_services
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -107,76 +108,27 @@ if swarm_mode:
     c.JupyterHub.spawner_class = "gpu-swarm"
 
 # ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
-c.JupyterHub.services.append(
+admin_service, admin_role = managed_services.admin(
+    cfg.services.admin_port,
     {
-        "name": "gpuhub-admin",
-        "display": True,  # in the Services menu
-        "oauth_no_confirm": True,  # the hub's own admin-only service: no consent page
-        # what the page may do as the signed-in admin, with the token the hub gives their
-        # browser for it (never more than that admin may do): create roster users and undo
-        # them, create groups and set members and quotas, stop servers
-        "oauth_client_allowed_scopes": ["admin:users", "admin:groups", "delete:servers"],
-        "url": f"http://127.0.0.1:{cfg.services.admin_port}",
-        "command": [sys.executable, "-m", "hub_services.admin"],
-        "environment": {
-            "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
-            "GPUHUB_QUOTA_DEFAULTS": json.dumps(cfg.quota_defaults),
-            **service_env,
-        },
-    }
+        "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
+        "GPUHUB_QUOTA_DEFAULTS": json.dumps(cfg.quota_defaults),
+        **service_env,
+    },
 )
-c.JupyterHub.load_roles.append(
-    {
-        "name": "gpuhub-admin",
-        # its own token only reads users, groups and servers. Changes are made with the admin's
-        # own token (above): creating users needs admin:users, which JupyterHub 6 has no
-        # narrower scope for and which includes every user's auth state (GitHub tokens).
-        "scopes": ["list:users", "read:users", "read:servers", "list:groups", "read:groups"],
-        "services": ["gpuhub-admin"],
-    }
-)
+c.JupyterHub.services.append(admin_service)
+c.JupyterHub.load_roles.append(admin_role)
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
 
 # ---- tutorial sync: publish a Git branch to the store that servers mount -------------
-tutorials_repo = cfg.tutorials.repo
-if tutorials_repo:
+if cfg.tutorials.repo:
     store = Path(cfg.tutorials.store or data_dir / "tutorials")
-    sync_port = cfg.tutorials.port
-    c.JupyterHub.services.append(
-        {
-            "name": "tutorial-sync",
-            "display": False,
-            "oauth_no_confirm": True,  # the hub's own service: its status page asks no consent
-            "url": f"http://127.0.0.1:{sync_port}",
-            "command": [
-                sys.executable, "-m", "hub_services.tutorial_sync",
-                "--repo", tutorials_repo,
-                "--branch", cfg.tutorials.branch,
-                "--store", str(store),
-                "--poll-interval", f"{cfg.tutorials.poll_interval:g}",
-                # a commit over these is not published (the status page says why)
-                "--max-total-mb", str(cfg.tutorials.max_total_mb),
-                "--max-files", str(cfg.tutorials.max_files),
-            ],
-            # secrets travel in the environment, never on the command line
-            "environment": {
-                k: os.environ[k] for k in ("GPUHUB_TUTORIALS_TOKEN", "GPUHUB_WEBHOOK_SECRET") if os.environ.get(k)
-            },
-        }
-    )
-    # it needs no hub API access at all: no role, so its token holds no scopes. Its status page
-    # is for admins and whoever holds access:services!service=tutorial-sync (e.g. a role for a
-    # "tutorial-authors" group); its metrics for a read:metrics token; the webhook is signed.
+    # secrets travel in the environment, never on the command line
+    secrets = {k: os.environ[k] for k in ("GPUHUB_TUTORIALS_TOKEN", "GPUHUB_WEBHOOK_SECRET") if os.environ.get(k)}
+    c.JupyterHub.services.append(managed_services.tutorial_sync(cfg.tutorials, store, secrets))
     if cfg.metrics.exporter_port:
-        # the exporter reads status.json for its gpuhub_tutorial_sync_status_* series
-        c.JupyterHub.load_roles.append(
-            {
-                "name": "gpuhub-exporter-reads-tutorial-sync",
-                "scopes": ["access:services!service=tutorial-sync"],
-                "services": ["gpuhub-exporter"],
-            }
-        )
+        c.JupyterHub.load_roles.append(managed_services.exporter_reads_tutorial_sync())
     if not cfg.tutorials.source:
         c.GPUDockerSpawner.tutorials_source = str(store)
 
@@ -259,62 +211,27 @@ if template_paths:
 # metrics.prometheus_token_file  a file holding the token Prometheus scrapes with: registers a
 #                                "prometheus" service whose role holds only read:metrics (for
 #                                /hub/metrics and the exporter's /services/gpuhub-exporter/metrics)
-exporter_port = cfg.metrics.exporter_port
-if exporter_port:
-    spawner_cfg = c.GPUDockerSpawner
-    exporter_env = {
-        "GPUHUB_USAGE_DB_URL": spawner_cfg.get("usage_db_url", ""),
-        "GPUHUB_QUOTA_DEFAULTS": json.dumps(spawner_cfg.get("quota_defaults", {})),
-        "GPUHUB_GPU_INVENTORY": json.dumps(spawner_cfg.get("gpu_inventory", [])),
-        "GPUHUB_GPU_DISCOVERY": spawner_cfg.get("gpu_discovery", "auto"),
-        "GPUHUB_REPLICAS_PER_GPU": str(spawner_cfg.get("gpu_replicas_per_gpu", 1)),
-        "GPUHUB_PROFILES": json.dumps(spawner_cfg.get("gpu_profiles", [])),
-    }
-    if tutorials_repo:
-        exporter_env["GPUHUB_TUTORIAL_SYNC_STATUS_URL"] = (
-            f"http://127.0.0.1:{sync_port}/services/tutorial-sync/status.json"
-        )
+if cfg.metrics.exporter_port:
+    exporter_env = managed_services.spawner_environment(c.GPUDockerSpawner)
+    if cfg.tutorials.repo:
+        exporter_env["GPUHUB_TUTORIAL_SYNC_STATUS_URL"] = managed_services.tutorial_sync_status_url(cfg.tutorials)
     if swarm_mode:
-        # pool capacity from the swarm's nodes and tasks, read from the manager as the hub does
-        swarm_cfg = c.GPUSwarmSpawner
-        exporter_env["GPUHUB_SPAWNER"] = "swarm"
-        exporter_env["GPUHUB_HUB_ID"] = swarm_cfg.get("gpu_hub_id") or spawner_cfg.get("gpu_hub_id", "gpuhub")
-        client_kwargs = swarm_cfg.get("client_kwargs") or spawner_cfg.get("client_kwargs") or {}
-        if client_kwargs.get("base_url"):
-            exporter_env["GPUHUB_DOCKER_HOST"] = client_kwargs["base_url"]
-        # services get a clean environment: pass the Docker client's own settings on
-        for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
-            if os.environ.get(key):
-                exporter_env[key] = os.environ[key]
-    c.JupyterHub.services.append(
-        {
-            "name": "gpuhub-exporter",
-            "display": False,
-            "url": f"http://127.0.0.1:{exporter_port}",
-            "command": [sys.executable, "-m", "hub_services.exporter"],
-            "environment": {**exporter_env, **service_env},
-        }
+        exporter_env.update(managed_services.swarm_environment(c.GPUDockerSpawner, c.GPUSwarmSpawner, os.environ))
+    exporter_service, exporter_role = managed_services.exporter(
+        cfg.metrics.exporter_port, {**exporter_env, **service_env}
     )
-    c.JupyterHub.load_roles.append(
-        {
-            "name": "gpuhub-exporter",
-            # read-only: users with a server, their groups and servers, group quotas
-            "scopes": ["list:users", "read:users:groups", "read:servers", "list:groups", "read:groups"],
-            "services": ["gpuhub-exporter"],
-        }
-    )
-prometheus_token_file = cfg.metrics.prometheus_token_file
-if prometheus_token_file:
+    c.JupyterHub.services.append(exporter_service)
+    c.JupyterHub.load_roles.append(exporter_role)
+if cfg.metrics.prometheus_token_file:
     try:
         prometheus_token = hubconfig.read_token_file(
-            hubconfig.setting_name("metrics.prometheus_token_file"), prometheus_token_file
+            hubconfig.setting_name("metrics.prometheus_token_file"), cfg.metrics.prometheus_token_file
         )
     except hubconfig.ConfigError as e:
         hubconfig.fail(str(e))
-    c.JupyterHub.services.append({"name": "prometheus", "api_token": prometheus_token})
-    c.JupyterHub.load_roles.append(
-        {"name": "gpuhub-prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}
-    )
+    prometheus_service, prometheus_role = managed_services.prometheus(prometheus_token)
+    c.JupyterHub.services.append(prometheus_service)
+    c.JupyterHub.load_roles.append(prometheus_role)
 # ---- end of metrics ------------------------------------------------------------------------
 
 # ---- GPU-aware idle culler (hub_services/culler; after the extra config, so it sees the ----
@@ -331,43 +248,9 @@ if prometheus_token_file:
 # other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
 # Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
 if cfg.culler.enabled:
-    culler_spawner = c.GPUDockerSpawner
-    culler_db = culler_spawner.get("usage_db_url", "")
-    culler_command = [sys.executable, "-m", "hub_services.culler"]
-    if cfg.culler.config_file:
-        culler_command += ["--config", cfg.culler.config_file]
-    culler_command += cfg.culler.command_options()
-    c.JupyterHub.services.append(
-        {
-            "name": "gpuhub-culler",
-            "display": False,
-            "url": f"http://127.0.0.1:{cfg.culler.port}",
-            "command": culler_command,
-            "environment": {
-                "GPUHUB_USAGE_DB_URL": culler_db,
-                "GPUHUB_QUOTA_DEFAULTS": json.dumps(culler_spawner.get("quota_defaults", {})),
-                "GPUHUB_HUB_ID": culler_spawner.get("gpu_hub_id", "gpuhub"),
-                "GPUHUB_GPU_AGENT_URLS": ",".join(cfg.culler.gpu_agent_urls),
-                # the agents' bearer token (a file path, never the token itself)
-                "GPUHUB_GPU_AGENT_TOKEN_FILE": cfg.culler.gpu_agent_token_file,
-                **service_env,
-            },
-        }
-    )
-    c.JupyterHub.load_roles.append(
-        {
-            "name": "gpuhub-culler",
-            # users with servers, their activity and groups; group quotas; stop servers. No
-            # access:servers: its token never goes to a user's server (kernels are asked from
-            # inside the container with the server's own token). It cannot create, change or
-            # delete users or groups.
-            "scopes": [
-                "list:users", "read:users:activity", "read:users:groups", "read:servers",
-                "read:groups", "delete:servers",
-            ],
-            "services": ["gpuhub-culler"],
-        }
-    )
+    culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, service_env)
+    c.JupyterHub.services.append(culler_service)
+    c.JupyterHub.load_roles.append(culler_role)
 # ---- end of culler -------------------------------------------------------------------------
 
 # ---- what each user is told on the hub's pages: their cull warnings (time left) and notices ----
