@@ -33,7 +33,8 @@ except hubconfig.ConfigError as e:
 data_dir = Path(cfg.hub.data_dir or here / "data").resolve()
 data_dir.mkdir(parents=True, exist_ok=True)
 # services read the same file (and, for this release, the variables the hub passes them)
-service_env = {"GPUHUB_CONFIG": os.environ["GPUHUB_CONFIG"]} if os.environ.get("GPUHUB_CONFIG") else {}
+config_file = os.environ.get("GPUHUB_CONFIG", "").strip()
+service_env = {"GPUHUB_CONFIG": str(Path(config_file).resolve())} if config_file else {}
 
 # ---- the Docker engine: its unix socket, or a TCP address with mutual TLS only ------------
 # Checked before anything talks to the engine (the user network, the bridge address below).
