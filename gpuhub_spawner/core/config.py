@@ -404,6 +404,22 @@ def validate(raw: Any) -> GPUHubConfig:
         raise ConfigFileError(error_lines(e)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently: a pasted block would override an earlier one unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (keep one)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_file(path: str | Path) -> dict[str, Any]:
     """The parsed YAML of ``path``, or ConfigFileError saying why it cannot be read."""
     try:
@@ -412,7 +428,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
         reason = getattr(e, "strerror", None) or "not text"
         raise ConfigFileError([f"{path}: cannot read it ({reason}): point GPUHUB_CONFIG at a readable file"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""

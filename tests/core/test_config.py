@@ -278,3 +278,14 @@ def test_a_problem_a_variable_made_names_the_variable() -> None:
     assert info.value.lines == [
         "inventory.discovery: 'magic': input should be 'auto', 'nvml' or 'static' (set by GPUHUB_GPU_DISCOVERY)"
     ]
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path, capsys) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("hub:\n  port: 8081\nprofiles: []\nhub:\n  ip: 10.0.0.1\n")
+    code, _, err = run_cli("config", "check", str(path), capsys=capsys)
+    assert code == 2
+    assert err == (
+        f"gpuhub: configuration error: {path}: not valid YAML (key 'hub' is given twice in one mapping "
+        "(keep one) at line 4 column 1): fix the YAML\n"
+    )
