@@ -89,6 +89,9 @@ c.GPUDockerSpawner.gpu_queue_max_wait = cfg.inventory.queue_max_wait
 c.GPUDockerSpawner.tutorials_source = cfg.tutorials.source or "gpuhub-tutorials"
 c.GPUDockerSpawner.usage_db_url = cfg.hub.usage_db_url or f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"
 c.GPUDockerSpawner.quota_defaults = cfg.quota_defaults
+c.GPUDockerSpawner.default_mem_limit = str(cfg.limits.default_mem_limit)
+c.GPUDockerSpawner.default_cpu_limit = cfg.limits.default_cpu_limit
+c.GPUDockerSpawner.pids_limit = cfg.limits.pids_limit
 if any(p.image or p.environment for p in cfg.profiles):
     # a profile's own image and environment, set on the spawner as its profile is chosen
     from gpuhub_spawner.hub.profile_image import profile_image_hook

@@ -30,6 +30,7 @@ from pydantic import (
 from gpuhub_spawner.core import sizes
 from gpuhub_spawner.core.hubconfig import env_overlay, plain_username
 from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
+from gpuhub_spawner.core.isolation import DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT, DEFAULT_PIDS_LIMIT
 from gpuhub_spawner.core.quotas import BOUNDS, FIELDS, QuotaError, parse_quota
 
 DEFAULT_IMAGE = "gpuhub/singleuser:latest"
@@ -165,6 +166,21 @@ class Profile(Section):
         return entry
 
 
+class Limits(Section):
+    """Limits of a server whose profile and quota set none (a profile's or quota's wins)."""
+
+    default_mem_limit: int | str = DEFAULT_MEM_LIMIT
+    default_cpu_limit: float = Field(DEFAULT_CPU_LIMIT, ge=BOUNDS["cpu_limit"][0], le=BOUNDS["cpu_limit"][1])
+    pids_limit: int = Field(DEFAULT_PIDS_LIMIT, ge=64, le=4_194_304)
+
+    @field_validator("default_mem_limit", mode="before")
+    @classmethod
+    def _mem(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(f"there is no unlimited memory: give a size such as {DEFAULT_MEM_LIMIT!r}")
+        return _size_field(value, *BOUNDS["mem_limit"])
+
+
 class Culler(Section):
     """The GPU-aware idle culler service (hub_services/culler)."""
 
@@ -231,6 +247,7 @@ class GPUHubConfig(Section):
     images: Images = Images()
     inventory: Inventory = Inventory()
     profiles: list[Profile] = []
+    limits: Limits = Limits()
     quota_defaults: dict[str, Any] = {}
     culler: Culler = Culler()
     tutorials: Tutorials = Tutorials()

@@ -70,6 +70,11 @@ profiles:                # the choices on the spawn page; empty: one per pool + 
     cpu_limit: 2
     image: gpuhub/singleuser:latest   # one of images.allowed; empty: images.default
 
+limits:                  # a server whose profile and quota set no limit gets these
+  default_mem_limit: 8G  # RAM (no swap beyond it); there is no "unlimited"
+  default_cpu_limit: 2
+  pids_limit: 2048       # processes and threads at once (stops fork bombs)
+
 quota_defaults:          # every user's quota before their groups' (see README, "Quotas")
   max_gpu_units: 1
   gpu_hours_per_period: 20

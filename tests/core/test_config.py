@@ -289,3 +289,27 @@ def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path, capsys) -
         f"gpuhub: configuration error: {path}: not valid YAML (key 'hub' is given twice in one mapping "
         "(keep one) at line 4 column 1): fix the YAML\n"
     )
+
+
+@pytest.mark.parametrize(
+    "limits, line",
+    [
+        ({"default_mem_limit": "8Gi"}, "limits.default_mem_limit: '8Gi' is not a memory size such as '4G'; write 8G"),
+        ({"default_mem_limit": None}, "limits.default_mem_limit: there is no unlimited memory: give a size such as '8G'"),
+        ({"pids_limit": 10}, "limits.pids_limit: 10: input should be greater than or equal to 64"),
+    ],
+)
+def test_default_limits_are_checked_like_a_profiles(limits, line) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        config.validate({"limits": limits})
+    assert len(info.value.lines) == 1 and info.value.lines[0].startswith(line), info.value.lines
+
+
+def test_default_limits_are_the_spawners_defaults() -> None:
+    from gpuhub_spawner.hub.settings import GPUSpawnerSettings
+
+    limits = GPUHubConfig().limits
+    traits = GPUSpawnerSettings.class_traits()
+    assert limits.default_mem_limit == traits["default_mem_limit"].default_value
+    assert limits.default_cpu_limit == traits["default_cpu_limit"].default_value
+    assert limits.pids_limit == traits["pids_limit"].default_value
