@@ -48,7 +48,7 @@ class Limits:
 
 def parse_memory(value: Any) -> int:
     """Bytes of a memory limit within ``quotas.BOUNDS`` (6M to 64T), in gpuhub's one size grammar
-    (:func:`gpuhub_spawner.core.sizes.parse_size`: ``"8G"``, ``"512M"``, ``"1.5G"``, bytes); SizeError
+    (:func:`gpuhub_spawner.core.sizes.read_size`: ``"8G"``, ``"512M"``, ``"1.5G"``, bytes); SizeError
     (a ValueError) otherwise."""
     low, high = BOUNDS["mem_limit"]
     return check_size(value, int(low), int(high), read=read_size)
