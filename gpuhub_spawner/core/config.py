@@ -32,6 +32,7 @@ from gpuhub_spawner.core.hubconfig import env_overlay, plain_username
 from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
 from gpuhub_spawner.core.isolation import DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT, DEFAULT_PIDS_LIMIT
 from gpuhub_spawner.core.quotas import BOUNDS, FIELDS, QuotaError, parse_quota
+from gpuhub_spawner.core.volumes import check_source
 
 DEFAULT_IMAGE = "gpuhub/singleuser:latest"
 
@@ -213,6 +214,14 @@ class Tutorials(Section):
     max_files: int = Field(100000, ge=1)
     port: Port = 8765
 
+
+    @field_validator("source")
+    @classmethod
+    def _mountable(cls, value: str) -> str:
+        problem = check_source("source", value)
+        if problem:
+            raise ValueError(problem.removeprefix("source: "))
+        return value
 
     @field_validator("max_total_size", mode="before")
     @classmethod

@@ -88,6 +88,11 @@ BAD_FILES = [
         id="bad-gpu",
     ),
     pytest.param({"profiles": [{"display_name": "x"}]}, "profiles[0].slug: missing: add it", id="missing-slug"),
+    pytest.param(
+        {"tutorials": {"source": "/srv/../etc"}},
+        "tutorials.source: host path '/srv/../etc' must not contain '..'",
+        id="tutorials-source",
+    ),
 ]
 
 
