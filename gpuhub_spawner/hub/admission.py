@@ -18,18 +18,20 @@ named servers at once     quota-exceeded       :func:`named_message`
 so a refused REST request is answered 400/403 with the message and nothing is created.  The
 units-at-once rule is checked again under the allocator's lock when the unit is reserved (two
 requests at once cannot both pass); the allocator's :class:`~gpuhub_spawner.hub.fairline.OverLimit`
-then becomes :func:`units_message` too.  What was admitted travels on as one :class:`Choice`.
+then becomes :func:`units_message` too.  What was admitted travels on as one :class:`Choice`:
+the profile, the quota and the server's limits (:func:`server_limits`), resolved once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
+from gpuhub_spawner.core import isolation
 from gpuhub_spawner.core.inventory import Profile
-from gpuhub_spawner.core.quotas import QuotaPolicy, check_spawn
+from gpuhub_spawner.core.quotas import QuotaPolicy, check_spawn, parse_bytes
 from gpuhub_spawner.hub import forms
 
 
@@ -48,6 +50,8 @@ class Choice:
 
     profile: Profile
     policy: QuotaPolicy
+    #: memory, CPUs and PIDs of the server (:func:`server_limits`)
+    limits: isolation.Limits | None = None
 
     @property
     def gpu(self) -> bool:
@@ -88,25 +92,34 @@ def choose(profiles: Sequence[Profile], user_options: Any, allowed: set[str] | N
         raise Refused(e.reason, str(e)) from None
 
 
+def server_limits(profile: Profile | None, policy: QuotaPolicy | None, defaults: isolation.Limits) -> isolation.Limits:
+    """The server's limits: the stricter of the profile's and the quota's, else the defaults
+    (never unlimited)."""
+    return isolation.resolve_limits(
+        parse_bytes(profile.mem_limit) if profile and profile.mem_limit else None,
+        profile.cpu_limit if profile else None,
+        policy.mem_limit if policy is not None else None,
+        policy.cpu_limit if policy is not None else None,
+        defaults,
+    )
+
+
 def _plural(count: int) -> str:
     return f"{count} GPU unit" + ("" if count == 1 else "s")
 
 
 def units_message(limit: int, held: int, waiting: int) -> str:
-    """The one wording of the units-at-once rule (before the spawn and under the lock)."""
-    if limit == 0:
-        return "Your quota allows no GPU servers. Start a CPU-only server instead."
-    if waiting:
+    """The one wording of the units-at-once rule (before the spawn and under the lock).
+
+    With none of the user's servers in line it is core's wording (:func:`quotas.check_spawn`).
+    """
+    if waiting and limit:
         return (
             f"Your quota allows {_plural(limit)} at once, and another of your servers is already "
             "holding or waiting in line for one. Stop or cancel that server first, or start a "
             "CPU-only server."
         )
-    if held == limit:
-        first = f"You already hold {_plural(held)}, the most your quota allows."
-    else:
-        first = f"You already hold {_plural(held)}; your quota allows {limit}."
-    return first + " Stop another GPU server first, or start a CPU-only server."
+    return check_spawn(QuotaPolicy(max_gpu_units=limit), "", True, held, 0.0, datetime.now(timezone.utc)).message
 
 
 def named_message(limit: int, running: int) -> str:

@@ -26,15 +26,8 @@ from typing import Any
 from docker.types import DeviceRequest
 
 from gpuhub_spawner.core import isolation
+from gpuhub_spawner.core import labels as L
 from gpuhub_spawner.core.inventory import Unit
-from gpuhub_spawner.core.labels import (
-    LABEL_HUB,
-    LABEL_POOL,
-    LABEL_PROFILE,
-    LABEL_SERVER,
-    LABEL_UNIT,
-    LABEL_USER,
-)
 
 #: docker-py's create_host_config argument for each HostConfig field of isolation.container_limits
 _LIMIT_ARGS = {
@@ -59,10 +52,10 @@ def literal(value: Any) -> Any:
 
 
 def server_labels(hub_id: str, user: str, server: str, profile: str, unit: Unit | None) -> dict[str, str]:
-    labels = {LABEL_HUB: hub_id, LABEL_USER: user, LABEL_SERVER: server, LABEL_PROFILE: profile}
+    labels = {L.LABEL_HUB: hub_id, L.LABEL_USER: user, L.LABEL_SERVER: server, L.LABEL_PROFILE: profile}
     if unit is not None:
-        labels[LABEL_UNIT] = unit.id
-        labels[LABEL_POOL] = unit.pool
+        labels[L.LABEL_UNIT] = unit.id
+        labels[L.LABEL_POOL] = unit.pool
     return labels
 
 

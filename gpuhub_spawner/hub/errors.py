@@ -6,6 +6,8 @@ stay one of :data:`REASONS`.
 
 from __future__ import annotations
 
+import logging
+
 from jupyterhub.spawner import SpawnException
 
 from gpuhub_spawner.hub import metrics
@@ -36,5 +38,27 @@ def spawn_error(message: str, reason: str, log_message: str | None = None) -> Sp
     # JupyterHub 6.1 words the progress stream's failure from ``str(error)``, which is the log
     # message behind "503 SpawnException(reason=…)": say the user's message there too.
     error.jupyterhub_message = message
+    error.gpuhub_reason = reason
     metrics.count_refusal(reason)
     return error
+
+
+class _RefusalsWithoutTraceback(logging.Filter):
+    """JupyterHub logs every exception of ``apply_user_options`` with its traceback, even the
+    HTTPError it passes on as the answer.  A refusal built by :func:`spawn_error` is not a fault
+    of the code: its line stays (as a warning), its traceback goes (its log message says all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if getattr(error, "gpuhub_reason", None):
+            record.exc_info, record.exc_text = None, None
+            record.msg = f"{record.msg}: %s"
+            record.args = (*(record.args or ()), error.log_message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_refusal_tracebacks(log: logging.Logger) -> None:
+    """Install :class:`_RefusalsWithoutTraceback` on ``log`` (the hub's logger), once."""
+    if not any(isinstance(f, _RefusalsWithoutTraceback) for f in log.filters):
+        log.addFilter(_RefusalsWithoutTraceback())

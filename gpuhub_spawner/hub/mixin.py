@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -39,23 +40,19 @@ from gpuhub_spawner.core.labels import (  # noqa: F401 - re-exported for the spa
     LABEL_USER,
     ServerLabels,
 )
-from gpuhub_spawner.core.quotas import parse_bytes
 from gpuhub_spawner.core.volumes import VolumePlan
 from gpuhub_spawner.hub import admission, forms
 from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
-from gpuhub_spawner.hub.errors import spawn_error
+from gpuhub_spawner.hub.errors import quiet_refusal_tracebacks, spawn_error
 from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress  # noqa: F401 - PROCESS_ID re-exported
 from gpuhub_spawner.hub.settings import GPUSpawnerSettings
-from gpuhub_spawner.hub.state import LEGACY_QUEUE_SOURCES, HubState
+from gpuhub_spawner.hub.state import HubState
 from gpuhub_spawner.hub.usage import UsageRecords
 from gpuhub_spawner.node.nvml import discover_or_none
 
 # resolved once per process: NVML discovery and config parsing are not redone per spawner
 _INVENTORY_CACHE: dict[str, Inventory] = {}
-
-#: Deprecated alias (the swarm spawner's gates): use ``HubState.for_hub(hub_id).gate(key, factory)``
-QUEUE_SOURCES = LEGACY_QUEUE_SOURCES
 
 #: the one message for a server whose previous object still runs and holds its GPU
 STILL_HELD = (
@@ -144,6 +141,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
         with a bad body, a forbidden profile or no quota left gets 400/403 and nothing is made.
         """
         self.gpu_choice = None
+        if isinstance(self.log, logging.Logger):  # a refusal is an answer, not a traceback
+            quiet_refusal_tracebacks(self.log)
         if isinstance(user_options, Mapping):
             unknown = sorted(set(user_options) - {"profile"})
             if unknown:
@@ -164,7 +163,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
             self.log.warning("Could not read the engine before admitting %s: %s", self._log_name, e)
         try:
             profile = admission.choose(self.profiles, user_options, await self.allowed_profiles())
-            choice = Choice(profile, await self.quota_policy())
+            policy = await self.quota_policy()
+            choice = Choice(profile, policy, admission.server_limits(profile, policy, self.default_limits()))
             refused = admission.decide(choice, await self.admission_facts(choice))
         except admission.Refused as e:
             refused = e
@@ -180,13 +180,12 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
     async def admission_facts(self, choice: Choice) -> admission.Facts:
         """What the decision needs to know about the user's other servers and GPU time."""
         now = datetime.now(timezone.utc)
-        others = [sp for name, sp in self.user.spawners.items() if sp is not self and sp.active and name]
-        facts = admission.Facts(now, self.name or "", named_servers=len(others))
+        named = sum(1 for name, sp in self.user.spawners.items() if name and sp is not self and sp.active)
         if not choice.gpu:
-            return facts
+            return admission.Facts(now, self.name or "", named)
         held, waiting = (0, 0) if choice.policy.max_gpu_units is None else await self.gpu_units_at_once()
         used = await self.gpu_seconds_used(choice.policy, now)
-        return admission.Facts(now, facts.server_name, facts.named_servers, held, waiting, used)
+        return admission.Facts(now, self.name or "", named, held, waiting, used)
 
     async def gpu_units_at_once(self) -> tuple[int, int]:
         """(units held, spawns in line) of this user's other servers, as the spawners know them;
@@ -363,25 +362,15 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
     # ---- shared by both spawners ------------------------------------------------------
 
     def resource_limits(self) -> isolation.Limits:
-        """This server's limits: the stricter of the profile's and the quota's, else the defaults."""
+        """This server's limits, as admitted (see :func:`admission.server_limits`)."""
         choice = self.gpu_choice
+        if choice is not None and choice.limits is not None:
+            return choice.limits
         profile = choice.profile if choice is not None else self._profile_by_slug(self.gpu_profile_slug)
-        quota = choice.policy if choice is not None else None
-        defaults = isolation.Limits(
-            isolation.parse_memory(self.default_mem_limit), self.default_cpu_limit, self.pids_limit
-        )
-        return isolation.resolve_limits(
-            parse_bytes(profile.mem_limit) if profile and profile.mem_limit else None,
-            profile.cpu_limit if profile else None,
-            quota.mem_limit if quota is not None else None,
-            quota.cpu_limit if quota is not None else None,
-            defaults,
-        )
+        return admission.server_limits(profile, choice.policy if choice is not None else None, self.default_limits())
 
-    def _limits(self) -> tuple[int, float]:
-        """Memory bytes and CPUs of this server (see :meth:`resource_limits`)."""
-        limits = self.resource_limits()
-        return limits.memory, limits.cpus
+    def default_limits(self) -> isolation.Limits:
+        return isolation.Limits(isolation.parse_memory(self.default_mem_limit), self.default_cpu_limit, self.pids_limit)
 
     def _profile_by_slug(self, slug: str) -> Profile | None:
         return next((p for p in self.profiles if p.slug == slug), None)

@@ -149,9 +149,6 @@ class HubState:
         for state in cls.existing():
             for pool, length in state.queue_lengths().items():
                 lengths[pool] = lengths.get(pool, 0) + length
-        for source in list(LEGACY_QUEUE_SOURCES):
-            for pool, length in metrics.queue_lengths(source).items():
-                lengths[pool] = lengths.get(pool, 0) + length
         return lengths
 
     def close(self) -> None:
@@ -160,7 +157,3 @@ class HubState:
         if self._notice_writer is not None:
             self._notice_writer.shutdown(wait=False)
 
-
-#: Deprecated: objects appended here are counted in the queue gauge.  Use
-#: ``HubState.for_hub(hub_id).gate(key, factory)`` or ``.add_queue_source(obj)`` instead.
-LEGACY_QUEUE_SOURCES: list[Any] = []

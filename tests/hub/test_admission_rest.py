@@ -102,6 +102,7 @@ def test_a_refused_request_is_answered_before_anything_starts(
     assert _created(docker_client, hub, since) == []
     assert not hub.containers(docker_client)
     assert not hub.user("ann").get("servers")
+    assert "Traceback" not in hub.log_path.read_text(errors="replace")  # an answer, not a fault
     # the same user, asking for what is allowed, starts (the hook runs, a container is made)
     allowed = {"profile": "cpu"}
     r = hub.api("POST", "/users/ann/server", json=allowed)

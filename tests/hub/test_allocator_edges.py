@@ -21,6 +21,7 @@ import pytest
 import requests
 from harness import TEST_LABEL, fake_gpus
 from jupyterhub.spawner import SpawnException
+from offline_spawner import offline_spawner
 
 from gpuhub_spawner.hub.allocator import NoUnitFree
 from gpuhub_spawner.hub.spawners import GPUDockerSpawner
@@ -72,22 +73,8 @@ class FlakyClient:
         return call
 
 
-class FakeUser:
-    """What a spawner reads of its JupyterHub user (no hub database is involved here)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = self.escaped_name = name
-        self.groups: list = []
-        self.spawners: dict = {}
-        self.url = f"/user/{name}/"
-        self.id = 1
-
-
 def _spawner(cls, client: FlakyClient, hub_id: str, user: str = "ann", **config):
     flaky = type(f"Flaky{cls.__name__}", (cls,), {"_client": client})
-    hub = SimpleNamespace(
-        api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="", url="http://127.0.0.1:8081/hub/"
-    )
     settings = {
         "gpu_inventory": fake_gpus(1, hub_id),
         "gpu_discovery": "static",
@@ -98,7 +85,7 @@ def _spawner(cls, client: FlakyClient, hub_id: str, user: str = "ann", **config)
         "usage_db_url": "",
         "client_kwargs": {"base_url": f"unix:///var/run/docker.sock#{hub_id}"},  # its own allocator
     }
-    return flaky(user=FakeUser(user), hub=hub, **{**settings, **config})
+    return offline_spawner(flaky, user, **{**settings, **config})
 
 
 @pytest.fixture
