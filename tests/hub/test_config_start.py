@@ -2,7 +2,9 @@
 
 Each case starts ``jupyterhub -f jupyterhub_config.py`` (as ``deploy/gpuhub-up`` does) with one
 bad environment variable, and checks the exit code, the one-line message and that nothing
-started. A profile's ``mem_limit: "4Gi"`` is accepted, and a spawn with it gets 4 GiB.
+started. A profile's ``mem_limit: "4Gi"`` in the deprecated variable is still accepted, and a
+spawn with it gets 4 GiB. A bad gpuhub.yaml stops the hub with the lines ``gpuhub config check``
+prints; a good one drives it.
 """
 
 from __future__ import annotations
