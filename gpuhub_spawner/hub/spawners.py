@@ -48,24 +48,25 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             )
         return True
 
+    #: the hub's additions to each of DockerSpawner's create extension points (methods below)
+    _GPU_ADDITIONS = {"extra_create_kwargs": "gpu_create_kwargs", "extra_host_config": "gpu_host_config"}
+
+    def _with_gpu(self, name: str, configured: Any) -> WithGPU:
+        add = getattr(type(self), self._GPU_ADDITIONS[name])
+        return configured if isinstance(configured, WithGPU) else WithGPU(configured, add)
+
     @default("extra_create_kwargs")
     def _default_extra_create_kwargs(self) -> WithGPU:
-        return WithGPU({}, type(self).gpu_create_kwargs)
-
-    @validate("extra_create_kwargs")
-    def _with_gpu_create_kwargs(self, proposal: Any) -> WithGPU:
-        # what the operator sets is kept; the hub's labels are merged over it at create
-        value = proposal.value
-        return value if isinstance(value, WithGPU) else WithGPU(value, type(self).gpu_create_kwargs)
+        return self._with_gpu("extra_create_kwargs", {})
 
     @default("extra_host_config")
     def _default_extra_host_config(self) -> WithGPU:
-        return WithGPU({}, type(self).gpu_host_config)
+        return self._with_gpu("extra_host_config", {})
 
-    @validate("extra_host_config")
-    def _with_gpu_host_config(self, proposal: Any) -> WithGPU:
-        value = proposal.value
-        return value if isinstance(value, WithGPU) else WithGPU(value, type(self).gpu_host_config)
+    @validate("extra_create_kwargs", "extra_host_config")
+    def _keep_operator_values(self, proposal: Any) -> WithGPU:
+        # what the operator sets is kept; the hub's own settings are merged over it at create
+        return self._with_gpu(proposal.trait.name, proposal.value)
 
     # ---- engine access for the allocator ---------------------------------------------
 
