@@ -12,13 +12,12 @@
 # over the file, each with a notice naming its key (gpuhub_spawner/core/hubconfig.py lists
 # them). Secrets stay in the environment or in files the config names: GITHUB_CLIENT_SECRET,
 # JUPYTERHUB_CRYPT_KEY, GPUHUB_TUTORIALS_TOKEN, GPUHUB_WEBHOOK_SECRET, the *_file keys.
-import json
 import os
 import sys
 from pathlib import Path
 
 from gpuhub_spawner.core import dockerhost, hubconfig
-from gpuhub_spawner.core.config import ConfigFileError, load_config
+from gpuhub_spawner.core.config import ConfigFileError, file_settings, load_config
 from gpuhub_spawner.hub import managed_services
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
@@ -32,9 +31,13 @@ except hubconfig.ConfigError as e:
     hubconfig.fail(str(e))
 data_dir = Path(cfg.hub.data_dir or here / "data").resolve()
 data_dir.mkdir(parents=True, exist_ok=True)
-# services read the same file (and, for this release, the variables the hub passes them)
-config_file = os.environ.get("GPUHUB_CONFIG", "").strip()
-service_env = {"GPUHUB_CONFIG": str(Path(config_file).resolve())} if config_file else {}
+# services read the same file themselves; the hub passes them only what the file does not say
+# (gpuhub_spawner/hub/managed_services.py says what travels how)
+service_env = managed_services.file_wiring(os.environ)
+try:
+    from_file = file_settings(os.environ)  # what each service reads in it
+except ConfigFileError as e:
+    hubconfig.fail(*e.lines)
 
 # ---- the Docker engine: its unix socket, or a TCP address with mutual TLS only ------------
 # Checked before anything talks to the engine (the user network, the bridge address below).
@@ -112,14 +115,7 @@ if swarm_mode:
     c.JupyterHub.spawner_class = "gpu-swarm"
 
 # ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
-admin_service, admin_role = managed_services.admin(
-    cfg.services.admin_port,
-    {
-        "GPUHUB_USAGE_DB_URL": c.GPUDockerSpawner.usage_db_url,
-        "GPUHUB_QUOTA_DEFAULTS": json.dumps(cfg.quota_defaults),
-        **service_env,
-    },
-)
+admin_service, admin_role = managed_services.admin(cfg.services.admin_port, c.GPUDockerSpawner, from_file, service_env)
 c.JupyterHub.services.append(admin_service)
 c.JupyterHub.load_roles.append(admin_role)
 c.GPUDockerSpawner.http_timeout = 120
@@ -130,7 +126,7 @@ if cfg.tutorials.repo:
     store = Path(cfg.tutorials.store or data_dir / "tutorials")
     # secrets travel in the environment, never on the command line
     secrets = {k: os.environ[k] for k in ("GPUHUB_TUTORIALS_TOKEN", "GPUHUB_WEBHOOK_SECRET") if os.environ.get(k)}
-    c.JupyterHub.services.append(managed_services.tutorial_sync(cfg.tutorials, store, secrets))
+    c.JupyterHub.services.append(managed_services.tutorial_sync(cfg, store, {**secrets, **service_env}, from_file))
     if cfg.metrics.exporter_port:
         c.JupyterHub.load_roles.append(managed_services.exporter_reads_tutorial_sync())
     if not cfg.tutorials.source:
@@ -216,13 +212,15 @@ if template_paths:
 #                                "prometheus" service whose role holds only read:metrics (for
 #                                /hub/metrics and the exporter's /services/gpuhub-exporter/metrics)
 if cfg.metrics.exporter_port:
-    exporter_env = managed_services.spawner_environment(c.GPUDockerSpawner)
+    exporter_env = dict(service_env)
     if cfg.tutorials.repo:
         exporter_env["GPUHUB_TUTORIAL_SYNC_STATUS_URL"] = managed_services.tutorial_sync_status_url(cfg.tutorials)
     if swarm_mode:
-        exporter_env.update(managed_services.swarm_environment(c.GPUDockerSpawner, c.GPUSwarmSpawner, os.environ))
+        exporter_env.update(
+            managed_services.swarm_environment(c.GPUDockerSpawner, c.GPUSwarmSpawner, os.environ, from_file)
+        )
     exporter_service, exporter_role = managed_services.exporter(
-        cfg.metrics.exporter_port, {**exporter_env, **service_env}
+        cfg.metrics.exporter_port, c.GPUDockerSpawner, from_file, exporter_env
     )
     c.JupyterHub.services.append(exporter_service)
     c.JupyterHub.load_roles.append(exporter_role)
@@ -252,7 +250,7 @@ if cfg.metrics.prometheus_token_file:
 # other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
 # Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
 if cfg.culler.enabled:
-    culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, service_env)
+    culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, from_file, service_env)
     c.JupyterHub.services.append(culler_service)
     c.JupyterHub.load_roles.append(culler_role)
 # ---- end of culler -------------------------------------------------------------------------
@@ -261,6 +259,17 @@ if cfg.culler.enabled:
 # ---- such as "your server stopped while the hub was restarting" (rows in the usage database) ---
 notices_db = c.GPUDockerSpawner.get("usage_db_url", "")
 if notices_db:
+    # opened (so migrated) once at start: a database migrated by a NEWER gpuhub stops the hub
+    # here in one line saying what to do, not at somebody's first spawn
+    from gpuhub_spawner.storage.db import SchemaError, open_engine
+
+    try:
+        open_engine(notices_db).dispose()
+    except SchemaError as e:
+        print(f"gpuhub: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except Exception as e:  # noqa: BLE001 - not reachable now: opened again where it is used
+        print(f"gpuhub: the usage database cannot be opened now ({e}); it is tried again when used", flush=True)
     from gpuhub_spawner.hub.announce import hub_announcement
 
     page_vars = dict(c.JupyterHub.get("template_vars", {}))

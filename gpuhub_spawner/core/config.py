@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from gpuhub_spawner.core import sizes
-from gpuhub_spawner.core.hubconfig import env_overlay, plain_username
+from gpuhub_spawner.core.hubconfig import UPSTREAM, env_overlay, plain_username
 from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
 from gpuhub_spawner.core.isolation import DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT, DEFAULT_PIDS_LIMIT
 from gpuhub_spawner.core.quotas import BOUNDS, FIELDS, QuotaError, parse_quota
@@ -182,6 +182,10 @@ class Limits(Section):
         return _size_field(value, *BOUNDS["mem_limit"])
 
 
+#: the culler's timings: set here, they win over the culler's own config_file
+CULLER_TIMINGS = ("every", "idle_cpu_timeout", "idle_gpu_timeout", "warn_seconds")
+
+
 class Culler(Section):
     """The GPU-aware idle culler service (hub_services/culler)."""
 
@@ -196,10 +200,6 @@ class Culler(Section):
     idle_gpu_timeout: float | None = Field(None, ge=0)
     warn_seconds: float | None = Field(None, ge=0)
 
-    def command_options(self) -> list[str]:
-        """The culler's command-line options for the timings set here."""
-        names = ("every", "idle_cpu_timeout", "idle_gpu_timeout", "warn_seconds")
-        return [f"--{n.replace('_', '-')}={getattr(self, n):g}" for n in names if getattr(self, n) is not None]
 
 
 class Tutorials(Section):
@@ -506,11 +506,11 @@ def _from_variable(line: str, used: list[tuple[str, str]]) -> str:
 
 
 def service_settings(cfg: GPUHubConfig) -> dict[str, Any]:
-    """The settings a service takes from gpuhub.yaml, by the trait names of the services' base
-    (``hub_services/common/base.py``): a service applies those of its traits found here, below
-    what the hub passes it in the environment (the final values, after ``hub.extra_config``).
+    """The settings a service takes from gpuhub.yaml, by the services' trait names (each service
+    applies those of its traits found here as its lowest layer: ``hub_services/common/base.py``).
 
-    Empty values are left out, so a service keeps its own default (as for an unset variable).
+    Empty values are left out, so a service keeps its own default (as for an unset variable);
+    so are culler timings the file leaves null.
     """
     settings = {
         "usage_db_url": cfg.hub.usage_db_url,
@@ -522,5 +522,28 @@ def service_settings(cfg: GPUHubConfig) -> dict[str, Any]:
         "gpu_profiles": [p.spawner_entry() for p in cfg.profiles],
         "spawner": cfg.hub.spawner,
         "docker_host": cfg.hub.docker_host,
+        **{name: getattr(cfg.culler, name) for name in CULLER_TIMINGS},
+        # tutorial-sync's (its store defaults to a place only the hub knows: the hub passes it)
+        "repo_url": cfg.tutorials.repo,
+        "branch": cfg.tutorials.branch,
+        "poll_interval": cfg.tutorials.poll_interval,
+        "max_total_mb": cfg.tutorials.max_total_mb,
+        "max_files": cfg.tutorials.max_files,
     }
     return {name: value for name, value in settings.items() if value not in ("", [], {}, None)}
+
+
+def file_settings(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """What a service reads: :func:`service_settings` of the file named by ``GPUHUB_CONFIG`` in
+    ``environ``, alone; none without one.
+
+    Alone: the deprecated ``GPUHUB_*`` variables are read by the hub, which passes a service
+    what they change (the service's own environment holds variables of the same names that are
+    not deprecated there).  Upstream ones (``GITHUB_CLIENT_ID``) count, as for the hub.  The hub
+    calls this too, to know what each service reads. Raises ConfigFileError.
+    """
+    path = environ.get("GPUHUB_CONFIG", "").strip()
+    if not path:
+        return {}
+    upstream = {name: environ[name] for name in UPSTREAM if environ.get(name, "").strip()}
+    return service_settings(load_config(path, upstream, notify=lambda line: None))

@@ -1,8 +1,8 @@
 """One base for gpuhub's four hub-managed services (admin, culler, exporter, tutorial-sync).
 
-What every service does the same way lives here once: where its settings come from (the hub's
-``JUPYTERHUB_*`` variables and gpuhub's own, :meth:`HubService.settings_from_environment`),
-logging, one HTTP server under the service's prefix, a ``metrics`` handler that asks for a
+What every service does the same way lives here once: where its settings come from
+(``gpuhub.yaml``, :meth:`HubService.settings_from_file`; then the hub's ``JUPYTERHUB_*`` variables
+and what the hub adds, :meth:`HubService.settings_from_environment`), logging, one HTTP server under the service's prefix, a ``metrics`` handler that asks for a
 token with ``read:metrics``, and a prompt stop on SIGINT/SIGTERM
 (:mod:`hub_services.common.shutdown`).  A service subclasses :class:`HubService`, adds its
 own traits and handlers, and writes :meth:`HubService.serve`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -25,7 +26,9 @@ from traitlets import Dict, Float, Unicode, default
 from traitlets.config import Application, Config
 
 from gpuhub_spawner.core import hubconfig
+from gpuhub_spawner.core.config import ConfigFileError, file_settings
 from gpuhub_spawner.core.quotas import QuotaError, parse_quota
+from gpuhub_spawner.storage.db import SchemaError
 from hub_services.common.hubapi import HubClient
 from hub_services.common.shutdown import run_until_stopped
 
@@ -65,7 +68,8 @@ def _count(name: str) -> int:
 
 #: Every environment variable a service reads: trait name -> (variable, how to read it).  A
 #: variable that is unset or blank leaves the trait at its default; a service takes only the
-#: traits it has.  The hub sets the JUPYTERHUB_* ones; jupyterhub_config.py the GPUHUB_* ones.
+#: traits it has.  The hub sets the JUPYTERHUB_* ones; jupyterhub_config.py the GPUHUB_* ones
+#: that are per-process wiring or differ from gpuhub.yaml (gpuhub_spawner/hub/managed_services.py).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "api_url": ("JUPYTERHUB_API_URL", _text),
     "api_token": ("JUPYTERHUB_API_TOKEN", _text),
@@ -93,8 +97,9 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
 class HubService(Application):
     """A hub-managed gpuhub service: the hub's settings, a web server under its prefix, a clean stop.
 
-    Settings come, lowest first, from the environment (:meth:`settings_from_environment`), a
-    config file, the command line, then keyword arguments.
+    Settings come, lowest first, from gpuhub.yaml (:meth:`settings_from_file`), the
+    environment (:meth:`settings_from_environment`), a config file, the command line, then
+    keyword arguments.
     """
 
     #: the port of ``service_url`` when the hub does not say (run by hand)
@@ -128,10 +133,40 @@ class HubService(Application):
         return f"http://127.0.0.1:{self.default_port}"
 
     def __init__(self, **kwargs: Any):
-        config = Config({type(self).__name__: self.settings_from_environment()})
+        #: what this service took from gpuhub.yaml (trait -> value)
+        self.file_settings = self.settings_from_file()
+        config = Config({type(self).__name__: {**self.file_settings, **self.settings_from_environment()}})
         if kwargs.get("config") is not None:
             config.merge(kwargs.pop("config"))
         super().__init__(config=config, **kwargs)
+
+    def settings_from_file(self) -> dict[str, Any]:
+        """This service's traits as ``gpuhub.yaml`` (``GPUHUB_CONFIG``) sets them; none without it.
+
+        The file alone: the deprecated variables are the hub's, which passes what they change
+        (:mod:`gpuhub_spawner.hub.managed_services`).  A bad file stops the service with the
+        lines of ``gpuhub config check`` (exit 2, no traceback).
+        """
+        try:
+            settings = file_settings(os.environ)
+        except ConfigFileError as e:
+            hubconfig.fail(*e.lines)
+        except hubconfig.ConfigError as e:
+            hubconfig.fail(str(e))
+        names = set(self.class_trait_names(config=True))
+        return {trait: value for trait, value in settings.items() if trait in names}
+
+    def load_own_config_file(self, path: str, file_wins: tuple[str, ...] = ()) -> None:
+        """Load this service's own config file (``--config``) over gpuhub.yaml and the environment.
+
+        The traits in ``file_wins`` that gpuhub.yaml sets, then the command line, stay over it.
+        """
+        path = os.path.abspath(path)
+        self.load_config_file(os.path.basename(path), path=os.path.dirname(path))
+        wins = {trait: self.file_settings[trait] for trait in file_wins if trait in self.file_settings}
+        if wins:
+            self.update_config(Config({type(self).__name__: wins}))
+        self.update_config(self.cli_config)  # the command line wins over the file
 
     def settings_from_environment(self) -> dict[str, Any]:
         """This service's traits as the environment sets them (:data:`ENVIRONMENT`).
@@ -181,10 +216,18 @@ class HubService(Application):
 
     @classmethod
     def main(cls, argv: list[str] | None = None) -> None:
-        """The console script: read the environment, config and command line, then serve."""
+        """The console script: read gpuhub.yaml, the environment, config and command line, then serve.
+
+        A usage database migrated by a newer gpuhub stops the service with one line saying so
+        and what to do (no traceback: nothing here can fix it).
+        """
         app = cls()
         app.initialize(argv)
-        app.start()
+        try:
+            app.start()
+        except SchemaError as e:
+            print(f"{cls.name}: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

@@ -33,12 +33,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import Any
 
 from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
+from gpuhub_spawner.core.config import CULLER_TIMINGS
 from gpuhub_spawner.storage.ledger import UsageLedger
 from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.common.base import LOG_FORMAT, MetricsHandler, ServiceHandler, UsageService
@@ -209,10 +209,8 @@ class CullerApp(UsageService):
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
-        if self.config_file:
-            path = os.path.abspath(self.config_file)
-            self.load_config_file(os.path.basename(path), path=os.path.dirname(path))
-            self.update_config(self.cli_config)  # the command line wins over the file
+        if self.config_file:  # gpuhub.yaml's culler timings win over it (gpuhub.yaml says so)
+            self.load_own_config_file(self.config_file, file_wins=CULLER_TIMINGS)
 
     def settings(self) -> core.Settings:
         return core.Settings(

@@ -5,14 +5,14 @@ from __future__ import annotations
 from gpuhub_spawner.core import config
 
 
-def test_the_culler_reads_the_timings_gpuhub_yaml_sets() -> None:
+def test_the_culler_reads_the_timings_gpuhub_yaml_sets(tmp_path, monkeypatch) -> None:
     from hub_services.culler.app import CullerApp
 
-    cfg = config.validate({"culler": {"every": 30, "idle_cpu_timeout": 7200, "idle_gpu_timeout": 600.5}})
-    options = cfg.culler.command_options()
-    assert options == ["--every=30", "--idle-cpu-timeout=7200", "--idle-gpu-timeout=600.5"]
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text("culler:\n  every: 30\n  idle_cpu_timeout: 7200\n  idle_gpu_timeout: 600.5\n")
+    monkeypatch.setenv("GPUHUB_CONFIG", str(path))
     app = CullerApp()
-    app.parse_command_line(options)
+    app.initialize([])
     assert (app.every, app.idle_cpu_timeout, app.idle_gpu_timeout) == (30, 7200, 600.5)
     assert app.warn_seconds == CullerApp.warn_seconds.default_value  # not set: the culler's own
 
@@ -23,20 +23,28 @@ def test_the_tutorial_cap_reaches_tutorial_sync_in_its_unit() -> None:
 
 
 def test_service_settings_use_the_service_trait_names() -> None:
-    """Every name is a trait the services' base reads from the environment today, so one table serves both."""
-    from hub_services.common.base import ENVIRONMENT
+    """Every name is a setting of one of the services, so each takes its own by name."""
+    from hub_services.admin.app import AdminServiceApp
+    from hub_services.culler.app import CullerApp
+    from hub_services.exporter.app import HubExporterApp
+    from hub_services.tutorial_sync.app import TutorialSyncApp
 
+    traits = set().union(*(set(a.class_trait_names(config=True)) for a in
+                           (AdminServiceApp, CullerApp, HubExporterApp, TutorialSyncApp)))
     cfg = config.validate({
         "hub": {"usage_db_url": "sqlite:////srv/u.db", "spawner": "swarm", "docker_host": "tcp://m:2376"},
         "quota_defaults": {"max_gpu_units": 1},
-        "culler": {"gpu_agent_urls": ["http://n1:9400"]},
+        "culler": {"gpu_agent_urls": ["http://n1:9400"], "warn_seconds": 60},
         "profiles": [{"slug": "cpu", "pool": None, "mem_limit": "4G"}],
+        "tutorials": {"repo": "https://git.example/t.git"},
     })
     settings = config.service_settings(cfg)
-    assert set(settings) <= set(ENVIRONMENT)
+    assert set(settings) <= traits
     assert settings["usage_db_url"] == "sqlite:////srv/u.db" and settings["spawner"] == "swarm"
     assert settings["gpu_profiles"] == [{"slug": "cpu", "pool": None, "mem_limit": "4G"}]
-    assert "gpu_inventory" not in settings  # empty: the service keeps its default
+    assert settings["warn_seconds"] == 60 and settings["repo_url"] == "https://git.example/t.git"
+    assert "gpu_inventory" not in settings and "every" not in settings  # unset: the service keeps its default
     assert config.service_settings(config.GPUHubConfig()) == {
-        "gpu_discovery": "auto", "gpu_replicas_per_gpu": 1, "spawner": "docker"
+        "gpu_discovery": "auto", "gpu_replicas_per_gpu": 1, "spawner": "docker",
+        "branch": "main", "poll_interval": 60, "max_total_mb": 10240, "max_files": 100000,
     }
