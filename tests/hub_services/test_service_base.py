@@ -1,4 +1,4 @@
-"""The one base of the four services: where settings come from (environment < config file <
+"""The one base of the four services: where settings come from (gpuhub.yaml < environment < config file <
 command line < keyword arguments) and a bad variable stopping a service with its name.
 
 Its ``metrics`` handler (a token with ``read:metrics``) is tested against real hubs in the
@@ -20,7 +20,7 @@ APPS = [AdminServiceApp, CullerApp, HubExporterApp, TutorialSyncApp]
 
 @pytest.fixture
 def hub_env(monkeypatch):
-    for key in ("JUPYTERHUB_API_URL", "JUPYTERHUB_SERVICE_URL", "GPUHUB_QUOTA_DEFAULTS", "GPUHUB_HUB_ID"):
+    for key in ("JUPYTERHUB_API_URL", "JUPYTERHUB_SERVICE_URL", "GPUHUB_QUOTA_DEFAULTS", "GPUHUB_HUB_ID", "GPUHUB_CONFIG"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "svc-token")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/x")
@@ -70,3 +70,34 @@ def test_bad_quota_defaults_stop_the_services_that_enforce_them(hub_env):
     for cls in (AdminServiceApp, CullerApp):
         with pytest.raises(SystemExit, match="max_gpu_units: 'lots' is not a whole number.*fix GPUHUB_QUOTA_DEFAULTS"):
             cls().checked_quota_defaults()
+
+
+def test_gpuhub_yaml_is_the_lowest_layer_and_its_culler_timings_win_over_the_cullers_own_file(hub_env, tmp_path):
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text(
+        "hub: {usage_db_url: 'sqlite:////srv/from-yaml.db'}\n"
+        "quota_defaults: {period: week}\n"
+        "culler: {every: 30, warn_seconds: 90}\n"
+    )
+    hub_env.setenv("GPUHUB_CONFIG", str(path))
+    hub_env.setenv("GPUHUB_QUOTA_DEFAULTS", '{"period": "day"}')  # the hub changed it: over the file
+    own = tmp_path / "culler.json"
+    own.write_text(json.dumps({"CullerApp": {"every": 5, "idle_cpu_timeout": 99, "usage_db_url": "sqlite:////x.db"}}))
+    app = CullerApp()
+    app.initialize([f"--config={own}", "--warn-seconds=7"])
+    assert app.quota_defaults == {"period": "day"}
+    assert app.usage_db_url == "sqlite:////x.db"  # its own file is over gpuhub.yaml...
+    assert (app.every, app.idle_cpu_timeout) == (30, 99)  # ...but not over the timings gpuhub.yaml sets
+    assert app.warn_seconds == 7  # the command line over all
+    assert AdminServiceApp().usage_db_url == "sqlite:////srv/from-yaml.db"
+    assert "every" not in HubExporterApp().file_settings  # a service takes only its own traits
+
+
+def test_a_bad_gpuhub_yaml_stops_the_service_with_config_checks_lines(hub_env, tmp_path, capsys):
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text("culler: {every: -1}\n")
+    hub_env.setenv("GPUHUB_CONFIG", str(path))
+    with pytest.raises(SystemExit) as stop:
+        CullerApp()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("gpuhub: configuration error: culler.every: -1")
