@@ -24,6 +24,14 @@ G0 = "GPU-00000000-1111-2222-3333-000000000000"
 M0 = "MIG-00000000-1111-2222-3333-000000000010"
 
 
+def refusal(monkeypatch: pytest.MonkeyPatch, name: str, raw: str, read) -> str:
+    """The message of the ConfigError that ``read(name)`` raises with ``name`` set to ``raw``."""
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigError) as info:
+        read(name)
+    return str(info.value)
+
+
 # ---- env_json / env_number -------------------------------------------------------------
 
 
@@ -96,10 +104,7 @@ def test_env_number(monkeypatch: pytest.MonkeyPatch, raw, default, minimum, expe
     ids=["not-a-number", "below-minimum", "above-maximum", "nan"],
 )
 def test_env_number_errors(monkeypatch: pytest.MonkeyPatch, raw, message):
-    monkeypatch.setenv("GPUHUB_N", raw)
-    with pytest.raises(ConfigError) as info:
-        env_number("GPUHUB_N", 30, maximum=3600)
-    assert str(info.value) == message
+    assert refusal(monkeypatch, "GPUHUB_N", raw, lambda n: env_number(n, 30, maximum=3600)) == message
 
 
 @pytest.mark.parametrize(
@@ -114,10 +119,7 @@ def test_env_port(monkeypatch: pytest.MonkeyPatch, raw, expected):
 
 @pytest.mark.parametrize("raw", ["abc", "0", "65536", "-1", "80.5", "8 0", " 8000", "1e3"])
 def test_env_port_errors(monkeypatch: pytest.MonkeyPatch, raw):
-    monkeypatch.setenv("GPUHUB_P", raw)
-    with pytest.raises(ConfigError) as info:
-        env_port("GPUHUB_P", 8081)
-    message = str(info.value)
+    message = refusal(monkeypatch, "GPUHUB_P", raw, lambda n: env_port(n, 8081))
     assert message.startswith(f"GPUHUB_P={raw!r} ")
     assert "Set it to a port number" in message
 
@@ -133,10 +135,7 @@ def test_env_port_errors(monkeypatch: pytest.MonkeyPatch, raw):
     ids=["fraction", "word", "below", "above"],
 )
 def test_env_int_errors(monkeypatch: pytest.MonkeyPatch, raw, message):
-    monkeypatch.setenv("GPUHUB_R", raw)
-    with pytest.raises(ConfigError) as info:
-        env_int("GPUHUB_R", 1, minimum=1, maximum=64)
-    assert str(info.value) == message
+    assert refusal(monkeypatch, "GPUHUB_R", raw, lambda n: env_int(n, 1, minimum=1, maximum=64)) == message
 
 
 def test_env_quota(monkeypatch: pytest.MonkeyPatch):
@@ -162,10 +161,7 @@ def test_env_quota(monkeypatch: pytest.MonkeyPatch):
     ids=["word", "absurd", "not-a-mapping"],
 )
 def test_env_quota_errors(monkeypatch: pytest.MonkeyPatch, raw, message):
-    monkeypatch.setenv("GPUHUB_Q", raw)
-    with pytest.raises(ConfigError) as info:
-        env_quota("GPUHUB_Q")
-    assert str(info.value).startswith(message)
+    assert refusal(monkeypatch, "GPUHUB_Q", raw, env_quota).startswith(message)
 
 
 def test_read_token_file(tmp_path: Path):
