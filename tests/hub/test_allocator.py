@@ -259,7 +259,8 @@ async def test_waiter_times_out_with_its_position():
         await first
 
 
-async def test_cancelled_waiter_leaves_the_queue():
+async def one_gpu_held_and_two_waiting():
+    """One whole GPU held by "h", with "w1" then "w2" waiting in line for it."""
     engine = FakeEngine()
     alloc = Allocator(make_inventory(whole=1), engine.list_held)
     unit = await spawn(alloc, engine, "h", "gpu")
@@ -267,6 +268,11 @@ async def test_cancelled_waiter_leaves_the_queue():
     await until(lambda: alloc.queue_length("gpu") == 1)
     w2 = asyncio.create_task(spawn(alloc, engine, "w2", "gpu", max_wait=30))
     await until(lambda: alloc.queue_length("gpu") == 2)
+    return engine, alloc, unit, w1, w2
+
+
+async def test_cancelled_waiter_leaves_the_queue():
+    engine, alloc, unit, w1, w2 = await one_gpu_held_and_two_waiting()
 
     w1.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -281,13 +287,7 @@ async def test_cancelled_waiter_leaves_the_queue():
 
 @pytest.mark.parametrize("order", ["cancel-then-release", "release-then-cancel"])
 async def test_unit_handed_to_a_cancelled_waiter_is_passed_on(order):
-    engine = FakeEngine()
-    alloc = Allocator(make_inventory(whole=1), engine.list_held)
-    unit = await spawn(alloc, engine, "h", "gpu")
-    w1 = asyncio.create_task(spawn(alloc, engine, "w1", "gpu", max_wait=30))
-    await until(lambda: alloc.queue_length("gpu") == 1)
-    w2 = asyncio.create_task(spawn(alloc, engine, "w2", "gpu", max_wait=30))
-    await until(lambda: alloc.queue_length("gpu") == 2)
+    engine, alloc, unit, w1, w2 = await one_gpu_held_and_two_waiting()
 
     engine.vanish("h")
     # both happen before w1 runs again: the unit reaches w1 as it is cancelled
