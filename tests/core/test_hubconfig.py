@@ -93,18 +93,40 @@ def test_env_number(monkeypatch: pytest.MonkeyPatch, raw, default, minimum, expe
     assert env_number("GPUHUB_N", default, minimum) == expected
 
 
+def _number(name: str) -> float:
+    return env_number(name, 30, maximum=3600)
+
+
+def _whole(name: str) -> int:
+    return env_int(name, 1, minimum=1, maximum=64)
+
+
 @pytest.mark.parametrize(
-    "raw, message",
+    "read, raw, message",
     [
-        ("ten", "GPUHUB_N='ten' is not a number. Set it to a number such as 30."),
-        ("-1", "GPUHUB_N='-1' is out of range. Set it to at least 0 and at most 3600."),
-        ("4000", "GPUHUB_N='4000' is out of range. Set it to at least 0 and at most 3600."),
-        ("nan", "GPUHUB_N='nan' is out of range. Set it to at least 0 and at most 3600."),
+        pytest.param(_number, "ten", "GPUHUB_N='ten' is not a number. Set it to a number such as 30.",
+                     id="not-a-number"),
+        pytest.param(_number, "-1", "GPUHUB_N='-1' is out of range. Set it to at least 0 and at most 3600.",
+                     id="below-minimum"),
+        pytest.param(_number, "4000", "GPUHUB_N='4000' is out of range. Set it to at least 0 and at most 3600.",
+                     id="above-maximum"),
+        pytest.param(_number, "nan", "GPUHUB_N='nan' is out of range. Set it to at least 0 and at most 3600.",
+                     id="nan"),
+        pytest.param(_whole, "1.5",
+                     "GPUHUB_N='1.5' is not a whole number. Set it to a whole number from 1 to 64, such as 1.",
+                     id="whole-fraction"),
+        pytest.param(_whole, "four",
+                     "GPUHUB_N='four' is not a whole number. Set it to a whole number from 1 to 64, such as 1.",
+                     id="whole-word"),
+        pytest.param(_whole, "0", "GPUHUB_N='0' is out of range. Set it to a whole number from 1 to 64.",
+                     id="whole-below"),
+        pytest.param(_whole, "65", "GPUHUB_N='65' is out of range. Set it to a whole number from 1 to 64.",
+                     id="whole-above"),
     ],
-    ids=["not-a-number", "below-minimum", "above-maximum", "nan"],
 )
-def test_env_number_errors(monkeypatch: pytest.MonkeyPatch, raw, message):
-    assert refusal(monkeypatch, "GPUHUB_N", raw, lambda n: env_number(n, 30, maximum=3600)) == message
+def test_env_number_errors(monkeypatch: pytest.MonkeyPatch, read, raw, message):
+    """env_number and env_int (whole numbers) refuse with the setting, the value and the range."""
+    assert refusal(monkeypatch, "GPUHUB_N", raw, read) == message
 
 
 @pytest.mark.parametrize(
@@ -122,20 +144,6 @@ def test_env_port_errors(monkeypatch: pytest.MonkeyPatch, raw):
     message = refusal(monkeypatch, "GPUHUB_P", raw, lambda n: env_port(n, 8081))
     assert message.startswith(f"GPUHUB_P={raw!r} ")
     assert "Set it to a port number" in message
-
-
-@pytest.mark.parametrize(
-    "raw, message",
-    [
-        ("1.5", "GPUHUB_R='1.5' is not a whole number. Set it to a whole number from 1 to 64, such as 1."),
-        ("four", "GPUHUB_R='four' is not a whole number. Set it to a whole number from 1 to 64, such as 1."),
-        ("0", "GPUHUB_R='0' is out of range. Set it to a whole number from 1 to 64."),
-        ("65", "GPUHUB_R='65' is out of range. Set it to a whole number from 1 to 64."),
-    ],
-    ids=["fraction", "word", "below", "above"],
-)
-def test_env_int_errors(monkeypatch: pytest.MonkeyPatch, raw, message):
-    assert refusal(monkeypatch, "GPUHUB_R", raw, lambda n: env_int(n, 1, minimum=1, maximum=64)) == message
 
 
 def test_env_quota(monkeypatch: pytest.MonkeyPatch):

@@ -259,20 +259,20 @@ async def test_waiter_times_out_with_its_position():
         await first
 
 
-async def one_gpu_held_and_two_waiting():
-    """One whole GPU held by "h", with "w1" then "w2" waiting in line for it."""
+async def one_gpu_held_and_waiting(*waiters: str):
+    """One whole GPU held by "h", with ``waiters`` waiting in line for it, in this order."""
     engine = FakeEngine()
     alloc = Allocator(make_inventory(whole=1), engine.list_held)
     unit = await spawn(alloc, engine, "h", "gpu")
-    w1 = asyncio.create_task(spawn(alloc, engine, "w1", "gpu", max_wait=30))
-    await until(lambda: alloc.queue_length("gpu") == 1)
-    w2 = asyncio.create_task(spawn(alloc, engine, "w2", "gpu", max_wait=30))
-    await until(lambda: alloc.queue_length("gpu") == 2)
-    return engine, alloc, unit, w1, w2
+    tasks = []
+    for name in waiters:
+        tasks.append(asyncio.create_task(spawn(alloc, engine, name, "gpu", max_wait=30)))
+        await until(lambda n=len(tasks): alloc.queue_length("gpu") == n)
+    return engine, alloc, unit, *tasks
 
 
 async def test_cancelled_waiter_leaves_the_queue():
-    engine, alloc, unit, w1, w2 = await one_gpu_held_and_two_waiting()
+    engine, alloc, unit, w1, w2 = await one_gpu_held_and_waiting("w1", "w2")
 
     w1.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -287,7 +287,7 @@ async def test_cancelled_waiter_leaves_the_queue():
 
 @pytest.mark.parametrize("order", ["cancel-then-release", "release-then-cancel"])
 async def test_unit_handed_to_a_cancelled_waiter_is_passed_on(order):
-    engine, alloc, unit, w1, w2 = await one_gpu_held_and_two_waiting()
+    engine, alloc, unit, w1, w2 = await one_gpu_held_and_waiting("w1", "w2")
 
     engine.vanish("h")
     # both happen before w1 runs again: the unit reaches w1 as it is cancelled
@@ -307,11 +307,7 @@ async def test_unit_handed_to_a_cancelled_waiter_is_passed_on(order):
 
 async def test_handed_unit_is_not_taken_back_by_a_resync():
     """Between hand-off and the waiter waking up, a newcomer's re-read must not free the unit."""
-    engine = FakeEngine()
-    alloc = Allocator(make_inventory(whole=1), engine.list_held)
-    unit = await spawn(alloc, engine, "h", "gpu")
-    waiter = asyncio.create_task(spawn(alloc, engine, "w", "gpu", max_wait=30))
-    await until(lambda: alloc.queue_length("gpu") == 1)
+    engine, alloc, unit, waiter = await one_gpu_held_and_waiting("w")
 
     engine.vanish("h")
     await alloc.release("h")  # hands the unit to w; w has not run yet
