@@ -146,13 +146,18 @@ def test_user_edit_without_upstream_change_is_left_alone(dirs: tuple[Path, Path]
     assert (dst / "intro.ipynb").read_text() == "my notes"
 
 
-def test_upstream_sibling_is_refreshed_only_while_the_user_has_not_edited_it(
-        dirs: tuple[Path, Path]) -> None:
-    src, dst = dirs
+def _conflict_on_intro(src: Path, dst: Path) -> None:
+    """The user edits intro.ipynb, upstream changes it too, and a start saves intro.upstream.ipynb."""
     usercopy.sync_copy(src, dst)
     _write(dst / "intro.ipynb", "my notes")
     _write(src / "intro.ipynb", "intro v2")
     usercopy.sync_copy(src, dst)
+
+
+def test_upstream_sibling_is_refreshed_only_while_the_user_has_not_edited_it(
+        dirs: tuple[Path, Path]) -> None:
+    src, dst = dirs
+    _conflict_on_intro(src, dst)
     sibling = dst / "intro.upstream.ipynb"
     _write(src / "intro.ipynb", "intro v3")
     usercopy.sync_copy(src, dst)
@@ -169,10 +174,7 @@ def test_upstream_sibling_is_refreshed_only_while_the_user_has_not_edited_it(
 def test_deleted_upstream_sibling_is_not_recreated_for_the_same_version(
         dirs: tuple[Path, Path]) -> None:
     src, dst = dirs
-    usercopy.sync_copy(src, dst)
-    _write(dst / "intro.ipynb", "my notes")
-    _write(src / "intro.ipynb", "intro v2")
-    usercopy.sync_copy(src, dst)
+    _conflict_on_intro(src, dst)
     (dst / "intro.upstream.ipynb").unlink()
     report = usercopy.sync_copy(src, dst)
     assert not (dst / "intro.upstream.ipynb").exists()
