@@ -172,6 +172,17 @@ async def test_engine_500_in_swarm_poll_is_not_a_stopped_server(engine):
 # ---- stop, and the next start --------------------------------------------------------------
 
 
+async def _refused_still_holding(call, opening: str, allocator, spawner, unit) -> None:
+    """``call()`` fails as engine-unavailable in plain words, and the unit stays this server's."""
+    with pytest.raises(SpawnException) as refused:
+        await call()
+    assert refused.value.reason == "engine-unavailable"
+    assert refused.value.message.startswith(opening), refused.value.message
+    _clean(refused.value.message)
+    assert allocator.unit_of(spawner.object_name) == unit
+    await _nobody_else_gets(allocator)
+
+
 async def test_failed_stop_keeps_the_unit_and_says_so_plainly(engine):
     spawner = _spawner(GPUDockerSpawner, engine.client, engine.hub_id)
     spawner.leftover_retry_delays = (0.3,) * 100
@@ -179,25 +190,17 @@ async def test_failed_stop_keeps_the_unit_and_says_so_plainly(engine):
     engine.client.fail["stop"] = api_error(500, "cannot stop container: tried to kill container, but did not receive an exit event")
     engine.client.fail["remove_container"] = api_error(500, "could not kill running container, cannot remove")
 
-    with pytest.raises(SpawnException) as stopped:
-        await spawner.stop()
-    assert stopped.value.reason == "engine-unavailable"
-    assert stopped.value.message.startswith("The container engine could not stop your server."), stopped.value.message
-    _clean(stopped.value.message)
     # the container still runs with the GPU: the unit stays held, also across a re-read of the labels
-    assert allocator.unit_of(spawner.object_name) == unit
-    await _nobody_else_gets(allocator)
+    await _refused_still_holding(
+        spawner.stop, "The container engine could not stop your server.", allocator, spawner, unit
+    )
 
     # the hub forgets the server (JupyterHub clears its state); the user starts it again
     spawner.clear_state()
     spawner.user_options = {"profile": "gpu"}
-    with pytest.raises(SpawnException) as again:
-        await spawner.start()
-    assert again.value.reason == "engine-unavailable"
-    assert again.value.message.startswith("Your previous server is still shutting down and holds its GPU."), again.value.message
-    _clean(again.value.message)
-    assert allocator.unit_of(spawner.object_name) == unit
-    await _nobody_else_gets(allocator)
+    await _refused_still_holding(
+        spawner.start, "Your previous server is still shutting down and holds its GPU.", allocator, spawner, unit
+    )
 
     # the engine recovers: the hub's retries remove the leftover by force, and only then is
     # the unit free (nobody had to stop anything again)
