@@ -104,6 +104,14 @@ class Base(HubOAuthenticated, web.RequestHandler):
                 self.render_page("gpuhub_admin_error.html", title=f"Error {status_code}", message=reason)
             )
 
+    async def attempt(self, coro: Any, fallback: Any) -> tuple[Any, str]:
+        """``(its result, "")``, or ``(fallback, what went wrong)``: a page shows an AdminError
+        above what it could still show, instead of failing whole."""
+        try:
+            return await coro, ""
+        except core.AdminError as e:
+            return fallback, e.message
+
     def render_page(self, name: str, **context: Any) -> str:
         """One admin page inside the hub's page.html, for the signed-in admin (see pages.py)."""
         xsrf = self.xsrf_form_html() if self.current_user else ""
@@ -189,19 +197,11 @@ class ApiStop(ApiBase):
 
 class IndexPage(Base):
     async def get(self, message: str = "") -> None:
-        try:
-            usage = await core.usage(self.ctx)
-        except core.AdminError as e:
-            usage, message = [], e.message
+        usage, error = await self.attempt(core.usage(self.ctx), [])
         allocs = core.allocations(self.ctx)
         self.finish(
             self.render_page(
-                "gpuhub_admin_index.html",
-                title="GPU Hub",
-                tab="",
-                message=message,
-                allocs=allocs,
-                usage=usage,
+                "gpuhub_admin_index.html", title="GPU Hub", tab="", message=error or message, allocs=allocs, usage=usage
             )
         )
 
@@ -211,11 +211,9 @@ class QuotasPage(Base):
         await self.show()
 
     async def show(self, message: str = "", status: int = 200) -> None:
-        try:
-            data = await core.quotas(self.ctx)
-        except core.AdminError as e:
-            data = {"fields": list(FIELDS), "defaults": self.ctx.defaults, "groups": {}, "overrides": {}}
-            message = message or e.message
+        unread = {"fields": list(FIELDS), "defaults": self.ctx.defaults, "groups": {}, "overrides": {}}
+        data, error = await self.attempt(core.quotas(self.ctx), unread)
+        message = message or error
         self.set_status(status)
         self.finish(
             self.render_page(
@@ -257,18 +255,10 @@ class RosterPage(Base):
 
     async def post(self) -> None:
         text = self.get_body_argument("roster", "")
-        try:
-            report, message = await core.import_roster(self.ctx, text), ""
-        except core.AdminError as e:
-            report, message = None, e.message
+        report, message = await self.attempt(core.import_roster(self.ctx, text), None)
         self.finish(
             self.render_page(
-                "gpuhub_admin_roster.html",
-                title="Roster import",
-                tab="roster",
-                message=message,
-                text=text,
-                report=report,
+                "gpuhub_admin_roster.html", title="Roster import", tab="roster", message=message, text=text, report=report
             )
         )
 
