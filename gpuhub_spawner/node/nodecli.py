@@ -293,11 +293,16 @@ def _set_availability(node, availability: str) -> None:
     node.update(spec)
 
 
-def cmd_node_cordon(args: argparse.Namespace) -> int:
+def _node_and_servers(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """The manager, the node ``args.node`` names, and the gpuhub servers running on it."""
     client = _manager(args)
     node = _find_node(client, args.node)
+    return client, node, _servers_on(client, node.id)
+
+
+def cmd_node_cordon(args: argparse.Namespace) -> int:
+    _client, node, running = _node_and_servers(args)
     _set_availability(node, "active" if args.undo else "pause")
-    running = _servers_on(client, node.id)
     if args.undo:
         print(f"{args.node}: active again; new servers may be placed there")
     else:
@@ -306,9 +311,7 @@ def cmd_node_cordon(args: argparse.Namespace) -> int:
 
 
 def cmd_node_drain(args: argparse.Namespace) -> int:
-    client = _manager(args)
-    node = _find_node(client, args.node)
-    running = _servers_on(client, node.id)
+    _client, node, running = _node_and_servers(args)
     if running:
         print(f"Draining {args.node} stops these servers; their users must start again (elsewhere):")
         for who in running:
@@ -322,9 +325,7 @@ def cmd_node_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
-    client = _manager(args)
-    node = _find_node(client, args.node)
-    running = _servers_on(client, node.id)
+    client, node, running = _node_and_servers(args)
     if running and not args.yes:
         print(f"{args.node} still runs: " + "; ".join(running) + ". Drain it first, or pass --yes.", file=sys.stderr)
         return 1
