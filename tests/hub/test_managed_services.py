@@ -124,3 +124,15 @@ def test_a_service_reads_the_file_as_the_hub_did(tmp_path) -> None:
     assert managed_services.file_wiring(environ)["GITHUB_CLIENT_ID"] == "abc"
     assert config.file_settings(managed_services.file_wiring(environ))["spawner"] == "docker"
     assert managed_services.file_wiring({}) == {}
+
+
+def test_on_a_swarm_the_exporter_gets_the_hub_id_and_docker_client_settings(tmp_path) -> None:
+    environ = _written(tmp_path, {"hub": {"spawner": "swarm", "docker_host": "tcp://m:2376"}})
+    from_file = config.file_settings(environ)
+    spawner = {"gpu_hub_id": "course", "client_kwargs": {"base_url": "tcp://m:2376"}}
+    docker_env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/etc/docker/tls", "HOME": "/root"}
+    env = managed_services.swarm_environment(spawner, {}, docker_env, from_file)
+    assert env == {"GPUHUB_HUB_ID": "course", "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": "/etc/docker/tls"}
+    # set by deprecated variables only (no file): the exporter is told it is a swarm and where
+    env = managed_services.swarm_environment(spawner, {}, docker_env, {})
+    assert (env["GPUHUB_SPAWNER"], env["GPUHUB_DOCKER_HOST"]) == ("swarm", "tcp://m:2376")
