@@ -46,7 +46,7 @@ def hub(docker_client, tmp_path_factory):
         """
     )
     hub = HubProcess(workdir, {"gpu_inventory": fake_gpus(2, "tp")}, extra)
-    try:
+    with hub.kept_for_tests(docker_client):
         hub.start()
         hub.base = hub.url + "/services/gpuhub-admin/"
         hub.create_users(["boss", "ann"])
@@ -56,11 +56,6 @@ def hub(docker_client, tmp_path_factory):
         _wait_admin_page(hub)
         assert hub.api("POST", "/groups/students").status_code == 201
         yield hub
-    except BaseException:
-        print(hub.log_tail(120))
-        raise
-    finally:
-        hub.cleanup(docker_client)
 
 
 def _admin_get(hub: HubProcess, path: str = "") -> requests.Response:

@@ -39,7 +39,7 @@ def hub(docker_client, tmp_path_factory):
     usage_db = f"sqlite:///{workdir / 'data' / 'gpuhub-usage.sqlite'}"
     hub = HubProcess(workdir, {}, EXTRA)
     hub.usage_db = usage_db
-    try:
+    with hub.kept_for_tests(docker_client):
         hub.start(
             env={
                 "GPUHUB_USAGE_DB_URL": usage_db,
@@ -52,11 +52,6 @@ def hub(docker_client, tmp_path_factory):
         hub.admin_token = _token(hub, "boss")
         hub.user_token = _token(hub, "pleb")
         yield hub
-    except BaseException:
-        print(hub.log_tail(120))
-        raise
-    finally:
-        hub.cleanup(docker_client)
 
 
 def _wait_service(hub: HubProcess, timeout: float = 60) -> None:

@@ -105,21 +105,18 @@ def hub(docker_client, tmp_path_factory):
     config.write_text(json.dumps(CULLER_CONFIG))
     hub.usage_db = f"sqlite:///{hub.data_dir / 'gpuhub-usage.sqlite'}"
     hub.culler = hub.url + "/services/gpuhub-culler/"
-    try:
-        _wait_http(hub.agent_url + "/api/activity", lambda r: r.status_code in (200, 401), "node agent",
-                   hub.agent_log.read_text)
-        hub.start(env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(config),
-                       "GPUHUB_GPU_AGENT_URLS": hub.agent_url, "GPUHUB_GPU_AGENT_TOKEN_FILE": str(agent_token)})
-        _wait_http(hub.culler + "metrics", lambda r: r.status_code in (200, 403), "culler service", hub.log_tail)
-        hub.ledger = UsageLedger(hub.usage_db)
-        yield hub
-    except BaseException:
-        print(hub.log_tail(150))
-        raise
-    finally:
-        agent.terminate()
-        agent.wait(10)
-        hub.cleanup(docker_client)
+    with hub.kept_for_tests(docker_client, log_lines=150):
+        try:
+            _wait_http(hub.agent_url + "/api/activity", lambda r: r.status_code in (200, 401), "node agent",
+                       hub.agent_log.read_text)
+            hub.start(env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(config),
+                           "GPUHUB_GPU_AGENT_URLS": hub.agent_url, "GPUHUB_GPU_AGENT_TOKEN_FILE": str(agent_token)})
+            _wait_http(hub.culler + "metrics", lambda r: r.status_code in (200, 403), "culler service", hub.log_tail)
+            hub.ledger = UsageLedger(hub.usage_db)
+            yield hub
+        finally:
+            agent.terminate()
+            agent.wait(10)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -137,15 +134,6 @@ def user_token(hub, name: str) -> str:
     return r.json()["token"]
 
 
-
-
-def wait_stopped(hub, name: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not hub.user(name).get("servers"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{name}'s server was not stopped")
 
 
 def hub_home(hub, name: str) -> str:
@@ -244,7 +232,7 @@ def test_busy_kernel_is_kept_idle_server_is_warned_then_culled_and_its_gpu_freed
 
     # the culler's kernel queries (inside the container) are not activity: the cull comes
     assert pass_until(hub, alice, "cull", timeout=WARN + 20) == ("cull", "idle")
-    wait_stopped(hub, alice)
+    hub.wait_stopped(alice)
     assert metric(hub, 'gpuhub_culler_culls_total{reason="idle"}') == culls_before + 1
     assert all(a["user"] != alice for a in hub.ledger.open_allocations())  # the ledger closed the interval
     home_until(hub, alice, lambda p: "gpuhub-cull-warning" not in p)
@@ -307,7 +295,7 @@ def test_max_age_is_warned_in_the_server_and_the_hub_then_stopped(hub, users, do
                             timeout=20).ok
         assert decision(hub, maxi)[0] in ("warn", "cull")
         pass_until(hub, maxi, "cull", timeout=30)
-        wait_stopped(hub, maxi)
+        hub.wait_stopped(maxi)
         home_until(hub, maxi, lambda p: "gpuhub-cull-warning" not in p)
     finally:
         hub.api("DELETE", "/groups/short-sessions")
@@ -322,7 +310,7 @@ def test_out_of_gpu_hours_stops_the_gpu_server_and_cpu_stays_available(hub, user
         assert pass_until(hub, budg, "warn") == ("warn", "gpu-budget")
         assert "GPU-hour budget" in (notice(docker_client, hub, budg) or "")
         assert pass_until(hub, budg, "cull", timeout=30) == ("cull", "gpu-budget")
-        wait_stopped(hub, budg)
+        hub.wait_stopped(budg)
         assert all(a["user"] != budg for a in hub.ledger.open_allocations())
         r = hub.spawn(budg, {"profile": "gpu"})
         assert r.status_code == 403 and "A CPU-only server is still available" in r.json()["message"], r.text

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,19 @@ class SpawnOutcome:
     @property
     def failure(self) -> str | None:
         return self.end.get("message", "") if self.end and self.end.get("failed") else None
+
+
+def processes(*files: str) -> Iterator[tuple[int, list[bytes]]]:
+    """Each live process's pid with the bytes of its ``/proc/<pid>/<file>`` for ``files``
+    (those of another user, or one that ends while read, are passed over)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            contents = [(entry / name).read_bytes() for name in files]
+        except OSError:
+            continue
+        yield int(entry.name), contents
 
 
 class HubProcess:
@@ -350,6 +365,10 @@ class HubProcess:
     def stop_server(self, name: str, timeout: float = 60) -> None:
         r = self.api("DELETE", f"/users/{name}/server", timeout=timeout)
         assert r.status_code in (202, 204), r.text
+        self.wait_stopped(name, timeout)
+
+    def wait_stopped(self, name: str, timeout: float = 30) -> None:
+        """Wait until the hub lists no server of ``name`` (stopped by whoever)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.user(name).get("servers"):
@@ -367,6 +386,18 @@ class HubProcess:
         named = client.containers.list(all=True, filters={"name": f"{self.hub_id}-"})
         by_id = {c.id: c for c in [*self.containers(client), *named]}
         return list(by_id.values())
+
+    @contextmanager
+    def kept_for_tests(self, client: docker.DockerClient, log_lines: int = 120) -> Iterator[HubProcess]:
+        """A fixture's hold on this hub: its log is printed if the setup fails, and the hub and
+        its containers are cleaned up however the fixture ends."""
+        try:
+            yield self
+        except BaseException:
+            print(self.log_tail(log_lines))
+            raise
+        finally:
+            self.cleanup(client)
 
     def cleanup(self, client: docker.DockerClient) -> None:
         self.stop()
