@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sitetemplates import template_folders
 
 from gpuhub_spawner.core.inventory import CPU_PROFILE, Profile
 from gpuhub_spawner.hub.forms import (
@@ -61,19 +62,18 @@ def test_form_escapes_html_in_an_operator_template_too(tmp_path):
 
 
 def test_an_operator_template_replaces_the_form_and_may_extend_the_built_in_one(tmp_path):
-    site, other = tmp_path / "site", tmp_path / "other"
-    site.mkdir()
-    other.mkdir()
-    (site / "gpuhub_spawn_form.html").write_text(
-        '{% extends "gpuhub/gpuhub_spawn_form.html" %}'
-        "{% block after_profiles %}<p class='site-note'>Ask {{ 'TA & co' }} for help.</p>{% endblock %}"
-    )
-    (other / "gpuhub_spawn_form.html").write_text("the later folder loses")
-    html = render_options_form(PROFILES, {}, {}, {}, template_paths=[str(site), str(other)])
+    paths = template_folders(tmp_path, {
+        "site": {
+            "gpuhub_spawn_form.html": '{% extends "gpuhub/gpuhub_spawn_form.html" %}'
+            "{% block after_profiles %}<p class='site-note'>Ask {{ 'TA & co' }} for help.</p>{% endblock %}"
+        },
+        "other": {"gpuhub_spawn_form.html": "the later folder loses"},
+    })
+    html = render_options_form(PROFILES, {}, {}, {}, template_paths=paths)
     assert "<p class='site-note'>Ask TA &amp; co for help.</p>" in html
     assert " checked" in row(html, "small") and html.count('name="profile"') == 3
     assert "later folder" not in html
-    assert "site-note" not in render_options_form(PROFILES, {}, {}, {}, template_paths=[str(other / "none")])
+    assert "site-note" not in render_options_form(PROFILES, {}, {}, {}, template_paths=[str(tmp_path / "other" / "none")])
 
 
 @pytest.mark.parametrize(

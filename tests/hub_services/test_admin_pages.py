@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from sitetemplates import template_folders
 
 from hub_services.admin.pages import JUPYTERHUB_TEMPLATES, PAGES, HubFrame, Pages, TemplateProblem
 
@@ -119,20 +120,18 @@ def test_the_user_name_cannot_leave_the_script_it_is_put_in():
 
 
 def test_an_operator_override_of_one_page_a_block_and_page_html(tmp_path):
-    site, later = tmp_path / "site", tmp_path / "later"
-    site.mkdir()
-    later.mkdir()
-    # a footer on every admin page, by extending the built-in frame
-    (site / "gpuhub_admin_page.html").write_text(
-        '{% extends "gpuhub/gpuhub_admin_page.html" %}'
-        '{% block footer %}<footer id="site-footer">Ask {{ "TA & co" }}</footer>{% endblock %}'
-    )
-    # the hub's page.html changed too, as an operator does for the hub itself
-    (site / "page.html").write_text(
-        '{% extends "templates/page.html" %}{% block logo %}<span id="site-logo">Uni</span>{% endblock %}'
-    )
-    (later / "gpuhub_admin_page.html").write_text("a later folder loses")
-    pages = Pages(FRAME, [str(site), str(later)])
+    paths = template_folders(tmp_path, {
+        "site": {
+            # a footer on every admin page, by extending the built-in frame
+            "gpuhub_admin_page.html": '{% extends "gpuhub/gpuhub_admin_page.html" %}'
+            '{% block footer %}<footer id="site-footer">Ask {{ "TA & co" }}</footer>{% endblock %}',
+            # the hub's page.html changed too, as an operator does for the hub itself
+            "page.html": '{% extends "templates/page.html" %}'
+            '{% block logo %}<span id="site-logo">Uni</span>{% endblock %}',
+        },
+        "later": {"gpuhub_admin_page.html": "a later folder loses"},
+    })
+    pages = Pages(FRAME, paths)
     pages.check()
     for name in PAGES:
         html = render(name, pages=pages)
