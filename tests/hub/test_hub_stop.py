@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import free_port
+from harness import free_port, processes
 
 pytestmark = [pytest.mark.hub]
 
@@ -34,18 +34,11 @@ HANG_GUARD_S = 150  # only so that a hung hub fails the test instead of blocking
 
 def _service_pids(hub_pid: int) -> dict[str, int]:
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == hub_pid:
+    for pid, (stat, cmdline) in processes("stat", "cmdline"):
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == hub_pid:
             for module in SERVICES_UP:
-                if module.encode() in cmdline:
-                    found[module] = int(entry.name)
+                if module.encode() in cmdline.split(b"\0"):
+                    found[module] = pid
     return found
 
 

@@ -8,8 +8,6 @@ servers started at once get one GPU and one clear 403, whether the pool is full 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
-import time
 
 import pytest
 from harness import fake_gpus
@@ -168,24 +166,6 @@ async def test_swarm_gate_counts_live_services_of_the_user():
 # ---- a real hub, proxy and Docker engine -------------------------------------------------
 
 
-def _named_ready(hub, user: str, name: str, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server = hub.user(user).get("servers", {}).get(name)
-        if server and server.get("ready"):
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def _spawn_both(hub, user: str) -> dict:
-    def post(name):
-        return name, hub.api("POST", f"/users/{user}/servers/{name}", json={"profile": "gpu"}, timeout=90)
-
-    with cf.ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(post, ["one", "two"]))
-
-
 QUOTA_403 = "Your quota allows 1 GPU unit at once"
 
 
@@ -206,12 +186,7 @@ def test_two_named_servers_at_once_one_gpu_one_403(docker_client, hub_factory, f
         assert hub.spawn("zed", {"profile": "gpu"}).status_code in (201, 202)
         hub.wait_ready("zed")
 
-    responses = _spawn_both(hub, "xena")
-    codes = {name: r.status_code for name, r in responses.items()}
-    refused = [name for name, code in codes.items() if code == 403]
-    accepted = [name for name, code in codes.items() if code in (201, 202)]
-    assert len(refused) == 1 and len(accepted) == 1, {n: (r.status_code, r.text) for n, r in responses.items()}
-    message = responses[refused[0]].json()["message"]
+    accepted, refused, message = hub.race_two_named_gpu_servers("xena", timeout=90)
     if full:
         assert message.startswith(QUOTA_403), message  # the other one is waiting in line
         assert "another of your servers is already holding or waiting in line" in message
@@ -223,7 +198,7 @@ def test_two_named_servers_at_once_one_gpu_one_403(docker_client, hub_factory, f
     assert "Traceback" not in message and "GPU-" not in message
     if full:
         hub.stop_server("zed")
-    assert _named_ready(hub, "xena", accepted[0]), hub.log_tail()
+    hub.wait_ready("xena", timeout=120, server_name=accepted)
     mine = [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == "xena"]
-    assert [c.labels["org.gpuhub.server"] for c in mine] == accepted
-    assert refused[0] not in hub.user("xena").get("servers", {})
+    assert [c.labels["org.gpuhub.server"] for c in mine] == [accepted]
+    assert refused not in hub.user("xena").get("servers", {})

@@ -49,12 +49,18 @@ def test_cpu_profile_gets_no_gpu(docker_client, hub_factory):
     assert server_env(container)["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
+def _one_gpu_held(docker_client, hub_factory, tag: str, max_wait: float, holder: str, other: str):
+    """A hub with one whole GPU (queue wait ``max_wait``), held by ``holder``'s ready server;
+    ``other`` exists too. Returns the hub and the held unit's id."""
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, tag), "gpu_queue_max_wait": max_wait})
+    hub.create_users([holder, other])
+    hub.spawn(holder, {"profile": "gpu"})
+    hub.wait_ready(holder)
+    return hub, container_of(docker_client, hub, holder).labels["org.gpuhub.unit"]
+
+
 def test_stop_releases_the_unit_for_the_next_user(docker_client, hub_factory):
-    hub = hub_factory({"gpu_inventory": fake_gpus(1, "s1"), "gpu_queue_max_wait": 0})
-    hub.create_users(["dan", "erin"])
-    hub.spawn("dan", {"profile": "gpu"})
-    hub.wait_ready("dan")
-    unit = container_of(docker_client, hub, "dan").labels["org.gpuhub.unit"]
+    hub, unit = _one_gpu_held(docker_client, hub_factory, "s1", 0, "dan", "erin")
 
     refused = hub.spawn("erin", {"profile": "gpu"})
     assert refused.status_code == 503
@@ -165,11 +171,7 @@ def test_twelve_users_four_units_queue_with_positions(docker_client, hub_factory
 
 
 def test_queued_user_gets_the_released_unit(docker_client, hub_factory):
-    hub = hub_factory({"gpu_inventory": fake_gpus(1, "q2"), "gpu_queue_max_wait": 60})
-    hub.create_users(["first", "second"])
-    hub.spawn("first", {"profile": "gpu"})
-    hub.wait_ready("first")
-    unit = container_of(docker_client, hub, "first").labels["org.gpuhub.unit"]
+    hub, unit = _one_gpu_held(docker_client, hub_factory, "q2", 60, "first", "second")
 
     assert hub.spawn("second", {"profile": "gpu"}, timeout=30).status_code == 202
     with cf.ThreadPoolExecutor(1) as pool:

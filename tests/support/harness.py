@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,11 +283,12 @@ class HubProcess:
         r.raise_for_status()
         return r.json()
 
-    def wait_ready(self, name: str, timeout: float = 180) -> dict[str, Any]:
+    def wait_ready(self, name: str, timeout: float = 180, server_name: str = "") -> dict[str, Any]:
         start = time.monotonic()
         missing_since = None
+        name_shown = f"{name}/{server_name}" if server_name else name
         while time.monotonic() < start + timeout:
-            server = self.user(name).get("servers", {}).get("")
+            server = self.user(name).get("servers", {}).get(server_name)
             if server and server.get("ready"):
                 return server
             now = time.monotonic()
@@ -296,9 +298,24 @@ class HubProcess:
                 missing_since = now
             elif now - missing_since > 5 and now - start > 10:
                 # absent for a while, long after the spawn was accepted: it failed
-                raise AssertionError(f"{name}'s server is gone (spawn failed?):\n{self.log_tail()}")
+                raise AssertionError(f"{name_shown}'s server is gone (spawn failed?):\n{self.log_tail()}")
             time.sleep(0.5)
-        raise AssertionError(f"{name}'s server not ready after {timeout}s:\n{self.log_tail()}")
+        raise AssertionError(f"{name_shown}'s server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def race_two_named_gpu_servers(self, user: str, timeout: float) -> tuple[str, str, str]:
+        """``user`` asks for two named GPU servers, "one" and "two", at the same moment: exactly one
+        must be accepted and the other refused (403). Returns the accepted name, the refused one
+        and the refusal's message."""
+
+        def post(name: str) -> tuple[str, requests.Response]:
+            return name, self.api("POST", f"/users/{user}/servers/{name}", json={"profile": "gpu"}, timeout=timeout)
+
+        with ThreadPoolExecutor(2) as pool:
+            responses = dict(pool.map(post, ["one", "two"]))
+        refused = [name for name, r in responses.items() if r.status_code == 403]
+        accepted = [name for name, r in responses.items() if r.status_code in (201, 202)]
+        assert len(refused) == 1 and len(accepted) == 1, {n: (r.status_code, r.text) for n, r in responses.items()}
+        return accepted[0], refused[0], responses[refused[0]].json()["message"]
 
     def progress(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
         """All progress events of the pending spawn, until it finishes or fails."""

@@ -4,9 +4,6 @@ live, let through and waiting in line, under its lock)."""
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
@@ -15,16 +12,6 @@ PROFILES = [
     {"slug": "gpu", "display_name": "Whole GPU", "pool": "gpu"},
     {"slug": "cpu", "display_name": "CPU only", "pool": None},
 ]
-
-
-def _named_ready(hub, user: str, name: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        server = hub.user(user).get("servers", {}).get(name)
-        if server and server.get("ready"):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{user}/{name} not ready:\n{hub.log_tail()}")
 
 
 def _gpu_services(rig, hub) -> list[dict]:
@@ -52,22 +39,13 @@ def test_two_named_servers_at_once_one_gpu_one_403(rig, swarm_hub, full):
     for user in fillers:
         hub.wait_ready(user, timeout=240)
 
-    def post(name):
-        return name, hub.api("POST", f"/users/xena/servers/{name}", json={"profile": "gpu"}, timeout=120)
-
-    with ThreadPoolExecutor(2) as pool:
-        responses = dict(pool.map(post, ["one", "two"]))
-    codes = {name: r.status_code for name, r in responses.items()}
-    refused = [n for n, c in codes.items() if c == 403]
-    accepted = [n for n, c in codes.items() if c in (201, 202)]
-    assert len(refused) == 1 and len(accepted) == 1, {n: (r.status_code, r.text) for n, r in responses.items()}
-    message = responses[refused[0]].json()["message"]
+    accepted, _refused, message = hub.race_two_named_gpu_servers("xena", timeout=120)
     if full:
         assert message.startswith("Your quota allows 1 GPU unit at once, and another of your servers is already "
                                   "holding or waiting in line for one."), message
         hub.stop_server("fa")
     else:
         assert message.startswith("You already hold 1 GPU unit, the most your quota allows."), message
-    _named_ready(hub, "xena", accepted[0])
+    hub.wait_ready("xena", timeout=240, server_name=accepted)
     mine = [labels for labels in _gpu_services(rig, hub) if labels.get("org.gpuhub.user") == "xena"]
-    assert [labels["org.gpuhub.server"] for labels in mine] == accepted
+    assert [labels["org.gpuhub.server"] for labels in mine] == [accepted]
