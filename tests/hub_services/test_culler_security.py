@@ -26,12 +26,19 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy
-import yaml
 from cullerpass import decision, pass_until, spawn
-from harness import IMAGE, TEST_LABEL, HubProcess, container_of, exec_as_user, fake_gpus, server_env
-from needs import unavailable
+from harness import (
+    IMAGE,
+    TEST_LABEL,
+    HubProcess,
+    container_of,
+    exec_as_user,
+    fake_gpus,
+    processes,
+    server_env,
+)
 from pg import create_database, postgres_fixture
-from promserver import PROMETHEUS, PrometheusServer
+from promserver import scrape_with_committed_job
 
 from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.culler.probe import parse_probe
@@ -88,7 +95,7 @@ def hub(docker_client, tmp_path_factory, postgres_url):
     hub.prom_token = prom_token.read_text()
     hub.prom_token_file = prom_token
     hub.culler = hub.url + "/services/gpuhub-culler/"
-    try:
+    with hub.kept_for_tests(docker_client, log_lines=150):
         hub.start(env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(config),
                        "GPUHUB_USAGE_DB_URL": hub.db_url, "GPUHUB_PROMETHEUS_TOKEN_FILE": str(prom_token)})
         deadline = time.monotonic() + 60
@@ -97,11 +104,6 @@ def hub(docker_client, tmp_path_factory, postgres_url):
             time.sleep(0.3)
         hub.notices = NoticeStore(hub.db_url)
         yield hub
-    except BaseException:
-        print(hub.log_tail(150))
-        raise
-    finally:
-        hub.cleanup(docker_client)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -150,14 +152,8 @@ def refused_unread(post) -> None:
 
 
 def culler_token(hub) -> str:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for _pid, (cmd, environ) in processes("cmdline", "environ"):
+        env = environ.split(b"\0")
         if b"hub_services.culler" in cmd and f"GPUHUB_HUB_ID={hub.hub_id}".encode() in env:
             return next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"JUPYTERHUB_API_TOKEN="))
     raise AssertionError("the culler process of this hub was not found")
@@ -275,22 +271,9 @@ def test_metrics_need_a_read_metrics_token_and_prometheus_scrapes_them(hub, user
     r = requests.get(url, headers={"Authorization": f"Bearer {hub.prom_token}"}, timeout=10)
     assert r.status_code == 200 and "gpuhub_culler_passes_total" in r.text
 
-    if not os.path.exists(PROMETHEUS):
-        unavailable("Debian's prometheus package is not installed")
-    committed = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus-single-host.yml"
-    job = next(j for j in yaml.safe_load(committed.read_text())["scrape_configs"] if j["job_name"] == "gpuhub-culler")
-    assert job["authorization"]["credentials_file"] == "/etc/gpuhub/prometheus-token"
-    job["authorization"]["credentials_file"] = str(hub.prom_token_file)
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{hub.port}"]}]
-    prom = PrometheusServer(tmp_path / "prom", [job])
-    try:
-        deadline = time.monotonic() + 30
-        while not prom.query('gpuhub_culler_passes_total{job="gpuhub-culler"}'):
-            assert time.monotonic() < deadline, prom.targets()
-            time.sleep(0.5)
-        assert [t["health"] for t in prom.targets()] == ["up"]
-    finally:
-        prom.stop()
+    scrape_with_committed_job(
+        tmp_path / "prom", "gpuhub-culler", hub.prom_token_file, hub.port, 'gpuhub_culler_passes_total{job="gpuhub-culler"}'
+    )
 
 
 def test_the_keepalive_command_of_the_notice_works_inside_the_container(hub, users, docker_client):

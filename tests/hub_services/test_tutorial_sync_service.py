@@ -9,17 +9,14 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from gitserver import WorkClone, make_bare, serve_http
 from harness import container_of, exec_as_user, fake_gpus, free_port
-from needs import unavailable
-from promserver import PROMETHEUS, PrometheusServer
+from promserver import scrape_with_committed_job
 
 from hub_services.tutorial_sync.app import Syncer, verify_signature
 from hub_services.tutorial_sync.gitsource import GitSource
@@ -286,23 +283,13 @@ def test_status_and_metrics_need_the_hub_and_the_webhook_does_not(docker_client,
     assert f"Commit {too_big[:12]} was not published" in get("", prof).text
 
     # the committed scrape job, with Prometheus's token file, scrapes it through the proxy
-    if not os.path.exists(PROMETHEUS):
-        unavailable("Debian's prometheus package is not installed")
-    committed = REPO / "deploy" / "prometheus" / "prometheus-single-host.yml"
-    jobs = yaml.safe_load(committed.read_text())["scrape_configs"]
-    job = next(j for j in jobs if j["job_name"] == "gpuhub-tutorial-sync")
-    assert job["authorization"]["credentials_file"] == "/etc/gpuhub/prometheus-token"
-    job["authorization"]["credentials_file"] = str(token_file)
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{hub.port}"]}]
-    prom = PrometheusServer(tmp_path / "prom", [job])
-    try:
-        deadline = time.monotonic() + 30
-        while not prom.query('gpuhub_tutorial_sync_runs_total{job="gpuhub-tutorial-sync",result="error"} == 1'):
-            assert time.monotonic() < deadline, prom.targets()
-            time.sleep(0.5)
-        assert [t["health"] for t in prom.targets()] == ["up"]
-    finally:
-        prom.stop()
+    scrape_with_committed_job(
+        tmp_path / "prom",
+        "gpuhub-tutorial-sync",
+        token_file,
+        hub.port,
+        'gpuhub_tutorial_sync_runs_total{job="gpuhub-tutorial-sync",result="error"} == 1',
+    )
 
 
 @pytest.mark.docker

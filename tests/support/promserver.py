@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -10,9 +11,12 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 from harness import free_port
+from needs import unavailable
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+SINGLE_HOST = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus-single-host.yml"
 
 
 class PrometheusServer:
@@ -67,3 +71,24 @@ class PrometheusServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def scrape_with_committed_job(workdir: Path, job_name: str, token_file: Path, port: int, expr: str) -> None:
+    """The committed single-host scrape job ``job_name``, with Prometheus's token file, scrapes the
+    hub on ``port``: waits until ``expr`` has a result and checks that the target is up."""
+    if not os.path.exists(PROMETHEUS):
+        unavailable("Debian's prometheus package is not installed")
+    jobs = yaml.safe_load(SINGLE_HOST.read_text())["scrape_configs"]
+    job = next(j for j in jobs if j["job_name"] == job_name)
+    assert job["authorization"]["credentials_file"] == "/etc/gpuhub/prometheus-token"
+    job["authorization"]["credentials_file"] = str(token_file)
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    prom = PrometheusServer(workdir, [job])
+    try:
+        deadline = time.monotonic() + 30
+        while not prom.query(expr):
+            assert time.monotonic() < deadline, prom.targets()
+            time.sleep(0.5)
+        assert [t["health"] for t in prom.targets()] == ["up"]
+    finally:
+        prom.stop()
