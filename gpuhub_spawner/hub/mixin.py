@@ -197,12 +197,6 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
         )
         return held, 0
 
-    async def checked_profile(self) -> Profile:
-        """Deprecated (the swarm spawner until it reads :attr:`gpu_choice`): the admitted profile."""
-        choice = await self.admitted_choice()
-        self._quota = choice.policy
-        return choice.profile
-
     def _engine_key(self) -> str:
         raise NotImplementedError
 

@@ -5,19 +5,23 @@ Each server is a swarm service whose task requests one generic resource of its p
 assignment back from the task.  The engine is the truth: capacity, holders and free counts are
 re-read from the nodes and tasks (no hub-side ledger to drift), so a node that joins is offered
 at once and a node that is lost frees its units.  What the hub adds is a fair line in front of
-swarm: a spawn that cannot be placed is queued (with its position) or refused at once, instead
-of a task left pending until the spawn times out.
+swarm (:mod:`~gpuhub_spawner.hub.swarmgate`): a spawn that cannot be placed is queued (with its
+position) or refused at once, instead of a task left pending until the spawn times out.  The
+admission (``apply_user_options``) counts the user's services through the same gate, and the
+service spec carries the unit's kind, labels and limits from :meth:`GPUSwarmSpawner.service_kwargs`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
-from docker.types import EndpointSpec, RestartPolicy
+from docker.types import ContainerSpec, EndpointSpec, Placement, Resources, RestartPolicy, TaskTemplate
 from dockerspawner import SwarmSpawner
 from tornado import web
 from traitlets import Bool, Float, List, default
@@ -27,120 +31,26 @@ from gpuhub_spawner.core.cluster import (
     SHARED_KIND_PREFIX,
     ClusterView,
     assigned_resources,
-    kind_of_pool,
     read_swarm,
 )
 from gpuhub_spawner.core.inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
-from gpuhub_spawner.core.labels import LABEL_NODE
+from gpuhub_spawner.core.labels import LABEL_NODE, LABEL_POOL, LABEL_UNIT
 from gpuhub_spawner.core.volumes import build_mounts
-from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket
-from gpuhub_spawner.hub.mixin import (
-    LABEL_HUB,
-    LABEL_POOL,
-    LABEL_PROFILE,
-    LABEL_SERVER,
-    LABEL_UNIT,
-    LABEL_USER,
-    GPUSpawnerMixin,
-    spawn_error,
-)
+from gpuhub_spawner.hub.admission import Choice
+from gpuhub_spawner.hub.docker_create import server_labels
+from gpuhub_spawner.hub.errors import spawn_error
+from gpuhub_spawner.hub.fairline import NoUnitFree, OverLimit
+from gpuhub_spawner.hub.mixin import GPUSpawnerMixin
+from gpuhub_spawner.hub.swarmgate import SwarmGate
 
 #: what a pending task says when no node can take it
 _UNPLACEABLE = ("no suitable node", "insufficient resources")
 
 
-class SwarmGate:
-    """The line in front of swarm for one hub: who may create a GPU service now.
-
-    ``inflight`` holds spawns that were let through but whose task has no unit yet, so the
-    free counts read from the engine are not handed out twice in that window.
-    """
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.line = FairLine()
-        self.inflight: dict[str, tuple[str, str]] = {}  # holder -> (pool, kind)
-        self.view: ClusterView | None = None
-        self.view_time = 0.0
-        #: service name -> unit recorded in its labels (or just assigned by this hub)
-        self.service_units: dict[str, str] = {}
-
-    def queue_length(self, pool: str) -> int:
-        return self.line.length(pool)
-
-    def queue_lengths(self) -> dict[str, int]:
-        return self.line.lengths()
-
-    def learn(self, view: ClusterView) -> None:
-        """Keep ``view`` as the latest read, with the units and users its services' labels name."""
-        for name, labels in view.labels.items():
-            if labels.unit:
-                self.service_units[name] = labels.unit
-            if labels.pool and labels.user:  # a GPU server
-                self.line.owners[name] = labels.user
-        self.view, self.view_time = view, time.monotonic()
-
-    def _free_kind(self, view: ClusterView, pool: str) -> str | None:
-        # in flight: let through, and not yet counted by swarm (a task that has its unit is)
-        flying = [
-            kind for holder, (p, kind) in self.inflight.items()
-            if p == pool and not (holder in view.placements and view.placements[holder].assigned)
-        ]
-        kind = kind_of_pool(pool)
-        if kind is not None:
-            return kind if view.free_count(pool) - len(flying) > 0 else None
-        counts: dict[str, int] = {}
-        for k in flying:
-            counts[k] = counts.get(k, 0) + 1
-        return view.best_shared_kind(exclude=counts)
-
-    def _let_through(self, view: ClusterView, pool: str, holder: str) -> str | None:
-        kind = self._free_kind(view, pool)
-        if kind is not None:
-            self.inflight[holder] = (pool, kind)
-        return kind
-
-    def wake(self) -> None:
-        self.line.nudge()
-
-    async def admit(self, pool: str, holder: str, read_view, max_wait: float,
-                    on_position: OnPosition | None = None, priority: int = 0, owner: str = "",
-                    max_units: int | None = None) -> str:
-        """Let ``holder`` create its service: returns the generic-resource kind to request.
-
-        ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
-        line count, checked under the gate's lock with the admission (:class:`OverLimit`).
-        """
-        async with self.lock:
-            # spawns arriving together share a read made within 0.5 s: what this hub let
-            # through since is in `inflight`, and a release by this hub forces a fresh read
-            view = await read_view(max_age=0.5)
-
-            async def admitted(fresh: bool) -> list[str]:
-                seen = await read_view(max_age=0.0) if fresh else view
-                return [*seen.placements, *self.inflight]
-
-            await self.line.count_in(owner, holder, max_units, admitted)
-            kind = None if self.line.length(pool) else self._let_through(view, pool, holder)
-            if kind is not None:
-                return kind
-            if max_wait <= 0:
-                raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position)
-
-        async def recheck(ticket: Ticket) -> str | None:
-            async with self.lock:
-                if self.line.head(pool) is not ticket:
-                    return None
-                return self._let_through(await read_view(max_age=0.5), pool, holder)
-
-        # releases by this hub nudge the line at once; anything else shows in a read within 1 s
-        return await self.line.wait(ticket, max_wait, recheck, interval=1.0)
-
-    def settled(self, holder: str) -> None:
-        """``holder``'s task has its unit (or its spawn ended): stop counting it in flight."""
-        if self.inflight.pop(holder, None) is not None:
-            self.wake()
+def with_env(env: list[str] | None, additions: Mapping[str, str]) -> list[str]:
+    """``env`` (``K=V`` entries, as ContainerSpec keeps them) with ``additions`` set over it."""
+    kept = [entry for entry in env or [] if entry.split("=", 1)[0] not in additions]
+    return kept + [f"{key}={value}" for key, value in additions.items()]
 
 
 class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
@@ -233,8 +143,6 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
 
     async def start(self):
         self._progress_init()
-        self._gpu_kind = ""
-        self._gpu_unit: Unit | None = None
         try:
             await self.cluster_view(max_age=0.0)
             return await super().start()
@@ -264,21 +172,42 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         self._gate().wake()
 
     async def create_object(self):
-        profile = await self.checked_profile()
-        if profile.cpu_only:
+        """Create the service as admitted (``gpu_choice``), after the swarm gate lets it through.
+
+        Upstream's ``create_object`` builds the spec from its ``extra_*_spec`` dicts and has no
+        place for what the hub adds; this one builds the same spec with them (upstream's order:
+        its own values, then the operator's) and the hub's additions over both, then creates it.
+        """
+        choice = await self.admitted_choice()
+        kind = await self._through_the_gate(choice) if choice.gpu else ""
+        if not kind:
             self._emit(30, "Creating your CPU-only server…")
-            return await super().create_object()
-        on_position = self._start_reserving(profile.pool)
+        service = await self.docker("create_service", **await self.service_kwargs(choice, kind))
+        while not await self.docker("tasks", filters={"service": self.service_name}):
+            await asyncio.sleep(0.2)  # start_object follows the task: wait until swarm made it
+        return service
+
+    async def _through_the_gate(self, choice: Choice) -> str:
+        """Wait for the gate to let a GPU server of ``choice``'s pool through: the kind to request."""
+        pool = choice.profile.pool
+        on_position = self._start_reserving(pool)
         try:
-            self._gpu_kind = await self._gate().admit(
-                profile.pool, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
-                on_position, priority=self._quota.priority,
-                owner=self.user.name, max_units=self._quota.max_gpu_units,
+            kind = await self._gate().admit(
+                pool, self.object_name, self.cluster_view, self.gpu_queue_max_wait, on_position,
+                priority=choice.policy.priority, owner=self.user.name, max_units=choice.policy.max_gpu_units,
             )
         except (NoUnitFree, OverLimit) as e:
             raise self.reservation_error(e) from None
-        self._emit(30, f"A {pool_label(profile.pool)} is free in the swarm. Creating your server…")
-        return await super().create_object()
+        self._emit(30, f"A {pool_label(pool)} is free in the swarm. Creating your server…")
+        return kind
+
+    async def gpu_units_at_once(self) -> tuple[int, int]:
+        """The swarm gate's count: the user's other GPU services live or let through, and spawns in
+        line (the gate re-checks them under its lock when the service is let through)."""
+        await self.cluster_view(max_age=0.5)
+        held, waiting = self._gate().owner_counts(self.user.name, exclude=self.object_name)
+        spawners_held, _ = await super().gpu_units_at_once()
+        return max(held, spawners_held), waiting
 
     def _pool_size(self, pool: str) -> int:
         return (self._gate().view or ClusterView()).pool_size(pool)
@@ -292,44 +221,53 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             )
         return super().no_unit_error(err)
 
-    def docker(self, method: str, *args: Any, **kwargs: Any):
-        if method == "create_service":
-            kwargs = self._add_gpu_to_service(kwargs)
-        return super().docker(method, *args, **kwargs)
+    # ---- the service: upstream's spec, the operator's extra_*_spec, the hub's additions ----
 
-    def _labels(self) -> dict[str, str]:
-        return {
-            LABEL_HUB: self.gpu_hub_id,
-            LABEL_USER: self.user.name,
-            LABEL_SERVER: self.name or "",
-            LABEL_PROFILE: self.gpu_profile_slug,
-        }
-
-    def _add_gpu_to_service(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        template = kwargs["task_template"]
-        labels = self._labels()
-        kind = getattr(self, "_gpu_kind", "")
+    async def service_kwargs(self, choice: Choice, kind: str) -> dict[str, Any]:
+        """``create_service`` arguments: the GPU kind (a generic resource), labels, limits,
+        no-new-privileges, no restarts by swarm, the port in host mode."""
+        labels = server_labels(self.gpu_hub_id, self.user.name, self.name or "", choice.slug, None)
         if kind:
-            profile = self._profile_by_slug(self.gpu_profile_slug)
-            labels[LABEL_POOL] = profile.pool if profile and profile.pool else ""
-            reservations = template.setdefault("Resources", {}).setdefault("Reservations", {})
-            reservations["GenericResources"] = [{"DiscreteResourceSpec": {"Kind": kind, "Value": 1}}]
-        limits = template.setdefault("Resources", {}).setdefault("Limits", {})
+            labels[LABEL_POOL] = choice.profile.pool or ""
+        container = ContainerSpec(**{
+            "image": self.image, "env": self.get_env(), "args": await self.get_command(), "mounts": self.mounts,
+            **self.extra_container_spec,
+        })
+        container["Env"] = with_env(container.get("Env"), self.kind_env(kind))
+        container["Labels"] = {**(container.get("Labels") or {}), **labels}
+        container["Privileges"] = {**(container.get("Privileges") or {}), "NoNewPrivileges": True}
+        resources = Resources(**{
+            "mem_limit": self.mem_limit,
+            "mem_reservation": self.mem_guarantee,
+            "cpu_limit": int(self.cpu_limit * 1e9) if self.cpu_limit else None,
+            "cpu_reservation": int(self.cpu_guarantee * 1e9) if self.cpu_guarantee else None,
+            **self.extra_resources_spec,
+            **({"generic_resources": {kind: 1}} if kind else {}),
+        })
+        limits = resources.setdefault("Limits", {})
         limits.update(isolation.service_limits(limits, self.resource_limits()))  # memory, CPUs, PIDs
-        spec = template["ContainerSpec"]
-        spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
-        privileges = spec.setdefault("Privileges", {}) or {}
-        privileges["NoNewPrivileges"] = True
-        spec["Privileges"] = privileges
-        # a server is never restarted by swarm elsewhere: its unit and its user's state go with it
-        template["RestartPolicy"] = RestartPolicy(condition="none")
-        kwargs["labels"] = {**(kwargs.get("labels") or {}), **labels}
-        if self.swarm_host_ports and not self.use_internal_ip:
+        task = TaskTemplate(**{
+            "container_spec": container,
+            "resources": resources,
+            "networks": [self.network_name] if self.network_name else [],
+            "placement": Placement(**self.extra_placement_spec),
+            **self.extra_task_spec,
+            # a server is never restarted by swarm elsewhere: its unit and its user's state go with it
+            "restart_policy": RestartPolicy(condition="none"),
+        })
+        extra = self._eval_if_callable(self.extra_create_kwargs)
+        extra = dict((await extra) if inspect.isawaitable(extra) else extra or {})
+        create = {"task_template": task, "endpoint_spec": self.endpoint_spec(), "name": self.service_name, **extra}
+        create["labels"] = {**(create.get("labels") or {}), **labels}
+        return create
+
+    def endpoint_spec(self) -> EndpointSpec:
+        if self.use_internal_ip:
+            return EndpointSpec(**self.extra_endpoint_spec)
+        if self.swarm_host_ports:
             # no PublishedPort: the node picks a free one, reported in the task's PortStatus
-            kwargs["endpoint_spec"] = EndpointSpec(
-                ports=[{"Protocol": "tcp", "TargetPort": self.port, "PublishMode": "host"}]
-            )
-        return kwargs
+            return EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": self.port, "PublishMode": "host"}])
+        return EndpointSpec(**{"ports": {None: (self.port, "tcp")}, **self.extra_endpoint_spec})
 
     @property
     def mounts(self):
@@ -338,18 +276,19 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
-        kind = getattr(self, "_gpu_kind", "")
-        if not kind:
-            env.update(self.gpu_env(None))
-        else:
-            env["GPUHUB_GPU_KIND"] = kind
-            if kind.startswith(SHARED_KIND_PREFIX):
-                view = self._gate().view
-                gpu = view.shared[kind][0] if view is not None and kind in view.shared else ""
-                env["NVIDIA_VISIBLE_DEVICES"] = gpu
-                env["GPUHUB_GPU_SHARED"] = "1"
         env["GPUHUB_TUTORIALS_STORE"] = self.tutorials_mount_path
         env["GPUHUB_TUTORIALS_COPY_DIR"] = self.tutorials_copy_mount_path
+        return env
+
+    def kind_env(self, kind: str) -> dict[str, str]:
+        """Environment for the generic-resource ``kind`` requested ("": a CPU-only server)."""
+        if not kind:
+            return self.gpu_env(None)
+        env = {"GPUHUB_GPU_KIND": kind}
+        if kind.startswith(SHARED_KIND_PREFIX):
+            view = self._gate().view
+            env["NVIDIA_VISIBLE_DEVICES"] = view.shared[kind][0] if view is not None and kind in view.shared else ""
+            env["GPUHUB_GPU_SHARED"] = "1"
         return env
 
     # ---- waiting for the task --------------------------------------------------------
@@ -435,7 +374,6 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         if unit is None:
             self.log.warning("%s: unknown assignment %s", self._log_name, assigned_resources(task))
             return
-        self._gpu_unit = unit
         self.gpu_unit_id = unit.id
         where = node.hostname if node else "?"
         self._emit(65, f"Assigned {unit.describe()} ({unit.device_id[:12]}…) on node {where}.")

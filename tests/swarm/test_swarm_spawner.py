@@ -242,6 +242,38 @@ def test_quota_and_engine_failures_are_told_clearly_and_hold_nothing(rig, swarm_
     assert not down.user("d1")["servers"]
 
 
+def test_a_named_server_over_max_gpu_units_is_refused_before_anything_starts(rig, swarm_hub, tmp_path):
+    """The admission counts the user's GPU servers as the swarm gate does (live, let through, in
+    line): with xena's first named server waiting in line (no node offers its pool yet), a second
+    one is over max_gpu_units=1 and is answered 403 before JupyterHub runs the pre_spawn_hook,
+    and no service is created for it."""
+    markers = tmp_path / "pre-spawn"
+    markers.mkdir()
+    hook = (
+        "import pathlib as _pathlib\n"
+        "def _pre_spawn(spawner):\n"
+        f"    (_pathlib.Path({str(markers)!r}) / (spawner.user.name + '-' + (spawner.name or 'default'))).touch()\n"
+        "c.Spawner.pre_spawn_hook = _pre_spawn\n"
+        "c.JupyterHub.allow_named_servers = True\n"
+    )
+    hub = swarm_hub(_config(gpu_queue_max_wait=120, quota_defaults={"max_gpu_units": 1}), extra=OPEN_METRICS + hook)
+    hub.create_users(["xena"])
+    r = hub.api("POST", "/users/xena/servers/one", json={"profile": "big"}, timeout=60)
+    assert r.status_code == 202, r.text
+    _wait(lambda: 'gpuhub_queue_length{pool="mig-3g.40gb"} 1.0' in hub_metrics(hub), 30, "one in line")
+
+    r = hub.api("POST", "/users/xena/servers/two", json={"profile": "big"}, timeout=60)
+    assert r.status_code == 403, r.text
+    assert r.json()["message"] == (
+        "Your quota allows 1 GPU unit at once, and another of your servers is already holding or waiting "
+        "in line for one. Stop or cancel that server first, or start a CPU-only server."
+    )
+    assert sorted(p.name for p in markers.iterdir()) == ["xena-one"], "pre_spawn_hook ran for a refused request"
+    assert "two" not in hub.user("xena")["servers"]
+    assert "xena" not in _services(rig, hub), "a queued or refused spawn must not leave a service"
+    assert 'gpuhub_queue_length{pool="mig-3g.40gb"} 1.0' in hub_metrics(hub)  # one still waits
+
+
 def _install_gpuhub(node) -> None:
     """Copy the gpuhub package and the FAKE NVML into a rig node (as an operator would pip install)."""
     repo = Path(__file__).resolve().parents[2]
