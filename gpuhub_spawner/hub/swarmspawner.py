@@ -255,8 +255,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             # a server is never restarted by swarm elsewhere: its unit and its user's state go with it
             "restart_policy": RestartPolicy(condition="none"),
         })
-        extra = self._eval_if_callable(self.extra_create_kwargs)
-        extra = dict((await extra) if inspect.isawaitable(extra) else extra or {})
+        extra = self._eval_if_callable(self.extra_create_kwargs)  # a dict or callable, as upstream allows
+        extra = dict((await extra if inspect.isawaitable(extra) else extra) or {})
         create = {"task_template": task, "endpoint_spec": self.endpoint_spec(), "name": self.service_name, **extra}
         create["labels"] = {**(create.get("labels") or {}), **labels}
         return create
