@@ -45,7 +45,7 @@ from gpuhub_spawner.hub import admission, forms
 from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from gpuhub_spawner.hub.errors import quiet_refusal_tracebacks, spawn_error
-from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress  # noqa: F401 - PROCESS_ID re-exported
+from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress
 from gpuhub_spawner.hub.settings import GPUSpawnerSettings
 from gpuhub_spawner.hub.state import HubState
 from gpuhub_spawner.hub.usage import UsageRecords
@@ -147,7 +147,14 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
             unknown = sorted(set(user_options) - {"profile"})
             if unknown:
                 self.log.warning("Ignoring unknown user_options for %s: %s", self._log_name, unknown)
-        self.gpu_choice = await self.admit(user_options)
+        # the start begins here: a hub crash from now on (admission reads the engine and the
+        # database, which can take a while) leaves the row that tells the user after a restart
+        self._notice_in_background("mark_starting", PROCESS_ID)
+        try:
+            self.gpu_choice = await self.admit(user_options)
+        except BaseException:
+            self._start_finished()  # refused: the answer tells them; no notice is left behind
+            raise
 
     async def admitted_choice(self) -> Choice:
         """What this spawn was admitted with; decided now if ``apply_user_options`` did not run."""
