@@ -50,7 +50,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait_for_services(hub, timeout: float = 90) -> dict[str, int]:
+def _wait_for_services(hub, timeout: float = 180) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         log = hub.log_path.read_text(errors="replace")
