@@ -51,10 +51,20 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+#: ports this process handed out: the kernel may offer a just-released port again, and two
+#: services of one hub given the same port fail with "Address already in use"
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on loopback, never one this process handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def fake_gpus(n: int, tag: str, **extra: Any) -> list[dict[str, Any]]:
