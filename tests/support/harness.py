@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -57,14 +58,38 @@ _PORTS_GIVEN: set[int] = set()
 
 
 def free_port() -> int:
-    """A free TCP port on loopback, never one this process handed out before."""
+    """A free TCP port, never one this process handed out before, and never an ephemeral one.
+
+    Ports come from below the kernel's ephemeral range: a server that binds port 0 itself (the
+    test git server, Docker's published ports) gets an ephemeral port, so it can never be given
+    a port the harness already promised to a hub service that has not bound it yet (two CI runs
+    failed that way: "Address already in use", and git reading another server's answer).
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
     while True:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _PORTS_GIVEN or not _bindable(port):
+            continue
+        _PORTS_GIVEN.add(port)
+        return port
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    for host in ("127.0.0.1", "0.0.0.0"):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 def fake_gpus(n: int, tag: str, **extra: Any) -> list[dict[str, Any]]:

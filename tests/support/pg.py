@@ -22,13 +22,13 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import free_port
 from needs import unavailable
 
 OS_USER = "postgres"
@@ -56,12 +56,6 @@ def driver() -> str | None:
         if importlib.util.find_spec(module) is not None:
             return name
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresCluster:
@@ -102,7 +96,7 @@ class PostgresCluster:
         init = ("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync")
         self._check("initdb", self._run(*init, "-E", "UTF8", "--locale=C"))
         for _ in range(3):  # another process may take the free port before the server does
-            self.port = _free_port()
+            self.port = free_port()
             options = f"-h 127.0.0.1 -p {self.port} -k {self.base} -F"
             start = ("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60")
             result = self._run(*start, "-o", options)
