@@ -1,23 +1,35 @@
-"""Host PID -> container id, through ``/proc/<pid>/cgroup`` (pure parsing plus one small reader).
+"""Host PID -> container id, through ``/proc/<pid>/cgroup``, and whether this process sees the
+host's PIDs at all (pure parsing plus two small readers).
 
-NVML reports host PIDs.  A process in a Docker container sits in a cgroup whose path names the
+NVML reports PIDs.  A process in a Docker container sits in a cgroup whose path names the
 container, in one of these forms:
 
 ==========================================  ==============================================
 cgroup v1 (cgroupfs driver)                 ``12:memory:/docker/<64 hex>``
+cgroup v1 (systemd driver)                  ``12:memory:/system.slice/docker-<64 hex>.scope``
 cgroup v2 (systemd driver)                  ``0::/system.slice/docker-<64 hex>.scope``
 cgroup v2 (cgroupfs driver)                 ``0::/docker/<64 hex>``
+cgroupfs driver, ``--cgroup-parent=/x``     ``0::/x/<64 hex>``
 nested (a sub-cgroup, Docker in Docker)     ``0::/docker/<outer>/docker/<inner>``,
                                             ``0::/docker/<id>/init.scope``
-seen from another cgroup namespace          ``0::/../docker-<64 hex>.scope``
+seen from another (private) cgroup          ``0::/../<64 hex>`` (cgroupfs driver),
+namespace                                   ``0::/../docker-<64 hex>.scope`` (systemd driver)
+the reader's own cgroup namespace root      ``0::/`` (not another container: None)
 ==========================================  ==============================================
 
 The innermost container id on the path is the one whose engine runs the process.
+
+Since driver 535.113 NVML translates process ids into the caller's PID namespace and drops the
+ones it cannot see: an agent in a container's own PID namespace gets no user's process at all,
+and per-user attribution would go empty without a word.  :func:`pid_view` says at start whether
+this process shares the host's PID namespace, and why not.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 _SCOPE = re.compile(r"^docker-([0-9a-f]{64})\.scope$")
@@ -25,14 +37,18 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def container_ids_in_path(path: str) -> list[str]:
-    """Every container id on a cgroup path, outermost first."""
-    segments = [s for s in path.split("/") if s]
+    """Every container id on a cgroup path, outermost first.
+
+    A segment of exactly 64 hex digits is a container id (Docker's cgroupfs driver names the
+    cgroup after the id, under ``/docker``, a ``--cgroup-parent``, or ``..`` when seen from a
+    private cgroup namespace); so is ``docker-<id>.scope`` (the systemd driver).
+    """
     ids = []
-    for i, segment in enumerate(segments):
+    for segment in path.split("/"):
         scope = _SCOPE.match(segment)
         if scope:
             ids.append(scope.group(1))
-        elif i > 0 and segments[i - 1] == "docker" and _HEX64.match(segment):
+        elif _HEX64.match(segment):
             ids.append(segment)
     return ids
 
@@ -58,7 +74,7 @@ def container_id_from_cgroup(text: str) -> str | None:
 
 
 class ProcReader:
-    """Reads ``<host_proc>/<pid>/cgroup``; in a container, mount the host's /proc at /host/proc."""
+    """Reads ``<host_proc>/<pid>/cgroup``; in a container, run with the host's PID namespace."""
 
     def __init__(self, host_proc: str = "/proc"):
         self.root = Path(host_proc)
@@ -69,3 +85,66 @@ class ProcReader:
         except (OSError, ValueError):
             return None  # the process ended, or /proc is not the host's
         return container_id_from_cgroup(text)
+
+
+# ---- does this process see the host's PIDs? ---------------------------------------------
+
+FIX_PID_VIEW = (
+    "run the agent with the host's PID and cgroup namespaces: `gpuhub node agent install` on the "
+    "node (a container with --pid=host --cgroupns=host), or as a systemd unit (`gpuhub node agent unit`)"
+)
+
+
+@dataclass(frozen=True)
+class PidView:
+    """Whether NVML's PIDs here are the host's: ``host`` is True when they are; ``reason`` says
+    why not (empty when they are)."""
+
+    host: bool
+    reason: str = ""
+
+
+def status_field(text: str | None, name: str) -> list[str]:
+    """The whitespace-separated values of ``name:`` in a ``/proc/<pid>/status`` text."""
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key == name:
+            return value.split()
+    return []
+
+
+def pid_view_from(proc_root: str, kthreadd_status: str | None, self_status: str | None) -> PidView:
+    """Decide from two ``status`` files of ``proc_root``: its PID 2 and ``self``.
+
+    Kernel threads (``kthreadd`` is PID 2, parent 0) are visible only in the initial PID
+    namespace, so a procfs without them is a container's own.  In the host's procfs, ``NSpid``
+    of ``self`` lists one PID per namespace from the host's down to ours: more than one means
+    this process lives in a PID namespace of its own, whatever /proc it reads.
+    """
+    if status_field(kthreadd_status, "Name") != ["kthreadd"] or status_field(kthreadd_status, "PPid") != ["0"]:
+        return PidView(False, f"{proc_root} is not the host's /proc (it shows no kernel threads: a container's own)")
+    nspid = status_field(self_status, "NSpid")
+    if not nspid:
+        return PidView(False, f"cannot read {proc_root}/self/status (NSpid): not the host's /proc")
+    if len(nspid) > 1:
+        return PidView(
+            False,
+            f"the agent runs in a PID namespace of its own (PID {nspid[-1]}, {nspid[0]} on the host): NVML "
+            "hides other containers' processes from it (drivers >= 535.113)",
+        )
+    return PidView(True)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def pid_view(proc_root: str = "/proc") -> PidView:
+    """Whether this process sees the host's PIDs through ``proc_root`` (see :func:`pid_view_from`)."""
+    return pid_view_from(
+        proc_root, _read(os.path.join(proc_root, "2", "status")), _read(os.path.join(proc_root, "self", "status"))
+    )
