@@ -16,7 +16,9 @@ File format::
                 "slices": 1, "processes": [...]}]}
     ]}
 
-A missing or unreadable file behaves like a host without a driver (``nvmlInit`` fails).
+Top-level ``privileged``, ``pid_view`` and ``missing_functions`` set the caller's view (see
+:func:`caller_from_json`); a GPU may give ``reserved_mb``, a MIG instance ``compute_instance_id``
+and ``profile``.  A missing or unreadable file behaves like a host without a driver (``nvmlInit`` fails).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+import pynvml
 
 from fakes.fake_nvml import (  # noqa: F401 - re-exported as module attributes, like pynvml's
     NVML_ERROR_DRIVER_NOT_LOADED,
@@ -37,6 +41,7 @@ from fakes.fake_nvml import (  # noqa: F401 - re-exported as module attributes, 
     NVMLError,
     NVMLError_NotFound,
     NVMLError_NotSupported,
+    NVMLLibraryMismatchError,
 )
 
 NVML_DEVICE_MIG_DISABLE = FakeNVML.NVML_DEVICE_MIG_DISABLE
@@ -62,6 +67,8 @@ def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
                 int(m.get("slices", 1)),
                 m.get("gpu_instance_id"),
                 _procs(m.get("processes")),
+                compute_instance_id=int(m.get("compute_instance_id", 0)),
+                profile=m.get("profile", ""),
             )
             for m in g.get("mig") or []
         ]
@@ -75,9 +82,21 @@ def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
                 utilization=int(g.get("utilization", 0)),
                 memory_utilization=int(g.get("memory_utilization", 0)),
                 processes=_procs(g.get("processes")),
+                reserved_mb=int(g.get("reserved_mb", 0)),
             )
         )
     return gpus
+
+
+def caller_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """The caller's view: ``"privileged"``, ``"pid_view"`` ({host pid: pid seen}),
+    ``"missing_functions"`` (see :class:`FakeNVML`)."""
+    view = data.get("pid_view")
+    return {
+        "privileged": bool(data.get("privileged", True)),
+        "pid_view": None if view is None else {int(k): int(v) for k, v in view.items()},
+        "missing_functions": frozenset(data.get("missing_functions", ())),
+    }
 
 
 def _path() -> str:
@@ -93,9 +112,9 @@ def _load(force: bool = False) -> FakeNVML:
     fake = _state["fake"]
     if force or fake is None or mtime != _state["mtime"]:
         with open(path) as f:
-            gpus = gpus_from_json(json.load(f))
+            data = json.load(f)
         initialised = fake.initialised if fake is not None else False
-        fake = FakeNVML(gpus)
+        fake = FakeNVML(gpus_from_json(data), **caller_from_json(data))
         fake.initialised = initialised
         _state.update(fake=fake, mtime=mtime)
     return fake
@@ -126,4 +145,6 @@ def __getattr__(name: str) -> Any:
         if fake is None:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
         return getattr(fake, name)
+    if name.startswith(("NVML_", "NVMLError_", "nvmlMemory_")):
+        return getattr(pynvml, name)  # the real module's constants and error classes
     raise AttributeError(name)
