@@ -7,6 +7,8 @@
 #   images/build.sh node       # Debian 13 base + the swarm test rig's node image
 #   images/build.sh agent      # the node agent (a global swarm service on GPU nodes)
 #   images/build.sh all        # all three
+#   images/build.sh pytorch    # singleuser + a PyTorch kernel (CUDA wheels from PyPI)
+#   images/build.sh workshop   # pytorch + a TensorFlow kernel in a venv of its own
 #   FORCE=1 images/build.sh    # rebuild everything
 set -euo pipefail
 
@@ -17,6 +19,8 @@ SUITE=${GPUHUB_DEBIAN_SUITE:-bookworm}
 NODE_BASE_IMAGE=${GPUHUB_NODE_BASE_IMAGE:-gpuhub/debian-base:trixie}
 NODE_IMAGE=${GPUHUB_NODE_IMAGE:-gpuhub/swarm-node:trixie}
 AGENT_IMAGE=${GPUHUB_AGENT_IMAGE:-gpuhub/node-agent:latest}
+PYTORCH_IMAGE=${GPUHUB_PYTORCH_IMAGE:-gpuhub/pytorch:latest}
+WORKSHOP_IMAGE=${GPUHUB_WORKSHOP_IMAGE:-gpuhub/workshop:latest}
 CACHE=${GPUHUB_IMAGE_CACHE:-/var/cache/gpuhub}
 FORCE=${FORCE:-0}
 
@@ -58,11 +62,13 @@ build_base() {
   tar -C "$root" --exclude=./.complete -c . | docker import - "$BASE_IMAGE" >/dev/null
 }
 
-# build_cached IMAGE BASE_IMAGE CONTEXT: docker build CONTEXT on BASE_IMAGE, unless IMAGE was
-# built from the same files and base (a digest of both is kept in the image's label)
+# build_cached IMAGE BASE_IMAGE CONTEXT [EXTRA]: docker build CONTEXT on BASE_IMAGE, unless IMAGE
+# was built from the same files and base (a digest of both, and of EXTRA, is kept in the image's
+# label).  Images built FROM one of ours pass the base's image id as EXTRA: a rebuilt base then
+# rebuilds them too.
 build_cached() {
-  local image=$1 base=$2 ctx=$3 digest
-  digest=$( (cd "$ctx" && find . -type f ! -name host-ca.crt -print0 | sort -z | xargs -0 sha256sum; echo "$base") | sha256sum | cut -c1-16)
+  local image=$1 base=$2 ctx=$3 extra=${4:-} digest
+  digest=$( (cd "$ctx" && find . -type f ! -name host-ca.crt -print0 | sort -z | xargs -0 sha256sum; echo "$base${extra:+ $extra}") | sha256sum | cut -c1-16)
   if [ "$FORCE" != 1 ] && [ "$(image_label "$image" org.gpuhub.build-digest)" = "$digest" ]; then
     log "$image up to date"
     return
@@ -106,13 +112,25 @@ build_agent() {
   build_cached "$AGENT_IMAGE" "$BASE_IMAGE" "$tmp"
 }
 
+# The framework images: built FROM ours, so keyed on the base's id as well as their own files
+build_derived() {
+  local image=$1 base=$2 ctx=$3
+  build_cached "$image" "$base" "$ctx" "$(docker image inspect -f '{{.Id}}' "$base")"
+}
+
 mkdir -p "$CACHE"
 what=${1:-singleuser}
 case "$what" in
-  singleuser|all)
+  singleuser|all|pytorch|workshop)
     build_base "$SUITE" "$BASE_IMAGE"
     build_singleuser
     log "done: $SINGLEUSER_IMAGE" ;;&
+  pytorch|workshop)
+    build_derived "$PYTORCH_IMAGE" "$SINGLEUSER_IMAGE" "$here/pytorch"
+    log "done: $PYTORCH_IMAGE" ;;&
+  workshop)
+    build_derived "$WORKSHOP_IMAGE" "$PYTORCH_IMAGE" "$here/workshop"
+    log "done: $WORKSHOP_IMAGE" ;;
   node|all)
     build_base trixie "$NODE_BASE_IMAGE"
     build_node
@@ -121,6 +139,6 @@ case "$what" in
     build_base "$SUITE" "$BASE_IMAGE"
     build_agent
     log "done: $AGENT_IMAGE" ;;
-  singleuser|node) ;;
-  *) log "usage: images/build.sh [singleuser|node|agent|all]"; exit 2 ;;
+  singleuser|node|pytorch) ;;
+  *) log "usage: images/build.sh [singleuser|node|agent|pytorch|workshop|all]"; exit 2 ;;
 esac
