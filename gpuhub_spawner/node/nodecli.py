@@ -24,6 +24,7 @@ from gpuhub_spawner.core.dockerhost import DockerHostError, client_kwargs
 from gpuhub_spawner.core.inventory import Inventory, units_from_gpus
 from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
+from gpuhub_spawner.node.toolkit import ToolkitConfigError, plan_runtime_config, probe_version
 
 
 class SetupError(Exception):
@@ -203,10 +204,12 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     new_daemon = json.dumps(merged, indent=2) + "\n"
     old_runtime = runtime_path.read_text() if runtime_path.exists() else ""
     new_runtime = set_swarm_resource(old_runtime, named_kinds(resources))
+    new_runtime, toolkit_note = _runtime_mode(new_runtime, named_kinds(resources), args.runtime, runtime_path)
     daemon_changed = config != merged or not daemon_path.exists()
     runtime_changed = new_runtime != old_runtime
     print(f"[setup] {len(inventory.units)} unit(s) from {source}: " +
           ", ".join(f"{len(u)} {p}" for p, u in sorted(inventory.pools.items())))
+    sys.stdout.write(toolkit_note)
     if args.dry_run:
         sys.stdout.write(_diff(str(daemon_path), old_daemon, new_daemon) if daemon_changed else f"{daemon_path}: unchanged\n")
         sys.stdout.write(_diff(str(runtime_path), old_runtime, new_runtime) if runtime_changed else f"{runtime_path}: unchanged\n")
@@ -223,6 +226,18 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     if join_token:
         _join(args, join_token)
     return 0
+
+
+def _runtime_mode(toml_text: str, kinds: list[str], runtime: str, path: Path) -> tuple[str, str]:
+    """The runtime config with a mode that maps swarm-resource, and a note why; named kinds only
+    (toolkit 1.18.0-1.18.2 in jit-cdi mode ignore swarm-resource: see node/toolkit.py)."""
+    if not kinds:
+        return toml_text, ""
+    try:
+        new_text, verdict = plan_runtime_config(toml_text, probe_version(runtime), str(path), runtime)
+    except ToolkitConfigError as e:
+        raise SetupError(str(e)) from None
+    return new_text, f"[setup] {verdict.reason}\n"
 
 
 def _local_client():
@@ -374,7 +389,14 @@ def cmd_node_prepull(args: argparse.Namespace) -> int:
 def add_node_commands(sub) -> None:
     node = sub.add_parser("node", help="GPU worker nodes of a swarm").add_subparsers(dest="node_command", required=True)
     inv = node.add_parser("inventory", help="this node's GPU units and what it would advertise (JSON)")
-    setup = node.add_parser("setup", help="advertise this node's GPUs to Docker and join the swarm")
+    setup = node.add_parser(
+        "setup", help="advertise this node's GPUs to Docker and join the swarm",
+        description="Advertise this node's GPUs to Docker and join the swarm. The NVIDIA runtime must map "
+        "swarm's DOCKER_RESOURCE_* variables (swarm-resource) to devices: toolkit 1.18.0-1.18.2 do not in "
+        "their default jit-cdi mode (a CUDA image would see every GPU), so setup sets mode = \"legacy\" in "
+        "the runtime config where the mode is auto or jit-cdi and the toolkit is not known to be fixed "
+        "(1.18.3, 1.19.0 and later are), and refuses where it is cdi or csv.",
+    )
     for p in (inv, setup):
         p.add_argument("--static", help="JSON file listing the GPUs, instead of NVML")
         p.add_argument("--replicas", type=int, default=1, help="time-slicing slots per non-MIG GPU")
