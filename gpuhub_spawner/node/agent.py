@@ -45,15 +45,14 @@ from types import ModuleType
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from tornado import web
 from tornado.httpserver import HTTPServer
 from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Application
 
+from gpuhub_spawner.node.agent_metrics import AgentCollector
 from gpuhub_spawner.node.attribution import Attribution, activity, attribute, job_mapping, process_pids
-from gpuhub_spawner.node.cgroup import ProcReader
+from gpuhub_spawner.node.cgroup import FIX_PID_VIEW, PidView, ProcReader, pid_view
 from gpuhub_spawner.node.containers import ContainerDirectory
 from gpuhub_spawner.node.nvml import DeviceSample, NVMLUnavailable, load_nvml, sample_devices
 
@@ -67,11 +66,61 @@ class Snapshot:
     devices: list[DeviceSample] = field(default_factory=list)
     attribution: Attribution = field(default_factory=lambda: Attribution(servers={}))
     nvml_up: bool = False
+    nvml_error: str = ""  # why the NVML read failed (a reason of NVML_ERROR_HELP), else ''
     duration: float = 0.0
 
 
+#: reason -> what to do, for an NVML read that failed (the reason is a metric label)
+NVML_ERROR_HELP = {
+    "library-mismatch": "nvidia-ml-py is newer than this driver's NVML library (NVMLLibraryMismatchError): "
+    "install the nvidia-ml-py release of the driver's branch in the agent's image, or update the driver",
+    "function-not-found": "this driver's NVML lacks a function the agent calls (an older driver): install "
+    "the nvidia-ml-py release of the driver's branch, or update the driver",
+    "no-permission": "NVML refused a query (a MIG-enabled GPU needs privileges): run the agent as root on "
+    "the node, `gpuhub node agent install`",
+    "driver-mismatch": "the NVML library and the loaded kernel module differ (a driver upgrade without a "
+    "reboot): reboot the node or reload the driver",
+    "nvml-error": "NVML returned an error",
+    "unexpected": "the NVML module raised an unexpected error",
+}
+
+
+def nvml_error_reason(nvml: ModuleType | None, error: BaseException) -> str:
+    """The reason label for ``error``, raised by the NVML module ``nvml`` (pynvml or a fake).
+
+    ``NVMLLibraryMismatchError`` is not an ``NVMLError`` in pynvml; the codes are pynvml's.
+    """
+    if type(error).__name__ == "NVMLLibraryMismatchError":
+        return "library-mismatch"
+    base = getattr(nvml, "NVMLError", None)
+    if not (isinstance(base, type) and isinstance(error, base)):
+        return "unexpected"
+    codes = {
+        getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4): "no-permission",
+        getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13): "function-not-found",
+        getattr(nvml, "NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18): "driver-mismatch",
+    }
+    return codes.get(getattr(error, "value", None), "nvml-error")
+
+
+def check_pid_view(host_proc: str) -> PidView:
+    """Whether the agent sees the host's PIDs through ``host_proc``; says what to do if not."""
+    view = pid_view(host_proc)
+    if view.host:
+        log.info("The agent sees the host's PIDs (%s): per-user attribution is on", host_proc)
+    else:
+        log.warning(
+            "Per-user GPU attribution will be EMPTY: %s. To fix it, %s. "
+            "gpuhub_gpu_agent_host_pid_view is 0 until then.", view.reason, FIX_PID_VIEW,
+        )
+    return view
+
+
 class NodeAgent:
-    """One sample of NVML + /proc + Docker labels, shared by every request within ``ttl``."""
+    """One sample of NVML + /proc + Docker labels, shared by every request within ``ttl``.
+
+    ``pid_view`` (from :func:`check_pid_view` at start) is exported as a metric; None: not checked.
+    """
 
     def __init__(
         self,
@@ -82,6 +131,7 @@ class NodeAgent:
         job_mapping_dir: str = "",
         nvml: ModuleType | None = None,
         nvml_retry: float = 30.0,
+        pid_view: PidView | None = None,
     ):
         self.node = node
         self.directory = directory
@@ -90,12 +140,15 @@ class NodeAgent:
         self.job_mapping_dir = job_mapping_dir
         self.nvml = nvml
         self.nvml_retry = nvml_retry
+        self.pid_view = pid_view
+        self.nvml_errors: dict[str, int] = {}  # reason -> failed reads since start
+        self._failing = ""  # the reason logged for the failure going on, '' while reads work
         self._nvml_tried = 0.0
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._taken = 0.0
 
-    def _nvml(self) -> ModuleType | None:
+    def _nvml(self, snap: Snapshot) -> ModuleType | None:
         now = time.monotonic()
         if self.nvml is None and (not self._nvml_tried or now - self._nvml_tried >= self.nvml_retry):
             self._nvml_tried = now
@@ -103,7 +156,22 @@ class NodeAgent:
                 self.nvml = load_nvml()
             except NVMLUnavailable as e:
                 log.warning("No NVML on node %s (%s); only servers are reported", self.node, e)
+            except Exception as e:  # noqa: BLE001 - e.g. NVMLLibraryMismatchError: not an NVMLError
+                self._failed(snap, None, e)
         return self.nvml
+
+    def _failed(self, snap: Snapshot, nvml: ModuleType | None, error: BaseException) -> None:
+        """Count a failed NVML read; log it once per reason, not at every scrape."""
+        reason = nvml_error_reason(nvml, error)
+        snap.nvml_error = reason
+        self.nvml_errors[reason] = self.nvml_errors.get(reason, 0) + 1
+        if reason != self._failing:
+            self._failing = reason
+            log.warning(
+                "NVML read failed on node %s (%s: %s): %s. Its series are absent until it works; "
+                "gpuhub_gpu_agent_nvml_error{reason=\"%s\"} is 1 meanwhile.",
+                self.node, type(error).__name__, error, NVML_ERROR_HELP[reason], reason,
+            )
 
     def snapshot(self) -> Snapshot:
         """The current sample, taken again when older than ``ttl`` (one sampler at a time)."""
@@ -114,16 +182,24 @@ class NodeAgent:
                 self._taken = time.monotonic()
             return self._snapshot
 
+    def _read_nvml(self, snap: Snapshot) -> None:
+        nvml = self._nvml(snap)
+        if nvml is None:
+            return
+        try:
+            snap.devices = sample_devices(nvml)
+        except Exception as e:  # noqa: BLE001 - never a 500: the series are absent, the reason exported
+            self._failed(snap, nvml, e)
+            return
+        snap.nvml_up = True
+        if self._failing:
+            log.info("NVML reads work again on node %s", self.node)
+            self._failing = ""
+
     def _sample(self) -> Snapshot:
         t0 = time.perf_counter()
         snap = Snapshot(time=time.time())
-        nvml = self._nvml()
-        if nvml is not None:
-            try:
-                snap.devices = sample_devices(nvml)
-                snap.nvml_up = True
-            except nvml.NVMLError as e:
-                log.warning("NVML read failed: %s", e)
+        self._read_nvml(snap)
         servers = self.directory.servers()
         containers: dict[int, str | None] = {}
         for pid in process_pids(snap.devices):
@@ -166,137 +242,6 @@ def write_job_mapping(directory: Path, files: dict[str, list[str]]) -> None:
     for path in directory.iterdir():
         if _JOB_FILE.match(path.name) and path.name not in files:
             path.unlink(missing_ok=True)  # a GPU that is gone
-
-
-_MIB = 1024 * 1024
-
-
-class AgentCollector(Collector):
-    """Builds every ``gpuhub_gpu_…`` family from one :class:`Snapshot` at scrape time."""
-
-    def __init__(self, agent: NodeAgent):
-        self.agent = agent
-
-    def collect(self):
-        snap = self.agent.snapshot()
-        node = self.agent.node
-        yield from self._agent(snap, node)
-        yield from self._gpus(snap, node)
-        yield from self._instances(snap, node)
-        yield from self._per_user(snap, node)
-
-    def _agent(self, snap: Snapshot, node: str):
-        g = GaugeMetricFamily
-        up = g("gpuhub_gpu_agent_nvml_up", "1 if NVML answered in the last sample, else 0", labels=["node"])
-        up.add_metric([node], 1.0 if snap.nvml_up else 0.0)
-        took = g("gpuhub_gpu_agent_sample_duration_seconds", "Time taken by the last sample", labels=["node"])
-        took.add_metric([node], snap.duration)
-        yield from (up, took)
-
-    def _gpus(self, snap: Snapshot, node: str):
-        """Whole GPUs: what they are, their memory and utilization."""
-        g = GaugeMetricFamily
-        info = g(
-            "gpuhub_gpu_info",
-            "A GPU on this node (value 1); mig_mode is 1 when MIG is on",
-            labels=["node", "gpu_uuid", "index", "name", "mig_mode"],
-        )
-        total = g("gpuhub_gpu_memory_total_bytes", "Memory of the whole GPU", labels=["node", "gpu_uuid"])
-        used = g(
-            "gpuhub_gpu_memory_used_bytes", "Memory in use on the whole GPU", labels=["node", "gpu_uuid"]
-        )
-        util = g(
-            "gpuhub_gpu_utilization_ratio",
-            "Fraction of the last sample period in which a kernel ran (NVML); absent for "
-            "MIG-enabled GPUs, where NVML gives no utilization",
-            labels=["node", "gpu_uuid"],
-        )
-        mem_util = g(
-            "gpuhub_gpu_memory_utilization_ratio",
-            "Fraction of the last sample period in which GPU memory was read or written (NVML); "
-            "absent for MIG-enabled GPUs",
-            labels=["node", "gpu_uuid"],
-        )
-        for d in snap.devices:
-            info.add_metric([node, d.uuid, str(d.index), d.name, "1" if d.mig_enabled else "0"], 1.0)
-            total.add_metric([node, d.uuid], float(d.memory_total))
-            used.add_metric([node, d.uuid], float(d.memory_used))
-            if d.utilization is not None:
-                util.add_metric([node, d.uuid], d.utilization / 100.0)
-            if d.memory_utilization is not None:
-                mem_util.add_metric([node, d.uuid], d.memory_utilization / 100.0)
-        yield from (info, total, used, util, mem_util)
-
-    def _instances(self, snap: Snapshot, node: str):
-        """MIG instances' memory, and compute processes per GPU or MIG instance."""
-        g = GaugeMetricFamily
-        mig_total = g(
-            "gpuhub_gpu_mig_memory_total_bytes",
-            "Memory of a MIG instance (NVML gives no utilization per MIG instance)",
-            labels=["node", "gpu_uuid", "mig_uuid", "profile"],
-        )
-        mig_used = g(
-            "gpuhub_gpu_mig_memory_used_bytes",
-            "Memory in use on a MIG instance",
-            labels=["node", "gpu_uuid", "mig_uuid", "profile"],
-        )
-        procs = g(
-            "gpuhub_gpu_processes",
-            "Compute processes on a GPU or MIG instance (mig_uuid empty for a whole GPU)",
-            labels=["node", "gpu_uuid", "mig_uuid"],
-        )
-        other = g(
-            "gpuhub_gpu_unattributed_processes",
-            "Compute processes on a GPU or MIG instance that are in no gpuhub server",
-            labels=["node", "gpu_uuid", "mig_uuid"],
-        )
-        for d in snap.devices:
-            if not d.mig_enabled:
-                procs.add_metric([node, d.uuid, ""], float(len(d.processes)))
-            for m in d.mig:
-                mig_total.add_metric([node, d.uuid, m.uuid, m.profile], float(m.memory_total))
-                mig_used.add_metric([node, d.uuid, m.uuid, m.profile], float(m.memory_used))
-                procs.add_metric([node, d.uuid, m.uuid], float(len(m.processes)))
-        for (gpu, mig), count in snap.attribution.unattributed.items():
-            other.add_metric([node, gpu, mig], float(count))
-        yield from (mig_total, mig_used, procs, other)
-
-    def _per_user(self, snap: Snapshot, node: str):
-        g = GaugeMetricFamily
-        server_info = g(
-            "gpuhub_gpu_server_info",
-            "A gpuhub notebook server on this node (value 1), with its unit, pool and profile",
-            labels=["node", "user", "server", "container", "unit", "pool", "profile"],
-        )
-        keys = ["node", "user", "server", "unit", "gpu_uuid", "mig_uuid"]
-        mem = g(
-            "gpuhub_gpu_user_memory_used_bytes", "GPU memory used by a user's server's processes", labels=keys
-        )
-        count = g(
-            "gpuhub_gpu_user_processes",
-            "Compute processes of a user's server on a GPU or MIG instance",
-            labels=keys,
-        )
-        util = g(
-            "gpuhub_gpu_user_utilization_ratio",
-            "Utilization of the whole GPU a user's server holds; absent for MIG instances (NVML "
-            "gives none) and shared replica slots (it cannot be split per user)",
-            labels=["node", "user", "server", "unit", "gpu_uuid"],
-        )
-        by_uuid = {d.uuid: d for d in snap.devices}
-        servers = snap.attribution.servers
-        for cid, s in servers.items():
-            server_info.add_metric([node, s.user, s.server, cid[:12], s.unit, s.pool, s.profile], 1.0)
-            gpu = s.whole_gpu
-            device = by_uuid.get(gpu) if gpu else None
-            if device is not None and device.utilization is not None:
-                util.add_metric([node, s.user, s.server, s.unit, gpu], device.utilization / 100.0)
-        for (cid, gpu, mig), usage in snap.attribution.usage.items():
-            s = servers[cid]
-            labels = [node, s.user, s.server, s.unit, gpu, mig]
-            mem.add_metric(labels, float(usage.memory_used_bytes))
-            count.add_metric(labels, float(usage.processes))
-        yield from (server_info, mem, count, util)
 
 
 # ---- web ---------------------------------------------------------------------------------
@@ -480,6 +425,7 @@ class NodeAgentApp(Application):
             ProcReader(self.host_proc),
             ttl=self.cache_ttl,
             job_mapping_dir=self.hpc_job_mapping_dir,
+            pid_view=check_pid_view(self.host_proc),
         )
 
     async def serve(self, token: str | None) -> None:

@@ -1,7 +1,7 @@
 """Which gpuhub server uses which GPU memory on this node (pure: no I/O).
 
-Input: one NVML sample (:func:`gpuhub_spawner.node.nvml.sample_devices`), the container of each
-process (host PID -> container id, from :mod:`.cgroup`) and the gpuhub server containers on
+Input: one NVML sample (:func:`gpuhub_spawner.node.nvml.sample_devices`: compute processes and
+MPS clients), the container of each process (host PID -> container id, from :mod:`.cgroup`) and the gpuhub server containers on
 this node with their labels.  Output: memory and process counts per (server, GPU or MIG
 instance), the ``/api/activity`` document the idle culler reads, and dcgm-exporter's HPC
 job-mapping files.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpuhub_spawner.core.labels import ServerLabels
-from gpuhub_spawner.node.nvml import DeviceSample, ProcessSample
+from gpuhub_spawner.node.nvml import DeviceSample, MigSample, ProcessSample
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,29 @@ class Attribution:
     unattributed: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
+def _same(listed: int | None, instance: int | None) -> bool:
+    return listed is None or instance is None or listed == instance
+
+
+def instance_processes(mig: MigSample) -> list[ProcessSample]:
+    """The processes that run in ``mig``, of those NVML listed on its handle.
+
+    Queried with privileges, a MIG handle (like its parent's) may list the processes of every
+    instance on the GPU, each with its ``gpuInstanceId``/``computeInstanceId``: keep those of
+    this GPU instance and compute instance (a process NVML gives no id for is kept).
+    """
+    return [
+        p
+        for p in mig.processes
+        if _same(p.gpu_instance_id, mig.gpu_instance_id) and _same(p.compute_instance_id, mig.compute_instance_id)
+    ]
+
+
 def _where(devices: Iterable[DeviceSample]) -> Iterable[tuple[str, str, list[ProcessSample]]]:
     for device in devices:
         if device.mig_enabled:
             for mig in device.mig:
-                yield device.uuid, mig.uuid, mig.processes
+                yield device.uuid, mig.uuid, instance_processes(mig)
         else:
             yield device.uuid, "", device.processes
 
@@ -91,7 +109,12 @@ def process_pids(devices: Iterable[DeviceSample]) -> set[int]:
 def attribute(
     devices: list[DeviceSample], containers: Mapping[int, str | None], servers: Mapping[str, Server]
 ) -> Attribution:
-    """Sum each GPU process's memory into the server whose container it runs in."""
+    """Sum each GPU process's memory into the server whose container it runs in.
+
+    Under MPS the clients (``mps_client``, NVML's MPS list) are the users' processes and count
+    for their containers; the MPS server, in the compute list, runs in the node's MPS daemon
+    container and is unattributed, whoever's work it carries.
+    """
     result = Attribution(servers=dict(servers))
     for gpu, mig, procs in _where(devices):
         for proc in procs:

@@ -317,43 +317,12 @@ TOKEN = "s3cret-agent-token-0123456789abcdef"
 
 
 @pytest.fixture
-def agent_server(tmp_path):
-    """The agent's real tornado application on a free loopback port, in its own thread."""
-    import asyncio
-    import socket
-    import threading
-
-    from tornado.httpserver import HTTPServer
-    from tornado.netutil import bind_sockets
-
-    from gpuhub_spawner.node.agent import make_web_app
-
+def agent_server(tmp_path, serve_agent):
+    """An agent that lists alice's server and never loads NVML, served on a loopback port."""
     listed = [{"Id": A, "Labels": _labels(SERVERS[A])}]
     agent = NodeAgent("gpu-1", ContainerDirectory(CountingAPI(listed, {})), ProcReader(str(tmp_path)), nvml=None)
     agent._nvml_tried = 1e18  # never loads NVML: servers only
-    [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-    port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run(token):
-        asyncio.set_event_loop(loop)
-
-        async def serve():
-            server = HTTPServer(make_web_app(agent, token))
-            server.add_sockets([sock])
-            started.set()
-
-        loop.run_until_complete(serve())
-        loop.run_forever()
-
-    def start(token):
-        threading.Thread(target=run, args=(token,), daemon=True).start()
-        assert started.wait(10)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    loop.call_soon_threadsafe(loop.stop)
+    return lambda token: serve_agent(agent, token)
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/api/activity", "/"])

@@ -119,10 +119,12 @@ GI_PROFILES: dict[str, list[FakeGIProfile]] = {
 
 @dataclass
 class FakeProcess:
-    """A compute process; ``pid`` is its HOST pid."""
+    """A compute process; ``pid`` is its HOST pid.  An MPS client (``mps_client``) is listed by
+    ``nvmlDeviceGetMPSComputeRunningProcesses``, not the compute list (where its server is)."""
 
     pid: int
     used_bytes: int | None = 0
+    mps_client: bool = False
 
 
 @dataclass
@@ -415,11 +417,22 @@ class FakeNVML:
         """Processes on a GPU or MIG instance, in the caller's PID namespace (see the module
         docstring).  An unprivileged caller gets no per-process memory on a MIG parent."""
         self._check("nvmlDeviceGetComputeRunningProcesses_v3", handle)
+        return self._running(handle, mps=False)
+
+    def nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle: _Handle) -> list[SimpleNamespace]:
+        """MPS clients (:attr:`FakeProcess.mps_client`), like the compute list otherwise."""
+        self._check("nvmlDeviceGetMPSComputeRunningProcesses_v3", handle)
+        return self._running(handle, mps=True)
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: _Handle) -> list[SimpleNamespace]:
+        return self.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle)
+
+    def _running(self, handle: _Handle, mps: bool) -> list[SimpleNamespace]:
         no_memory = handle.mig is None and handle.gpu.mig_enabled and not self.privileged
         result = []
         for p, m in self._listed(handle):
             pid = self._caller_pid(p.pid)
-            if pid is None:
+            if pid is None or p.mps_client is not mps:
                 continue
             result.append(
                 SimpleNamespace(
