@@ -23,6 +23,7 @@ from gpuhub_spawner.core.cluster import KIND_PREFIX, SHARED_LABEL_PREFIX, named_
 from gpuhub_spawner.core.dockerhost import DockerHostError, client_kwargs
 from gpuhub_spawner.core.inventory import Inventory, units_from_gpus
 from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
+from gpuhub_spawner.node import mps as node_mps
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
 from gpuhub_spawner.node.toolkit import ToolkitConfigError, plan_runtime_config, probe_version
 
@@ -200,6 +201,11 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     if not inventory.units:
         raise SetupError(f"no GPU units found ({source}); nothing to advertise. Nothing was changed.")
     resources, labels = node_resources(inventory.units)
+    try:
+        mps_plan = node_mps.plan_from_args(args, inventory)  # checked before anything changes
+    except node_mps.MPSSetupError as e:
+        raise SetupError(str(e)) from None
+    labels.update(mps_plan.labels)
     merged = merge_daemon_config(config, resources, labels, args.runtime)
     new_daemon = json.dumps(merged, indent=2) + "\n"
     old_runtime = runtime_path.read_text() if runtime_path.exists() else ""
@@ -213,6 +219,7 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(_diff(str(daemon_path), old_daemon, new_daemon) if daemon_changed else f"{daemon_path}: unchanged\n")
         sys.stdout.write(_diff(str(runtime_path), old_runtime, new_runtime) if runtime_changed else f"{runtime_path}: unchanged\n")
+        node_mps.show(mps_plan)
         return 0
     if runtime_changed:
         _write(runtime_path, new_runtime)
@@ -223,6 +230,9 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         _restart_docker(args.restart_command)
     else:
         print(f"[setup] {daemon_path} already up to date; Docker not restarted")
+    if mps_plan.daemons or mps_plan.refused:
+        node_mps.show(mps_plan)
+        _apply_mps(mps_plan)
     if join_token:
         _join(args, join_token)
     return 0
@@ -238,6 +248,13 @@ def _runtime_mode(toml_text: str, kinds: list[str], runtime: str, path: Path) ->
     except ToolkitConfigError as e:
         raise SetupError(str(e)) from None
     return new_text, f"[setup] {verdict.reason}\n"
+
+
+def _apply_mps(plan: node_mps.Plan) -> None:
+    try:
+        node_mps.apply(plan, _local_client())
+    except node_mps.MPSSetupError as e:
+        raise SetupError(str(e)) from None
 
 
 def _local_client():
@@ -415,6 +432,7 @@ def add_node_commands(sub) -> None:
     setup.add_argument("--join-token", help=argparse.SUPPRESS)
     setup.add_argument("--manager", help="manager address host:2377 (with --join-token-file)")
     setup.add_argument("--advertise-addr", help="this node's address for the swarm")
+    node_mps.add_arguments(setup)
     setup.set_defaults(func=cmd_node_setup)
     for name, func, help_text in (
         ("cordon", cmd_node_cordon, "stop placing new servers on a node; running ones go on"),
