@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (InventoryError, ConfigError, SetupError, OSError, json.JSONDecodeError) as e:
+    except (InventoryError, ConfigError, SetupError, NVMLUnavailable, OSError, json.JSONDecodeError) as e:
         print(f"gpuhub: {e}", file=sys.stderr)
         return 2
 

@@ -37,6 +37,7 @@ from gpuhub_spawner.core.inventory import (
     pool_for_mig,
 )
 from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
+from gpuhub_spawner.core.mig_profiles import kind_suffix, profile_of_kind_suffix
 
 KIND_PREFIX = "NVIDIA_"
 GPU_KIND = "NVIDIA_GPU"
@@ -51,8 +52,9 @@ LIVE_TASK_STATES = frozenset(
 
 
 def mig_kind(profile: str) -> str:
-    """``1g.10gb`` -> ``NVIDIA_MIG_1G_10GB`` (the name must be a valid variable name)."""
-    return MIG_KIND_PREFIX + re.sub(r"[^0-9A-Za-z]", "_", profile).upper()
+    """``1g.10gb`` -> ``NVIDIA_MIG_1G_10GB``, ``1g.10gb+me`` -> ``NVIDIA_MIG_1G_10GB_ME``,
+    ``1g.10gb-me`` -> ``NVIDIA_MIG_1G_10GB_NO_ME`` (a valid variable name that reads back)."""
+    return MIG_KIND_PREFIX + kind_suffix(profile)
 
 
 def shared_kind(gpu_uuid: str) -> str:
@@ -302,9 +304,9 @@ def _unit_for(kind: str, value: Any, named: bool, hostname: str) -> Unit | None:
 
 
 def _profile_of_mig_kind(kind: str) -> str:
-    """``NVIDIA_MIG_1G_10GB`` -> ``1g.10gb`` (``1C_2G_20GB`` -> ``1c.2g.20gb``)."""
-    parts = kind[len(MIG_KIND_PREFIX):].lower().split("_")
-    return ".".join(parts)
+    """``NVIDIA_MIG_1G_10GB`` -> ``1g.10gb`` (``1C_2G_20GB`` -> ``1c.2g.20gb``, ``1G_10GB_ME`` ->
+    ``1g.10gb+me``, ``1G_10GB_NO_ME`` -> ``1g.10gb-me``)."""
+    return profile_of_kind_suffix(kind[len(MIG_KIND_PREFIX):])
 
 
 def pool_of_kind(kind: str) -> str | None:

@@ -29,6 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuhub_spawner.core.mig_profiles import PROFILE_RE as _MIG_PROFILE
+from gpuhub_spawner.core.mig_profiles import memory_isolated as _profile_memory_isolated
+
 KIND_GPU = "gpu"
 KIND_MIG = "mig"
 KIND_REPLICA = "replica"
@@ -37,8 +40,10 @@ POOL_GPU = "gpu"
 POOL_SHARED = "shared"
 
 _GPU_UUID = re.compile(r"^GPU-[0-9A-Za-z-]+$")
+#: ``MIG-<uuid>``, or ``MIG-GPU-<gpu uuid>/<gi>/<ci>`` as R450/R460 drivers print it.  Either is
+#: passed on verbatim: the NVIDIA container CLI matches a MIG UUID against the one its driver
+#: reports, so the form must be the one this driver prints.
 _MIG_UUID = re.compile(r"^MIG-[0-9A-Za-z/-]+$")
-_MIG_PROFILE = re.compile(r"^([0-9]+c\.)?[0-9]+g\.[0-9]+gb(\+[a-z]+)?$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -76,10 +81,18 @@ class Unit:
     def shared(self) -> bool:
         return self.kind == KIND_REPLICA
 
+    @property
+    def memory_isolated(self) -> bool:
+        """False for replica slots and compute-instance MIG units (``1c.3g.40gb``), whose GPU
+        memory other users' processes share."""
+        if self.kind == KIND_MIG:
+            return _profile_memory_isolated(self.mig_profile)
+        return self.kind == KIND_GPU
+
     def describe(self) -> str:
         """Short human description, e.g. ``MIG 1g.10gb`` or ``shared GPU slot 2/4``."""
         if self.kind == KIND_MIG:
-            return f"MIG {self.mig_profile}"
+            return f"MIG {self.mig_profile}" + ("" if self.memory_isolated else " (GPU memory shared)")
         if self.kind == KIND_REPLICA:
             return f"shared GPU slot {self.slot + 1}/{self.slots}"
         return "whole GPU"
@@ -195,7 +208,7 @@ def _mig_units(gpu_uuid: str, entries: Any, where: str, node: str, name: str) ->
             raise InventoryError(
                 mwhere,
                 f"'{profile}' is not a MIG profile name",
-                "Use the name nvidia-smi shows, such as '1g.10gb' or '3g.40gb'.",
+                "Use the name nvidia-smi shows, such as '1g.10gb', '3g.40gb', '1g.10gb+me' or '1c.3g.40gb'.",
             )
         units.append(
             Unit(
@@ -312,11 +325,17 @@ def default_profiles(inventory: Inventory) -> list[Profile]:
             desc = "A time-sliced share of a GPU. GPU memory is NOT isolated from other users."
         elif pool == POOL_GPU:
             desc = "A whole GPU to yourself."
-        else:
+        elif all(u.memory_isolated for u in units):
             desc = "An isolated MIG slice of a GPU."
+        else:
+            desc = (
+                "A compute slice of a MIG instance: its own GPU cores, but GPU memory is NOT isolated "
+                "from the other compute slices of the same instance."
+            )
         if memory:
             desc += f" About {memory / 1024:.0f} GB of GPU memory."
-        slug = re.sub(r"[^a-z0-9]+", "-", pool.lower()).strip("-")
+        name = pool.lower().replace("gb-", "gb-no-") if pool.startswith("mig-") else pool.lower()  # -me, +me
+        slug = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
         profiles.append(Profile(slug=slug, display_name=pool_label(pool), pool=pool, description=desc))
     if profiles:
         first = profiles[0]
