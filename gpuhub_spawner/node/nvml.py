@@ -345,6 +345,27 @@ def _listed(nvml: ModuleType, handle: Any, query: str, mps: bool) -> list[Proces
     return found
 
 
+def _compute_listed(nvml: ModuleType, handle: Any) -> list[ProcessSample]:
+    """The compute list.  nvidia-ml-py newer than the driver (13 on R470) raises
+    ``NVMLLibraryMismatchError`` for the unversioned query; the ``_v2`` query (drivers since
+    R450) gives the same fields then.  Where that fails too, the mismatch is raised: a missing
+    process list must not read as an idle GPU."""
+    try:
+        return _listed(nvml, handle, "nvmlDeviceGetComputeRunningProcesses", False)
+    except nvml_errors(nvml) as e:  # _listed handles NVMLError: this is the library mismatch
+        try:
+            nvml.nvmlDeviceGetComputeRunningProcesses_v2(handle)
+        except (nvml.NVMLError, AttributeError):
+            raise e from None
+    if "v2" not in _WARNED:
+        _WARNED.add("v2")
+        log.warning(
+            "nvidia-ml-py is newer than this driver's NVML library; reading processes with the "
+            "driver's _v2 query. Install the nvidia-ml-py release of the driver's branch"
+        )
+    return _listed(nvml, handle, "nvmlDeviceGetComputeRunningProcesses_v2", False)
+
+
 def _processes(nvml: ModuleType, handle: Any) -> list[ProcessSample]:
     """Compute processes, and MPS clients (``nvmlDeviceGetMPSComputeRunningProcesses``; where
     the library has no such query, none).  A PID in both lists is listed once, as a client."""
@@ -354,9 +375,7 @@ def _processes(nvml: ModuleType, handle: Any) -> list[ProcessSample]:
         log.debug("no MPS client list for a device: %s", e)
         clients = []
     seen = {p.pid for p in clients}
-    return [
-        p for p in _listed(nvml, handle, "nvmlDeviceGetComputeRunningProcesses", False) if p.pid not in seen
-    ] + clients
+    return [p for p in _compute_listed(nvml, handle) if p.pid not in seen] + clients
 
 
 def _utilization(nvml: ModuleType, handle: Any) -> tuple[int | None, int | None]:
@@ -370,7 +389,7 @@ def _utilization(nvml: ModuleType, handle: Any) -> tuple[int | None, int | None]
 #: MIG UUID -> profile name, so a name the driver does not give is worked out (and warned
 #: about) once, not at every sample
 _PROFILES: dict[str, str] = {}
-_WARNED: set[str] = set()  # GPUs whose memory NVML refused, logged
+_WARNED: set[str] = set()  # what was logged once: GPUs whose memory NVML refused, "v2"
 
 
 def _sampled_profile(nvml: ModuleType, parent: Any, mig: Any) -> str:

@@ -12,7 +12,7 @@ import logging
 
 import pynvml
 import pytest
-from fakes.fake_nvml import FakeGIProfile, FakeGPU, FakeMIG, FakeNVML, FakeProcess
+from fakes.fake_nvml import R470_MISSING, FakeGIProfile, FakeGPU, FakeMIG, FakeNVML, FakeProcess
 
 from gpuhub_spawner import cli
 from gpuhub_spawner.core import cluster
@@ -200,3 +200,16 @@ def test_a_custom_profile_table_is_read_from_the_driver():
     gpu = FakeGPU(H100, "NVIDIA H200", 143771, mig_enabled=True, gi_profiles=table,
                   mig_instances=[FakeMIG(mig(1), "NVIDIA H200", 16896, 1)])  # fmt: skip
     assert profiles(discover_gpus(started([gpu]))) == ["1g.18gb"]
+
+
+def test_sampling_on_an_r470_driver_reads_processes_with_the_v2_query():
+    gpu = FakeGPU(L40, "NVIDIA L40S", 46068, processes=[FakeProcess(4242, 1 << 20)])
+    (device,) = sample_devices(started([gpu], missing_functions=R470_MISSING))
+    assert [(p.pid, p.used_bytes) for p in device.processes] == [(4242, 1 << 20)]
+
+
+def test_sampling_without_any_process_query_fails_closed():
+    gpu = FakeGPU(L40, "NVIDIA L40S", 46068, processes=[FakeProcess(4242, 1 << 20)])
+    missing = R470_MISSING | {"nvmlDeviceGetComputeRunningProcesses_v2"}
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):  # not an empty list that reads as idle
+        sample_devices(started([gpu], missing_functions=missing))

@@ -453,6 +453,11 @@ class FakeNVML:
                 "Unversioned function called and the pyNVML version does not match the NVML lib version."
             ) from None
 
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: _Handle) -> list[SimpleNamespace]:
+        """The R450-R470 query: the same fields as ``_v3``."""
+        self._check("nvmlDeviceGetComputeRunningProcesses_v2", handle)
+        return self._running(handle, mps=False)
+
 
 def _profile_in(device_name: str) -> str:
     m = re.search(r"MIG\s+(\S+)$", device_name)
