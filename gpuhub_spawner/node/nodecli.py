@@ -452,3 +452,6 @@ def add_node_commands(sub) -> None:
     pull.add_argument("--docker-host", help="manager engine URL (default: DOCKER_HOST)")
     pull.add_argument("--timeout", type=float, default=1800)
     pull.set_defaults(func=cmd_node_prepull)
+    from gpuhub_spawner.node.agent_install import add_agent_commands  # it imports SetupError from here
+
+    add_agent_commands(node)  # gpuhub node agent install|remove|unit
