@@ -4,6 +4,14 @@
 (see :mod:`gpuhub_spawner.core.inventory`).  The NVML module is passed in, so tests hand it a fake
 (``tests/support/fakes/fake_nvml.py``) and a GPU machine hands it the real ``pynvml``.
 
+Real drivers differ in what they give (the fake copies each): MIG profile names come from the
+device name, else the GPU-instance profile table, else are derived with a warning
+(:func:`mig_profile_name`); a MIG-enabled GPU's memory is refused to unprivileged callers
+(``NoPermission``: a fallback, logged); R450/R460 drivers print MIG UUIDs as
+``MIG-GPU-<gpu uuid>/<gi>/<ci>``, passed on verbatim because the NVIDIA container CLI matches
+``NVIDIA_VISIBLE_DEVICES`` against the UUIDs its own driver reports; a GPU NVML fails on is left
+out with what to do (:func:`explain`), never replaced by "all GPUs".
+
 :func:`sample_devices` reads what the node agent exports: memory used, utilization where NVML
 gives it, and the compute processes of every GPU and MIG instance.  :func:`load_nvml` imports
 ``pynvml``, or the module named by ``GPUHUB_NVML_MODULE`` (tests point it at a fake).

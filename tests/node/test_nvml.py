@@ -75,7 +75,7 @@ def test_discover_describes_every_usable_gpu(nvml: FakeNVML, caplog: pytest.LogC
         {"uuid": mig(2), "profile": "1g.10gb", "memory_mb": 9856},
         {"uuid": mig(3), "profile": "3g.40gb", "memory_mb": 40192},
     ]
-    # bytes decoded; profiles derived from slices and memory
+    # bytes decoded; profiles from the driver's GPU-instance profile table (no name in the device)
     assert gpus[1]["name"] == "A100-SXM4-40GB"
     assert gpus[1]["mig"] == [
         {"uuid": mig(4), "profile": "1g.5gb", "memory_mb": 4864},
