@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pynvml
 import pytest
 from fakes.fake_nvml import R470_MISSING, FakeGPU, FakeMIG, FakeNVML, FakeProcess
@@ -97,3 +99,26 @@ def test_legacy_uuids_and_profile_table():
     assert (info.name, info.memorySizeMB, info.sliceCount) == (b"MIG 3g.40gb", 40192, 3)
     gi = fake.nvmlDeviceGetGpuInstanceById(parent, 2)
     assert fake.nvmlGpuInstanceGetInfo(gi).profileId == info.id
+
+
+def test_the_file_fake_carries_the_failure_modes(tmp_path, monkeypatch):
+    import fakes.fake_nvml_file as ff
+
+    doc = {
+        "privileged": False,
+        "pid_view": {"4242": 7},
+        "gpus": [
+            {"uuid": GPU, "name": "NVIDIA L40S", "memory_mb": 46068, "reserved_mb": 300,
+             "processes": [{"pid": 4242, "used_bytes": 1}, {"pid": 5000, "used_bytes": 2, "mps_client": True}]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "gpus.json").write_text(json.dumps(doc))
+    monkeypatch.setenv("GPUHUB_FAKE_NVML_FILE", str(tmp_path / "gpus.json"))
+    ff.nvmlInit()
+    try:
+        handle = ff.nvmlDeviceGetHandleByIndex(0)
+        assert [p.pid for p in ff.nvmlDeviceGetComputeRunningProcesses(handle)] == [7]
+        assert ff.nvmlDeviceGetMemoryInfo(handle).used == (300 << 20) + 3
+        assert ff.NVMLError_NoPermission is pynvml.NVMLError_NoPermission
+    finally:
+        ff.nvmlShutdown()

@@ -16,9 +16,10 @@ File format::
                 "slices": 1, "processes": [...]}]}
     ]}
 
-Top-level ``privileged``, ``pid_view`` and ``missing_functions`` set the caller's view (see
-:func:`caller_from_json`); a GPU may give ``reserved_mb``, a MIG instance ``compute_instance_id``
-and ``profile``.  A missing or unreadable file behaves like a host without a driver (``nvmlInit`` fails).
+Top-level ``privileged``, ``pid_view``, ``missing_functions`` and ``mig_handle_lists_all`` set
+the caller's view (see :func:`caller_from_json`); a GPU may give ``reserved_mb``,
+``legacy_mig_uuids`` and ``lost``, a MIG instance ``compute_instance_id``, ``ci_slices``,
+``profile`` and ``reserved_mb``.  A missing or unreadable file behaves like a host without a driver (``nvmlInit`` fails).
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ _state: dict[str, Any] = {"fake": None, "mtime": None}
 
 
 def _procs(entries: list[dict[str, Any]] | None) -> list[FakeProcess]:
-    return [FakeProcess(int(p["pid"]), p.get("used_bytes", 0)) for p in entries or []]
+    return [
+        FakeProcess(int(p["pid"]), p.get("used_bytes", 0), bool(p.get("mps_client", False)))
+        for p in entries or []
+    ]
 
 
 def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
@@ -69,6 +73,8 @@ def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
                 _procs(m.get("processes")),
                 compute_instance_id=int(m.get("compute_instance_id", 0)),
                 profile=m.get("profile", ""),
+                ci_slices=m.get("ci_slices"),
+                reserved_mb=int(m.get("reserved_mb", 0)),
             )
             for m in g.get("mig") or []
         ]
@@ -83,6 +89,8 @@ def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
                 memory_utilization=int(g.get("memory_utilization", 0)),
                 processes=_procs(g.get("processes")),
                 reserved_mb=int(g.get("reserved_mb", 0)),
+                legacy_mig_uuids=bool(g.get("legacy_mig_uuids", False)),
+                lost=bool(g.get("lost", False)),
             )
         )
     return gpus
@@ -90,12 +98,13 @@ def gpus_from_json(data: dict[str, Any]) -> list[FakeGPU]:
 
 def caller_from_json(data: dict[str, Any]) -> dict[str, Any]:
     """The caller's view: ``"privileged"``, ``"pid_view"`` ({host pid: pid seen}),
-    ``"missing_functions"`` (see :class:`FakeNVML`)."""
+    ``"missing_functions"``, ``"mig_handle_lists_all"`` (see :class:`FakeNVML`)."""
     view = data.get("pid_view")
     return {
         "privileged": bool(data.get("privileged", True)),
         "pid_view": None if view is None else {int(k): int(v) for k, v in view.items()},
         "missing_functions": frozenset(data.get("missing_functions", ())),
+        "mig_handle_lists_all": bool(data.get("mig_handle_lists_all", False)),
     }
 
 
