@@ -95,13 +95,14 @@ c.GPUDockerSpawner.quota_defaults = cfg.quota_defaults
 c.GPUDockerSpawner.default_mem_limit = str(cfg.limits.default_mem_limit)
 c.GPUDockerSpawner.default_cpu_limit = cfg.limits.default_cpu_limit
 c.GPUDockerSpawner.pids_limit = cfg.limits.pids_limit
-if any(p.image or p.environment for p in cfg.profiles):
-    # a profile's own image and environment, set on the spawner as its profile is chosen
-    from gpuhub_spawner.hub.profile_image import profile_image_hook
+# a profile's own image (from images.allowed) wins over a user's pick from
+# c.DockerSpawner.allowed_images, which works as upstream documents it (see hub/profile_image.py)
+c.GPUDockerSpawner.gpu_profile_images = {p.slug: p.image for p in cfg.profiles if p.image}
+if any(p.environment for p in cfg.profiles):
+    # a profile's own environment, set on the spawner as its profile is chosen
+    from gpuhub_spawner.hub.profile_image import profile_environment_hook
 
-    c.Spawner.pre_spawn_hook = profile_image_hook(
-        {p.slug: (p.image, p.environment) for p in cfg.profiles}, cfg.images.default
-    )
+    c.Spawner.pre_spawn_hook = profile_environment_hook({p.slug: p.environment for p in cfg.profiles})
 
 # ---- swarm: hub.spawner: swarm, the hub on a manager (the engine's unix socket) ------------
 # Servers become swarm services; GPUs are whatever the nodes advertise (`gpuhub node setup`),

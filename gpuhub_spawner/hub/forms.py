@@ -51,12 +51,17 @@ def profile_rows(
     sizes: Mapping[str, int],
     waiting: Mapping[str, int],
     allowed: set[str] | None = None,
+    images: Mapping[str, str] | None = None,
+    default_image: str = "",
+    limit_notes: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per profile this user may pick: its free count in words, and which one is checked.
 
     Profiles outside ``allowed`` are left out (the server refuses them anyway); the default is
-    checked, else the last one.
+    checked, else the last one.  ``images`` names the profiles that run their own image (slug ->
+    short name): ``own_image`` is set on those rows, ``image`` on every row (else ``default_image``).
     """
+    images = images or {}
     rows = []
     checked_done = False
     shown = [p for p in profiles if allowed is None or p.slug in allowed]
@@ -78,6 +83,10 @@ def profile_rows(
                 "description": profile.description,
                 "status": status,
                 "checked": checked,
+                "own_image": bool(images.get(profile.slug)),
+                "image": images.get(profile.slug) or default_image,
+                # which kind of GPU limit applies (shared pools: MPS-enforced, or a hint)
+                "gpu_limit": (limit_notes or {}).get(profile.pool or "", ""),
             }
         )
     return rows
@@ -91,14 +100,28 @@ def render_options_form(
     allowed: set[str] | None = None,
     notice: str = "",
     template_paths: Sequence[str] = (),
+    images: Mapping[str, str] | None = None,
+    default_image: str = "",
+    image_choices: Sequence[str] = (),
+    image_chosen: str = "",
+    limit_notes: Mapping[str, str] | None = None,
 ) -> str:
-    """HTML radio list of the profiles this user may pick, with free counts.
+    """HTML radio list of the profiles this user may pick, with free counts and images.
 
-    ``notice`` is a line shown above the list, such as the GPU time left. The HTML comes from
-    ``gpuhub_spawn_form.html``, found first in ``template_paths``; an override that does not
-    render is logged and the built-in template is used, so users can still start a server.
+    ``notice`` is a line shown above the list, such as the GPU time left. ``images`` and
+    ``default_image`` are the short image names shown per profile (see :func:`profile_rows`);
+    ``image_choices`` (DockerSpawner's ``allowed_images`` names, more than one) become the
+    ``image`` field, ``image_chosen`` selected, for the profiles without their own image. The
+    HTML comes from ``gpuhub_spawn_form.html``, found first in ``template_paths``; an override
+    that does not render is logged and the built-in template is used, so users can still start
+    a server.
     """
-    context = {"rows": profile_rows(profiles, free, sizes, waiting, allowed), "notice": notice}
+    context = {
+        "rows": profile_rows(profiles, free, sizes, waiting, allowed, images, default_image, limit_notes),
+        "notice": notice,
+        "image_choices": list(image_choices),
+        "image_chosen": image_chosen,
+    }
     try:
         return form_environment(tuple(template_paths)).get_template(FORM_TEMPLATE).render(context)
     except Exception as e:  # an operator's template may raise anything
@@ -115,9 +138,14 @@ def render_options_form(
 
 
 def options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """Form fields (lists of strings) to ``user_options``."""
-    values = formdata.get("profile") or []
-    return {"profile": values[0]} if values else {}
+    """Form fields (lists of strings) to ``user_options``: the profile and the image picked
+    (DockerSpawner's field name, ``image``), each when given."""
+    options = {}
+    for field in ("profile", "image"):
+        values = formdata.get(field) or []
+        if values and values[0]:
+            options[field] = values[0]
+    return options
 
 
 def choose_profile(

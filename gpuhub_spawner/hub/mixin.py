@@ -41,7 +41,7 @@ from gpuhub_spawner.core.labels import (  # noqa: F401 - re-exported for the spa
     ServerLabels,
 )
 from gpuhub_spawner.core.volumes import VolumePlan
-from gpuhub_spawner.hub import admission, forms
+from gpuhub_spawner.hub import admission, forms, profile_image
 from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from gpuhub_spawner.hub.errors import quiet_refusal_tracebacks, spawn_error
@@ -80,7 +80,7 @@ def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
     return _INVENTORY_CACHE[key]
 
 
-class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
+class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, GPUSpawnerSettings):
     """What the Docker and Swarm GPU spawners share: profiles, admission, allocation, limits."""
 
     @default("start_timeout")
@@ -98,7 +98,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
 
     @default("options_from_form")
     def _default_gpu_options_from_form(self) -> Any:
-        return forms.options_from_form
+        return profile_image.options_from_form
 
     # ---- runtime state (persisted by get_state) --------------------------------------
 
@@ -144,7 +144,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
         if isinstance(self.log, logging.Logger):  # a refusal is an answer, not a traceback
             quiet_refusal_tracebacks(self.log)
         if isinstance(user_options, Mapping):
-            unknown = sorted(set(user_options) - {"profile"})
+            unknown = sorted(set(user_options) - {"profile", "image"})
             if unknown:
                 self.log.warning("Ignoring unknown user_options for %s: %s", self._log_name, unknown)
         # the start begins here: a hub crash from now on (admission reads the engine and the
@@ -181,6 +181,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
             raise self._engine_error(e) from None
         if refused is not None:
             raise spawn_error(refused.message, refused.reason, log_message=f"{self._log_name}: {refused.message}")
+        await self.apply_image_choice(user_options)  # the profile's own image, or the user's allowed one
         self.gpu_profile_slug = choice.slug
         return choice
 
@@ -237,7 +238,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GPUSpawnerSettings):
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
             self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
-            template_paths=self.hub_template_paths,
+            template_paths=self.hub_template_paths, **self.image_form_fields(),
         )
 
     @property

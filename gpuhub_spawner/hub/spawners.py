@@ -25,6 +25,17 @@ from gpuhub_spawner.hub.mixin import (
 )
 
 
+def image_missing_error(image: str, log_name: str, why: str) -> Exception:
+    """The user's message for an image that is not on the host and could not be pulled."""
+    return spawn_error(
+        f"The server image '{image}' is not on this machine and could not be pulled. Tell the "
+        "hub's admin: build it with images/build.sh, or pull it onto the host beforehand "
+        f"(docker pull {image}).",
+        "image-missing",
+        log_message=f"image {image} unavailable for {log_name}: {why}",
+    )
+
+
 class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     """DockerSpawner that gives each server one GPU unit (or none, for CPU-only profiles).
 
@@ -237,15 +248,28 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
             raise
 
     async def pull_image(self, image: str):
+        """DockerSpawner's pull (by ``pull_policy``), told in the progress stream before it runs
+        (large images take minutes) and after; a failed pull is one clear message (before any
+        unit is reserved: nothing is held)."""
+        policy = self.pull_policy.lower()
+        if policy == "skip" or (policy != "always" and await self._image_present(image)):
+            return None
+        if policy == "never":
+            raise image_missing_error(image, self._log_name, "pull_policy is 'never'")
+        self._emit(5, f"Pulling image {image} onto the host… (large images take minutes)")
         try:
-            return await super().pull_image(image)
+            await super().pull_image(image)
         except (APIError, ImageNotFound) as e:
-            raise spawn_error(
-                f"The server image '{image}' is not on this machine and could not be pulled. "
-                "Tell the hub's admin (images/build.sh builds it).",
-                "image-missing",
-                log_message=f"image {image} unavailable for {self._log_name}: {e}",
-            ) from None
+            raise image_missing_error(image, self._log_name, str(e)) from None
+        self._emit(8, f"Pulled image {image}.")
+        return None
+
+    async def _image_present(self, image: str) -> bool:
+        try:
+            await self.docker("inspect_image", image)
+        except ImageNotFound:
+            return False
+        return True
 
     async def start_object(self):
         self._emit(60, "Starting your server…")

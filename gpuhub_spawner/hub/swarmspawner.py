@@ -128,7 +128,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
             self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
-            template_paths=self.hub_template_paths,
+            template_paths=self.hub_template_paths, **self.image_form_fields(),
         )
 
     # ---- spawn ------------------------------------------------------------------------
@@ -330,24 +330,44 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
                     log_message=f"{self._log_name}: task pending: {message}",
                 )
             if state in {"rejected", "failed", "shutdown", "complete", "orphaned", "remove"}:
-                node = await self._node_name(task.get("NodeID", ""))
-                raise spawn_error(
-                    f"Your server could not start on node {node}: {message or state}.",
-                    "image-missing" if "No such image" in message or "image" in message.lower() else "engine-unavailable",
-                    log_message=f"{self._log_name}: task {state} on {node}: {message}",
-                )
+                raise await self._task_failed(task, state, message)
             if state not in noted and state in {"assigned", "preparing", "starting"}:
                 noted.add(state)
-                self._emit(60 if state == "assigned" else 70, {
-                    "assigned": "Placed on a node; preparing…",
-                    "preparing": "The node is preparing your server (image, volumes)…",
-                    "starting": "Starting your server…",
-                }[state])
+                self._emit(60 if state == "assigned" else 70, await self._task_step(task, state))
             await asyncio.sleep(dt)
             dt = min(dt * 1.5, 1.5)
         if "unit" not in noted:
             self._gate().settled(self.object_name)
         self._emit(80, "Waiting for JupyterLab to answer…")
+
+    async def _task_step(self, task: dict[str, Any], state: str) -> str:
+        """The user's line for a task's step; "preparing" is when the node pulls the image."""
+        if state == "preparing":
+            node = await self._node_name(task.get("NodeID", ""))
+            return (
+                f"Node {node} is preparing your server: pulling image {self.image} if it lacks it… "
+                "(large images take minutes)"
+            )
+        return {"assigned": "Placed on a node; preparing…", "starting": "Starting your server…"}[state]
+
+    async def _task_failed(self, task: dict[str, Any], state: str, message: str) -> Exception:
+        """The user's message for a task that ended before running (an image the node could not
+        get says what the admin can do)."""
+        node = await self._node_name(task.get("NodeID", ""))
+        log_message = f"{self._log_name}: task {state} on {node}: {message}"
+        if "No such image" in message or "image" in message.lower():
+            return spawn_error(
+                f"Your server could not start on node {node}: the node lacks the server image "
+                f"'{self.image}' and could not pull it. "
+                "Tell the hub's admin: run `gpuhub node prepull` before the workshop, or push the "
+                "image to a registry the nodes can reach.",
+                "image-missing",
+                log_message=log_message,
+            )
+        return spawn_error(
+            f"Your server could not start on node {node}: {message or state}.", "engine-unavailable",
+            log_message=log_message,
+        )
 
     async def _current_task(self) -> dict[str, Any] | None:
         """The service's task in one call (upstream's get_task inspects the service first)."""

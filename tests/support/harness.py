@@ -491,8 +491,8 @@ def exec_as_user(container, cmd: str) -> tuple[int, str]:
     return code, out.decode(errors="replace")
 
 
-def render_form(hub: HubProcess, username: str) -> str:
-    """The spawn page's options form as ``username`` sees it (shared-password sign-in)."""
+def signed_in(hub: HubProcess, username: str) -> requests.Session:
+    """A browser session of ``username`` (shared-password sign-in); its ``_xsrf`` cookie is set."""
     s = requests.Session()
     password = (hub.data_dir / "shared-password").read_text().strip()
     s.get(hub.url + "/hub/login", timeout=10)
@@ -503,6 +503,11 @@ def render_form(hub: HubProcess, username: str) -> str:
         timeout=10,
     )
     assert r.status_code == 302, r.text
-    r = s.get(hub.url + "/hub/spawn", timeout=30)
+    return s
+
+
+def render_form(hub: HubProcess, username: str) -> str:
+    """The spawn page's options form as ``username`` sees it (shared-password sign-in)."""
+    r = signed_in(hub, username).get(hub.url + "/hub/spawn", timeout=30)
     assert r.ok, r.text
     return r.text
