@@ -6,6 +6,9 @@
 #                                         # machine lacks, into .whl/ (git-ignored; carry it)
 #   tests/gpu/run-on-device.sh --plan     # say how Python would be set up; change nothing
 #
+# On a machine lent through the workplace's device tool (no registry reachable there):
+#   run(command="bash tests/gpu/run-on-device.sh", carry=[".whl"])  -> $OUT/gpu-report.json
+#
 # Python: the checks need gpuhub's node side (pynvml, prometheus_client, tornado, traitlets) and
 # pytest. Where python3 already has them, nothing is installed. Else, with wheels in .whl/ (made
 # by --prepare and carried), they are installed offline into a folder on PYTHONPATH, beside the

@@ -299,6 +299,8 @@ def test_script_skips_cleanly_without_a_gpu_in_ci_too(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     report = json.loads((out / "gpu-report.json").read_text())
-    assert report["summary"] == {"skipped": len(report["tests"])} and len(report["tests"]) >= 5, report["summary"]
+    assert report["summary"] == {"skipped": len(report["tests"])} and len(report["tests"]) >= 5, report[
+        "summary"
+    ]
     assert all("no NVIDIA driver" in t["reason"] for t in report["tests"]), report["tests"]
     assert "SKIPPED" in (out / "gpu-pytest.log").read_text()
