@@ -130,6 +130,8 @@ class Inventory(Section):
     gpus: list[dict[str, Any]] = []
     replicas_per_gpu: int = Field(1, ge=1, le=64)
     queue_max_wait: float = Field(300, ge=0, le=24 * 3600)
+    # shared slots: framework hints only, or CUDA MPS limits (`gpuhub node setup --mps`)
+    shared_limit: Literal["hints", "mps"] = "hints"
 
 
 def _size_field(value: Any, low: float, high: float) -> Any:

@@ -17,10 +17,11 @@ from typing import Any
 
 import requests
 from docker.errors import APIError, DockerException
+from docker.types import Mount
 from tornado import web
 from traitlets import default
 
-from gpuhub_spawner.core import isolation
+from gpuhub_spawner.core import isolation, mps
 from gpuhub_spawner.core.inventory import (
     Inventory,
     InventoryError,
@@ -239,6 +240,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         return forms.render_options_form(
             self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
+            limit_notes=self.shared_limit_notes(),
         )
 
     @property
@@ -349,17 +351,75 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         return obj
 
     def gpu_env(self, unit: Unit | None) -> dict[str, str]:
-        """Environment for the unit: void devices for CPU-only, memory hints on shared slots."""
+        """Environment for the unit: void devices for CPU-only, limits on shared slots."""
         if unit is None:
             return {"NVIDIA_VISIBLE_DEVICES": "void", "GPUHUB_GPU_UNIT": ""}
         env = {"GPUHUB_GPU_UNIT": unit.id, "GPUHUB_GPU_KIND": unit.kind}
-        if unit.shared and self.gpu_memory_hints:
-            env["GPUHUB_GPU_SHARED"] = "1"
-            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / unit.slots:.3f}"
-            env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-            if unit.memory_mb:
-                env["GPUHUB_GPU_MEMORY_LIMIT_MB"] = str(unit.memory_mb)
+        if unit.shared:
+            env.update(self.shared_slot_env(unit.slots, unit.memory_mb * unit.slots))
         return env
+
+    # ---- shared slots: MPS where its daemon runs, framework hints always (core/mps.py) ----
+
+    #: the limits of the MPS daemon this server is a client of (set by prepare_shared_slot)
+    gpu_mps_limits: mps.SlotLimits | None = None
+    gpu_mps_gpu: str = ""
+
+    def shared_slot_env(self, slots: int, gpu_memory_mb: int) -> dict[str, str]:
+        """A shared slot's environment: the hints (unless turned off), and the MPS client's."""
+        limits = self.gpu_mps_limits
+        env = {"GPUHUB_GPU_SHARED": "1"}
+        if self.gpu_memory_hints:
+            env.update(mps.hint_env(slots, limits or mps.hint_limits(gpu_memory_mb, slots)))
+        if limits is not None:
+            env.update(mps.client_env(limits))
+        return env
+
+    def shared_slot_mounts(self) -> list[Mount]:
+        """An MPS client's mounts (its GPU's pipe directory and /dev/shm); none otherwise."""
+        if self.gpu_mps_limits is None:
+            return []
+        return [Mount(m["Target"], m["Source"], type=m["Type"]) for m in mps.client_mounts(self.gpu_mps_gpu)]
+
+    def use_mps(self, gpu_uuid: str, limits: mps.SlotLimits | None) -> None:
+        """Wire this server to ``gpu_uuid``'s MPS daemon (``limits``: the daemon's), or refuse
+        where the hub says shared slots are MPS-limited and the GPU has no daemon."""
+        self.gpu_mps_limits, self.gpu_mps_gpu = limits, gpu_uuid if limits is not None else ""
+        if limits is None and self.gpu_shared_limit == mps.ENFORCE_MPS:
+            self.log.error("%s: shared GPU %s has no running MPS daemon: refused", self._log_name, gpu_uuid)
+            raise spawn_error(
+                "Shared GPU slots here are limited by MPS, but the MPS service of the GPU you were given is "
+                "not running, so your server was not started. Try again later, or start a CPU-only server; "
+                "the hub's admin can start it with `gpuhub node setup --mps`.",
+                "gpu-unavailable",
+            )
+        if limits is not None:
+            self.log.info("%s: MPS client of %s (%s)", self._log_name, gpu_uuid, limits.label())
+
+    async def prepare_shared_slot(self, unit: Unit) -> None:
+        """Before the container is made: a shared slot becomes its GPU's MPS client where the
+        daemon container (``gpuhub node setup --mps``) runs on this engine, or is refused (see
+        :meth:`use_mps`); other units get no MPS."""
+        if not unit.shared:
+            self.gpu_mps_limits, self.gpu_mps_gpu = None, ""
+            return
+        try:
+            daemon = await self.docker("inspect_container", mps.daemon_name(unit.gpu_uuid))
+        except APIError as e:
+            if e.status_code != 404:
+                raise self._engine_error(e) from None
+            daemon = None
+        self.use_mps(unit.gpu_uuid, mps.daemon_limits(daemon, unit.gpu_uuid, unit.slots))
+
+    def shared_limit_notes(self, memory_by_pool: Mapping[str, int] | None = None) -> dict[str, str]:
+        """What the form says of each shared pool's GPU limit (``memory_by_pool``: a GPU's MiB)."""
+        notes = {}
+        for pool, units in self.gpu_inventory_resolved.pools.items():
+            shared = [u for u in units if u.shared]
+            if shared:
+                slots, memory = shared[0].slots, (memory_by_pool or {}).get(pool, shared[0].memory_mb * shared[0].slots)
+                notes[pool] = mps.limit_note(self.gpu_shared_limit, mps.hint_limits(memory, slots))
+        return notes
 
     # ---- shared by both spawners ------------------------------------------------------
 
@@ -417,6 +477,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
 
     def clear_state(self) -> None:
         super().clear_state()
+        self.gpu_mps_limits, self.gpu_mps_gpu = None, ""
         self.gpu_unit_id = ""
         self.gpu_profile_slug = ""
         self.gpu_choice = None

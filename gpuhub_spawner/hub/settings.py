@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from gpuhub_spawner.core import isolation
@@ -95,6 +95,21 @@ class GPUSpawnerSettings(LoggingConfigurable):
         help="""On shared GPU slots, set environment variables that ask frameworks to use
         only their share of GPU memory (JAX's XLA_PYTHON_CLIENT_MEM_FRACTION, TensorFlow's
         memory growth, and GPUHUB_GPU_MEMORY_LIMIT_MB for user code). Hints, not limits.
+        """,
+    )
+    gpu_shared_limit = Enum(
+        ["hints", "mps"],
+        "hints",
+        config=True,
+        help="""How shared GPU slots are limited: 'hints' (framework hints only, see
+        gpu_memory_hints) or 'mps' (CUDA MPS: each server's GPU memory and thread share are
+        enforced by the GPU's MPS daemon, which `gpuhub node setup --mps` runs).
+
+        With 'mps', a shared-slot spawn whose GPU has no running MPS daemon is refused (never
+        started unlimited). A GPU whose daemon runs gets its clients wired either way. The spawn
+        form says which kind of limit applies.
+
+            c.GPUDockerSpawner.gpu_shared_limit = "mps"
         """,
     )
 

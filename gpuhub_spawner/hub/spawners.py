@@ -13,6 +13,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import TraitError, default, validate
 
+from gpuhub_spawner.core import mps
 from gpuhub_spawner.core.volumes import build_mounts
 from gpuhub_spawner.hub import docker_create
 from gpuhub_spawner.hub.allocator import HeldRecord, NoUnitFree, OverLimit, StillHeld
@@ -222,6 +223,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         try:
             async with reservation as unit:
                 self.gpu_unit_id = unit.id
+                await self.prepare_shared_slot(unit)  # MPS client, or refused: see mixin.use_mps
                 short = unit.device_id[:12]
                 self._emit(40, f"Assigned {unit.describe()} ({short}…). Creating your server…")
                 obj = await self._create_shielded()
@@ -361,7 +363,10 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         labels = docker_create.server_labels(
             self.gpu_hub_id, self.user.name, self.name or "", self.gpu_profile_slug, self.gpu_unit
         )
-        return {"labels": {**(configured.get("labels") or {}), **docker_create.literal(labels)}}
+        added = {"labels": {**(configured.get("labels") or {}), **docker_create.literal(labels)}}
+        if self.gpu_mps_limits is not None:
+            added["user"] = str(mps.CLIENT_UID)  # the uid of the GPU's one MPS server (core/mps.py)
+        return added
 
     def gpu_host_config(self, configured: dict[str, Any]) -> dict[str, Any]:
         """``extra_host_config`` additions: the unit, limits, volumes, no-new-privileges."""
@@ -370,7 +375,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         if self.cpu_limit is not None:
             configured = {"cpu_quota": self.cpu_limit, **configured}
         return docker_create.host_config_additions(
-            configured, self.gpu_unit, self.resource_limits(), self.mount_binds, build_mounts(self.volume_plan())
+            configured, self.gpu_unit, self.resource_limits(), self.mount_binds,
+            build_mounts(self.volume_plan()) + self.shared_slot_mounts(),
         )
 
 

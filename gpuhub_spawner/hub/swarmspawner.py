@@ -26,7 +26,7 @@ from dockerspawner import SwarmSpawner
 from tornado import web
 from traitlets import Bool, Float, List, default
 
-from gpuhub_spawner.core import isolation
+from gpuhub_spawner.core import isolation, mps
 from gpuhub_spawner.core.cluster import (
     SHARED_KIND_PREFIX,
     ClusterView,
@@ -129,6 +129,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         return forms.render_options_form(
             self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
+            limit_notes=self.shared_limit_notes(),
         )
 
     # ---- spawn ------------------------------------------------------------------------
@@ -227,6 +228,9 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         """``create_service`` arguments: the GPU kind (a generic resource), labels, limits,
         no-new-privileges, no restarts by swarm, the port in host mode."""
         labels = server_labels(self.gpu_hub_id, self.user.name, self.name or "", choice.slug, None)
+        self.gpu_mps_limits, self.gpu_shared_memory = None, 0
+        if kind.startswith(SHARED_KIND_PREFIX):
+            await self.prepare_swarm_slot(kind)
         if kind:
             labels[LABEL_POOL] = choice.profile.pool or ""
         container = ContainerSpec(**{
@@ -236,6 +240,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         container["Env"] = with_env(container.get("Env"), self.kind_env(kind))
         container["Labels"] = {**(container.get("Labels") or {}), **labels}
         container["Privileges"] = {**(container.get("Privileges") or {}), "NoNewPrivileges": True}
+        if self.gpu_mps_limits is not None:
+            container["User"] = str(mps.CLIENT_UID)  # the uid of the GPU's one MPS server (core/mps.py)
         resources = Resources(**{
             "mem_limit": self.mem_limit,
             "mem_reservation": self.mem_guarantee,
@@ -272,7 +278,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
     @property
     def mounts(self):
         # named volumes as volumes (upstream mounts everything as a bind)
-        return list(super().mounts) + build_mounts(self.volume_plan())
+        return list(super().mounts) + build_mounts(self.volume_plan()) + self.shared_slot_mounts()
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
@@ -288,8 +294,29 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         if kind.startswith(SHARED_KIND_PREFIX):
             view = self._gate().view
             env["NVIDIA_VISIBLE_DEVICES"] = view.shared[kind][0] if view is not None and kind in view.shared else ""
-            env["GPUHUB_GPU_SHARED"] = "1"
+            slots = view.shared[kind][2] if view is not None and kind in view.shared else 0
+            env.update(self.shared_slot_env(slots, self.gpu_shared_memory))
         return env
+
+    #: the shared GPU's memory, from its node's labels (set by prepare_swarm_slot)
+    gpu_shared_memory: int = 0
+
+    async def prepare_swarm_slot(self, kind: str) -> None:
+        """A shared kind's GPU memory (for the hints) and MPS limits, from the engine labels its
+        node publishes (``gpuhub node setup``); an MPS client where they name a daemon, else
+        refused where the hub says shared slots are MPS-limited (:meth:`use_mps`)."""
+        view = self._gate().view
+        gpu, node_id, slots, _ = view.shared.get(kind, ("", "", 0, 0)) if view is not None else ("", "", 0, 0)
+        labels: dict[str, str] = {}
+        if node_id:
+            try:
+                node = await self.docker("inspect_node", node_id)
+            except APIError as e:
+                raise self._engine_error(e) from None
+            labels = ((node.get("Description") or {}).get("Engine") or {}).get("Labels") or {}
+        shared = mps.read_node_labels(labels, kind, slots)
+        self.gpu_shared_memory = shared.gpu_memory_mb
+        self.use_mps(gpu, shared.mps)
 
     # ---- waiting for the task --------------------------------------------------------
 

@@ -170,6 +170,18 @@ def install(client: Any, spec: mps.DaemonSpec) -> str:
     return done
 
 
+def remove(client: Any, gpu_uuid: str) -> None:
+    """Remove ``gpu_uuid``'s daemon and its volumes (those left by an earlier setup too)."""
+    import docker
+
+    try:
+        client.containers.get(mps.daemon_name(gpu_uuid)).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    for volume in client.volumes.list(filters={"label": f"{mps.LABEL_MPS_GPU}={gpu_uuid}"}):
+        volume.remove(force=True)
+
+
 def set_exclusive(uuids: Iterable[str], run: Callable[..., Any] = subprocess.run) -> None:
     """EXCLUSIVE_PROCESS compute mode for ``uuids`` (only called with the operator's flag)."""
     if not shutil.which("nvidia-smi") and run is subprocess.run:

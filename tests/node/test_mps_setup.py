@@ -101,12 +101,7 @@ def fake_gpu(docker_client: docker.DockerClient):
     """A GPU uuid of this test alone; its daemon container and volumes are removed afterwards."""
     gpu = f"GPU-{uuid.uuid4()}"
     yield gpu
-    try:
-        docker_client.containers.get(mps.daemon_name(gpu)).remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    for volume in docker_client.volumes.list(filters={"label": f"{mps.LABEL_MPS_GPU}={gpu}"}):
-        volume.remove(force=True)
+    node_mps.remove(docker_client, gpu)
 
 
 @pytest.mark.docker
