@@ -45,6 +45,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _memory_mib(nvml: ModuleType, handle: Any) -> int | None:
+    try:
+        return nvml.nvmlDeviceGetMemoryInfo(handle).total // gpucheck.MIB
+    except nvml.NVMLError:  # NoPermission on a MIG-enabled GPU for a non-root caller
+        return None
+
+
 def _describe(nvml: ModuleType) -> dict[str, Any]:
     gpus = []
     for i in range(nvml.nvmlDeviceGetCount()):
@@ -58,7 +65,7 @@ def _describe(nvml: ModuleType) -> dict[str, Any]:
                 "index": i,
                 "name": _text(nvml.nvmlDeviceGetName(handle)),
                 "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
-                "memory_total_mib": nvml.nvmlDeviceGetMemoryInfo(handle).total // gpucheck.MIB,
+                "memory_total_mib": _memory_mib(nvml, handle),
                 "mig_enabled": mig,
             }
         )
