@@ -8,7 +8,9 @@ unit, profile, node, server age and idle time, GPU-seconds used this budget peri
 left.  Per pool: capacity, held and free units (on a swarm, capacity and free units come from
 the nodes and tasks, :mod:`.swarmread`, with per-node series).  Tutorial sync status.  The
 ``gpuhub_server_info`` series joins users to GPU UUID and MIG instance, with the labels that
-the node agent (``gpuhub_gpu_*``) and dcgm-exporter (``UUID``, via ``label_replace``) use.
+the node agent (``gpuhub_gpu_*``) uses; dcgm-exporter's series (``UUID``, and ``GPU_I_ID`` for
+MIG) join through the agent's ``gpu_instance_id`` with the recording rules of
+``deploy/prometheus/gpuhub-dcgm.rules.yml``.
 
 Budgets are the spawn form's, the culler's and the admin service's: the same
 :func:`~gpuhub_spawner.core.quotas.resolve_policy` and :func:`~gpuhub_spawner.core.quotas.budget_view`

@@ -22,10 +22,14 @@ SINGLE_HOST = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "p
 class PrometheusServer:
     """Scrapes ``scrape_configs`` every second; ``query`` runs PromQL, ``targets`` lists targets."""
 
-    def __init__(self, workdir: Path, scrape_configs: list[dict], ready_timeout: float = 30):
+    def __init__(
+        self, workdir: Path, scrape_configs: list[dict], ready_timeout: float = 30, rule_files: list[str] = ()
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": scrape_configs}
+        if rule_files:
+            config["rule_files"] = [str(f) for f in rule_files]
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "prometheus.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
