@@ -54,7 +54,7 @@ from gpuhub_spawner.node.agent_metrics import AgentCollector
 from gpuhub_spawner.node.attribution import Attribution, activity, attribute, job_mapping, process_pids
 from gpuhub_spawner.node.cgroup import FIX_PID_VIEW, PidView, ProcReader, pid_view
 from gpuhub_spawner.node.containers import ContainerDirectory
-from gpuhub_spawner.node.nvml import DeviceSample, NVMLUnavailable, load_nvml, sample_devices
+from gpuhub_spawner.node.nvml import DeviceSample, NVMLUnavailable, explain, load_nvml, sample_devices
 
 log = logging.getLogger(__name__)
 _JOB_FILE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
@@ -70,37 +70,27 @@ class Snapshot:
     duration: float = 0.0
 
 
-#: reason -> what to do, for an NVML read that failed (the reason is a metric label)
-NVML_ERROR_HELP = {
-    "library-mismatch": "nvidia-ml-py is newer than this driver's NVML library (NVMLLibraryMismatchError): "
-    "install the nvidia-ml-py release of the driver's branch in the agent's image, or update the driver",
-    "function-not-found": "this driver's NVML lacks a function the agent calls (an older driver): install "
-    "the nvidia-ml-py release of the driver's branch, or update the driver",
-    "no-permission": "NVML refused a query (a MIG-enabled GPU needs privileges): run the agent as root on "
-    "the node, `gpuhub node agent install`",
-    "driver-mismatch": "the NVML library and the loaded kernel module differ (a driver upgrade without a "
-    "reboot): reboot the node or reload the driver",
-    "nvml-error": "NVML returned an error",
-    "unexpected": "the NVML module raised an unexpected error",
+#: pynvml's error class -> the ``reason`` label of gpuhub_gpu_agent_nvml_error (others: nvml-error,
+#: or unexpected for what is not an NVML error at all)
+NVML_ERROR_REASONS = {
+    "NVMLLibraryMismatchError": "library-mismatch",  # not an NVMLError in pynvml
+    "NVMLError_FunctionNotFound": "function-not-found",
+    "NVMLError_NoPermission": "no-permission",
+    "NVMLError_LibRmVersionMismatch": "driver-mismatch",
+    "NVMLError_GpuIsLost": "gpu-lost",
 }
 
 
 def nvml_error_reason(nvml: ModuleType | None, error: BaseException) -> str:
     """The reason label for ``error``, raised by the NVML module ``nvml`` (pynvml or a fake).
 
-    ``NVMLLibraryMismatchError`` is not an ``NVMLError`` in pynvml; the codes are pynvml's.
+    pynvml raises one subclass per error code (``NVMLError(4)`` is ``NVMLError_NoPermission``).
     """
-    if type(error).__name__ == "NVMLLibraryMismatchError":
-        return "library-mismatch"
+    name = type(error).__name__
+    if name in NVML_ERROR_REASONS:
+        return NVML_ERROR_REASONS[name]
     base = getattr(nvml, "NVMLError", None)
-    if not (isinstance(base, type) and isinstance(error, base)):
-        return "unexpected"
-    codes = {
-        getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4): "no-permission",
-        getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13): "function-not-found",
-        getattr(nvml, "NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18): "driver-mismatch",
-    }
-    return codes.get(getattr(error, "value", None), "nvml-error")
+    return "nvml-error" if isinstance(base, type) and isinstance(error, base) else "unexpected"
 
 
 def check_pid_view(host_proc: str) -> PidView:
@@ -168,9 +158,9 @@ class NodeAgent:
         if reason != self._failing:
             self._failing = reason
             log.warning(
-                "NVML read failed on node %s (%s: %s): %s. Its series are absent until it works; "
+                "NVML read failed on node %s: %s. Its series are absent until it works; "
                 "gpuhub_gpu_agent_nvml_error{reason=\"%s\"} is 1 meanwhile.",
-                self.node, type(error).__name__, error, NVML_ERROR_HELP[reason], reason,
+                self.node, explain(error), reason,
             )
 
     def snapshot(self) -> Snapshot:

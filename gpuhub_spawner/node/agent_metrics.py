@@ -56,7 +56,8 @@ class AgentCollector(Collector):
         error = g(
             "gpuhub_gpu_agent_nvml_error",
             "1 while the last NVML read failed, by reason (library-mismatch, function-not-found, "
-            "no-permission, driver-mismatch, nvml-error, unexpected); the series it could not read are absent",
+            "no-permission, driver-mismatch, gpu-lost, nvml-error, unexpected); the series it could not "
+            "read are absent",
             labels=["node", "reason"],
         )
         if snap.nvml_error:
