@@ -112,10 +112,28 @@ build_agent() {
   build_cached "$AGENT_IMAGE" "$BASE_IMAGE" "$tmp"
 }
 
-# The framework images: built FROM ours, so keyed on the base's id as well as their own files
+# The framework images: built FROM ours, so keyed on the base's id as well as their own files.
+# They are GBs each: the version a rebuild replaced is removed at the end (drop_replaced).
+REPLACED=()
 build_derived() {
-  local image=$1 base=$2 ctx=$3
+  local image=$1 base=$2 ctx=$3 old
+  old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   build_cached "$image" "$base" "$ctx" "$(docker image inspect -f '{{.Id}}' "$base")"
+  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+    REPLACED=("$old" "${REPLACED[@]}")
+  fi
+}
+
+# Remove the replaced framework images, children first; one still in use (a container, a tag of
+# its own, a child image) is kept and named.  Never forced.
+drop_replaced() {
+  local id
+  for id in "${REPLACED[@]}"; do
+    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null || echo gone)" != 0 ] \
+        || ! docker image rm "$id" >/dev/null 2>&1; then
+      docker image inspect "$id" >/dev/null 2>&1 && log "kept the replaced image $id: still in use"
+    fi
+  done
 }
 
 mkdir -p "$CACHE"
@@ -130,7 +148,9 @@ case "$what" in
     log "done: $PYTORCH_IMAGE" ;;&
   workshop)
     build_derived "$WORKSHOP_IMAGE" "$PYTORCH_IMAGE" "$here/workshop"
-    log "done: $WORKSHOP_IMAGE" ;;
+    log "done: $WORKSHOP_IMAGE" ;;&
+  pytorch|workshop)
+    drop_replaced ;;
   node|all)
     build_base trixie "$NODE_BASE_IMAGE"
     build_node
@@ -139,6 +159,6 @@ case "$what" in
     build_base "$SUITE" "$BASE_IMAGE"
     build_agent
     log "done: $AGENT_IMAGE" ;;
-  singleuser|node|pytorch) ;;
+  singleuser|node) ;;
   *) log "usage: images/build.sh [singleuser|node|agent|pytorch|workshop|all]"; exit 2 ;;
 esac

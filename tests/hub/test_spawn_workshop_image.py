@@ -11,6 +11,7 @@ framework is seen to load but finds no device.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -24,7 +25,7 @@ from needs import unavailable
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
-WORKSHOP_IMAGE = "gpuhub/workshop:latest"
+WORKSHOP_IMAGE = os.environ.get("GPUHUB_WORKSHOP_IMAGE", "gpuhub/workshop:latest")  # as images/build.sh names it
 KERNELS = {"pytorch": "Python (PyTorch)", "tensorflow": "Python (TensorFlow)"}
 #: code run in each kernel, and what its output must start with
 PROBES = {

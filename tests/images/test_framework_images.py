@@ -12,6 +12,7 @@ one is missing the test skips, and fails under CI.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from needs import unavailable
 pytestmark = [pytest.mark.docker]
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
-PYTORCH_IMAGE = "gpuhub/pytorch:latest"
-WORKSHOP_IMAGE = "gpuhub/workshop:latest"
+# the names images/build.sh gives them (it reads the same variables)
+PYTORCH_IMAGE = os.environ.get("GPUHUB_PYTORCH_IMAGE", "gpuhub/pytorch:latest")
+WORKSHOP_IMAGE = os.environ.get("GPUHUB_WORKSHOP_IMAGE", "gpuhub/workshop:latest")
 
 #: kernelspec name -> (display name, venv, requirements file, module, distribution pinned there)
 KERNELS = {
@@ -40,10 +42,12 @@ IMAGE_KERNELS = {PYTORCH_IMAGE: ["pytorch"], WORKSHOP_IMAGE: ["pytorch", "tensor
 KERNEL_PROBE = r"""
 import json, sys
 from jupyter_client.manager import start_new_kernel
+hook = "getattr(sys.modules.get('sitecustomize'), '__file__', None)"  # gpuhub's start hook, if it ran
 probes = {
-    "pytorch": "import torch, sys; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), sys.prefix)",
+    "pytorch": "import torch, sys; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), "
+               "sys.prefix, " + hook + ")",
     "tensorflow": "import tensorflow as tf, sys; print(tf.__version__, tf.test.is_built_with_cuda(), "
-                  "len(tf.config.list_physical_devices('GPU')) > 0, sys.prefix)",
+                  "len(tf.config.list_physical_devices('GPU')) > 0, sys.prefix, " + hook + ")",
 }
 for name in sys.argv[1:]:
     km, kc = start_new_kernel(kernel_name=name, startup_timeout=120)
@@ -120,8 +124,8 @@ def test_each_kernel_imports_its_pinned_cuda_framework(client, image: str) -> No
         _display, venv, requirements, _module, dist = KERNELS[name]
         assert results[name]["status"] == "ok", results[name]
         fields = results[name]["out"].split()
-        assert len(fields) == 4, results[name]
-        version, cuda, device_seen, prefix = fields
+        assert len(fields) == 5, results[name]
+        version, cuda, device_seen, prefix, hook = fields
         assert version.split("+")[0] == _pin(requirements, dist), (image, name, version)
         assert prefix == venv
         if name == "pytorch":
@@ -130,6 +134,21 @@ def test_each_kernel_imports_its_pinned_cuda_framework(client, image: str) -> No
             assert cuda == "True", "tensorflow is not a CUDA build"
         # no GPU on this machine: False here, True on a lent GPU machine (tests/gpu)
         assert device_seen in ("True", "False")
+        # the single-user image's interpreter hook (a shared slot's PyTorch memory share) runs
+        # in every kernel's venv, not only in JupyterLab's
+        assert hook == "/opt/gpuhub/python/sitecustomize.py", (name, hook)
+
+
+@pytest.mark.parametrize("venv, lock", [
+    ("/opt/venvs/pytorch", IMAGES / "pytorch" / "constraints.txt"),
+    ("/opt/venvs/tensorflow", IMAGES / "workshop" / "constraints-tensorflow.txt"),
+])
+def test_each_venv_holds_exactly_its_locked_packages(client, venv: str, lock: Path) -> None:
+    """A rebuild installs what the tests passed with: nothing floats beyond the lock file."""
+    _image(client, WORKSHOP_IMAGE)
+    installed = sorted(_run(client, WORKSHOP_IMAGE, [f"{venv}/bin/pip", "freeze"]).splitlines())
+    locked = sorted(ln for ln in lock.read_text().splitlines() if ln.strip() and not ln.startswith("#"))
+    assert locked and installed == locked, f"{venv} differs from {lock.name}: rebuild, or regenerate the lock"
 
 
 def test_the_two_frameworks_do_not_see_each_other(client) -> None:
