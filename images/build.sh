@@ -127,12 +127,14 @@ build_derived() {
 # Remove the replaced framework images, children first; one still in use (a container, a tag of
 # its own, a child image) is kept and named.  Never forced.
 drop_replaced() {
-  local id
+  local id tags
   for id in "${REPLACED[@]}"; do
-    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null || echo gone)" != 0 ] \
-        || ! docker image rm "$id" >/dev/null 2>&1; then
-      docker image inspect "$id" >/dev/null 2>&1 && log "kept the replaced image $id: still in use"
-    fi
+    tags=$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null) || tags=gone
+    case "$tags" in
+      gone) ;;
+      0) docker image rm "$id" >/dev/null 2>&1 || log "kept the replaced image $id: still in use" ;;
+      *) log "kept the replaced image $id: it has a tag of its own" ;;
+    esac
   done
 }
 
