@@ -407,14 +407,15 @@ def _sampled_profile(nvml: ModuleType, parent: Any, mig: Any) -> str:
     return _PROFILES[uuid]
 
 
-def _device_memory(nvml: ModuleType, handle: Any, uuid: str, migs: list[MigSample]) -> tuple[int, int]:
+def _device_memory(nvml: ModuleType, handle: Any, uuid: str, migs: list[MigSample] | None) -> tuple[int, int]:
     """(total, used) bytes of a GPU.  A MIG-enabled GPU's memory NVML refuses to an unprivileged
-    process (``NoPermission``): then the sums over its MIG instances (logged once per GPU)."""
+    process (``NoPermission``): then the sums over its MIG instances, ``migs`` (None: MIG is off),
+    logged once per GPU."""
     try:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         return int(memory.total), int(memory.used)
     except nvml.NVMLError_NoPermission:
-        if not migs:
+        if migs is None:
             raise
     if uuid not in _WARNED:
         _WARNED.add(uuid)
@@ -467,7 +468,7 @@ def sample_devices(nvml: ModuleType) -> list[DeviceSample]:
         handle = nvml.nvmlDeviceGetHandleByIndex(i)
         uuid = _text(nvml.nvmlDeviceGetUUID(handle))
         mig_enabled = mig_on(nvml, handle)
-        migs = _mig_samples(nvml, handle) if mig_enabled else []
+        migs = _mig_samples(nvml, handle) if mig_enabled else None
         total, used = _device_memory(nvml, handle, uuid, migs)
         util, mem_util = _utilization(nvml, handle)
         samples.append(
@@ -481,7 +482,7 @@ def sample_devices(nvml: ModuleType) -> list[DeviceSample]:
                 memory_utilization=mem_util,
                 processes=[] if mig_enabled else _processes(nvml, handle),
                 mig_enabled=mig_enabled,
-                mig=migs,
+                mig=migs or [],
             )
         )
     return samples

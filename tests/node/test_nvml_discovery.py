@@ -121,8 +121,10 @@ def test_no_permission_on_a_mig_parent_falls_back_and_says_so(caplog):
 
 
 def test_no_permission_on_a_mig_parent_keeps_the_agent_sampling(caplog):
+    empty = FakeGPU(L40, "NVIDIA A30", 24576, mig_enabled=True, mig_instances=[None])
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        (device,) = sample_devices(started([old_driver_h100()], privileged=False))
+        device, no_instances = sample_devices(started([old_driver_h100(), empty], privileged=False))
+    assert (no_instances.memory_total, no_instances.mig) == (0, [])
     assert device.memory_total == sum(m.memory_total for m in device.mig)
     assert device.memory_used == sum(m.memory_used for m in device.mig) == 3 << 20
     assert [m.profile for m in device.mig] == ["3g.40gb", "1g.10gb", "1c.3g.40gb"]
