@@ -16,6 +16,7 @@ from harness import IMAGE, container_of, render_form, signed_in
 from jupyterhub.spawner import SpawnException
 from offline_spawner import offline_spawner
 
+from gpuhub_spawner.hub.forms import render_options_form
 from gpuhub_spawner.hub.profile_image import options_from_form, short_image_name
 from gpuhub_spawner.hub.spawners import GPUDockerSpawner
 from gpuhub_spawner.hub.swarmspawner import GPUSwarmSpawner
@@ -130,6 +131,25 @@ def test_the_form_offers_upstreams_choices(allowed, choices):
     assert fields["image_choices"] == choices
     assert fields["images"] == {"workshop": "workshop"}
     assert fields["default_image"] == "singleuser"
+
+
+def _row(html: str, slug: str) -> str:
+    start = html.index(f'value="{slug}"')
+    return html[start : html.index("</div>", start)]
+
+
+def test_each_profile_row_names_its_image():
+    profiles = _spawner().profiles
+    fields = _spawner().image_form_fields()
+    html = render_options_form(profiles, {}, {}, {}, **fields)
+    assert "Image: singleuser" in _row(html, "cpu") and "Image: workshop" in _row(html, "workshop")
+    assert 'name="image"' not in html  # no choice configured: no field
+
+    fields = _spawner(allowed_images=["gpuhub/sci:1", "gpuhub/tiny:2"]).image_form_fields()
+    html = render_options_form(profiles, {}, {}, {}, **fields)
+    assert "Image: the one you choose below" in _row(html, "cpu")
+    assert "Image: workshop" in _row(html, "workshop") and 'data-own-image="workshop"' in _row(html, "workshop")
+    assert '<option value="gpuhub/tiny:2">gpuhub/tiny:2</option>' in html
 
 
 @pytest.mark.parametrize(
