@@ -1,8 +1,16 @@
 """The gpuhub node agent: GPU memory and utilization per JupyterHub user, from NVML.
 
-Runs on every GPU node (a global service on a swarm)::
+Runs on every GPU node in the host's PID and cgroup namespaces (``gpuhub node agent install``
+starts it so: :mod:`.agent_install`)::
 
-    gpuhub-node-agent --port 9469 --host-proc /host/proc --token-file /run/secrets/gpuhub-agent-token
+    gpuhub-node-agent --port 9469 --host-proc /proc --token-file /run/secrets/gpuhub-agent-token
+
+At start it checks that it sees the host's PIDs (:func:`.cgroup.pid_view`): since driver 535.113
+NVML hides the processes of other PID namespaces, so an agent in a namespace of its own would
+attribute nothing.  It says so in ``gpuhub_gpu_agent_host_pid_view`` and the log, and answers
+``/api/activity`` with 503 then, and while NVML reads fail: the culler counts the node's servers
+as GPU-busy rather than idle.  ``/metrics`` always answers; what NVML could not give is absent,
+with ``gpuhub_gpu_agent_nvml_error{reason}``.
 
 Every request needs ``Authorization: Bearer <token>`` (or ``token <token>``) with the token in
 ``--token-file``: the port is reachable from users' servers, and what it serves (who runs what,
@@ -93,15 +101,25 @@ def nvml_error_reason(nvml: ModuleType | None, error: BaseException) -> str:
     return "nvml-error" if isinstance(base, type) and isinstance(error, base) else "unexpected"
 
 
-def check_pid_view(host_proc: str) -> PidView:
-    """Whether the agent sees the host's PIDs through ``host_proc``; says what to do if not."""
+def check_pid_view(host_proc: str, private_ok: bool = False) -> PidView:
+    """Whether the agent sees the host's PIDs through ``host_proc``; says what to do if not.
+
+    ``private_ok`` (``--private-pid-namespace``): the operator says the driver is older than
+    535.113 and reports host PIDs to any namespace, which ``host_proc`` then maps.
+    """
     view = pid_view(host_proc)
     if view.host:
         log.info("The agent sees the host's PIDs (%s): per-user attribution is on", host_proc)
+    elif private_ok:
+        log.warning(
+            "%s; --private-pid-namespace: trusting the driver to report host PIDs (drivers before "
+            "535.113 only; on later ones per-user attribution is EMPTY: %s).", view.reason, FIX_PID_VIEW,
+        )
     else:
         log.warning(
             "Per-user GPU attribution will be EMPTY: %s. To fix it, %s. "
-            "gpuhub_gpu_agent_host_pid_view is 0 until then.", view.reason, FIX_PID_VIEW,
+            "gpuhub_gpu_agent_host_pid_view is 0 and /api/activity answers 503 until then.",
+            view.reason, FIX_PID_VIEW,
         )
     return view
 
@@ -122,6 +140,7 @@ class NodeAgent:
         nvml: ModuleType | None = None,
         nvml_retry: float = 30.0,
         pid_view: PidView | None = None,
+        private_pid_ok: bool = False,
     ):
         self.node = node
         self.directory = directory
@@ -131,6 +150,7 @@ class NodeAgent:
         self.nvml = nvml
         self.nvml_retry = nvml_retry
         self.pid_view = pid_view
+        self.private_pid_ok = private_pid_ok
         self.nvml_errors: dict[str, int] = {}  # reason -> failed reads since start
         self._failing = ""  # the reason logged for the failure going on, '' while reads work
         self._nvml_tried = 0.0
@@ -209,6 +229,17 @@ class NodeAgent:
         snap = self.snapshot()
         return activity(self.node, snap.time, snap.devices, snap.attribution)
 
+    def unattributable(self) -> str:
+        """Why the per-server GPU figures cannot be trusted now ('' when they can): zeros from an
+        agent that cannot see would make the culler stop a training server as GPU-idle."""
+        snap = self.snapshot()
+        if snap.nvml_error:
+            return f"the last NVML read failed ({snap.nvml_error}; see gpuhub_gpu_agent_nvml_error)"
+        view = self.pid_view
+        if snap.nvml_up and view is not None and not view.host and not self.private_pid_ok:
+            return f"the agent does not see the host's PIDs: {view.reason}; {FIX_PID_VIEW}"
+        return ""
+
 
 def write_job_mapping(directory: Path, files: dict[str, list[str]]) -> None:
     """Write each mapping file atomically; remove ours that no longer hold a job."""
@@ -271,10 +302,18 @@ class MetricsHandler(_Handler):
 
 
 class ActivityHandler(_Handler):
+    """The culler's GPU signal: 503 while the agent cannot attribute (the culler then counts the
+    node's servers as GPU-busy: never idle because the agent is blind)."""
+
     async def get(self) -> None:
-        doc = await asyncio.get_running_loop().run_in_executor(None, self.agent.activity)
+        loop = asyncio.get_running_loop()
+        why = await loop.run_in_executor(None, self.agent.unattributable)
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(doc))
+        if why:
+            self.set_status(503)
+            self.write(json.dumps({"node": self.agent.node, "error": why}))
+            return
+        self.write(json.dumps(await loop.run_in_executor(None, self.agent.activity)))
 
 
 class IndexHandler(_Handler):
@@ -348,9 +387,8 @@ class NodeAgentApp(Application):
     host_proc = Unicode(
         "/proc",
         config=True,
-        help="""The host's /proc (NVML reports host PIDs). In a container, mount the host's
-        /proc read-only at /host/proc, run with the host's PID namespace, and pass
-        --host-proc /host/proc.""",
+        help="""The host's /proc (NVML reports host PIDs). In a container run with the host's PID
+        namespace (`gpuhub node agent install`: --pid=host), /proc is the host's.""",
     )
     cache_ttl = Float(1.0, config=True, help="Seconds one NVML sample serves scrapes and activity requests.")
     docker_refresh = Float(5.0, config=True, help="Seconds between listings of the gpuhub containers.")
@@ -368,6 +406,15 @@ class NodeAgentApp(Application):
         config=True,
         help="""Serve without a token. Only allowed when --ip is a loopback address (nothing but
         this machine's own processes can connect); the agent refuses to start otherwise.""",
+    )
+    private_pid_namespace = Bool(
+        False,
+        config=True,
+        help="""The agent runs in a PID namespace of its own on purpose (the old swarm service of
+        deploy/swarm/node-agent.yml) and the driver is older than 535.113, so NVML still reports
+        host PIDs, mapped through --host-proc. Without it, such an agent answers /api/activity
+        with 503 (the culler then counts its servers as GPU-busy), as NVML on later drivers hides
+        every other container's process from it. gpuhub_gpu_agent_host_pid_view stays 0.""",
     )
     docker_url = Unicode(
         "", config=True, help="Docker engine URL (default: DOCKER_HOST or the local socket)."
@@ -394,6 +441,10 @@ class NodeAgentApp(Application):
     }
     flags = {
         "no-auth": ({"NodeAgentApp": {"no_auth": True}}, "serve without a token (loopback --ip only)"),
+        "private-pid-namespace": (
+            {"NodeAgentApp": {"private_pid_namespace": True}},
+            "serve /api/activity from a PID namespace of its own (drivers before 535.113 only)",
+        ),
     }
 
     @default("node")
@@ -415,7 +466,8 @@ class NodeAgentApp(Application):
             ProcReader(self.host_proc),
             ttl=self.cache_ttl,
             job_mapping_dir=self.hpc_job_mapping_dir,
-            pid_view=check_pid_view(self.host_proc),
+            pid_view=check_pid_view(self.host_proc, self.private_pid_namespace),
+            private_pid_ok=self.private_pid_namespace,
         )
 
     async def serve(self, token: str | None) -> None:

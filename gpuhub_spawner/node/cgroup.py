@@ -22,7 +22,8 @@ The innermost container id on the path is the one whose engine runs the process.
 Since driver 535.113 NVML translates process ids into the caller's PID namespace and drops the
 ones it cannot see: an agent in a container's own PID namespace gets no user's process at all,
 and per-user attribution would go empty without a word.  :func:`pid_view` says at start whether
-this process shares the host's PID namespace, and why not.
+this process shares the host's PID namespace (or the Docker engine's, where the engine itself
+runs in a container), and why not.
 """
 
 from __future__ import annotations
@@ -113,26 +114,39 @@ def status_field(text: str | None, name: str) -> list[str]:
     return []
 
 
-def pid_view_from(proc_root: str, kthreadd_status: str | None, self_status: str | None) -> PidView:
-    """Decide from two ``status`` files of ``proc_root``: its PID 2 and ``self``.
+def pid_view_from(
+    proc_root: str, kthreadd_status: str | None, self_status: str | None, engine_visible: bool = False
+) -> PidView:
+    """Decide from ``proc_root``'s PID 2 and ``self`` status files, and whether a Docker engine
+    process (dockerd, containerd) is listed there.
 
-    Kernel threads (``kthreadd`` is PID 2, parent 0) are visible only in the initial PID
-    namespace, so a procfs without them is a container's own.  In the host's procfs, ``NSpid``
-    of ``self`` lists one PID per namespace from the host's down to ours: more than one means
-    this process lives in a PID namespace of its own, whatever /proc it reads.
+    In the procfs of a PID namespace, ``NSpid`` of ``self`` lists one PID per namespace from that
+    one down to ours: more than one means this process lives in a PID namespace below the one it
+    reads (a container with the host's /proc bind-mounted).  With one, the namespace is ours;
+    it holds every container's processes when it is the initial one (kernel threads, PID 2
+    ``kthreadd`` with parent 0, are visible only there) or the engine's own (Docker in Docker:
+    dockerd is listed).  A container's own namespace shows neither.
     """
-    if status_field(kthreadd_status, "Name") != ["kthreadd"] or status_field(kthreadd_status, "PPid") != ["0"]:
-        return PidView(False, f"{proc_root} is not the host's /proc (it shows no kernel threads: a container's own)")
     nspid = status_field(self_status, "NSpid")
     if not nspid:
-        return PidView(False, f"cannot read {proc_root}/self/status (NSpid): not the host's /proc")
+        return PidView(False, f"cannot read NSpid in {proc_root}/self/status: not a procfs of this kernel")
     if len(nspid) > 1:
         return PidView(
             False,
-            f"the agent runs in a PID namespace of its own (PID {nspid[-1]}, {nspid[0]} on the host): NVML "
+            f"the agent runs in a PID namespace of its own (PID {nspid[-1]}, {nspid[0]} in {proc_root}): NVML "
             "hides other containers' processes from it (drivers >= 535.113)",
         )
+    kernel = status_field(kthreadd_status, "Name") == ["kthreadd"] and status_field(kthreadd_status, "PPid") == ["0"]
+    if not (kernel or engine_visible):
+        return PidView(
+            False,
+            f"{proc_root} is a container's own PID namespace (no kernel threads, no Docker engine): NVML "
+            "hides other containers' processes from the agent (drivers >= 535.113)",
+        )
     return PidView(True)
+
+
+_ENGINE = {"dockerd", "containerd"}
 
 
 def _read(path: str) -> str | None:
@@ -143,8 +157,18 @@ def _read(path: str) -> str | None:
         return None
 
 
+def engine_visible(proc_root: str) -> bool:
+    """Is a Docker engine process (dockerd, containerd) listed in ``proc_root``?"""
+    try:
+        entries = [e for e in os.listdir(proc_root) if e.isdigit()]
+    except OSError:
+        return False
+    return any((_read(os.path.join(proc_root, e, "comm")) or "").strip() in _ENGINE for e in entries)
+
+
 def pid_view(proc_root: str = "/proc") -> PidView:
     """Whether this process sees the host's PIDs through ``proc_root`` (see :func:`pid_view_from`)."""
-    return pid_view_from(
-        proc_root, _read(os.path.join(proc_root, "2", "status")), _read(os.path.join(proc_root, "self", "status"))
-    )
+    kthreadd = _read(os.path.join(proc_root, "2", "status"))
+    own = _read(os.path.join(proc_root, "self", "status"))
+    kernel = "kthreadd" in (kthreadd or "")
+    return pid_view_from(proc_root, kthreadd, own, engine_visible=not kernel and engine_visible(proc_root))

@@ -151,7 +151,7 @@ def test_install_runs_the_agent_in_the_hosts_namespaces(docker_client, fake_nvml
 
 def test_the_agent_in_its_own_pid_namespace_says_so(docker_client, fake_nvml_dir, token_file, created):
     """The old deployment (a swarm service: own PID namespace, the host's /proc bind-mounted):
-    the same image reports host_pid_view 0 and logs what to do.  (The fake NVML here does not
+    the same image reports host_pid_view 0, logs what to do and refuses /api/activity (503).  (The fake NVML here does not
     hide PIDs as drivers >= 535.113 do; tests/node/test_attribution_agent.py covers that.)"""
     name = f"gpuhub-node-agent-test-{uuid.uuid4().hex[:8]}"
     created.append(name)
@@ -178,6 +178,9 @@ def test_the_agent_in_its_own_pid_namespace_says_so(docker_client, fake_nvml_dir
                 raise
             time.sleep(0.5)
     assert got["gpuhub_gpu_agent_host_pid_view"] == [({"node": "gpu-test"}, 0.0)]
+    r = requests.get(f"http://127.0.0.1:{port}/api/activity", headers={"Authorization": f"Bearer {token}"},
+                     timeout=10)
+    assert r.status_code == 503 and "does not see the host's PIDs" in r.json()["error"], r.text
     logs = c.logs().decode(errors="replace")
     assert "Per-user GPU attribution will be EMPTY" in logs and "PID namespace of its own" in logs, logs
     assert "gpuhub node agent install" in logs

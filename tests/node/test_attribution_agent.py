@@ -81,34 +81,55 @@ def whole_gpu_with(*procs: FakeProcess) -> FakeGPU:
 # ---- 1. the agent says when it cannot see the host's PIDs ---------------------------------------
 
 
-@pytest.mark.parametrize("host", [True, False], ids=["host-pid-namespace", "own-pid-namespace"])
-def test_agent_says_when_attribution_cannot_work(tmp_path, serve_agent, caplog, host):
+def activity(url: str) -> requests.Response:
+    return requests.get(url + "/api/activity", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+
+
+@pytest.mark.parametrize(
+    "host, driver_filters, private_ok",
+    [
+        pytest.param(True, True, False, id="host-pid-namespace"),
+        pytest.param(False, True, False, id="own-pid-namespace"),
+        # the old swarm service on a driver before 535.113, which the operator vouches for
+        pytest.param(False, False, True, id="own-pid-namespace-old-driver-private-ok"),
+    ],
+)
+def test_agent_says_when_attribution_cannot_work(tmp_path, serve_agent, caplog, host, driver_filters, private_ok):
     """Drivers >= 535.113 translate PIDs into the caller's namespace and drop the rest: in a
     container's own PID namespace the agent gets no user's process, so per-user series would be
-    silently empty.  The agent checks at start, exports gpuhub_gpu_agent_host_pid_view and logs
-    what to do."""
+    silently empty.  The agent checks at start, exports gpuhub_gpu_agent_host_pid_view, logs
+    what to do, and answers /api/activity with 503 rather than zeros the culler would read as
+    idle."""
     pids = {7001: ALICE, 7002: BOB}
     # the agent's own namespace sees none of the users' processes (they are in other containers)
     nvml = FakeNVML([whole_gpu_with(FakeProcess(7001, 3 << 30), FakeProcess(7002, 1 << 30))],
-                    pid_view=None if host else {})
+                    pid_view=None if host else {}, pid_filtering=driver_filters)
     nvml.nvmlInit()
     root = proc_tree(tmp_path / "proc", host=host, containers=pids)
     with caplog.at_level(logging.INFO, logger="gpuhub_spawner.node.agent"):
-        view = check_pid_view(root)
+        view = check_pid_view(root, private_ok)
     directory = ContainerDirectory(Listing({ALICE: labels("alice", WHOLE), BOB: labels("bob", WHOLE)}))
-    agent = NodeAgent("gpu-1", directory, ProcReader(root), ttl=0, nvml=nvml, pid_view=view)
-    samples = scrape(serve_agent(agent, TOKEN))
+    agent = NodeAgent("gpu-1", directory, ProcReader(root), ttl=0, nvml=nvml, pid_view=view,
+                      private_pid_ok=private_ok)
+    url = serve_agent(agent, TOKEN)
+    samples = scrape(url)
     assert samples["gpuhub_gpu_agent_host_pid_view"] == [({"node": "gpu-1"}, 1.0 if host else 0.0)]
     users = {lab["user"]: v for lab, v in samples.get("gpuhub_gpu_user_memory_used_bytes", [])}
-    if host:
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    r = activity(url)
+    if host or private_ok:
         assert users == {"alice": 3 << 30, "bob": 1 << 30}
-        assert "EMPTY" not in caplog.text
+        assert r.status_code == 200 and {s["user"]: s["memory_used_bytes"] for s in r.json()["servers"]} == users
     else:
         assert users == {}  # what the real driver gives: nothing to attribute
-        [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert "Per-user GPU attribution will be EMPTY" in record.getMessage()
-        assert "PID namespace of its own" in record.getMessage()
-        assert "--pid=host --cgroupns=host" in record.getMessage() and "gpuhub node agent install" in record.getMessage()
+        assert r.status_code == 503 and "does not see the host's PIDs" in r.json()["error"], r.text
+    if host:
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert "PID namespace of its own" in warning and "gpuhub node agent install" in warning
+        assert ("Per-user GPU attribution will be EMPTY" in warning) is not private_ok
+        assert "--pid=host --cgroupns=host" in warning
 
 
 # ---- 5. /metrics never answers 500 on NVML's errors -----------------------------------------------
@@ -147,8 +168,9 @@ def test_metrics_answer_with_the_reason_when_nvml_fails(tmp_path, serve_agent, c
     with caplog.at_level(logging.WARNING, logger="gpuhub_spawner.node.agent"):
         for _ in range(3):
             samples = scrape(url)
-        r = requests.get(url + "/api/activity", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-    assert r.status_code == 200 and [s["user"] for s in r.json()["servers"]] == ["alice"]
+        r = activity(url)
+    # the culler must not read "no GPU use" from an agent that could not read NVML
+    assert r.status_code == 503 and reason in r.json()["error"], r.text
     assert samples["gpuhub_gpu_agent_nvml_up"] == [({"node": "gpu-1"}, 0.0)]
     assert samples["gpuhub_gpu_agent_nvml_error"] == [({"node": "gpu-1", "reason": reason}, 1.0)]
     assert samples["gpuhub_gpu_agent_nvml_errors_total"] == [({"node": "gpu-1", "reason": reason}, 3.0)]
@@ -160,6 +182,7 @@ def test_metrics_answer_with_the_reason_when_nvml_fails(tmp_path, serve_agent, c
     samples = scrape(url)
     assert samples["gpuhub_gpu_agent_nvml_up"] == [({"node": "gpu-1"}, 1.0)]
     assert "gpuhub_gpu_agent_nvml_error" not in samples
+    assert activity(url).json()["servers"][0]["memory_used_bytes"] == 1 << 30
     assert samples["gpuhub_gpu_user_memory_used_bytes"][0][1] == 1 << 30
 
 

@@ -65,23 +65,40 @@ def status_of(nspid: str) -> str:
     return f"Name:\tgpuhub-node-age\nPid:\t{nspid.split()[0]}\nPPid:\t1\nNSpid:\t{nspid}\n"
 
 
+def write_comm(root, pid: int, name: str) -> None:
+    (root / str(pid)).mkdir(parents=True, exist_ok=True)
+    (root / str(pid) / "comm").write_text(name + "\n")
+
+
 @pytest.mark.parametrize(
-    "pid2, self_status, host, why",
+    "pid2, self_status, engine, host, why",
     [
-        pytest.param(KTHREADD, status_of("1840"), True, "", id="host-pid-namespace"),
-        pytest.param(KTHREADD, status_of("1840\t1"), False, "PID namespace of its own", id="own-pid-ns-host-proc"),
-        pytest.param(KTHREADD, status_of("1840\t7\t1"), False, "PID 1, 1840 on the host", id="nested-pid-ns"),
-        pytest.param(A_CONTAINER_INIT, status_of("1"), False, "no kernel threads", id="a-containers-own-proc"),
-        pytest.param(None, status_of("1"), False, "no kernel threads", id="no-pid-2"),
-        pytest.param(KTHREADD, None, False, "cannot read", id="no-self"),
-        pytest.param(KTHREADD, "Name:\tx\nPid:\t9\n", False, "NSpid", id="kernel-without-nspid"),
+        pytest.param(KTHREADD, status_of("1840"), None, True, "", id="host-pid-namespace"),
+        pytest.param(KTHREADD, status_of("1840\t1"), None, False, "PID namespace of its own",
+                     id="own-pid-ns-host-proc-bind-mounted"),
+        pytest.param(KTHREADD, status_of("1840\t7\t1"), None, False, "PID 1, 1840 in", id="nested-pid-ns"),
+        pytest.param(A_CONTAINER_INIT, status_of("1"), None, False, "a container's own PID namespace",
+                     id="a-containers-own-proc"),
+        pytest.param(None, status_of("1"), None, False, "no kernel threads, no Docker engine", id="no-pid-2"),
+        # Docker in Docker (a swarm rig node): --pid=host gives the inner engine's namespace, which
+        # holds every container's processes though it is not the kernel's initial one
+        pytest.param(A_CONTAINER_INIT, status_of("310"), "dockerd", True, "", id="inner-engines-namespace"),
+        pytest.param(None, status_of("310"), "containerd", True, "", id="inner-containerd-namespace"),
+        pytest.param(None, status_of("310\t1"), "dockerd", False, "PID namespace of its own",
+                     id="below-the-inner-engine"),
+        pytest.param(None, status_of("1"), "python3", False, "no Docker engine", id="other-processes-only"),
+        pytest.param(KTHREADD, None, None, False, "cannot read NSpid", id="no-self"),
+        pytest.param(KTHREADD, "Name:\tx\nPid:\t9\n", None, False, "NSpid", id="kernel-without-nspid"),
     ],
 )
-def test_pid_view_from_a_proc_tree(tmp_path, pid2, self_status, host, why):
+def test_pid_view_from_a_proc_tree(tmp_path, pid2, self_status, engine, host, why):
     if pid2 is not None:
         write_status(tmp_path, "2", pid2)
     if self_status is not None:
         write_status(tmp_path, "self", self_status)
+    if engine is not None:
+        write_comm(tmp_path, 57, engine)
+    write_comm(tmp_path, 1, "tini")
     view = pid_view(str(tmp_path))
     assert view.host is host
     assert why in view.reason and (view.reason == "") is host
@@ -96,7 +113,8 @@ def test_pid_view_of_this_test_process():
     with open("/proc/2/status") as f:
         two = f.read()
     expected = "kthreadd" in two and len([x for x in own.split("NSpid:")[1].splitlines()[0].split()]) == 1
-    assert pid_view("/proc").host is expected
+    if "kthreadd" in two:
+        assert pid_view("/proc").host is expected
     assert pid_view_from("/proc", two, own).host is expected
 
 
