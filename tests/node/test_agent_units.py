@@ -411,3 +411,41 @@ def test_the_cullers_agent_reader_sends_the_token_from_its_file(agent_server, tm
     monkeypatch.setenv("GPUHUB_GPU_AGENT_TOKEN_FILE", str(tmp_path / "absent"))
     view = asyncio.run(read())
     assert view.failed == [url]
+
+
+# ---- gpuhub node agent install/unit: the spec (the real engine: test_agent_install.py) ------------
+
+
+def test_agent_container_spec_and_its_docker_run_line_agree():
+    from gpuhub_spawner.node.agent_install import AgentContainer
+
+    spec = AgentContainer(token_file="/etc/gpuhub/t", node_name="gpu-1", port=9500, publish_ip="10.0.0.5",
+                          hub_id="h1", job_mapping_dir="/run/dcgm-jobs")
+    kw = spec.run_kwargs()
+    assert (kw["pid_mode"], kw["cgroupns"], kw["restart_policy"], kw["runtime"]) == (
+        "host", "host", {"Name": "unless-stopped"}, "nvidia")
+    assert kw["command"] == ["--port", "9500", "--host-proc", "/proc", "--token-file",
+                             "/run/secrets/gpuhub-agent-token", "--hub-id", "h1", "--hpc-job-mapping-dir",
+                             "/run/dcgm-jobs"]
+    assert kw["ports"] == {"9500/tcp": ("10.0.0.5", 9500)}
+    assert "/etc/gpuhub/t:/run/secrets/gpuhub-agent-token:ro" in kw["volumes"]
+    assert kw["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
+    line = spec.docker_run()
+    for option in (["--pid", "host"], ["--cgroupns", "host"], ["--restart", "unless-stopped"],
+                   ["--runtime", "nvidia"], ["-p", "10.0.0.5:9500:9500"], ["-e", "GPUHUB_NODE_NAME=gpu-1"]):
+        i = line.index(option[0], line.index("run"))
+        assert option[1] in line[i:], (option, line)
+    assert line[-len(kw["command"]):] == kw["command"] and kw["image"] in line
+    no_runtime = AgentContainer(runtime="")
+    assert "runtime" not in no_runtime.run_kwargs() and "--runtime" not in no_runtime.docker_run()
+
+
+def test_systemd_unit_runs_the_agent_as_a_host_process():
+    from gpuhub_spawner.node.agent_install import AgentContainer, systemd_unit
+
+    unit = systemd_unit("/opt/gpuhub/bin/gpuhub-node-agent",
+                        AgentContainer(token_file="/etc/gpuhub/agent token", node_name="gpu 1", hub_id="h1"))
+    assert "ExecStart=/opt/gpuhub/bin/gpuhub-node-agent --port 9469 --host-proc /proc --token-file " \
+           "'/etc/gpuhub/agent token' --hub-id h1\n" in unit
+    assert "Environment='GPUHUB_NODE_NAME=gpu 1'\n" in unit
+    assert "Restart=always" in unit and "WantedBy=multi-user.target" in unit and "NoNewPrivileges=yes" in unit
