@@ -290,7 +290,11 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         """Environment for the generic-resource ``kind`` requested ("": a CPU-only server)."""
         if not kind:
             return self.gpu_env(None)
-        env = {"GPUHUB_GPU_KIND": kind}
+        # fail closed: a named kind's device comes only from a runtime that maps swarm-resource
+        # (DOCKER_RESOURCE_<kind>); one that ignores it (toolkit 1.18.0-1.18.2, jit-cdi) gives
+        # no GPU ("void"; never "none", which 1.18.0/1.18.1 read as all), not the image's "all"
+        # (node/toolkit.py).  Shared slots name their GPU below.
+        env = {"GPUHUB_GPU_KIND": kind, "NVIDIA_VISIBLE_DEVICES": "void"}
         if kind.startswith(SHARED_KIND_PREFIX):
             view = self._gate().view
             env["NVIDIA_VISIBLE_DEVICES"] = view.shared[kind][0] if view is not None and kind in view.shared else ""
