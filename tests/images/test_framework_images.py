@@ -88,6 +88,16 @@ def _run(client: docker.DockerClient, image: str, argv: list[str], user: str = "
     return out.decode(errors="replace")
 
 
+def _run_status(client: docker.DockerClient, image: str, cmd: str, user: str = "root") -> tuple[int, str]:
+    """``sh -c cmd`` in a throwaway container with no network: its exit status and output."""
+    container = client.containers.run(image, ["sh", "-c", cmd], detach=True, network_mode="none", user=user)
+    try:
+        status = container.wait(timeout=300)["StatusCode"]
+        return status, container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+
+
 def _pin(requirements: Path, dist: str) -> str:
     """The ``dist==version`` pin of a requirements file (extras allowed: tensorflow[and-cuda])."""
     for line in requirements.read_text().splitlines():
@@ -189,3 +199,23 @@ def test_workshop_is_built_on_the_pytorch_image_and_keeps_no_pip_cache(client) -
     leftovers = _run(client, WORKSHOP_IMAGE, [
         "sh", "-c", "ls -d /root/.cache/pip /home/jovyan/.cache/pip /tmp/pip-* 2>/dev/null; true"], user="root")
     assert leftovers.split() == []
+
+
+@pytest.mark.parametrize("args, status, message", [
+    pytest.param('Bad "X" /tmp/req.txt', 2, "kernel name 'Bad': use lower-case letters", id="bad-name"),
+    pytest.param('pytorch "X" /tmp/req.txt', 2, "/opt/venvs/pytorch exists already", id="taken"),
+    pytest.param('demo "Demo" /tmp/req.txt', 1, "/tmp/req.txt does not install ipykernel: add it", id="no-ipykernel"),
+    pytest.param('demo', 2, "usage: gpuhub-add-kernel NAME DISPLAY_NAME REQUIREMENTS", id="usage"),
+])
+def test_add_kernel_refuses_clearly(client, args: str, status: int, message: str) -> None:
+    """gpuhub-add-kernel (how the images add their kernels, and how an operator's image adds
+    one more) says what is wrong and leaves no half-made venv or kernelspec behind."""
+    _image(client, PYTORCH_IMAGE)
+    code, out = _run_status(client, PYTORCH_IMAGE,
+                            f"echo '# nothing' >/tmp/req.txt; gpuhub-add-kernel {args}; echo status=$?; "
+                            "ls /opt/venvs; jupyter kernelspec list --json")
+    assert code == 0 and f"status={status}" in out, out
+    assert message in out, out
+    listing, specs = out.split("status=", 1)[1].split("\n", 1)[1].split("{", 1)
+    assert listing.split() == ["pytorch"], out
+    assert sorted(json.loads("{" + specs)["kernelspecs"]) == ["python3", "pytorch"]
