@@ -198,3 +198,11 @@ def test_install_refuses_without_the_nvidia_runtime_or_a_token(docker_client, ag
     with pytest.raises(SetupError, match="openssl rand -hex 32"):
         install(docker_client, spec)
     assert not docker_client.containers.list(all=True, filters={"name": f"^/{spec.name}$"})
+
+
+def test_remove_leaves_a_container_that_is_not_an_agent_alone(docker_client, server, capsys):
+    """`gpuhub node agent remove --name X` removes only a container labelled as the agent."""
+    assert main(["node", "agent", "remove", "--name", server.name]) == 2
+    assert "is not a gpuhub node agent" in capsys.readouterr().err
+    server.reload()
+    assert server.status == "running"
