@@ -264,11 +264,13 @@ def client_env(limits: SlotLimits) -> dict[str, str]:
 def client_mounts(gpu_uuid: str) -> list[dict[str, Any]]:
     """An MPS client's mounts (Docker ``Mount`` fields): its GPU's pipe directory and /dev/shm.
 
-    The log directory is the daemon's alone: clients have no use for it.
+    The log directory is the daemon's alone: clients have no use for it.  ``NoCopy``: Docker
+    would otherwise copy the image's own ``/dev/shm`` (root, 0755) over the volume's 1777 mode
+    when it is first mounted, and uid 1000 could not create its shared memory there.
     """
     return [
-        {"Target": PIPE_DIR, "Source": pipe_volume(gpu_uuid), "Type": "volume", "ReadOnly": False},
-        {"Target": SHM_DIR, "Source": shm_volume(gpu_uuid), "Type": "volume", "ReadOnly": False},
+        {"Target": PIPE_DIR, "Source": pipe_volume(gpu_uuid), "Type": "volume", "NoCopy": True},
+        {"Target": SHM_DIR, "Source": shm_volume(gpu_uuid), "Type": "volume", "NoCopy": True},
     ]
 
 

@@ -379,7 +379,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         """An MPS client's mounts (its GPU's pipe directory and /dev/shm); none otherwise."""
         if self.gpu_mps_limits is None:
             return []
-        return [Mount(m["Target"], m["Source"], type=m["Type"]) for m in mps.client_mounts(self.gpu_mps_gpu)]
+        return [Mount(m["Target"], m["Source"], type=m["Type"], no_copy=m["NoCopy"])
+                for m in mps.client_mounts(self.gpu_mps_gpu)]
 
     def use_mps(self, gpu_uuid: str, limits: mps.SlotLimits | None) -> None:
         """Wire this server to ``gpu_uuid``'s MPS daemon (``limits``: the daemon's), or refuse

@@ -102,7 +102,7 @@ def describe(spec: mps.DaemonSpec) -> str:
              f"--restart {spec.restart_policy['Name']}", "--network none"]
     parts += [f"--label {k}={v}" for k, v in sorted(spec.labels.items())]
     parts += [f"-e {k}={v}" for k, v in spec.environment.items()]
-    parts += [f"-v {v.name}:{v.target}" + (f" (tmpfs {v.options})" if v.tmpfs else "") for v in spec.volumes]
+    parts += [f"-v {v.name}:{v.target}:nocopy" + (f" (tmpfs {v.options})" if v.tmpfs else "") for v in spec.volumes]
     parts += [spec.image, " ".join(shlex.quote(c) for c in spec.command)]
     return " \\\n    ".join(parts)
 
@@ -156,7 +156,8 @@ def install(client: Any, spec: mps.DaemonSpec) -> str:
         container = client.containers.create(
             spec.image, spec.command, name=spec.name, environment=spec.environment, labels=spec.labels,
             runtime=spec.runtime or None, restart_policy=spec.restart_policy, network_mode="none",
-            mounts=[docker.types.Mount(v.target, v.name, type="volume") for v in spec.volumes],
+            # no copy of the image's own /dev/shm (root, 0755) over the volumes' 1777 mode
+            mounts=[docker.types.Mount(v.target, v.name, type="volume", no_copy=True) for v in spec.volumes],
         )
     except docker.errors.APIError as e:
         text = str(e.explanation or e)

@@ -119,8 +119,10 @@ def test_mps_pool_refuses_without_a_daemon_and_wires_clients_to_a_running_one(do
     daemon = docker_client.containers.get(mps.daemon_name(gpu))
     daemon.exec_run(["sh", "-c", "echo from-daemon > /dev/shm/probe && mkfifo /tmp/nvidia-mps/control"])
     code, out = container_of(docker_client, hub, "ann").exec_run(
-        ["sh", "-c", "cat /dev/shm/probe && test -p /tmp/nvidia-mps/control && echo fifo"], user="1000")
-    assert code == 0 and out.decode().split() == ["from-daemon", "fifo"], out
+        ["sh", "-c", "cat /dev/shm/probe && test -p /tmp/nvidia-mps/control && echo fifo "
+                     "&& echo from-client > /dev/shm/client && stat -c %a /dev/shm /tmp/nvidia-mps"], user="1000")
+    assert code == 0 and out.decode().split() == ["from-daemon", "fifo", "1777", "1777"], out
+    assert daemon.exec_run(["cat", "/dev/shm/client"]).output.decode().strip() == "from-client"
     whole = container_of(docker_client, hub, "wes")
     assert not any(k.startswith("CUDA_MPS_") for k in server_env(whole)) and mps.PIPE_DIR not in _mounts(whole)
 
