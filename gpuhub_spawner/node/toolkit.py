@@ -126,8 +126,8 @@ def decide(version: ToolkitVersion | None, mode: str, runtime: str = "nvidia-con
     shown = f"{mode!r} ({resolved})" if mode == "auto" and version is not None else repr(mode)
     verb = "may ignore" if version is None else "ignores"
     ignored = (
-        f"{named} in mode {shown} {verb} swarm-resource (versions 1.18.0 to 1.18.2 do in jit-cdi, "
-        "their default, and in cdi and csv mode): a CUDA image (NVIDIA_VISIBLE_DEVICES=all) would see "
+        f"{named} in mode {shown} {verb} swarm-resource (before 1.18.3 only the legacy mode reads it, "
+        "and 1.18.0 to 1.18.2 default to jit-cdi): a CUDA image (NVIDIA_VISIBLE_DEVICES=all) would see "
         "every GPU of this node, whatever swarm assigned"
     )
     if mode in ("auto", "jit-cdi"):
