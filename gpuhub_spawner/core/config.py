@@ -316,6 +316,7 @@ def _profile_problems(cfg: GPUHubConfig):
             yield f"profiles[{i}].image", (
                 f"{p.image!r} is not an allowed image: add it to images.allowed, or use one of "
                 + ", ".join(repr(a) for a in allowed)
+                + f" in profile {p.slug!r}"
             )
         if p.pool is not None and pools is not None and p.pool not in pools:
             have = ", ".join(sorted(pools)) or "none"

@@ -166,6 +166,23 @@ def test_short_image_name(image, short):
     assert short_image_name(image) == short
 
 
+def test_config_check_names_the_profile_whose_image_is_not_allowed(tmp_path, capsys):
+    import yaml
+
+    from gpuhub_spawner.cli import main as gpuhub
+
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text(yaml.safe_dump({
+        "images": {"default": "gpuhub/singleuser:latest", "allowed": ["gpuhub/workshop:latest"]},
+        "profiles": [{"slug": "cpu", "pool": None}, {"slug": "miner", "pool": None, "image": "evil/miner"}],
+    }))
+    assert gpuhub(["config", "check", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        "gpuhub: configuration error: profiles[1].image: 'evil/miner' is not an allowed image: add it to "
+        "images.allowed, or use one of 'gpuhub/singleuser:latest', 'gpuhub/workshop:latest' in profile 'miner'\n"
+    )
+
+
 # ---- through a real hub -----------------------------------------------------------------
 
 
