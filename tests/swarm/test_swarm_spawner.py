@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pynvml
 import pytest
 from harness import render_form
 from swarm_rig import SwarmRig
@@ -280,6 +281,8 @@ def _install_gpuhub(node) -> None:
     for src, dest in ((repo / "gpuhub_spawner", "/opt/gpuhub/gpuhub_spawner"), (repo / "tests" / "support" / "fakes", "/opt/gpuhub/fakes")):
         for f in src.rglob("*.py"):  # the subpackages too (core, node, ...)
             node.put_file(f"{dest}/{f.relative_to(src).as_posix()}", f.read_bytes())
+    # the `node` extra's NVML binding (nvidia-ml-py is one module): the fake raises its error classes
+    node.put_file("/opt/gpuhub/pynvml.py", Path(pynvml.__file__).read_bytes())
 
 
 NEW_NODE_GPUS = {"gpus": [
