@@ -98,7 +98,7 @@ def plan(inventory: Inventory, enable: bool, image: str = DEFAULT_IMAGE, runtime
 
 def describe(spec: mps.DaemonSpec) -> str:
     """The daemon as a ``docker run`` line (what ``--dry-run`` prints)."""
-    parts = ["docker run -d", f"--name {spec.name}", f"--runtime {spec.runtime}",
+    parts = ["docker run -d", f"--name {spec.name}", f"--runtime {spec.runtime}", "--user 0",
              f"--restart {spec.restart_policy['Name']}", "--network none"]
     parts += [f"--label {k}={v}" for k, v in sorted(spec.labels.items())]
     parts += [f"-e {k}={v}" for k, v in spec.environment.items()]
@@ -156,6 +156,7 @@ def install(client: Any, spec: mps.DaemonSpec) -> str:
         container = client.containers.create(
             spec.image, spec.command, name=spec.name, environment=spec.environment, labels=spec.labels,
             runtime=spec.runtime or None, restart_policy=spec.restart_policy, network_mode="none",
+            user="0",  # the control daemon starts each server as its clients' uid: it must be root
             # no copy of the image's own /dev/shm (root, 0755) over the volumes' 1777 mode
             mounts=[docker.types.Mount(v.target, v.name, type="volume", no_copy=True) for v in spec.volumes],
         )

@@ -117,7 +117,7 @@ def test_the_daemon_container_as_the_engine_records_it(docker_client, fake_gpu):
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == f"0={limits.memory_mb}M"
     assert got["Config"]["Cmd"][:2] == ["sh", "-c"] and "set_default_active_thread_percentage 25" in got["Config"]["Cmd"][2]
     assert got["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert got["HostConfig"]["NetworkMode"] == "none"
+    assert got["HostConfig"]["NetworkMode"] == "none" and got["Config"]["User"] == "0"
     assert got["Config"]["Labels"][mps.LABEL_MPS_LIMITS] == limits.label()
     mounts = {m["Destination"]: m["Name"] for m in got["Mounts"]}
     assert mounts == {"/tmp/nvidia-mps": mps.pipe_volume(fake_gpu), "/dev/shm": mps.shm_volume(fake_gpu),
