@@ -185,7 +185,8 @@ def wait_until_serving(container, spec: AgentContainer, timeout: float = 60.0) -
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
-    token = open(spec.token_file).read().strip()
+    with open(spec.token_file) as f:
+        token = f.read().strip()
     url = f"http://{spec.publish_ip or '127.0.0.1'}:{spec.port}/metrics"
     deadline = time.monotonic() + timeout
     while True:
