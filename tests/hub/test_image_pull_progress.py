@@ -10,13 +10,18 @@ take minutes); the task dicts have the fields the engine's ``docker service ps``
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import io
 import json
 import secrets
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+import docker
 import pytest
 from harness import fake_gpus
 from jupyterhub.spawner import SpawnException
@@ -29,21 +34,56 @@ from gpuhub_spawner.storage.ledger import UsageLedger
 # ---- single host -------------------------------------------------------------------------
 
 
-class _NoSuchImage(http.server.BaseHTTPRequestHandler):
-    """A registry (API v2) that has no image: each manifest request waits, then "name unknown"."""
+def _tiny_image() -> dict[str, tuple[str, bytes]]:
+    """The blobs of a one-file image (digest -> media type, bytes), its manifest also as tag "1"."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        tar.addfile(info, io.BytesIO(b"hello\n"))
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    layer_bytes = layer.getvalue()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [digest(layer_bytes)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
+                   "digest": digest(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": len(layer_bytes),
+                    "digest": digest(layer_bytes)}],
+    }).encode()
+    blobs = {digest(b): ("application/octet-stream", b) for b in (config, layer_bytes)}
+    by_tag = ("application/vnd.docker.distribution.manifest.v2+json", manifest)
+    return {**blobs, digest(manifest): by_tag, "1": by_tag}
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """A registry (API v2) holding ``objects`` (manifest tags and blob digests): each manifest
+    request waits ``delay`` first (a pull takes a while); what it lacks is "name unknown"."""
 
     delay = 2.0
+    objects: dict[str, tuple[str, bytes]] = {}
 
     def _answer(self) -> None:
-        if self.path.rstrip("/") == "/v2":
-            code, body = 200, b"{}"
-        else:
-            time.sleep(self.delay)
-            error = {"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}
-            code, body = 404, json.dumps({"errors": [error]}).encode()
+        kind_and_ref = self.path.rstrip("/").rsplit("/", 2)[-2:]
+        media, body, code = "application/json", b"{}", 200
+        if self.path.rstrip("/") != "/v2":
+            if kind_and_ref[0] == "manifests":
+                time.sleep(self.delay)
+            found = self.objects.get(kind_and_ref[1])
+            if found is None:
+                error = {"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}
+                code, body = 404, json.dumps({"errors": [error]}).encode()
+            else:
+                media, body = found
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", media)
         self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        if code == 200 and self.path.rstrip("/") != "/v2":
+            self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -55,15 +95,29 @@ class _NoSuchImage(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def _registry(objects: dict[str, tuple[str, bytes]]) -> Iterator[str]:
+    """``host:port`` of a registry holding ``objects`` (dockerd pulls from 127.0.0.1 over HTTP)."""
+    handler = type("Handler", (_Registry,), {"objects": objects})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def empty_registry() -> Iterator[str]:
-    """``host:port`` of a registry without images (dockerd pulls from 127.0.0.1 over plain HTTP)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchImage)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _registry({}) as address:
+        yield address
+
+
+@pytest.fixture
+def tiny_registry() -> Iterator[str]:
+    with _registry(_tiny_image()) as address:
+        yield address
 
 
 @pytest.mark.docker
@@ -102,6 +156,31 @@ def test_a_failed_pull_is_shown_then_told_plainly_and_holds_no_unit(docker_clien
     r = hub.spawn("quinn", {"profile": "gpu"})  # queue wait 0: refused at once if the unit were held
     assert r.status_code in (201, 202), r.text
     hub.wait_ready("quinn")
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_a_pull_is_shown_before_and_after(docker_client, hub_factory, tiny_registry):
+    """A pull that works: told before it starts and when it is done, then the start goes on
+    (this one-file image has no server in it, so the start then fails: only the pull counts)."""
+    image = f"{tiny_registry}/gpuhub-test/tiny-{secrets.token_hex(4)}:1"
+    hub = hub_factory(extra='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n', spawner_config={
+        "pull_policy": "ifnotpresent", "cmd": ["/hello.txt"],
+        "gpu_profiles": [{"slug": "tiny", "pool": None}], "gpu_profile_images": {"tiny": image},
+    })
+    try:
+        hub.create_users(["sal"])
+        outcome = hub.watch_spawn("sal", {"profile": "tiny"}, timeout=120)
+        pulling = f"Pulling image {image} onto the host… (large images take minutes)"
+        assert pulling in outcome.messages and f"Pulled image {image}." in outcome.messages, outcome
+        assert outcome.messages.index(pulling) < outcome.messages.index(f"Pulled image {image}.")
+        assert docker_client.images.get(image)
+    finally:
+        hub.cleanup(docker_client)  # its container first, then the image it pulled
+        try:
+            docker_client.images.remove(image, force=True)
+        except docker.errors.ImageNotFound:
+            pass
 
 
 @pytest.mark.docker
