@@ -10,6 +10,7 @@ take minutes); the task dicts have the fields the engine's ``docker service ps``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -177,10 +178,8 @@ def test_a_pull_is_shown_before_and_after(docker_client, hub_factory, tiny_regis
         assert docker_client.images.get(image)
     finally:
         hub.cleanup(docker_client)  # its container first, then the image it pulled
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(image, force=True)
-        except docker.errors.ImageNotFound:
-            pass
 
 
 @pytest.mark.docker

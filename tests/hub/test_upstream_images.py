@@ -8,6 +8,7 @@ engine, and read the image of the container that was made.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 
 import docker
@@ -192,10 +193,8 @@ def retag(docker_client):
     name = f"gpuhub-test/retag-{secrets.token_hex(4)}:latest"
     docker_client.images.get(IMAGE).tag(name)
     yield name
-    try:
+    with contextlib.suppress(docker.errors.ImageNotFound):
         docker_client.images.remove(name, noprune=True)
-    except docker.errors.APIError:
-        pass
 
 
 @pytest.mark.docker
