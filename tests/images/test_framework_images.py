@@ -185,6 +185,9 @@ def test_gpuhub_start_script_editable_copy_and_user_are_kept(client, image: str)
                                "test -w /home/jovyan/scratch && test -w /home/jovyan/my-tutorials && echo writable; "
                                "test -x /usr/local/bin/start-singleuser.sh && echo executable"])
     assert who.split() == ["1000", "1000", "/home/jovyan", "writable", "executable"], who
+    # the build ran as root with HOME=/home/jovyan: nothing it left there may be root's (an
+    # ~/.ipython of root's sends IPython's history and profile to a temporary directory)
+    assert _run(client, image, ["find", "/home/jovyan", "!", "-user", "1000"]) == ""
     for in_image, in_repo in (("/usr/local/bin/start-singleuser.sh", "start-singleuser.sh"),
                               ("/opt/gpuhub/gpuhub_usercopy.py", "gpuhub_usercopy.py")):
         assert _run(client, image, ["cat", in_image]) == (IMAGES / "singleuser" / in_repo).read_text(), \
