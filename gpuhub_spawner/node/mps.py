@@ -150,6 +150,7 @@ def install(client: Any, spec: mps.DaemonSpec) -> str:
     if old is not None:
         if _spec_of(old) == {**_spec_of(old), **spec.labels} and old.status == "running":
             return "kept"
+        _refuse_while_in_use(client, spec)
         old.remove(force=True)
         done = "replaced"
     try:
@@ -170,6 +171,18 @@ def install(client: Any, spec: mps.DaemonSpec) -> str:
         raise MPSSetupError(f"creating the MPS daemon {spec.name} failed: {text}") from None
     container.start()
     return done
+
+
+def _refuse_while_in_use(client: Any, spec: mps.DaemonSpec) -> None:
+    """A daemon with clients is not replaced: their CUDA work would end with it."""
+    pipe = mps.pipe_volume(spec.gpu_uuid)
+    users = [c.name for c in client.containers.list(filters={"volume": pipe}) if c.name != spec.name]
+    if users:
+        raise MPSSetupError(
+            f"the MPS daemon of {spec.gpu_uuid} would change, but {len(users)} server(s) use it "
+            f"({', '.join(sorted(users)[:5])}): replacing it now would end their GPU work. Drain the node "
+            "(gpuhub node drain), then run setup again. Nothing else was changed."
+        )
 
 
 def remove(client: Any, gpu_uuid: str) -> None:

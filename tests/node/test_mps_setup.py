@@ -129,6 +129,16 @@ def test_the_daemon_container_as_the_engine_records_it(docker_client, fake_gpu):
     # a second setup keeps it; new limits replace it
     assert node_mps.install(docker_client, spec) in ("kept", "replaced")  # replaced if it already exited
     smaller = mps.daemon_spec(fake_gpu, mps.slot_limits(40960, 8), "gpuhub/debian-base:bookworm", runtime="")
+    # a client of the daemon (a container on its pipe volume): the daemon is not replaced under it
+    client = docker_client.containers.run(
+        "gpuhub/debian-base:bookworm", ["sleep", "300"], detach=True, name=f"{spec.name}-client",
+        mounts=[docker.types.Mount(mps.PIPE_DIR, mps.pipe_volume(fake_gpu), type="volume", no_copy=True)])
+    try:
+        with pytest.raises(node_mps.MPSSetupError, match=r"1 server\(s\) use it .*Drain the node"):
+            node_mps.install(docker_client, smaller)
+        assert docker_client.api.inspect_container(spec.name)["Config"]["Labels"][mps.LABEL_MPS_LIMITS] == limits.label()
+    finally:
+        client.remove(force=True)
     assert node_mps.install(docker_client, smaller) == "replaced"
     assert docker_client.api.inspect_container(spec.name)["Config"]["Labels"][mps.LABEL_MPS_LIMITS] == \
         mps.slot_limits(40960, 8).label()
