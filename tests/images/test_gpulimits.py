@@ -55,17 +55,19 @@ def test_the_hook_waits_for_torch_and_queues_the_share(tmp_path, monkeypatch):
     assert len(sys.meta_path) == before  # the hook removed itself
 
 
-def _run_in_torch_image(client: docker.DockerClient, script: str, env: dict[str, str]) -> dict:
+def _run_in_torch_image(client: docker.DockerClient, script: str, env: dict[str, str], mount: bool = True) -> dict:
+    """``script`` by the PyTorch kernel's Python; ``mount``: with this checkout's hook files on
+    PYTHONPATH, else the image's own files and PYTHONPATH, as built."""
     try:
         client.images.get(TORCH_IMAGE)
     except docker.errors.ImageNotFound:
         pytest.skip(f"{TORCH_IMAGE} is not built here (images/build.sh pytorch)")
+    files = ("gpuhub_gpulimits.py", "sitecustomize.py")
+    volumes = {str(HOOK_DIR / f): {"bind": f"/opt/gpuhub/python/{f}", "mode": "ro"} for f in files} if mount else {}
+    environment = {"PYTHONPATH": "/opt/gpuhub/python", **env} if mount else env
     out = client.containers.run(
         TORCH_IMAGE, [TORCH_PYTHON, "-c", script], entrypoint=[], remove=True, network_mode="none",
-        user="1000", environment={"PYTHONPATH": "/opt/gpuhub/python", **env},
-        volumes={str(HOOK_DIR / "gpuhub_gpulimits.py"): {"bind": "/opt/gpuhub/python/gpuhub_gpulimits.py", "mode": "ro"},
-                 str(HOOK_DIR / "sitecustomize.py"): {"bind": "/opt/gpuhub/python/sitecustomize.py", "mode": "ro"}},
-        stderr=True,
+        user="1000", environment=environment, volumes=volumes, stderr=True,
     )
     return json.loads(out.decode().strip().splitlines()[-1])
 
@@ -104,3 +106,17 @@ def test_real_pytorch_gets_the_share_at_cuda_start_without_cuda_starting_at_impo
 def test_without_the_variable_pytorch_is_left_alone(docker_client):
     report = _run_in_torch_image(docker_client, PROBE, {})
     assert report["queued"] == [] and report["cuda_started"] is False and report["hooked"] != "_AfterTorchImport"
+
+
+@pytest.mark.docker
+def test_the_built_image_runs_the_hook_in_the_pytorch_kernel(docker_client):
+    """As built (images/build.sh): the image's own PYTHONPATH and files, no mounts."""
+    try:
+        docker_client.containers.run(TORCH_IMAGE, ["test", "-f", "/opt/gpuhub/python/sitecustomize.py"],
+                                     entrypoint=[], remove=True, network_mode="none")
+    except docker.errors.ContainerError:
+        pytest.skip(f"{TORCH_IMAGE} predates the hook: rebuild it (images/build.sh pytorch)")
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{TORCH_IMAGE} is not built here (images/build.sh pytorch)")
+    report = _run_in_torch_image(docker_client, PROBE, {"GPUHUB_GPU_MEMORY_LIMIT_MB": "2048"}, mount=False)
+    assert report["queued"] == [2048 * 1024**2] and report["cuda_started"] is False
