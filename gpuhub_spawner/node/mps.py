@@ -7,6 +7,11 @@ in), Docker restarts it with the engine (``unless-stopped``), the spec can be re
 ``docker inspect``, and the same code serves nodes without systemd.  The daemon's pipe and
 ``/dev/shm`` are per-GPU tmpfs volumes that the spawners mount into the GPU's clients.
 
+Unlike NVIDIA's Kubernetes device plugin, whose daemon runs privileged with every GPU, each
+daemon here sees only its own GPU and runs unprivileged (as root, which the control daemon needs
+to start servers as its clients' uid); that this is enough is for the check on a lent GPU to
+confirm (``tests/gpu``), as no driver exists where these tests run.
+
 The GPU's compute mode is changed to *exclusive process* (so that a CUDA process cannot bypass
 MPS and take the whole GPU) only with ``--allow-compute-mode-change``: it changes the GPU for
 every program of the machine, so it is the operator's call.  Without it, setup says that a user
