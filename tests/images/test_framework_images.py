@@ -89,7 +89,8 @@ def _run(client: docker.DockerClient, image: str, argv: list[str], user: str = "
 
 
 def _run_status(client: docker.DockerClient, image: str, cmd: str, user: str = "root") -> tuple[int, str]:
-    """``sh -c cmd`` in a throwaway container with no network: its exit status and output."""
+    """``sh -c cmd`` in a throwaway container with no network: its exit status and output
+    (stdout and stderr as the engine logged them: ``cmd`` keeps their order with ``exec 2>&1``)."""
     container = client.containers.run(image, ["sh", "-c", cmd], detach=True, network_mode="none", user=user)
     try:
         status = container.wait(timeout=300)["StatusCode"]
@@ -215,7 +216,7 @@ def test_add_kernel_refuses_clearly(client, args: str, status: int, message: str
     one more) says what is wrong and leaves no half-made venv or kernelspec behind."""
     _image(client, PYTORCH_IMAGE)
     code, out = _run_status(client, PYTORCH_IMAGE,
-                            f"echo '# nothing' >/tmp/req.txt; gpuhub-add-kernel {args}; echo status=$?; "
+                            f"exec 2>&1; echo '# nothing' >/tmp/req.txt; gpuhub-add-kernel {args}; echo status=$?; "
                             "ls /opt/venvs; jupyter kernelspec list --json")
     assert code == 0 and f"status={status}" in out, out
     assert message in out, out
