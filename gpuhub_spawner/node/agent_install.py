@@ -293,6 +293,41 @@ def cmd_agent(args: argparse.Namespace) -> int:
         client.close()
 
 
+def add_setup_arguments(setup: argparse.ArgumentParser) -> None:
+    """``gpuhub node setup --agent-token-file FILE``: the agent comes up with the node."""
+    setup.add_argument(
+        "--agent-token-file", metavar="FILE",
+        help="also run the node agent in the host's PID and cgroup namespaces (as `gpuhub node agent "
+             "install` does) with this token file; checked before anything changes",
+    )
+    setup.add_argument("--agent-image", default=AgentContainer.image, help="the node agent's image")
+
+
+def setup_agent_spec(args: argparse.Namespace) -> AgentContainer | None:
+    """The agent ``node setup`` will start (None: not asked); its token file is checked now,
+    before setup changes anything."""
+    if not getattr(args, "agent_token_file", None):
+        return None
+    _check_token_file(args.agent_token_file)
+    return AgentContainer(image=args.agent_image, token_file=args.agent_token_file)
+
+
+def setup_agent(spec: AgentContainer | None, dry_run: bool) -> None:
+    """Start the agent at the end of ``node setup`` (after Docker has the NVIDIA runtime)."""
+    if spec is None:
+        return
+    if dry_run:
+        print("[setup] would start the node agent: " + shlex.join(spec.docker_run()))
+        return
+    import docker
+
+    client = docker.from_env(timeout=60)
+    try:
+        install(client, spec)
+    finally:
+        client.close()
+
+
 def add_agent_commands(node_sub) -> None:
     """``gpuhub node agent …`` (hooked into :func:`.nodecli.add_node_commands`)."""
     agent = node_sub.add_parser(

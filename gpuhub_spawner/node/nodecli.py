@@ -182,6 +182,8 @@ def read_join_token(path: str, stdin: TextIO | None = None) -> str:
 
 
 def cmd_node_setup(args: argparse.Namespace) -> int:
+    from gpuhub_spawner.node import agent_install  # it imports SetupError from here
+
     daemon_path = Path(args.daemon_json)
     runtime_path = Path(args.runtime_config)
     # read and check everything before changing anything
@@ -206,6 +208,7 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     except node_mps.MPSSetupError as e:
         raise SetupError(str(e)) from None
     labels.update(mps_plan.labels)
+    agent_spec = agent_install.setup_agent_spec(args)
     merged = merge_daemon_config(config, resources, labels, args.runtime)
     new_daemon = json.dumps(merged, indent=2) + "\n"
     old_runtime = runtime_path.read_text() if runtime_path.exists() else ""
@@ -220,6 +223,7 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         sys.stdout.write(_diff(str(daemon_path), old_daemon, new_daemon) if daemon_changed else f"{daemon_path}: unchanged\n")
         sys.stdout.write(_diff(str(runtime_path), old_runtime, new_runtime) if runtime_changed else f"{runtime_path}: unchanged\n")
         node_mps.show(mps_plan)
+        agent_install.setup_agent(agent_spec, dry_run=True)
         return 0
     if runtime_changed:
         _write(runtime_path, new_runtime)
@@ -235,6 +239,7 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         _apply_mps(mps_plan)
     if join_token:
         _join(args, join_token)
+    agent_install.setup_agent(agent_spec, dry_run=False)
     return 0
 
 
@@ -433,6 +438,9 @@ def add_node_commands(sub) -> None:
     setup.add_argument("--manager", help="manager address host:2377 (with --join-token-file)")
     setup.add_argument("--advertise-addr", help="this node's address for the swarm")
     node_mps.add_arguments(setup)
+    from gpuhub_spawner.node import agent_install  # it imports SetupError from here
+
+    agent_install.add_setup_arguments(setup)
     setup.set_defaults(func=cmd_node_setup)
     for name, func, help_text in (
         ("cordon", cmd_node_cordon, "stop placing new servers on a node; running ones go on"),
@@ -452,6 +460,4 @@ def add_node_commands(sub) -> None:
     pull.add_argument("--docker-host", help="manager engine URL (default: DOCKER_HOST)")
     pull.add_argument("--timeout", type=float, default=1800)
     pull.set_defaults(func=cmd_node_prepull)
-    from gpuhub_spawner.node.agent_install import add_agent_commands  # it imports SetupError from here
-
-    add_agent_commands(node)  # gpuhub node agent install|remove|unit
+    agent_install.add_agent_commands(node)  # gpuhub node agent install|remove|unit
