@@ -43,6 +43,16 @@ def memory_isolated(profile: str) -> bool:
     return not (m and m.group(1))
 
 
+def memory_sharers(profile: str) -> int:
+    """How many compute instances may share the memory of a ``profile`` unit's GPU instance:
+    ``1c.3g.40gb`` -> 3 (three 1-slice compute instances fit in a 3-slice GPU instance), 1 for a
+    memory-isolated profile."""
+    m = PROFILE_RE.match(profile)
+    if not (m and m.group(1)):
+        return 1
+    return max(1, int(m.group(2)) // max(1, int(m.group(1))))
+
+
 def with_compute_prefix(profile: str, gi_slices: int, ci_slices: int) -> str:
     """``3g.40gb`` -> ``1c.3g.40gb`` for a compute instance smaller than its GPU instance."""
     if 0 < ci_slices < gi_slices and memory_isolated(profile):

@@ -41,6 +41,7 @@ from gpuhub_spawner.core.labels import (  # noqa: F401 - re-exported for the spa
     LABEL_USER,
     ServerLabels,
 )
+from gpuhub_spawner.core.mig_profiles import memory_sharers
 from gpuhub_spawner.core.volumes import VolumePlan
 from gpuhub_spawner.hub import admission, forms, profile_image
 from gpuhub_spawner.hub.admission import Choice
@@ -357,7 +358,17 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         env = {"GPUHUB_GPU_UNIT": unit.id, "GPUHUB_GPU_KIND": unit.kind}
         if unit.shared:
             env.update(self.shared_slot_env(unit.slots, unit.memory_mb * unit.slots))
+        elif not unit.memory_isolated:
+            env.update(self.compute_instance_env(unit.mig_profile, unit.memory_mb))
         return env
+
+    def compute_instance_env(self, profile: str, memory_mb: int) -> dict[str, str]:
+        """A compute-instance MIG unit (``1c.3g.40gb``) shares its GPU instance's memory with the
+        other compute instances there: the framework hints for its share (MPS does not run on MIG)."""
+        if not self.gpu_memory_hints:
+            return {}
+        sharers = memory_sharers(profile)
+        return mps.hint_env(sharers, mps.hint_limits(memory_mb, sharers) if memory_mb else None)
 
     # ---- shared slots: MPS where its daemon runs, framework hints always (core/mps.py) ----
 

@@ -28,6 +28,7 @@ from traitlets import Bool, Float, List, default
 
 from gpuhub_spawner.core import isolation, mps
 from gpuhub_spawner.core.cluster import (
+    MIG_KIND_PREFIX,
     SHARED_KIND_PREFIX,
     ClusterView,
     assigned_resources,
@@ -35,6 +36,7 @@ from gpuhub_spawner.core.cluster import (
 )
 from gpuhub_spawner.core.inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
 from gpuhub_spawner.core.labels import LABEL_NODE, LABEL_POOL, LABEL_UNIT
+from gpuhub_spawner.core.mig_profiles import memory_isolated, profile_of_kind_suffix
 from gpuhub_spawner.core.volumes import build_mounts
 from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.docker_create import server_labels
@@ -300,6 +302,10 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             env["NVIDIA_VISIBLE_DEVICES"] = view.shared[kind][0] if view is not None and kind in view.shared else ""
             slots = view.shared[kind][2] if view is not None and kind in view.shared else 0
             env.update(self.shared_slot_env(slots, self.gpu_shared_memory))
+        elif kind.startswith(MIG_KIND_PREFIX):
+            profile = profile_of_kind_suffix(kind.removeprefix(MIG_KIND_PREFIX))
+            if not memory_isolated(profile):
+                env.update(self.compute_instance_env(profile, 0))  # node memory unknown: fractions only
         return env
 
     #: the shared GPU's memory, from its node's labels (set by prepare_swarm_slot)
