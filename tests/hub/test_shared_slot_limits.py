@@ -130,3 +130,28 @@ def test_mps_pool_refuses_without_a_daemon_and_wires_clients_to_a_running_one(do
     assert _gpu_limit_line(form, "shared").startswith(
         f"GPU memory limit enforced by MPS: about {SLOT_MB / 1024:.1f} GiB, and 50% of the GPU's compute"
     )
+
+
+def test_gpuhub_yaml_shared_limit_mps_refuses_a_slot_without_a_daemon(docker_client, hub_factory, tmp_path):
+    """The documented path: ``inventory.shared_limit: mps`` in gpuhub.yaml (README), read by
+    jupyterhub_config.py, refuses a shared slot whose GPU runs no MPS daemon, and frees it."""
+    import yaml
+    from harness import IMAGE
+
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text(yaml.safe_dump({
+        "images": {"default": IMAGE},
+        "inventory": {"discovery": "static", "gpus": _inventory("y1"), "shared_limit": "mps"},
+        "profiles": [
+            {"slug": "shared", "display_name": "Shared GPU slot", "pool": "shared"},
+            {"slug": "cpu", "display_name": "CPU only", "pool": None},
+        ],
+    }))
+    hub = hub_factory(start=False)
+    hub.start(env={"GPUHUB_CONFIG": str(path)})
+    hub.create_users(["yoko"])
+    outcome = hub.watch_spawn("yoko", {"profile": "shared"}, timeout=120)
+    assert outcome.failure is not None and "MPS service of the GPU you were given is not running" in outcome.failure
+    assert not [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == "yoko"]
+    # the form says the limit is MPS's
+    assert "enforced by MPS" in _gpu_limit_line(render_form(hub, "yoko"), "shared")
