@@ -36,6 +36,8 @@ if [ "$for_tests" = 1 ]; then
   command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
   # Prometheus (the metrics tests start /usr/bin/prometheus themselves; the system service is not used)
   [ -x /usr/bin/prometheus ] || need_apt+=(prometheus)
+  # Debian's image registry (tests/support/registry.py starts /usr/bin/docker-registry itself)
+  [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"

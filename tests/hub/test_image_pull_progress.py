@@ -1,32 +1,26 @@
 """Spawn progress shows image pulls, and a pull that fails says what to do.
 
 Single host: a real hub and Docker engine pulling, under ``pull_policy = "ifnotpresent"``, from
-a registry in this process that knows no image (it answers the registry API's ping, then "name
-unknown" after a pause, as a registry without the image does), so the spawn is still pending
-when the progress stream is read.  Swarm: the loop that
-follows a service's task, fed a recorded sequence of task states (a rig test per state would
-take minutes); the task dicts have the fields the engine's ``docker service ps`` API gives.
+Debian's ``docker-registry`` (tests/support/registry.py) reached over a slow link (each new
+connection waits 2 s), so the spawn is still pending when the progress stream is read; an image
+the registry does not hold is its own "manifest unknown".  Swarm: the loop that follows a
+service's task, fed a recorded sequence of task states (a rig test per state would take
+minutes); the task dicts have the fields the engine's ``docker service ps`` API gives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.server
-import io
-import json
 import secrets
-import tarfile
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 import docker
 import pytest
 from harness import fake_gpus
 from jupyterhub.spawner import SpawnException
 from offline_spawner import offline_spawner
+from registry import Registry, SlowLink, push_tiny_image
 
 from gpuhub_spawner.core.cluster import ClusterView, NodeInfo
 from gpuhub_spawner.hub.swarmspawner import GPUSwarmSpawner
@@ -35,96 +29,25 @@ from gpuhub_spawner.storage.ledger import UsageLedger
 # ---- single host -------------------------------------------------------------------------
 
 
-def _tiny_image() -> dict[str, tuple[str, bytes]]:
-    """The blobs of a one-file image (digest -> media type, bytes), its manifest also as tag "1"."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = 6
-        tar.addfile(info, io.BytesIO(b"hello\n"))
-
-    def digest(data: bytes) -> str:
-        return "sha256:" + hashlib.sha256(data).hexdigest()
-
-    layer_bytes = layer.getvalue()
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [digest(layer_bytes)]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config),
-                   "digest": digest(config)},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": len(layer_bytes),
-                    "digest": digest(layer_bytes)}],
-    }).encode()
-    blobs = {digest(b): ("application/octet-stream", b) for b in (config, layer_bytes)}
-    by_tag = ("application/vnd.docker.distribution.manifest.v2+json", manifest)
-    return {**blobs, digest(manifest): by_tag, "1": by_tag}
-
-
-class _Registry(http.server.BaseHTTPRequestHandler):
-    """A registry (API v2) holding ``objects`` (manifest tags and blob digests): each manifest
-    request waits ``delay`` first (a pull takes a while); what it lacks is "name unknown"."""
-
-    delay = 2.0
-    objects: dict[str, tuple[str, bytes]] = {}
-
-    def _answer(self) -> None:
-        kind_and_ref = self.path.rstrip("/").rsplit("/", 2)[-2:]
-        media, body, code = "application/json", b"{}", 200
-        if self.path.rstrip("/") != "/v2":
-            if kind_and_ref[0] == "manifests":
-                time.sleep(self.delay)
-            found = self.objects.get(kind_and_ref[1])
-            if found is None:
-                error = {"code": "NAME_UNKNOWN", "message": "repository name not known to registry"}
-                code, body = 404, json.dumps({"errors": [error]}).encode()
-            else:
-                media, body = found
-        self.send_response(code)
-        self.send_header("Content-Type", media)
-        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
-        if code == 200 and self.path.rstrip("/") != "/v2":
-            self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_HEAD = _answer
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
-def _registry(objects: dict[str, tuple[str, bytes]]) -> Iterator[str]:
-    """``host:port`` of a registry holding ``objects`` (dockerd pulls from 127.0.0.1 over HTTP)."""
-    handler = type("Handler", (_Registry,), {"objects": objects})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    server = Registry(Path(tmp_path_factory.mktemp("registry")))
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def empty_registry() -> Iterator[str]:
-    with _registry({}) as address:
-        yield address
-
-
-@pytest.fixture
-def tiny_registry() -> Iterator[str]:
-    with _registry(_tiny_image()) as address:
-        yield address
+def slow_registry(registry: Registry) -> Iterator[str]:
+    """``host:port`` of the registry behind a link that holds each connection 2 s."""
+    link = SlowLink(registry.address, delay=2.0)
+    yield link.address
+    link.close()
 
 
 @pytest.mark.docker
 @pytest.mark.hub
-def test_a_failed_pull_is_shown_then_told_plainly_and_holds_no_unit(docker_client, hub_factory, empty_registry):
-    missing = f"{empty_registry}/gpuhub-test/absent-{secrets.token_hex(4)}:1"
+def test_a_failed_pull_is_shown_then_told_plainly_and_holds_no_unit(docker_client, hub_factory, slow_registry):
+    missing = f"{slow_registry}/gpuhub-test/absent-{secrets.token_hex(4)}:1"
     # the POST answers at once (202) and the page follows the progress stream, as for a long pull
     hub = hub_factory(extra='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n', spawner_config={
         "gpu_inventory": fake_gpus(1, "pl"),
@@ -161,10 +84,15 @@ def test_a_failed_pull_is_shown_then_told_plainly_and_holds_no_unit(docker_clien
 
 @pytest.mark.docker
 @pytest.mark.hub
-def test_a_pull_is_shown_before_and_after(docker_client, hub_factory, tiny_registry):
+def test_a_pull_is_shown_before_and_after(docker_client, hub_factory, registry, slow_registry):
     """A pull that works: told before it starts and when it is done, then the start goes on
     (this one-file image has no server in it, so the start then fails: only the pull counts)."""
-    image = f"{tiny_registry}/gpuhub-test/tiny-{secrets.token_hex(4)}:1"
+    repository = f"gpuhub-test/tiny-{secrets.token_hex(4)}"
+    push_tiny_image(docker_client, f"{registry.address}/{repository}:1")
+    assert registry.tags(repository) == ["1"]
+    image = f"{slow_registry}/{repository}:1"
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(image)  # so the spawn must pull it
     hub = hub_factory(extra='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n', spawner_config={
         "pull_policy": "ifnotpresent", "cmd": ["/hello.txt"],
         "gpu_profiles": [{"slug": "tiny", "pool": None}], "gpu_profile_images": {"tiny": image},
