@@ -9,6 +9,11 @@
 #   images/build.sh all        # all three
 #   images/build.sh pytorch    # singleuser + a PyTorch kernel (CUDA wheels from PyPI)
 #   images/build.sh workshop   # pytorch + a TensorFlow kernel in a venv of its own
+#   images/build.sh hub        # the hub: JupyterHub, its proxy, gpuhub and its services
+#   images/build.sh postgres|registry|caddy|prometheus   # the stack's other services
+#   images/build.sh stack      # the five images of the stack (deploy/stack)
+#   GPUHUB_HUB_SOURCE_REV=v0.1.0 GPUHUB_HUB_IMAGE=gpuhub/hub:0.1.0 images/build.sh hub
+#                              # the hub of an older release (git archive of that revision)
 #   FORCE=1 images/build.sh    # rebuild everything
 set -euo pipefail
 
@@ -21,6 +26,8 @@ NODE_IMAGE=${GPUHUB_NODE_IMAGE:-gpuhub/swarm-node:trixie}
 AGENT_IMAGE=${GPUHUB_AGENT_IMAGE:-gpuhub/node-agent:latest}
 PYTORCH_IMAGE=${GPUHUB_PYTORCH_IMAGE:-gpuhub/pytorch:latest}
 WORKSHOP_IMAGE=${GPUHUB_WORKSHOP_IMAGE:-gpuhub/workshop:latest}
+HUB_IMAGE=${GPUHUB_HUB_IMAGE:-gpuhub/hub:latest}
+HUB_SOURCE_REV=${GPUHUB_HUB_SOURCE_REV:-}
 CACHE=${GPUHUB_IMAGE_CACHE:-/var/cache/gpuhub}
 FORCE=${FORCE:-0}
 
@@ -68,13 +75,14 @@ build_base() {
 # rebuilds them too.
 build_cached() {
   local image=$1 base=$2 ctx=$3 extra=${4:-} digest
+  shift $(($# < 4 ? $# : 4))  # the rest: more `docker build` arguments (labels, build args)
   digest=$( (cd "$ctx" && find . -type f ! -name host-ca.crt -print0 | sort -z | xargs -0 sha256sum; echo "$base${extra:+ $extra}") | sha256sum | cut -c1-16)
   if [ "$FORCE" != 1 ] && [ "$(image_label "$image" org.gpuhub.build-digest)" = "$digest" ]; then
     log "$image up to date"
     return
   fi
   log "building $image"
-  docker build -q --build-arg "BASE_IMAGE=$base" \
+  docker build -q --build-arg "BASE_IMAGE=$base" "$@" \
     --label "org.gpuhub.build-digest=$digest" -t "$image" "$ctx" >/dev/null
 }
 
@@ -110,6 +118,43 @@ build_agent() {
   find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
   cp /etc/ssl/certs/ca-certificates.crt "$tmp/host-ca.crt"
   build_cached "$AGENT_IMAGE" "$BASE_IMAGE" "$tmp"
+}
+
+# The hub: gpuhub installed non-editable from a copy of the source (the working tree, or `git
+# archive` of GPUHUB_HUB_SOURCE_REV for an older release's hub, which needs a name of its own).
+build_hub() {
+  local tmp repo="$here/.." version
+  local files=(pyproject.toml README.md jupyterhub_config.py gpuhub_spawner hub_services)
+  if [ -n "$HUB_SOURCE_REV" ] && [ "$HUB_IMAGE" = gpuhub/hub:latest ]; then
+    log "GPUHUB_HUB_SOURCE_REV builds an older hub: name it, e.g. GPUHUB_HUB_IMAGE=gpuhub/hub:0.1.0"
+    exit 2
+  fi
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  cp -r "$here/hub"/. "$tmp"/
+  mkdir -p "$tmp/src"
+  if [ -n "$HUB_SOURCE_REV" ]; then
+    git -C "$repo" archive "$HUB_SOURCE_REV" -- "${files[@]}" | tar -x -C "$tmp/src"
+  else
+    (cd "$repo" && tar -c --exclude=__pycache__ "${files[@]}") | tar -x -C "$tmp/src"
+  fi
+  version=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+    "$tmp/src/pyproject.toml")
+  cp /etc/ssl/certs/ca-certificates.crt "$tmp/host-ca.crt"
+  build_cached "$HUB_IMAGE" "$BASE_IMAGE" "$tmp" "" --build-arg "GPUHUB_VERSION=$version"
+}
+
+# The stack's other services (postgres, registry, caddy, prometheus): Debian packages and a
+# script; Prometheus's image also holds deploy/prometheus's files.
+build_service() {
+  local name=$1 tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  cp -r "$here/$name"/. "$tmp"/
+  if [ "$name" = prometheus ]; then
+    cp -r "$here/../deploy/prometheus" "$tmp/deploy-prometheus"
+  fi
+  build_cached "gpuhub/$name:latest" "$BASE_IMAGE" "$tmp"
 }
 
 # The framework images: built FROM ours, so keyed on the base's id as well as their own files.
@@ -161,6 +206,19 @@ case "$what" in
     build_base "$SUITE" "$BASE_IMAGE"
     build_agent
     log "done: $AGENT_IMAGE" ;;
-  singleuser|node) ;;
-  *) log "usage: images/build.sh [singleuser|node|agent|pytorch|workshop|all]"; exit 2 ;;
+  hub|postgres|registry|caddy|prometheus|stack)
+    build_base "$SUITE" "$BASE_IMAGE" ;;&
+  hub|stack)
+    build_hub
+    log "done: $HUB_IMAGE" ;;&
+  postgres|registry|caddy|prometheus)
+    build_service "$what"
+    log "done: gpuhub/$what:latest" ;;
+  stack)
+    for service in postgres registry caddy prometheus; do
+      build_service "$service"
+    done
+    log "done: the stack's images" ;;
+  singleuser|node|hub) ;;
+  *) log "usage: images/build.sh [singleuser|node|agent|pytorch|workshop|all|hub|postgres|registry|caddy|prometheus|stack]"; exit 2 ;;
 esac
