@@ -116,6 +116,17 @@ if any(p.environment for p in cfg.profiles):
 if swarm_mode:
     c.JupyterHub.spawner_class = "gpu-swarm"
 
+# ---- in the stack of `gpuhub deploy` (deploy/stack; GPUHUB_STACK names it): public https URL
+# ---- and Secure cookies behind Caddy, the proxy on the internal network only, the hub API
+# ---- and user servers on the user network (gpuhub_spawner/deploy/inhub.py says why)
+if os.environ.get("GPUHUB_STACK") and cfg.deploy is not None:
+    from gpuhub_spawner.deploy import inhub
+
+    inhub.apply(c, os.environ["GPUHUB_STACK"], cfg.deploy.public_url)
+    if os.environ.get("PGPASSWORD"):
+        # the services open the same PostgreSQL database (libpq reads it; never in a URL)
+        service_env["PGPASSWORD"] = os.environ["PGPASSWORD"]
+
 # ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
 admin_service, admin_role = managed_services.admin(cfg.services.admin_port, c.GPUDockerSpawner, from_file, service_env)
 c.JupyterHub.services.append(admin_service)

@@ -5,6 +5,7 @@
     gpuhub node inventory|setup|cordon|drain|remove|prepull   swarm GPU nodes (see nodecli)
     gpuhub config check FILE                          is this gpuhub.yaml valid? (exit 2 if not)
     gpuhub config example                             a commented full gpuhub.yaml
+    gpuhub deploy [--config FILE] [--render] [--dry-run]   the stack on a swarm manager (deploy/stack)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from gpuhub_spawner.core.hubconfig import ConfigError, env_json
 from gpuhub_spawner.core.inventory import Inventory, InventoryError, default_profiles, units_from_gpus
+from gpuhub_spawner.deploy.deploycli import add_deploy_command
 from gpuhub_spawner.node.nodecli import SetupError, add_node_commands
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=cmd_doctor)
     add_node_commands(sub)
     add_config_commands(sub)
+    add_deploy_command(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gpuhub_spawner.core import sizes
+from gpuhub_spawner.core.deployconfig import Deploy, deploy_problems
 from gpuhub_spawner.core.hubconfig import UPSTREAM, env_overlay, plain_username
 from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
 from gpuhub_spawner.core.isolation import DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT, DEFAULT_PIDS_LIMIT
@@ -264,6 +265,7 @@ class GPUHubConfig(Section):
     tutorials: Tutorials = Tutorials()
     metrics: Metrics = Metrics()
     services: Services = Services()
+    deploy: Deploy | None = None  # the stack `gpuhub deploy` runs (core/deployconfig.py)
 
     @field_validator("quota_defaults")
     @classmethod
@@ -287,7 +289,7 @@ class GPUHubConfig(Section):
 
     @model_validator(mode="after")
     def _profiles_fit(self) -> GPUHubConfig:
-        problems = list(_profile_problems(self))
+        problems = list(_profile_problems(self)) + list(deploy_problems(self))
         if problems:
             raise _KeyProblems(problems)
         return self

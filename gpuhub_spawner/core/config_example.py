@@ -110,4 +110,17 @@ metrics:
 
 services:
   admin_port: 8766       # the "GPU Hub" admin service
+
+deploy:                  # the stack `gpuhub deploy` runs on a swarm manager (deploy/stack/README.md)
+  public_url: https://workshop.example.org   # what attendees open (Caddy: HTTPS on 443)
+  tls:
+    mode: files          # files (your certificate), acme (public DNS name) or internal (a trial)
+    cert_file: /etc/gpuhub/tls/fullchain.pem   # files: the PEM chain, on the manager
+    key_file: /etc/gpuhub/tls/privkey.pem      # files: its key, on the manager
+    acme_email: ""       # acme: the ACME account's e-mail address
+  database: postgres     # postgres (a db service in the stack) or sqlite (a one-machine trial)
+  registry_port: 5000    # the stack's registry on the manager, read-only: the nodes pull from it
+  secrets_dir: /etc/gpuhub/secrets   # generated secrets on the manager (0700, files 0600)
+  stack_name: gpuhub     # prefixes its services, networks, volumes and secrets
+  push_images: []        # images from images.allowed pushed into the registry at each deploy
 """
