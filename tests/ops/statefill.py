@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 T0 = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -52,8 +51,8 @@ def fill_usage(url: str) -> None:
     ledger.set_notice("cy", "", "Your server stopped while the hub was down.")
 
 
-def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table at ``url``, sorted, as plain values."""
+def table_rows(url: str) -> dict[str, list[dict[str, str]]]:
+    """Every row of every table at ``url`` (column -> repr of its value), in a stable order."""
     from sqlalchemy import create_engine, inspect, text
 
     engine = create_engine(url)
@@ -61,7 +60,10 @@ def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
         with engine.connect() as conn:
             quote = conn.dialect.identifier_preparer.quote
             return {
-                name: sorted(tuple(map(repr, row)) for row in conn.execute(text(f"SELECT * FROM {quote(name)}")))
+                name: sorted(
+                    ({k: repr(v) for k, v in row._mapping.items()} for row in conn.execute(text(f"SELECT * FROM {quote(name)}"))),
+                    key=lambda row: sorted(row.items()),
+                )
                 for name in inspect(conn).get_table_names()
             }
     finally:
