@@ -5,8 +5,9 @@
     gpuhub node inventory|setup|cordon|drain|remove|prepull   swarm GPU nodes (see nodecli)
     gpuhub config check FILE                          is this gpuhub.yaml valid? (exit 2 if not)
     gpuhub config example                             a commented full gpuhub.yaml
-    gpuhub status [--config FILE] [--json]            services, nodes, pools, queue (see status/)
     gpuhub deploy [--config FILE] [--render] [--dry-run]   the stack on a swarm manager (deploy/stack)
+    gpuhub status [--config FILE] [--json]            services, nodes, pools, queue (see status/)
+    gpuhub backup|restore|upgrade [--stack NAME]      the hub's state (see gpuhub_spawner/ops)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gpuhub_spawner.core.inventory import Inventory, InventoryError, default_pro
 from gpuhub_spawner.deploy.deploycli import add_deploy_command
 from gpuhub_spawner.node.nodecli import SetupError, add_node_commands
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
+from gpuhub_spawner.ops.commands import add_ops_commands
 from gpuhub_spawner.status import add_status_command
 
 
@@ -134,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=cmd_doctor)
     add_node_commands(sub)
     add_config_commands(sub)
-    add_status_command(sub)
     add_deploy_command(sub)
+    add_status_command(sub)
+    add_ops_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
