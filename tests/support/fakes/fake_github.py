@@ -5,7 +5,8 @@ in a thread, exactly what oauthenticator 17.4's ``GitHubOAuthenticator`` calls w
 ``github_url`` points at it (the API then lives under ``/api/v3``, as on GitHub Enterprise):
 
 - ``GET  /login/oauth/authorize``: no sign-in page; redirects at once to ``redirect_uri`` with a
-  code for whoever :attr:`FakeGitHub.signed_in` names, and the ``state``;
+  code for whoever the browser's session cookie (:meth:`FakeGitHub.session_cookie`) or else
+  :attr:`FakeGitHub.signed_in` names, and the ``state``;
 - ``POST /login/oauth/access_token``: the code (and PKCE verifier) for a token, errors the way
   GitHub reports them (HTTP 200 with ``error``/``error_description``);
 - ``GET /user``, ``/user/orgs``, ``/user/teams`` (one page, no ``Link`` header);
@@ -27,6 +28,8 @@ import itertools
 import json
 import re
 import secrets
+import ssl
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 API = "/api/v3"
+SESSION_COOKIE = "user_session"  # github.com's session cookie
 NOT_FOUND = (404, {}, {"message": "Not Found"})
 
 
@@ -62,16 +66,20 @@ class FakeGitHub:
         self.ids: dict[str, int] = {}  # "<org>" or "<org>:<team-slug>" (lower case) -> GitHub id
         self._new_ids = itertools.count(5000)
         self.signed_in: str | None = None  # the browser's GitHub session, for /login/oauth/authorize
+        self._sessions: dict[str, str] = {}  # GitHub session cookie -> login (many browsers at once)
         self.calls: list[str] = []  # "GET /path" of every request served
         self._codes: dict[str, tuple[str, str, str | None]] = {}  # code -> (login, scope, PKCE challenge)
         self._tokens: dict[str, str] = {}  # access token -> login
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._tls: tuple[str, str] | None = None  # (certificate chain, key) files: serve HTTPS
+        self.refused: list[str] = []  # TLS handshakes a client broke off (it did not trust us)
 
     @property
     def url(self) -> str:
         assert self._server, "FakeGitHub is not started"
-        return f"http://127.0.0.1:{self._server.server_port}"
+        host, port = self._server.server_address[:2]
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def add_user(self, login: str, orgs: set[str] = frozenset(), teams: set[str] = frozenset()) -> FakeUser:
         user = FakeUser(login, 1000 + len(self.users), set(orgs), set(teams))
@@ -98,6 +106,14 @@ class FakeGitHub:
         self.ids[name.lower()] = next(self._new_ids)
         return self.ids[name.lower()]
 
+    def session_cookie(self, login: str) -> dict[str, str]:
+        """A GitHub sign-in of ``login`` in one browser: the cookie that browser then sends to
+        /login/oauth/authorize (so many people can sign in at once, each in their own session)."""
+        value = secrets.token_hex(16)
+        with self._lock:
+            self._sessions[value] = login
+        return {SESSION_COOKIE: value}
+
     def issue_code(self, login: str, scope: str = "read:org", challenge: str | None = None) -> str:
         """What the authorize page does once ``login`` clicks "Authorize"."""
         code = secrets.token_hex(10)
@@ -107,9 +123,20 @@ class FakeGitHub:
 
     # ---- server -------------------------------------------------------------------------
 
-    def start(self) -> FakeGitHub:
+    def start(self, host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> FakeGitHub:
+        """Serve on ``host`` (a free port); with ``tls`` = (certificate chain, key) files, over
+        HTTPS only, as github.com is: a client that does not trust the chain's CA fails there."""
         handler = type("Handler", (_Handler,), {"github": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer((host, 0), handler)
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            # the handshake happens in the request's thread, so a client that stalls blocks no one
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+            self._tls = tls
+            # a client that refuses the certificate is recorded, not printed
+            self._server.handle_error = lambda _request, _address: self.refused.append(str(sys.exc_info()[1]))
         threading.Thread(target=self._server.serve_forever, name="fake-github", daemon=True).start()
         return self
 
@@ -129,9 +156,10 @@ class FakeGitHub:
     def authorize(self, q: dict[str, str], headers: Any) -> tuple[int, dict, Any]:
         if q.get("client_id") != self.client_id:
             return NOT_FOUND
-        if not self.signed_in:
+        login = self._sessions.get(_cookie(headers, SESSION_COOKIE)) or self.signed_in
+        if not login:
             return 403, {}, {"message": "nobody is signed in to the fake GitHub (set FakeGitHub.signed_in)"}
-        code = self.issue_code(self.signed_in, q.get("scope", ""), q.get("code_challenge"))
+        code = self.issue_code(login, q.get("scope", ""), q.get("code_challenge"))
         back = {"code": code, **({"state": q["state"]} if "state" in q else {})}
         sep = "&" if "?" in q["redirect_uri"] else "?"
         return 302, {"Location": q["redirect_uri"] + sep + urlencode(back)}, None
@@ -179,6 +207,14 @@ class FakeGitHub:
             user = self.users.get(m[3].lower())
             return (204, {}, None) if user and user.in_team(m[1], m[2]) else NOT_FOUND
         return NOT_FOUND
+
+
+def _cookie(headers: Any, name: str) -> str:
+    for part in (headers.get("Cookie") or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return ""
 
 
 class _Handler(BaseHTTPRequestHandler):
