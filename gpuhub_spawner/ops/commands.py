@@ -36,6 +36,9 @@ def add_ops_commands(sub: Any) -> None:
     restore.add_argument("file", help="the archive made by gpuhub backup")
     _common(restore)
     restore.add_argument("--yes", action="store_true", help="replace state that is already there")
+    restore.add_argument("--stop-hub", action="store_true",
+                         help="with --stack: scale the hub service to 0 for the restore, and back afterwards")
+    restore.add_argument("--image", help="with --stack: the hub image whose gpuhub restores (default: the hub service's)")
     restore.set_defaults(func=cmd_restore)
     upgrade = sub.add_parser("upgrade", help="back up (restore-tested), then migrate the databases")
     _common(upgrade)
@@ -48,6 +51,21 @@ def _locate(args: argparse.Namespace) -> Any:
     from gpuhub_spawner.ops.local import locate
 
     return locate(args.config, args.data_dir, args.secrets_dir)
+
+
+def _stack_secrets_dir(args: argparse.Namespace) -> Path:
+    """The deploy secrets dir: --secrets-dir, else gpuhub.yaml's deploy.secrets_dir, else the default."""
+    from gpuhub_spawner.ops.local import DEFAULT_SECRETS_DIR
+
+    if args.secrets_dir:
+        return Path(args.secrets_dir)
+    if args.config:
+        from gpuhub_spawner.core.config import check_file
+
+        deploy = check_file(args.config).deploy
+        if deploy is not None:
+            return Path(deploy.secrets_dir)
+    return Path(DEFAULT_SECRETS_DIR)
 
 
 def _refused(command: str, error: Exception) -> int:
@@ -80,7 +98,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            path, manifest = stack.backup(args.stack, Path(args.out) if args.out else None, args.secrets_dir)
+            path, manifest = stack.backup(args.stack, Path(args.out) if args.out else None)
         else:
             from gpuhub_spawner.ops.local import backup
 
@@ -98,7 +116,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            lines = stack.restore(args.stack, Path(args.file), args.yes, args.secrets_dir)
+            lines = stack.restore(args.stack, Path(args.file), args.yes, args.stop_hub, _stack_secrets_dir(args),
+                                  args.image)
         else:
             from gpuhub_spawner.ops.local import restore
 
@@ -113,7 +132,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def rollback_command(args: argparse.Namespace, backup: Path) -> str:
     words = ["gpuhub", "restore", str(backup)]
-    for option in ("config", "data_dir", "secrets_dir", "stack"):
+    for option in ("config", "data_dir", "secrets_dir", "stack", "image"):
         if getattr(args, option, None):
             words += ["--" + option.replace("_", "-"), str(getattr(args, option))]
     return shlex.join([*words, "--yes"])
@@ -126,7 +145,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            report = stack.upgrade(args.stack, args.image, Path(args.out) if args.out else None, args.secrets_dir)
+            report = stack.upgrade(args.stack, args.image, Path(args.out) if args.out else None)
         else:
             from gpuhub_spawner.ops.upgrade import upgrade
 
@@ -135,8 +154,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         print(f"gpuhub upgrade: FAILED: {e}", file=sys.stderr)
         print(f"gpuhub upgrade: the databases may be half upgraded; the backup taken first is {e.backup}", file=sys.stderr)
         if args.stack:
-            print("gpuhub upgrade: roll back (it scales the hub to 0, restores, and starts the old image again):",
-                  file=sys.stderr)
+            print(f"gpuhub upgrade: the hub service {args.stack}_hub is at 0 replicas on its old image; roll back, "
+                  f"then start it (docker service scale {args.stack}_hub=1):", file=sys.stderr)
         else:
             print("gpuhub upgrade: roll back with the previous gpuhub installed, the hub stopped:", file=sys.stderr)
         print(f"  {rollback_command(args, e.backup)}", file=sys.stderr)

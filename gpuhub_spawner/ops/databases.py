@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +204,24 @@ def _admin(url: URL, *statements: str) -> None:
         engine.dispose()
 
 
+def with_password(url: str, environ: Mapping[str, str]) -> str:
+    """``url`` with the password of ``PGPASSWORD_FILE`` when neither it nor ``PGPASSWORD`` has one.
+
+    In the stack the hub's URL has no password: libpq reads ``PGPASSWORD``, which the hub image's
+    entrypoint makes from the secret file for the hub; a command run in the container later
+    (``docker exec``) only has ``PGPASSWORD_FILE``.  The URL with the password stays in memory.
+    """
+    parsed = make_url(url)
+    path = environ.get("PGPASSWORD_FILE", "").strip()
+    if parsed.get_backend_name() != "postgresql" or parsed.password is not None or environ.get("PGPASSWORD") or not path:
+        return url
+    try:
+        password = Path(path).read_text().rstrip("\n")
+    except OSError as e:
+        raise OpsError(f"PGPASSWORD_FILE names {path}, which cannot be read ({e.strerror}): run as the hub's user") from None
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
 # ---- PostgreSQL's client tools --------------------------------------------------------------
 
 
@@ -220,7 +238,7 @@ def _tool(name: str) -> str:
 def pg_tool(url: str, name: str, *args: str) -> None:
     """Run ``pg_dump``/``pg_restore`` against ``url``; the password only in a 0600 PGPASSFILE."""
     parsed = make_url(url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") or (k == "PGPASSWORD" and parsed.password is None)}
     env.update({"PGHOST": parsed.host or "localhost", "PGDATABASE": parsed.database or "",
                 "PGUSER": parsed.username or "postgres", "PGPORT": str(parsed.port or 5432)})
     for key, value in parsed.query.items():

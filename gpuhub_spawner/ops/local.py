@@ -72,8 +72,8 @@ def locate(config: str | None, data_dir: str | None, secrets_dir: str | None,
     cfg = load_config(config, environ, notify=lambda line: None)
     path = config or environ.get("GPUHUB_CONFIG", "").strip() or None
     data = Path(data_dir or cfg.hub.data_dir or "data").resolve()
-    hub_url = cfg.hub.db_url or f"sqlite:///{data / 'jupyterhub.sqlite'}"
-    usage_url = cfg.hub.usage_db_url or f"sqlite:///{data / 'gpuhub-usage.sqlite'}"
+    hub_url = databases.with_password(cfg.hub.db_url or f"sqlite:///{data / 'jupyterhub.sqlite'}", environ)
+    usage_url = databases.with_password(cfg.hub.usage_db_url or f"sqlite:///{data / 'gpuhub-usage.sqlite'}", environ)
     if hub_url == usage_url:
         dbs: tuple[Database, ...] = (Database("hub+usage", hub_url),)
     else:
@@ -243,13 +243,16 @@ def _install(source: Path, target: Path) -> None:
 
 def _put_config(loc: Locations, source: Path) -> str:
     target = loc.config_path or (Path.cwd() / "gpuhub.yaml")
-    if not target.exists():
-        _install(source, target)
-        return f"restored the configuration to {target}"
-    if target.read_bytes() == source.read_bytes():
-        return f"the configuration {target} is the one in the backup"
-    aside = target.with_name(target.name + ".from-backup")
-    _install(source, aside)
+    try:
+        if not target.exists():
+            _install(source, target)
+            return f"restored the configuration to {target}"
+        if target.read_bytes() == source.read_bytes():
+            return f"the configuration {target} is the one in the backup"
+        aside = target.with_name(target.name + ".from-backup")
+        _install(source, aside)
+    except OSError as e:
+        return f"the configuration in the backup was not written beside {target} ({e.strerror}): it stays in the archive"
     return f"the configuration in the backup differs from {target}: it is in {aside} (compare them)"
 
 
