@@ -144,6 +144,18 @@ if cfg.tutorials.repo:
         c.JupyterHub.load_roles.append(managed_services.exporter_reads_tutorial_sync())
     if not cfg.tutorials.source:
         c.GPUDockerSpawner.tutorials_source = str(store)
+    if cfg.tutorials.mirror_token_file:
+        # the per-node mirrors (no NFS on a swarm): a token that may read the bundle, nothing else
+        try:
+            mirror_token = hubconfig.read_token_file(
+                hubconfig.setting_name("tutorials.mirror_token_file"), cfg.tutorials.mirror_token_file
+            )
+        except hubconfig.ConfigError as e:
+            hubconfig.fail(str(e))
+        mirror_service, mirror_role, mirror_scope = managed_services.tutorial_mirror(mirror_token)
+        c.JupyterHub.services.append(mirror_service)
+        c.JupyterHub.load_roles.append(mirror_role)
+        c.JupyterHub.custom_scopes = {**(c.JupyterHub.get("custom_scopes") or {}), **mirror_scope}
 
 # ---- sign-in --------------------------------------------------------------------------
 admins = set(cfg.sign_in.admin_users)

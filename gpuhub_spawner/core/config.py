@@ -216,6 +216,9 @@ class Tutorials(Section):
     max_total_size: int | str = "10G"
     max_files: int = Field(100000, ge=1)
     port: Port = 8765
+    # a file holding the token of the "tutorial-mirror" service (scope custom:gpuhub-tutorials:read
+    # only): the per-node mirrors fetch the published tutorials with it (deploy/docs/tutorial-store.md)
+    mirror_token_file: str = ""
 
 
     @field_validator("source")

@@ -103,6 +103,8 @@ tutorials:
   max_total_size: 10G    # a commit over this is not published
   max_files: 100000
   port: 8765
+  mirror_token_file: ""  # swarm without NFS: the tutorial-mirror service's token file (the
+                         # per-node mirrors fetch the published tutorials with it)
 
 metrics:
   exporter_port: null    # a port runs the per-user metrics service; null: none

@@ -155,6 +155,21 @@ def tutorial_sync(
     return service
 
 
+#: the one scope of the per-node tutorial mirrors: read the sync service's bundle, nothing else
+TUTORIAL_BUNDLE_SCOPE = "custom:gpuhub-tutorials:read"
+
+
+def tutorial_mirror(token: str) -> tuple[Spec, Spec, dict[str, Spec]]:
+    """The per-node mirrors' identity (a token-only service), its role, and the custom scope.
+
+    The scope is held by this role alone: not by admins (JupyterHub's admin role has no custom
+    scopes), never by users; the sync service's ``bundle`` endpoint asks for it.
+    """
+    scope = {TUTORIAL_BUNDLE_SCOPE: {"description": "Read the published tutorials (the per-node mirrors)."}}
+    return ({"name": "tutorial-mirror", "api_token": token},
+            _role("gpuhub-tutorial-mirror", [TUTORIAL_BUNDLE_SCOPE], "tutorial-mirror"), scope)
+
+
 def tutorial_sync_status_url(tutorials: Any) -> str:
     return f"http://127.0.0.1:{tutorials.port}/services/tutorial-sync/status.json"
 

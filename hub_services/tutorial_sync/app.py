@@ -7,6 +7,11 @@ all: it only serves its own pages under its prefix:
 - ``GET  <prefix>status.json``  the same as JSON; hub sign-in or a token
 - ``POST <prefix>webhook``      GitHub push webhook: no sign-in, verified with ``X-Hub-Signature-256``
 - ``GET  <prefix>metrics``      Prometheus metrics; a token with the ``read:metrics`` scope
+- ``GET  <prefix>bundle``       the current version as a tar stream (``?have=<sha>``: 304 when it
+                                is still current), for the per-node mirrors
+                                (``gpuhub_spawner/node/tutorial_mirror.py``); a token with the
+                                custom scope ``custom:gpuhub-tutorials:read``, which only the
+                                ``tutorial-mirror`` service holds
 
 Who may read the status: hub users and services holding ``access:services!service=<name>``,
 JupyterHub's own scope for reaching a service (admins hold it; grant it to tutorial authors with
@@ -24,7 +29,10 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import queue
 import secrets
+import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from html import escape
@@ -40,6 +48,10 @@ from hub_services.tutorial_sync.gitsource import GitSource, SyncError
 from hub_services.tutorial_sync.publish import CommitLimits, current_version, publish
 
 log = logging.getLogger(__name__)
+
+#: the scope that lets a token read the bundle: a custom scope (jupyterhub_config.py defines it)
+#: held only by the tutorial-mirror service, never by users or admins
+BUNDLE_SCOPE = "custom:gpuhub-tutorials:read"
 
 
 def utcnow() -> float:
@@ -224,6 +236,52 @@ class StatusPage(_SignedIn):
         )
 
 
+class Bundle(_Base):
+    """The current version as an uncompressed tar, streamed as it is read (bounded memory)."""
+
+    async def get(self) -> None:
+        model = await self.token_model()
+        if not model or BUNDLE_SCOPE not in (model.get("scopes") or []):
+            raise web.HTTPError(403, f"The tutorial bundle needs a hub token with the '{BUNDLE_SCOPE}' scope "
+                                     "(the tutorial-mirror service's).")
+        sha = current_version(self.syncer.store)
+        if sha is None:
+            raise web.HTTPError(404, "Nothing is published yet.")
+        self.set_header("X-Gpuhub-Commit", sha)
+        if self.get_argument("have", "") == sha:
+            self.set_status(304)
+            self.finish()
+            return
+        self.set_header("Content-Type", "application/x-tar")
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        loop = asyncio.get_running_loop()
+        writer = loop.run_in_executor(None, write_tar, self.syncer.store / "versions" / sha, chunks)
+        while (chunk := await loop.run_in_executor(None, chunks.get)) is not None:
+            self.write(chunk)
+            await self.flush()
+        await writer
+        self.finish()
+
+
+def write_tar(root: Path, chunks: queue.Queue) -> None:
+    """Put ``root``'s tree (symlinks as links, never followed) into ``chunks`` as a tar stream."""
+
+    class Sink:
+        def write(self, data: bytes) -> int:
+            chunks.put(bytes(data))
+            return len(data)
+
+    try:
+        with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for top, dirs, files in os.walk(root):  # never into a symlinked directory
+                dirs.sort()
+                for name in dirs + sorted(files):
+                    path = Path(top, name)
+                    tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    finally:
+        chunks.put(None)
+
+
 class StatusJSON(_SignedIn):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -378,6 +436,7 @@ class TutorialSyncApp(HubService):
                 (p + "status.json", StatusJSON),
                 (p + "webhook", Webhook),
                 (p + "metrics", MetricsHandler),
+                (p + "bundle", Bundle),
                 (p + "oauth_callback", HubOAuthCallbackHandler),
             ],
             syncer=syncer,

@@ -14,21 +14,18 @@ sees one whole commit; the newest ``keep`` versions stay on disk for readers sti
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
-import fcntl
-import json
 import logging
 import os
 import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuhub_spawner.core import tutorial_store as store_ops
+from gpuhub_spawner.core.tutorial_store import DIR_FLAGS, current_version
 from hub_services.tutorial_sync.gitsource import SHA_RE, GitSource, SyncError, TreeEntry
 
 __all__ = ["CommitLimits", "PublishReport", "SyncError", "current_version", "publish"]
@@ -38,7 +35,6 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 MAX_LINK_TARGET = 4095
 MAX_LINK_DEPTH = 40
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -261,72 +257,8 @@ def _build(source: GitSource, plan: _Plan, staging: Path) -> tuple[int, int]:
 # -- the store ---------------------------------------------------------------------------------
 
 
-def current_version(store: Path) -> str | None:
-    """The sha ``STORE/current`` points at, or None before the first publish."""
-    try:
-        target = os.readlink(Path(store) / "current")
-    except OSError:
-        return None
-    sha = target.rpartition("/")[2]
-    return sha if SHA_RE.match(sha) else None
-
-
-@contextmanager
-def _locked(store: Path) -> Iterator[None]:
-    fd = os.open(store / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _write_meta(store: Path, report: PublishReport) -> None:
-    meta = dataclasses.asdict(report) | {"published_ns": time.time_ns()}
-    tmp = store / ".meta" / f".{report.sha}-{secrets.token_hex(4)}"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, store / ".meta" / f"{report.sha}.json")
-
-
-def _read_meta(store: Path, sha: str) -> dict:
-    try:
-        return json.loads((store / ".meta" / f"{sha}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _remove(store: Path, path: Path) -> None:
-    """Take ``path`` out of sight with one rename, then delete it."""
-    doomed = store / ".staging" / f"delete-{path.name}-{secrets.token_hex(4)}"
-    os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _switch(store: Path, sha: str) -> None:
-    tmp = store / f".current-{secrets.token_hex(4)}"
-    os.symlink(f"versions/{sha}", tmp)
-    os.replace(tmp, store / "current")
-    _fsync_dir(store)
-
-
-def _prune(store: Path, keep: int, current: str) -> list[str]:
-    versions = [p for p in (store / "versions").iterdir() if SHA_RE.match(p.name) and not p.is_symlink()]
-    versions.sort(key=lambda p: _read_meta(store, p.name).get("published_ns") or p.lstat().st_mtime_ns)
-    versions.reverse()
-    pruned = [p.name for p in versions[keep:] if p.name != current]
-    for sha in pruned:
-        _remove(store, store / "versions" / sha)
-        (store / ".meta" / f"{sha}.json").unlink(missing_ok=True)
-    return pruned
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename into or out of ``path`` durable (the directory entry itself)."""
-    fd = os.open(path, DIR_FLAGS)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    store_ops.write_meta(store, report.sha, dataclasses.asdict(report))
 
 
 def _build_version(
@@ -346,11 +278,8 @@ def _build_version(
     try:
         report.files, report.bytes = _build(source, plan, staging)
         _write_meta(store, report)
-        os.chmod(staging, 0o755)
-        _sync_filesystem(staging)  # the tree is on disk before any reader can be pointed at it
-        os.rename(staging, store / "versions" / sha)
-        _fsync_dir(store / "versions")  # the new name survives a crash before `current` moves
-        _fsync_dir(store / ".staging")
+        # flushed before any reader can be pointed at it; the new name survives a crash
+        store_ops.commit_staged(store, staging, sha)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -367,7 +296,7 @@ def _publish_locked(
         shutil.rmtree(leftover, ignore_errors=True)
     version = store / "versions" / sha
     if version.is_dir() and not version.is_symlink():
-        meta = _read_meta(store, sha)
+        meta = store_ops.read_meta(store, sha)
         refused = [(path, reason) for path, reason in meta.get("refused", [])]
         report = PublishReport(sha, False, meta.get("files", 0), meta.get("bytes", 0), refused)
         if current_version(store) == sha:
@@ -375,27 +304,12 @@ def _publish_locked(
         _write_meta(store, report)  # now the newest, so pruning keeps it
     else:
         report = _build_version(source, sha, store, max_file_bytes, limits)
-    _switch(store, sha)
+    store_ops.switch(store, sha)
     report.published = True
-    pruned = _prune(store, keep, sha)
+    pruned = store_ops.prune(store, keep, sha)
     log.info("Tutorial commit %s is current; pruned %d old versions", sha[:12], len(pruned))
     return report
 
-
-
-def _sync_filesystem(path: Path) -> None:
-    """Flush the filesystem holding ``path`` only (syncfs), not every disk of the host."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
 
 
 def publish(
@@ -419,9 +333,8 @@ def publish(
         raise SyncError(f"keep must be at least 1 (the current version), not {keep}.")
     store = Path(store)
     try:
-        for sub in ("versions", ".staging", ".meta"):
-            (store / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
-        with _locked(store):
+        store_ops.make_layout(store)
+        with store_ops.locked(store):
             report = _publish_locked(source, sha, store, max_file_bytes, keep, limits or CommitLimits())
     except OSError as e:
         raise SyncError(f"Writing the tutorial store {store} failed: {e.strerror or e}.") from e
