@@ -11,8 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from typing import Any
+
+#: seconds between the "still getting the image" lines while a node pulls a server's image
+PULL_NOTE_EVERY = 30.0
+
+
+def pulling_message(image: str, node: str) -> str:
+    """What a user is told when a swarm node starts preparing their server (it pulls the image
+    there when it lacks it: once per node, unless ``gpuhub node prepull`` did it before)."""
+    return (f"Getting the image {image} onto node {node} if it is not there yet: this happens once "
+            "per node, and a large image takes minutes…")
+
 
 #: this hub process, in the notice table: a "starting" row of another process is a start a crash cut off
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -64,6 +76,16 @@ class SpawnProgress:
             asyncio.get_running_loop().run_in_executor(self.hub_state.notice_writer, write)  # in order
         except RuntimeError:  # no event loop (a unit test): nothing to tell
             pass
+
+    def _still_pulling(self, image: str, node: str) -> None:
+        """While the node still pulls: a line every :data:`PULL_NOTE_EVERY` seconds, never silence."""
+        now = time.monotonic()
+        started = self.__dict__.setdefault("_pull_started", now)
+        said = self.__dict__.get("_pull_notes", 0)
+        if now - started >= PULL_NOTE_EVERY * (said + 1):
+            self._pull_notes = said + 1
+            waited = int(now - started)
+            self._emit(70, f"Still getting the image {image} onto node {node} ({waited // 60}m{waited % 60:02d}s so far)…")
 
     def _emit(self, progress: int, message: str) -> None:
         if not hasattr(self, "_progress_events"):

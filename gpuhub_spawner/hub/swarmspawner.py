@@ -43,6 +43,7 @@ from gpuhub_spawner.hub.docker_create import server_labels
 from gpuhub_spawner.hub.errors import spawn_error
 from gpuhub_spawner.hub.fairline import NoUnitFree, OverLimit
 from gpuhub_spawner.hub.mixin import GPUSpawnerMixin
+from gpuhub_spawner.hub.progress import pulling_message
 from gpuhub_spawner.hub.swarmgate import SwarmGate
 
 #: what a pending task says when no node can take it
@@ -371,6 +372,8 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             if state not in noted and state in {"assigned", "preparing", "starting"}:
                 noted.add(state)
                 self._emit(60 if state == "assigned" else 70, await self._task_step(task, state))
+            elif state == "preparing":
+                self._still_pulling(self.image, await self._node_name(task.get("NodeID", "")))
             await asyncio.sleep(dt)
             dt = min(dt * 1.5, 1.5)
         if "unit" not in noted:
@@ -380,11 +383,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
     async def _task_step(self, task: dict[str, Any], state: str) -> str:
         """The user's line for a task's step; "preparing" is when the node pulls the image."""
         if state == "preparing":
-            node = await self._node_name(task.get("NodeID", ""))
-            return (
-                f"Node {node} is preparing your server: pulling image {self.image} if it lacks it… "
-                "(large images take minutes)"
-            )
+            return pulling_message(self.image, await self._node_name(task.get("NodeID", "")))
         return {"assigned": "Placed on a node; preparing…", "starting": "Starting your server…"}[state]
 
     async def _task_failed(self, task: dict[str, Any], state: str, message: str) -> Exception:

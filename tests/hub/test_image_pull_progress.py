@@ -23,6 +23,7 @@ from offline_spawner import offline_spawner
 from registry import Registry, SlowLink, push_tiny_image
 
 from gpuhub_spawner.core.cluster import ClusterView, NodeInfo
+from gpuhub_spawner.hub import progress
 from gpuhub_spawner.hub.swarmspawner import GPUSwarmSpawner
 from gpuhub_spawner.storage.ledger import UsageLedger
 
@@ -149,23 +150,26 @@ def _swarm_spawner(tasks: list[dict]) -> GPUSwarmSpawner:
     return spawner
 
 
-async def test_a_preparing_task_says_the_node_is_pulling_the_image():
+async def test_a_preparing_task_says_the_node_is_getting_the_image(monkeypatch):
+    monkeypatch.setattr(progress, "PULL_NOTE_EVERY", 0.4)  # 30 s on a real hub
     spawner = _swarm_spawner([
         _task("assigned", "scheduler assigned task to node"),
-        _task("preparing", "preparing"),
-        _task("preparing", "preparing"),
+        *[_task("preparing", "preparing")] * 6,  # about 3 s of looks
         _task("starting", "starting"),
         _task("running", "started"),
     ])
     await spawner.start_object()
     messages = [e["message"] for e in spawner._progress_events]
     pulling = (
-        "Node w-pull is preparing your server: pulling image gpuhub/workshop:latest if it lacks it… "
-        "(large images take minutes)"
+        "Getting the image gpuhub/workshop:latest onto node w-pull if it is not there yet: this happens "
+        "once per node, and a large image takes minutes…"
     )
     assert messages.count(pulling) == 1, messages  # once, however long the node takes
+    still = [m for m in messages if m.startswith("Still getting the image gpuhub/workshop:latest onto node w-pull (")]
+    assert still and len(still) == len(set(still)), messages  # the wait is never silent, and moves on
     assert messages.index("Placed on a node; preparing…") < messages.index(pulling)
-    assert messages.index(pulling) < messages.index("Starting your server…")
+    assert messages.index(pulling) < messages.index(still[0])
+    assert messages.index(still[-1]) < messages.index("Starting your server…")
 
 
 async def test_a_node_that_cannot_get_the_image_says_what_to_do():
