@@ -198,7 +198,8 @@ def _admin(url: URL, *statements: str) -> None:
     except SQLAlchemyError as e:
         raise OpsError(
             f"cannot make a scratch database on {url.render_as_string(hide_password=True)} for the restore "
-            f"test ({str(getattr(e, 'orig', e))[:200].strip()}): give the database user CREATEDB"
+            f"test ({str(getattr(e, 'orig', e))[:200].strip()}): give the database user CREATEDB (as the "
+            f"PostgreSQL superuser: ALTER ROLE {url.username} CREATEDB). Nothing was upgraded."
         ) from None
     finally:
         engine.dispose()
