@@ -376,36 +376,44 @@ def cmd_node_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_node_prepull(args: argparse.Namespace) -> int:
-    """Run the image once on every node (a global service): each node pulls it, or says why not."""
-    from docker.types import RestartPolicy, ServiceMode
+    """Get the server image(s) onto every node (see node/prepull.py): one line per node and image."""
+    from gpuhub_spawner.node import prepull
 
     client = _manager(args)
-    name = f"gpuhub-prepull-{int(time.time())}"
-    service = client.services.create(
-        args.image, command=["true"], name=name, mode=ServiceMode("global"),
-        restart_policy=RestartPolicy(condition="none"), labels={"org.gpuhub.prepull": "1"},
-    )
-    nodes = {n.id: n.attrs["Description"].get("Hostname", n.id[:12]) for n in client.nodes.list()
-             if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"].get("Availability") == "active"}
-    deadline = time.monotonic() + args.timeout
-    results: dict[str, str] = {}
-    try:
-        while time.monotonic() < deadline and len(results) < len(nodes):
-            for task in service.tasks():
-                host = nodes.get(task.get("NodeID", ""))
-                state = task["Status"]["State"]
-                if host is None or host in results:
-                    continue
-                if state == "complete":
-                    results[host] = "ok"
-                elif state in {"failed", "rejected"}:
-                    results[host] = "FAILED: " + (task["Status"].get("Err") or state)
-            time.sleep(1)
-    finally:
-        service.remove()
-    for host in sorted(nodes.values()):
-        print(f"{host}: {results.get(host, 'no answer within the timeout')}")
-    return 0 if all(results.get(h) == "ok" for h in nodes.values()) else 1
+    images, registry = _prepull_images(args, client)
+    names = [prepull.in_registry(image, registry) for image in images]
+    agent = prepull.in_registry(args.agent_image, registry) if args.agent_image_from_registry else args.agent_image
+    print(f"[prepull] {', '.join(names)} onto every ready, active node (at most {args.timeout:.0f}s)")
+    outcomes = prepull.run(client, names, agent, args.timeout, args.pull_timeout)
+    for outcome in outcomes:
+        print(outcome.line(with_image=len(names) > 1))
+    return 0 if outcomes and all(o.ok for o in outcomes) else 1
+
+
+def _prepull_images(args: argparse.Namespace, client) -> tuple[list[str], str]:
+    """The images and the registry: from the command line, else the stack's (gpuhub.yaml deploy:)."""
+    images, registry = list(args.image), args.registry or ""
+    if args.config:
+        from gpuhub_spawner.core.config import ConfigFileError, check_file
+
+        try:
+            cfg = check_file(args.config)
+        except ConfigFileError as e:
+            raise SetupError("; ".join(e.lines)) from None
+        deploy = getattr(cfg, "deploy", None)
+        images = images or list(dict.fromkeys([cfg.images.default, *(deploy.push_images if deploy else [])]))
+        if deploy and not registry:
+            registry = f"{_manager_address(client)}:{deploy.registry_port}"
+    return images or ["gpuhub/singleuser:latest"], registry
+
+
+def _manager_address(client) -> str:
+    """The leader's address, as the nodes reach it (where the stack's registry is published)."""
+    for node in client.nodes.list(filters={"role": "manager"}):
+        status = node.attrs.get("ManagerStatus") or {}
+        if status.get("Leader"):
+            return status.get("Addr", "").rsplit(":", 1)[0]
+    raise SetupError("no swarm leader found: run this against a manager (--docker-host)")
 
 
 def add_node_commands(sub) -> None:
@@ -455,9 +463,8 @@ def add_node_commands(sub) -> None:
         else:
             p.add_argument("--yes", action="store_true", help="go ahead even if servers run there")
         p.set_defaults(func=func)
-    pull = node.add_parser("prepull", help="get the single-user image onto every node before a workshop")
-    pull.add_argument("image", nargs="?", default="gpuhub/singleuser:latest")
-    pull.add_argument("--docker-host", help="manager engine URL (default: DOCKER_HOST)")
-    pull.add_argument("--timeout", type=float, default=1800)
+    from gpuhub_spawner.node.prepull import add_prepull_parser
+
+    pull = add_prepull_parser(node)
     pull.set_defaults(func=cmd_node_prepull)
     agent_install.add_agent_commands(node)  # gpuhub node agent install|remove|unit
