@@ -330,3 +330,7 @@ if swarm_mode:
     c.GPUSwarmSpawner = swarm_settings
     # each node needs the image (a registry, or `gpuhub node prepull`); the manager does not
     c.GPUSwarmSpawner.pull_policy = "skip"
+    # users' volumes on NFS follow them to every node; else a user's next server goes to the node
+    # holding them (core/home_node.py)
+    if cfg.storage.nfs:
+        c.GPUSwarmSpawner.gpu_storage_nfs = cfg.storage.nfs.model_dump()

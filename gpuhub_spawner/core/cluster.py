@@ -154,6 +154,8 @@ class ClusterView:
     #: shared kinds: kind -> (gpu uuid, node id, slots, slots taken)
     shared: dict[str, tuple[str, str, int, int]] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)  # pool -> tasks not yet given a unit
+    #: named units held by tasks that are told to stop (free in a moment)
+    releasing: set[str] = field(default_factory=set)
 
     #: this hub's services by name, with their labels (filled by :func:`read_swarm`)
     labels: dict[str, ServerLabels] = field(default_factory=dict)
@@ -213,6 +215,8 @@ class ClusterView:
                 self.held[str(value)] = service
             elif kind in self.shared:
                 taken_slots[kind] = taken_slots.get(kind, 0) + 1
+        if t.get("DesiredState", "running") != "running":
+            self.releasing.update(held)
         reservations = ((t.get("Spec") or {}).get("Resources") or {}).get("Reservations", {})
         requested = _generic(reservations.get("GenericResources"))
         pool = pool_of_kind(requested[0][0]) if requested and not assigned else None

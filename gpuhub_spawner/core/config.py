@@ -254,6 +254,30 @@ class Services(Section):
 
 
 
+class NFSStorage(Section):
+    """An NFS export with one directory per user (``<export_root>/<user>/scratch``, ``.../tutorials-copy``)."""
+
+    server: str = Field(min_length=1)  # host name or address of the NFS server
+    export_root: str = Field(min_length=1)  # e.g. /export/gpuhub
+    options: str = "nfsvers=4.1"  # mount options besides addr= and rw
+
+    @field_validator("server", "export_root", "options")
+    @classmethod
+    def _mountable(cls, value: str, info: Any) -> str:
+        if info.field_name == "export_root" and (not value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(f"{value[:60]!r} is not an absolute path: write the exported directory, e.g. /export/gpuhub")
+        if any(c.isspace() or (info.field_name == "server" and c in ",=") for c in value):
+            raise ValueError(f"{value[:60]!r}: write a host name or address, and options as a,b=c")
+        return value
+
+
+class Storage(Section):
+    """Users' ~/scratch and ~/my-tutorials: node-local volumes (on a swarm a user's next server goes
+    to the node holding them), or on NFS (they follow users everywhere)."""
+
+    nfs: NFSStorage | None = None
+
+
 class GPUHubConfig(Section):
     """The whole of ``gpuhub.yaml``."""
 
@@ -268,6 +292,7 @@ class GPUHubConfig(Section):
     tutorials: Tutorials = Tutorials()
     metrics: Metrics = Metrics()
     services: Services = Services()
+    storage: Storage = Storage()
     deploy: Deploy | None = None  # the stack `gpuhub deploy` runs (core/deployconfig.py)
 
     @field_validator("quota_defaults")

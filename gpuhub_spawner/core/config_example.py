@@ -125,4 +125,10 @@ deploy:                  # the stack `gpuhub deploy` runs on a swarm manager (de
   secrets_dir: /etc/gpuhub/secrets   # generated secrets on the manager (0700, files 0600)
   stack_name: gpuhub     # prefixes its services, networks, volumes and secrets
   push_images: []        # images from images.allowed pushed into the registry at each deploy
+
+storage:                 # users' ~/scratch and ~/my-tutorials volumes
+  nfs: null              # null: volumes on each node (on a swarm a user's next server goes to the
+                         # node holding them, or they choose). NFS makes them follow users:
+                         # nfs: {server: 10.0.0.5, export_root: /export/gpuhub, options: "nfsvers=4.1"}
+                         # (a directory <export_root>/<user>/{scratch,tutorials-copy} per user)
 """

@@ -105,6 +105,7 @@ def render_options_form(
     image_choices: Sequence[str] = (),
     image_chosen: str = "",
     limit_notes: Mapping[str, str] | None = None,
+    home: Mapping[str, Any] | None = None,
 ) -> str:
     """HTML radio list of the profiles this user may pick, with free counts and images.
 
@@ -114,9 +115,12 @@ def render_options_form(
     ``image`` field, ``image_chosen`` selected, for the profiles without their own image. The
     HTML comes from ``gpuhub_spawn_form.html``, found first in ``template_paths``; an override
     that does not render is logged and the built-in template is used, so users can still start
-    a server.
+    a server.  ``home`` (on a swarm, for a user whose files are on one node): ``node``, ``files``,
+    ``empty``, ``notes`` (slug -> what that node can do for the profile); the form then offers
+    the ``placement`` choice (:mod:`gpuhub_spawner.core.home_node`).
     """
     context = {
+        "home": home,
         "rows": profile_rows(profiles, free, sizes, waiting, allowed, images, default_image, limit_notes),
         "notice": notice,
         "image_choices": list(image_choices),
@@ -138,10 +142,10 @@ def render_options_form(
 
 
 def options_from_form(formdata: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """Form fields (lists of strings) to ``user_options``: the profile and the image picked
-    (DockerSpawner's field name, ``image``), each when given."""
+    """Form fields (lists of strings) to ``user_options``: the profile, the image picked
+    (DockerSpawner's field name, ``image``) and the placement choice, each when given."""
     options = {}
-    for field in ("profile", "image"):
+    for field in ("profile", "image", "placement"):
         values = formdata.get(field) or []
         if values and values[0]:
             options[field] = values[0]

@@ -146,7 +146,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         if isinstance(self.log, logging.Logger):  # a refusal is an answer, not a traceback
             quiet_refusal_tracebacks(self.log)
         if isinstance(user_options, Mapping):
-            unknown = sorted(set(user_options) - {"profile", "image"})
+            unknown = sorted(set(user_options) - {"profile", "image", "placement"})
             if unknown:
                 self.log.warning("Ignoring unknown user_options for %s: %s", self._log_name, unknown)
         # the start begins here: a hub crash from now on (admission reads the engine and the

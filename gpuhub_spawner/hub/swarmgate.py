@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from gpuhub_spawner.core.cluster import ClusterView, kind_of_pool
+from gpuhub_spawner.core.home_node import kind_on_node, split_line_key
 from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, Ticket
 
 
@@ -52,11 +53,16 @@ class SwarmGate:
         self.view, self.view_time = view, time.monotonic()
 
     def _free_kind(self, view: ClusterView, pool: str) -> str | None:
-        # in flight: let through, and not yet counted by swarm (a task that has its unit is)
+        # in flight: let through, and not yet counted by swarm (a task that has its unit is);
+        # ``pool`` may be one node's line (``<pool>@<hostname>``: core/home_node.py)
         flying = [
             kind for holder, (p, kind) in self.inflight.items()
-            if p == pool and not (holder in view.placements and view.placements[holder].assigned)
+            if (p == pool or split_line_key(p)[0] == pool)
+            and not (holder in view.placements and view.placements[holder].assigned)
         ]
+        pool, node = split_line_key(pool)
+        if node:
+            return kind_on_node(view, pool, node, len(flying))
         kind = kind_of_pool(pool)
         if kind is not None:
             return kind if view.free_count(pool) - len(flying) > 0 else None

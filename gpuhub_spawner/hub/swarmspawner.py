@@ -42,6 +42,7 @@ from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.docker_create import server_labels
 from gpuhub_spawner.hub.errors import spawn_error
 from gpuhub_spawner.hub.fairline import NoUnitFree, OverLimit
+from gpuhub_spawner.hub.home import FollowingStorage
 from gpuhub_spawner.hub.mixin import GPUSpawnerMixin
 from gpuhub_spawner.hub.progress import pulling_message
 from gpuhub_spawner.hub.swarmgate import SwarmGate
@@ -56,7 +57,7 @@ def with_env(env: list[str] | None, additions: Mapping[str, str]) -> list[str]:
     return kept + [f"{key}={value}" for key, value in additions.items()]
 
 
-class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
+class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
     """SwarmSpawner that gives each server one GPU unit (or none, for CPU-only profiles)."""
 
     swarm_host_ports = Bool(
@@ -132,7 +133,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
         return forms.render_options_form(
             self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
-            limit_notes=self.shared_limit_notes(),
+            limit_notes=self.shared_limit_notes(), home=self.home_form(view),
         )
 
     # ---- spawn ------------------------------------------------------------------------
@@ -194,14 +195,15 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
     async def _through_the_gate(self, choice: Choice) -> str:
         """Wait for the gate to let a GPU server of ``choice``'s pool through: the kind to request."""
         pool = choice.profile.pool
-        on_position = self._start_reserving(pool)
+        on_position = self.reserving_at_home(pool) or self._start_reserving(pool)
         try:
             kind = await self._gate().admit(
-                pool, self.object_name, self.cluster_view, self.gpu_queue_max_wait, on_position,
-                priority=choice.policy.priority, owner=self.user.name, max_units=choice.policy.max_gpu_units,
+                self.placement_line(pool), self.object_name, self.cluster_view, self.gpu_queue_max_wait,
+                on_position, priority=choice.policy.priority, owner=self.user.name,
+                max_units=choice.policy.max_gpu_units,
             )
         except (NoUnitFree, OverLimit) as e:
-            raise self.reservation_error(e) from None
+            raise (self.home_wait_error(e) or self.reservation_error(e)) from None
         self._emit(30, f"A {pool_label(pool)} is free in the swarm. Creating your server…")
         return kind
 
@@ -259,7 +261,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             "container_spec": container,
             "resources": resources,
             "networks": [self.network_name] if self.network_name else [],
-            "placement": Placement(**self.extra_placement_spec),
+            "placement": Placement(**self.placement_constraints(self.extra_placement_spec)),
             **self.extra_task_spec,
             # a server is never restarted by swarm elsewhere: its unit and its user's state go with it
             "restart_policy": RestartPolicy(condition="none"),
@@ -281,7 +283,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
     @property
     def mounts(self):
         # named volumes as volumes (upstream mounts everything as a bind)
-        return list(super().mounts) + build_mounts(self.volume_plan()) + self.shared_slot_mounts()
+        return list(super().mounts) + self.storage_mounts(build_mounts(self.volume_plan())) + self.shared_slot_mounts()
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
@@ -378,6 +380,7 @@ class GPUSwarmSpawner(GPUSpawnerMixin, SwarmSpawner):
             dt = min(dt * 1.5, 1.5)
         if "unit" not in noted:
             self._gate().settled(self.object_name)
+        await self.remember_home_of(task)
         self._emit(80, "Waiting for JupyterLab to answer…")
 
     async def _task_step(self, task: dict[str, Any], state: str) -> str:
