@@ -383,7 +383,8 @@ def cmd_node_prepull(args: argparse.Namespace) -> int:
     images, registry = _prepull_images(args, client)
     names = [prepull.in_registry(image, registry) for image in images]
     agent = prepull.in_registry(args.agent_image, registry) if args.agent_image_from_registry else args.agent_image
-    print(f"[prepull] {', '.join(names)} onto every ready, active node (at most {args.timeout:.0f}s)")
+    print(f"[prepull] {', '.join(names)} onto every ready, active node (at most {args.timeout:.0f}s)",
+          file=sys.stderr)
     outcomes = prepull.run(client, names, agent, args.timeout, args.pull_timeout)
     for outcome in outcomes:
         print(outcome.line(with_image=len(names) > 1))

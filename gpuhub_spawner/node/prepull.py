@@ -118,8 +118,9 @@ def explain_task_error(err: str, agent_image: str) -> str:
 def run(client: Any, images: list[str], agent_image: str, timeout: float, pull_timeout: float) -> list[Outcome]:
     """Run the worker once on every ready, active node; one outcome per node and image.
 
-    A node that cannot get the worker's image runs each image itself instead (``true``): that
-    says whether the node has it (``ok``) or why not, without telling pulled from already there.
+    A node whose worker said nothing (it cannot get the worker's image, or an old one) runs each
+    image itself instead (``true``): that says whether the node has it (``ok``) or why not,
+    without telling pulled from already there.
     """
     for old in client.services.list(filters={"label": PREPULL_LABEL}):
         old.remove()  # a prepull cut off before it cleaned up
@@ -133,7 +134,8 @@ def run(client: Any, images: list[str], agent_image: str, timeout: float, pull_t
         outcomes = _read_outcomes(client, worker.id, sum(1 for err in ended.values() if not _lacks_image(err))
                                   * len(images))
     errors = {node: explain_task_error(err, agent_image) for node, err in ended.items() if err}
-    without_worker = {node for node, err in ended.items() if _lacks_image(err)}
+    # no line from a node's worker (its image is missing, or too old to hold the worker)
+    without_worker = set(ended) - {o.node for o in outcomes}
     for image in images if without_worker else []:
         with _global(client, image, ["true"], ["NVIDIA_VISIBLE_DEVICES=void"]) as itself:
             for node, err in _wait(itself, nodes, deadline).items():

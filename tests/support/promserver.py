@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import requests
 import yaml
 from harness import free_port
 from needs import unavailable
+from procs import stop_process
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SINGLE_HOST = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "prometheus-single-host.yml"
@@ -68,12 +68,7 @@ class PrometheusServer:
         return requests.get(self.url + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tarfile
@@ -31,6 +30,7 @@ import docker
 import requests
 from harness import free_port
 from needs import unavailable
+from procs import stop_process
 
 REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
@@ -38,7 +38,9 @@ REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 class Registry:
     """A running registry; ``address`` is ``host:port`` as image names spell it."""
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", ready_timeout: float = 30):
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", ready_timeout: float = 30, listen: str = ""):
+        """``listen``: the address to bind when not ``host`` (``0.0.0.0``: also where other
+        engines reach it, :meth:`address_on`); ``host`` is where this machine's engine pushes."""
         if not os.access(REGISTRY, os.X_OK):
             unavailable("Debian's docker-registry is not installed (apt-get install docker-registry)")
         self.port = free_port()
@@ -49,7 +51,7 @@ class Registry:
             "version": 0.1,
             "log": {"level": "info"},
             "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}, "delete": {"enabled": True}},
-            "http": {"addr": f"{host}:{self.port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
+            "http": {"addr": f"{listen or host}:{self.port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
         path = workdir / "config.yml"
         path.write_text(json.dumps(config))  # JSON is YAML
@@ -69,19 +71,17 @@ class Registry:
         except requests.RequestException:
             return False
 
+    def address_on(self, ip: str) -> str:
+        """``ip:port``: the registry as another machine names it (a registry listening on 0.0.0.0)."""
+        return f"{ip}:{self.port}"
+
     def tags(self, repository: str) -> list[str]:
         """The tags the registry holds for ``repository`` (none when it does not know it)."""
         r = requests.get(f"{self.url}/v2/{repository}/tags/list", timeout=10)
         return (r.json().get("tags") or []) if r.ok else []
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
