@@ -213,10 +213,16 @@ def nfs_volume_options(nfs: NFS, user: str, purpose: str) -> dict[str, str]:
     }
 
 
+#: appended to the names of NFS-backed volumes: a node-local volume of the old name (made before
+#: the operator configured NFS) would otherwise be used as it is, and the files would not follow
+NFS_SUFFIX = "-nfs"
+
+
 def with_nfs(mounts: list[Any], nfs: NFS | None, user: str) -> list[Any]:
     """``mounts`` (docker Mount dicts) with the user's own volumes on ``nfs`` (None: unchanged).
 
-    A user's volume is known by its ``org.gpuhub.volume`` label (:func:`volumes.volume_labels`).
+    A user's volume is known by its ``org.gpuhub.volume`` label (:func:`volumes.volume_labels`);
+    it gets its own name (:data:`NFS_SUFFIX`).
     """
     if nfs is None:
         return mounts
@@ -226,4 +232,5 @@ def with_nfs(mounts: list[Any], nfs: NFS | None, user: str) -> list[Any]:
         if mount.get("Type") == "volume" and purpose:
             options["DriverConfig"] = {"Name": "local", "Options": nfs_volume_options(nfs, user, purpose)}
             mount["VolumeOptions"] = options
+            mount["Source"] = str(mount["Source"]) + NFS_SUFFIX
     return mounts

@@ -145,6 +145,8 @@ def test_with_nfs_sets_the_driver_on_the_users_volumes_only():
     assert drivers["/home/jovyan/scratch"] == {"Name": "local", "Options": {
         "type": "nfs", "o": "addr=nfs.example.org,rw,nfsvers=4.1", "device": ":/export/alice/scratch"}}
     assert drivers["/home/jovyan/my-tutorials"]["Options"]["device"] == ":/export/alice/tutorials-copy"
+    # its own name: a node-local volume from before NFS is not taken for it
+    assert {m["Source"] for m in mounts} == {"tutorials", "h-alice-scratch-nfs", "h-alice-my-tutorials-nfs"}
     assert home_node.with_nfs(build_mounts(plan), None, "alice") == build_mounts(plan)
 
 

@@ -194,6 +194,7 @@ def test_nfs_volumes_carry_the_driver_options(rig, swarm_hub):
     finally:
         client.close()
     mounts = {m["Target"]: m for m in spec["ContainerSpec"]["Mounts"]}
+    assert mounts["/home/jovyan/scratch"]["Source"] == f"{hub.hub_id}-nfsuser-scratch-nfs"
     scratch = mounts["/home/jovyan/scratch"]["VolumeOptions"]["DriverConfig"]
     assert scratch == {"Name": "local", "Options": {
         "type": "nfs", "o": "addr=192.0.2.10,rw,nfsvers=4.1,soft", "device": ":/export/gpuhub/nfsuser/scratch"}}
@@ -209,6 +210,7 @@ def test_nfs_volumes_carry_the_driver_options(rig, swarm_hub):
         driver = mount["VolumeOptions"]["DriverConfig"]
         volume = node.volumes.create(mount["Source"], driver=driver["Name"], driver_opts=driver["Options"])
         try:
+            assert volume.name == f"{hub.hub_id}-nfsuser-scratch-nfs"
             assert volume.attrs["Driver"] == "local" and volume.attrs["Options"] == scratch["Options"]
         finally:
             volume.remove()
