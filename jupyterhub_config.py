@@ -160,6 +160,7 @@ if cfg.tutorials.repo:
 # ---- sign-in --------------------------------------------------------------------------
 admins = set(cfg.sign_in.admin_users)
 c.Authenticator.admin_users = admins
+c.Authenticator.blocked_users = set(cfg.sign_in.blocked_users)
 github = cfg.sign_in.github
 if cfg.sign_in.authenticator == "github":
     # GitHub sign-in: orgs and org:team allowlists, a roster (users an admin put in the
@@ -191,6 +192,12 @@ if cfg.sign_in.authenticator == "github":
     )
     c.GitHubOAuthenticator.allowed_organizations = set(github.orgs)
     c.GitHubOAuthenticator.allowed_users = set(github.allowed_users)
+    if github.url:  # GitHub Enterprise Server (its API under /api/v3)
+        c.GitHubOAuthenticator.github_url = github.url
+    if github.ca_certificates:
+        # a private CA: the hub verifies GitHub's certificate against it (never skips the check)
+        (data_dir / "github-ca.pem").write_text(github.ca_certificates)
+        c.GitHubOAuthenticator.http_request_kwargs = {"ca_certs": str(data_dir / "github-ca.pem")}
 else:
     # Each person their own password (NativeAuthenticator): attendees sign up at /hub/signup
     # and an admin approves them at /hub/authorize. Each sign_in.admin_users name gets a

@@ -89,6 +89,17 @@ class GitHub(Section):
     orgs: list[str] = []
     allowed_users: list[str] = []
     admin_teams: list[str] = []  # org:team-slug=id
+    url: str = ""  # GitHub Enterprise Server's https address; empty: github.com
+    ca_certificates: str = ""  # PEM of the CA signing url's certificate; empty: the system's CAs
+
+    @field_validator("url", "ca_certificates")
+    @classmethod
+    def _tls(cls, value: str, info: Any) -> str:
+        if info.field_name == "url" and value and not value.startswith("https://"):
+            raise ValueError(f"{value[:60]!r} is not an https URL: sign-in tokens must not travel in clear text")
+        if info.field_name == "ca_certificates" and value and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("not a PEM certificate: paste the CA's certificate (-----BEGIN CERTIFICATE-----)")
+        return value
 
 
 class SignIn(Section):
@@ -96,6 +107,7 @@ class SignIn(Section):
 
     authenticator: Literal["native", "github"] = "native"
     admin_users: list[str] = []
+    blocked_users: list[str] = []  # never let in, whatever their orgs or the roster say
     github: GitHub = GitHub()
 
     @field_validator("admin_users")
@@ -292,8 +304,8 @@ class GPUHubConfig(Section):
     tutorials: Tutorials = Tutorials()
     metrics: Metrics = Metrics()
     services: Services = Services()
-    storage: Storage = Storage()
     deploy: Deploy | None = None  # the stack `gpuhub deploy` runs (core/deployconfig.py)
+    storage: Storage = Storage()
 
     @field_validator("quota_defaults")
     @classmethod

@@ -35,6 +35,7 @@ hub:
 sign_in:
   authenticator: native  # native: each person their own password; github: GitHub sign-in
   admin_users: [prof]    # with native sign-in each gets a generated password in data_dir
+  blocked_users: []      # never let in, whatever their orgs or the roster say
   github:
     client_id: ""        # the OAuth app's client id (its secret: GITHUB_CLIENT_SECRET,
     client_secret_file: ""   # or a file named here)
@@ -42,6 +43,8 @@ sign_in:
     orgs: []             # orgs or org:team whose members may sign in
     allowed_users: []    # GitHub usernames allowed besides them
     admin_teams: []      # org:team-slug=id (by team id: a name can be taken over)
+    url: ""              # GitHub Enterprise Server's https address; empty: github.com
+    ca_certificates: ""  # PEM of a private CA signing that server's certificate; empty: the system's
 
 images:
   default: gpuhub/singleuser:latest
