@@ -34,7 +34,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import requests
 
@@ -194,6 +194,25 @@ class Mirror:
             except (MirrorError, OSError, tarfile.TarError) as e:
                 log.warning("Tutorial mirror: %s; the current version stays, trying again in %.0fs", e, interval)
             time.sleep(interval)
+
+
+def stack_service(image: str, bundle_url: str, store: str, secret: str, secret_source: str = "",
+                  networks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mirror as a service of a stack file (compose format): one task per node (global),
+    the node's store bound read-write, the token as a swarm secret, no GPU."""
+    service: dict[str, Any] = {
+        "image": image,
+        # the image's entrypoint is the node agent: replaced, and its arguments given as the command
+        "entrypoint": ["python3", "-m", "gpuhub_spawner.node.tutorial_mirror"],
+        "command": ["--url", bundle_url, "--token-file", f"/run/secrets/{secret}", "--store", store],
+        "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
+        "volumes": [{"type": "bind", "source": store, "target": store}],
+        "secrets": [{"source": secret_source or secret, "target": secret}],
+        "deploy": {"mode": "global", "restart_policy": {"condition": "any", "delay": "5s"}},
+    }
+    if networks:
+        service["networks"] = list(networks)
+    return service
 
 
 def main(argv: list[str] | None = None) -> int:

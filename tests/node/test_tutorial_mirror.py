@@ -22,7 +22,7 @@ from gitserver import WorkClone, make_bare, serve_http
 from harness import fake_gpus, free_port
 
 from gpuhub_spawner.core.tutorial_store import current_version
-from gpuhub_spawner.node.tutorial_mirror import Limits, MirrorError, extract
+from gpuhub_spawner.node.tutorial_mirror import Limits, MirrorError, extract, stack_service
 
 GIT_TOKEN = "git-tok-mirror-0001"
 MIRROR_TOKEN = "mirror-token-0123456789abcdef0123456789"
@@ -80,6 +80,18 @@ def test_a_bundle_with_anything_else_is_refused(tmp_path, members, why):
         extract(_bundle(*members), staging, Limits(max_total_bytes=15))
     assert why in str(refused.value)
     assert not (tmp_path / "evil").exists()
+
+
+def test_the_stack_service_runs_one_mirror_per_node_with_its_secret_and_no_gpu():
+    service = stack_service("gpuhub/node-agent:latest", "http://hub:8000/services/tutorial-sync/bundle",
+                            "/srv/gpuhub/tutorials", "tutorial_mirror_token", "gpuhub_tutorial_mirror_token_v1",
+                            ("gpuhub_internal",))
+    assert service["deploy"]["mode"] == "global"
+    assert service["secrets"] == [{"source": "gpuhub_tutorial_mirror_token_v1", "target": "tutorial_mirror_token"}]
+    assert service["entrypoint"] == ["python3", "-m", "gpuhub_spawner.node.tutorial_mirror"]  # not the agent's
+    assert service["command"][service["command"].index("--token-file") + 1] == "/run/secrets/tutorial_mirror_token"
+    assert service["volumes"] == [{"type": "bind", "source": "/srv/gpuhub/tutorials", "target": "/srv/gpuhub/tutorials"}]
+    assert service["environment"] == {"NVIDIA_VISIBLE_DEVICES": "void"} and service["networks"] == ["gpuhub_internal"]
 
 
 def _mirror(url: str, token_file: Path, store: Path) -> subprocess.CompletedProcess:

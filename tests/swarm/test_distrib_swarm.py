@@ -25,7 +25,6 @@ from pathlib import Path
 import docker
 import pytest
 import requests
-from docker.types import Mount, SecretReference, ServiceMode
 from gitserver import WorkClone, make_bare, serve_http
 from harness import IMAGE, free_port
 from needs import unavailable
@@ -34,6 +33,7 @@ from swarm_rig import NODE_IMAGE, SwarmRig, fake_whole_gpus
 
 from gpuhub_spawner.cli import main as gpuhub
 from gpuhub_spawner.core.tutorial_store import current_version
+from gpuhub_spawner.node.tutorial_mirror import stack_service
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
 
@@ -116,16 +116,15 @@ def test_prepull_gets_the_image_from_the_registry_onto_every_node(rig, registry,
     client.close()
 
 
-def _mirror_service(rig: SwarmRig, bundle_url: str):
-    client = rig.manager_client()
-    secret = client.secrets.create(name=f"tutorial-mirror-token-{secrets.token_hex(3)}", data=MIRROR_TOKEN.encode())
-    return client.services.create(
-        AGENT, name="gpuhub-tutorial-mirror", mode=ServiceMode("global"),
-        command=["python3", "-m", "gpuhub_spawner.node.tutorial_mirror", "--url", bundle_url,
-                 "--token-file", "/run/secrets/tutorial_mirror_token", "--store", STORE, "--interval", "1"],
-        mounts=[Mount(STORE, STORE, type="bind")], env=["NVIDIA_VISIBLE_DEVICES=void"],
-        secrets=[SecretReference(secret.id, secret.name, filename="tutorial_mirror_token")],
-    )
+def _deploy_mirror(rig: SwarmRig, bundle_url: str) -> None:
+    """The mirror as the stack file has it (node/tutorial_mirror.stack_service), deployed with the
+    manager's own `docker stack deploy`; its token a swarm secret."""
+    secret = f"tutorial_mirror_token_{secrets.token_hex(3)}"
+    service = stack_service(AGENT, bundle_url, STORE, "tutorial_mirror_token", secret)
+    doc = {"version": "3.8", "services": {"tutorial-mirror": service}, "secrets": {secret: {"external": True}}}
+    rig.manager.put_file("/tmp/mirror-stack.yml", json.dumps(doc))  # JSON is YAML
+    rig.manager.sh(f"printf %s {MIRROR_TOKEN} | docker secret create {secret} -")
+    rig.manager.sh("docker stack deploy -c /tmp/mirror-stack.yml distrib")
 
 
 def _until(check, timeout: float, what: str):
@@ -184,10 +183,16 @@ def test_a_published_commit_reaches_running_servers_on_two_nodes_without_nfs(rig
     with serve_http(tmp_path / "repos", token=GIT_TOKEN) as base:
         hub, status_token = _hub(hub_factory, rig, tmp_path, f"{base}/tutorials.git")
         _until(lambda: current_version(tmp_path / "store") == first, 60, "the sync service publishes v1")
-        mirror = _mirror_service(rig, f"http://{rig.gateway}:{hub.port}/services/tutorial-sync/bundle")
-        for name in WORKERS:
-            _until(lambda n=name: rig.nodes[n].sh(f"readlink {STORE}/current", check=False)[1].strip()
-                   == f"versions/{first}", 120, f"the mirror on {name} has v1")
+        _deploy_mirror(rig, f"http://{rig.gateway}:{hub.port}/services/tutorial-sync/bundle")
+        try:
+            for name in WORKERS:
+                _until(lambda n=name: rig.nodes[n].sh(f"readlink {STORE}/current", check=False)[1].strip()
+                       == f"versions/{first}", 120, f"the mirror on {name} has v1")
+        except AssertionError:
+            for cmd in ("docker service ps --no-trunc distrib_tutorial-mirror",
+                        "docker service logs --tail 30 distrib_tutorial-mirror"):
+                print(rig.manager.sh(cmd + " 2>&1", check=False)[1])
+            raise
 
         hub.create_users(["ann", "bob"])
         for user in ("ann", "bob"):
@@ -213,7 +218,7 @@ def test_a_published_commit_reaches_running_servers_on_two_nodes_without_nfs(rig
         assert requests.get(bundle, headers={"Authorization": f"token {MIRROR_TOKEN}"}, timeout=30).status_code == 200
 
         _status_sees_the_swarm(rig, hub, status_token, tmp_path)
-        mirror.remove()
+        rig.manager.sh("docker stack rm distrib")
 
 
 def _status_sees_the_swarm(rig: SwarmRig, hub, token: str, tmp_path: Path) -> None:
