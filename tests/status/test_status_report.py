@@ -113,3 +113,24 @@ def test_the_text_form_names_every_part_and_what_could_not_be_read():
     assert not report.healthy
     assert Report(hub={"answering": True}).healthy
     assert "(nobody waiting)" in format_text(Report(hub={"answering": True}))
+
+
+def test_the_stack_settings_come_from_gpuhub_yaml_and_flags_win(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from gpuhub_spawner.cli import main as gpuhub
+    from gpuhub_spawner.status import _settings
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    config = tmp_path / "gpuhub.yaml"
+    config.write_text("deploy:\n  public_url: https://hub.example.org\n  stack_name: course\n  tls: {mode: internal}\n"
+                      "metrics:\n  exporter_port: 9100\n")
+    args = argparse.Namespace(config=str(config), hub_url=None, docker_host=None, stack=None, exporter=None)
+    assert _settings(args) == ("https://hub.example.org", "", "course", "/services/gpuhub-exporter/")
+    args.hub_url, args.stack, args.exporter = "http://127.0.0.1:8000", "other", ""
+    assert _settings(args) == ("http://127.0.0.1:8000", "", "other", None)
+
+    config.write_text("deploy:\n  public_url: http://hub.example.org\n")
+    assert gpuhub(["status", "--config", str(config), "--token-file", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuhub status: deploy.") and "Traceback" not in err
