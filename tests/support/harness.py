@@ -140,6 +140,21 @@ def processes(*files: str) -> Iterator[tuple[int, list[bytes]]]:
         yield int(entry.name), contents
 
 
+#: Test hubs notice a server (and a managed service) that has come up within 0.25 s.
+#: JupyterHub waits for a started server by polling it with a full-jitter exponential backoff
+#: capped at 5 s between tries, so a server that took a few seconds to start was noticed about
+#: 1 s late on average (up to 5 s): minutes over the suite's few hundred spawns.  Only the
+#: interval changes: the same check, the same timeouts, the same failures.
+FAST_READINESS = textwrap.dedent(
+    """
+    import functools as _functools, jupyterhub.utils as _jh_utils
+    if not isinstance(_jh_utils.exponential_backoff, _functools.partial):
+        # wait_for_server / wait_for_http_server look the name up in jupyterhub.utils
+        _jh_utils.exponential_backoff = _functools.partial(_jh_utils.exponential_backoff, max_wait=0.25)
+    """
+)
+
+
 class HubProcess:
     """One JupyterHub subprocess and the Docker objects it made."""
 
@@ -195,7 +210,7 @@ class HubProcess:
                 c.SharedPasswordAuthenticator.user_password = {self.password!r}
                 c.Authenticator.allow_all = True
             """
-        ) + "\n".join(lines) + "\n" + extra
+        ) + FAST_READINESS + "\n".join(lines) + "\n" + extra
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "shared-password").write_text(self.password + "\n")
@@ -246,7 +261,7 @@ class HubProcess:
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise RuntimeError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
 
     def kill(self) -> None:
@@ -334,7 +349,7 @@ class HubProcess:
             elif now - missing_since > 5 and now - start > 10:
                 # absent for a while, long after the spawn was accepted: it failed
                 raise AssertionError(f"{name_shown}'s server is gone (spawn failed?):\n{self.log_tail()}")
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise AssertionError(f"{name_shown}'s server not ready after {timeout}s:\n{self.log_tail()}")
 
     def race_two_named_gpu_servers(self, user: str, timeout: float) -> tuple[str, str, str]:
@@ -425,7 +440,7 @@ class HubProcess:
         while time.monotonic() < deadline:
             if not self.user(name).get("servers"):
                 return
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise AssertionError(f"{name}'s server did not stop")
 
     # ---- Docker objects ----------------------------------------------------------------
