@@ -325,20 +325,25 @@ def test_server_that_refuses_to_stop_never_shares_its_gpu(docker_client, hub_fac
     hub.create_users(["ann", "bob"])
     assert hub.spawn("ann", {"profile": "gpu"}).status_code in (201, 202)
     hub.wait_ready("ann")
+    # (a spawn in line answers its POST only after the hub's slow_spawn_timeout, 10 s: the
+    # progress stream tells it at once)
+    pool = cf.ThreadPoolExecutor(2)
     with UnitWatch(docker_client, hub) as watch:
-        assert hub.spawn("bob", {"profile": "gpu"}, timeout=30).status_code == 202  # in line
+        bob = pool.submit(hub.spawn, "bob", {"profile": "gpu"}, 30)
+        hub.wait_in_line("bob")
         r = hub.api("DELETE", "/users/ann/server", timeout=60)
         assert r.status_code in (202, 204), r.text
-        with cf.ThreadPoolExecutor(1) as pool:
-            # ann starts again as soon as the hub lets her (old code: a raw "Conflict")
-            deadline = time.monotonic() + 60
-            while hub.user("ann").get("servers") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            again = pool.submit(hub.spawn, "ann", {"profile": "gpu"}, 60)
-            hub.wait_ready("bob")
-            r = again.result()
-        if r.status_code >= 400:
-            _clean(r.json()["message"])
+        assert bob.result().status_code == 202  # in line
+        # ann starts again as soon as the hub lets her (old code: a raw "Conflict")
+        deadline = time.monotonic() + 60
+        while hub.user("ann").get("servers") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        again = pool.submit(hub.spawn, "ann", {"profile": "gpu"}, 60)
+        ann_in_line, _ = hub.until_in_line("ann", unless=again.done)  # else refused or failed: its answer
+        hub.wait_ready("bob")
+        if not ann_in_line and again.result().status_code >= 400:
+            _clean(again.result().json()["message"])
+    pool.shutdown(wait=False)  # ann's POST, if she waits in line, is answered later
     assert not watch.overlaps, watch.overlaps  # never two running servers on one GPU
     running = [c for c in hub.containers(docker_client, all=False) if c.labels.get("org.gpuhub.unit")]
     assert [c.labels["org.gpuhub.user"] for c in running] == ["bob"]

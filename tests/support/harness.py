@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,17 +355,30 @@ class HubProcess:
     def race_two_named_gpu_servers(self, user: str, timeout: float) -> tuple[str, str, str]:
         """``user`` asks for two named GPU servers, "one" and "two", at the same moment: exactly one
         must be accepted and the other refused (403). Returns the accepted name, the refused one
-        and the refusal's message."""
+        and the refusal's message.
 
-        def post(name: str) -> tuple[str, requests.Response]:
-            return name, self.api("POST", f"/users/{user}/servers/{name}", json={"profile": "gpu"}, timeout=timeout)
-
-        with ThreadPoolExecutor(2) as pool:
-            responses = dict(pool.map(post, ["one", "two"]))
-        refused = [name for name, r in responses.items() if r.status_code == 403]
-        accepted = [name for name, r in responses.items() if r.status_code in (201, 202)]
-        assert len(refused) == 1 and len(accepted) == 1, {n: (r.status_code, r.text) for n, r in responses.items()}
-        return accepted[0], refused[0], responses[refused[0]].json()["message"]
+        Accepted is its POST's 201/202, or, once the other was refused, its progress stream saying
+        that it waits in line: a queued spawn's POST answers only after JupyterHub's
+        slow_spawn_timeout (10 s), the stream at once."""
+        pool = ThreadPoolExecutor(2)
+        posts = {name: pool.submit(self.api, "POST", f"/users/{user}/servers/{name}", json={"profile": "gpu"},
+                                   timeout=timeout) for name in ("one", "two")}
+        pool.shutdown(wait=False)  # a POST still waiting is answered after this returns
+        wait(posts.values(), timeout=timeout, return_when=FIRST_COMPLETED)
+        answers: dict[str, requests.Response | None] = {n: f.result() for n, f in posts.items() if f.done()}
+        pending = [n for n in posts if n not in answers]
+        if len(pending) == 1 and all(r.status_code == 403 for r in answers.values() if r is not None):
+            (other,) = pending
+            in_line, _ = self.until_in_line(user, other, timeout, unless=posts[other].done)
+            answers[other] = None if in_line else posts[other].result()
+        answers.update({n: f.result() for n, f in posts.items() if n not in answers})
+        refused = [name for name, r in answers.items() if r is not None and r.status_code == 403]
+        accepted = [name for name, r in answers.items() if r is None or r.status_code in (201, 202)]
+        shown = {n: "in line" if r is None else (r.status_code, r.text) for n, r in answers.items()}
+        assert len(refused) == 1 and len(accepted) == 1, shown
+        answer = answers[refused[0]]
+        assert answer is not None
+        return accepted[0], refused[0], answer.json()["message"]
 
     def progress(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
         """All progress events of the pending spawn, until it finishes or fails."""
@@ -378,6 +391,37 @@ class HubProcess:
                     if event.get("ready") or event.get("failed"):
                         break
         return events
+
+    def wait_in_line(self, name: str, timeout: float = 60) -> list[str]:
+        """Wait until ``name``'s pending spawn says in its progress stream that it waits in line;
+        its messages so far. (The spawn's POST answers 202 only after JupyterHub's
+        slow_spawn_timeout, 10 s: this is the event itself, as soon as it happens.)"""
+        in_line, messages = self.until_in_line(name, "", timeout)
+        if not in_line:
+            raise AssertionError(f"{name} never waited in line: {messages}\n{self.log_tail()}")
+        return messages
+
+    def until_in_line(self, user: str, server_name: str = "", timeout: float = 60, unless=lambda: False) -> tuple[bool, list[str]]:
+        """Follow the spawn of ``user``'s server ``server_name`` ("" the default one) once it is
+        pending: whether its progress stream said it waits in line before it ended, its messages.
+        ``unless()`` true while it is not pending yet: stop waiting (its POST was answered)."""
+        deadline = time.monotonic() + timeout
+        while (self.user(user).get("servers", {}).get(server_name) or {}).get("pending") != "spawn":
+            if unless() or time.monotonic() > deadline:
+                return False, []
+            time.sleep(0.1)
+        path = f"/users/{user}/servers/{server_name}/progress" if server_name else f"/users/{user}/server/progress"
+        messages: list[str] = []
+        with self.api("GET", path, stream=True, timeout=timeout) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    messages.append(event.get("message", ""))
+                    if "in line" in messages[-1]:
+                        return True, messages
+                    if event.get("ready") or event.get("failed"):
+                        break
+        return False, messages
 
     def spawn_quietly(self, user: str, options: dict[str, Any] | None = None, timeout: float = 15) -> None:
         """Ask for a spawn whose answer does not matter (the hub may be killed under it)."""
