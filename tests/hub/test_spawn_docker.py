@@ -145,7 +145,9 @@ def _timed_spawn(hub, user):
 
 
 def test_twelve_users_four_units_queue_with_positions(docker_client, hub_factory):
-    hub = hub_factory({"gpu_inventory": fake_gpus(4, "q1"), "gpu_queue_max_wait": 20})
+    # the eight in line time out of it: the test waits that long (long enough for all eight
+    # to be in line at once, which takes a second or two)
+    hub = hub_factory({"gpu_inventory": fake_gpus(4, "q1"), "gpu_queue_max_wait": 12})
     users = [f"w{i:02d}" for i in range(12)]
     hub.create_users(users)
     with cf.ThreadPoolExecutor(12) as pool:
