@@ -133,14 +133,6 @@ def create_config(client: docker.DockerClient, cfg: GPUHubConfig, dry_run: bool)
 # ---- images -----------------------------------------------------------------------------
 
 
-def _has(client: docker.DockerClient, image: str) -> bool:
-    try:
-        client.images.get(image)
-        return True
-    except ImageNotFound:
-        return False
-
-
 def build_locally(image: str) -> None:
     target = BUILD_TARGET.get(image)
     if target is None or not BUILD_SH.exists():
@@ -152,28 +144,44 @@ def build_locally(image: str) -> None:
         raise DeployError(f"images/build.sh {target} failed (exit {done.returncode}): its output is above")
 
 
+def _image_id(client: docker.DockerClient, image: str) -> str:
+    try:
+        return client.images.get(image).id
+    except ImageNotFound:
+        return ""
+
+
+def _needs_copy(client: docker.DockerClient, local: docker.DockerClient, image: str) -> bool:
+    """The manager lacks ``image``, or holds another build of it than this machine's."""
+    have, want = _image_id(client, image), _image_id(local, image)
+    return not have or bool(want and want != have)
+
+
 def ensure_images(client: docker.DockerClient, images: list[str], environ: dict[str, str], dry_run: bool) -> None:
     """Each image on the manager: built there when it is this machine's engine, else copied
-    from this machine's engine with docker save | docker load."""
-    missing = [i for i in images if not _has(client, i)]
-    if not missing:
-        return
-    if dry_run:
-        say("would get onto the manager: " + ", ".join(missing))
-        return
+    from this machine's engine with docker save | docker load (also when the manager holds
+    another build under the same name: this machine's is the one being deployed)."""
     if is_local(environ):
-        for image in missing:
+        missing = [i for i in images if not _image_id(client, i)]
+        if dry_run and missing:
+            say("would build: " + ", ".join(missing))
+        for image in [] if dry_run else missing:
             build_locally(image)
         return
     local = docker.from_env(environment={k: v for k, v in environ.items() if not k.startswith("DOCKER_")},
                             timeout=900)
     try:
-        for image in missing:
-            if not _has(local, image):
+        stale = [i for i in images if _needs_copy(client, local, i)]
+        if dry_run:
+            if stale:
+                say("would get onto the manager: " + ", ".join(stale))
+            return
+        for image in stale:
+            if not _image_id(local, image):
                 build_locally(image)
             say(f"loading {image} into the manager's engine (docker save | docker load)")
             client.images.load(local.api.get_image(image))
-            if not _has(client, image):
+            if _image_id(client, image) != _image_id(local, image):
                 raise DeployError(f"{image} was loaded but the manager does not list it: load it by hand")
     finally:
         local.close()
@@ -303,8 +311,9 @@ def next_steps(client: docker.DockerClient, cfg: GPUHubConfig) -> list[str]:
     lines = [
         f"the hub answers at {deploy.public_url}/",
         f"DNS: {deploy.domain} must point at this manager ({addr}); ports 80 and 443 open",
-        f"each GPU machine: gpuhub node setup --join {addr}:2377 --token {token} "
-        f"--registry {addr}:{deploy.registry_port}",
+        f"the swarm's worker join token (keep it private): {token}",
+        f"each GPU machine, as root: put that token in a file (mode 0600), then gpuhub node setup "
+        f"--manager {addr}:2377 --join-token-file FILE --registry {addr}:{deploy.registry_port}",
         f"each GPU machine's node agent: gpuhub node agent install --token-file <copy of "
         f"{deploy.secrets_dir}/agent_token>",
     ]

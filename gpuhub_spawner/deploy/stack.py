@@ -42,6 +42,12 @@ REGISTRY_DATA = "/var/lib/docker-registry"
 DB_DATA = "/var/lib/postgresql/data"
 DB_USER = "gpuhub"
 SOCKET = "/var/run/docker.sock"
+#: where the hub writes its health URL (the proxy's internal address is known only at start)
+HEALTH_URL_FILE = "/tmp/gpuhub-health-url"
+HUB_HEALTH = (
+    "import urllib.request as r; "
+    f"r.urlopen(open('{HEALTH_URL_FILE}').read().strip(), timeout=4)"
+)
 #: the secrets the stack may use, and the variable of the hub that names each one's file
 HUB_SECRET_VARIABLES = {
     "crypt_key": "JUPYTERHUB_CRYPT_KEY_FILE",
@@ -199,16 +205,14 @@ def _secret(name: str, target: str | None = None) -> dict[str, Any]:
 
 def _hub(cfg: GPUHubConfig, needed: list[str], place: list[str]) -> dict[str, Any]:
     stack = _deploy(cfg).stack_name
-    env = {
-        "GPUHUB_CONFIG": CONFIG_PATH,
-        "GPUHUB_STACK": stack,
-        # through the proxy on its internal address (where caddy and prometheus reach it)
-        "GPUHUB_HEALTH_URL": f"http://proxy:{PROXY_PORT}/hub/health",
-    }
+    env = {"GPUHUB_CONFIG": CONFIG_PATH, "GPUHUB_STACK": stack}
     env.update({var: f"/run/secrets/{n}" for n, var in HUB_SECRET_VARIABLES.items() if n in needed})
     hub_secrets = [n for n in needed if n in HUB_SECRET_VARIABLES or n in ("prometheus_token", "agent_token")]
     return {
         "image": IMAGES["hub"],
+        # the hub's own name resolves in its container (/etc/hosts) before it is healthy: swarm's
+        # DNS lists a task only once it is, and the proxy and services reach the hub by this name
+        "hostname": f"{stack}-hub",
         "environment": dict(sorted(env.items())),
         "configs": [{"source": "gpuhub_yaml", "target": CONFIG_PATH}],
         "secrets": [_secret(n) for n in hub_secrets],
@@ -218,7 +222,8 @@ def _hub(cfg: GPUHubConfig, needed: list[str], place: list[str]) -> dict[str, An
             {"type": "bind", "source": SOCKET, "target": SOCKET},
         ],
         "networks": {"internal": {"aliases": ["proxy"]}, "users": {"aliases": [f"{stack}-hub"]}},
-        "healthcheck": _health(["CMD", "gpuhub-healthcheck"], start="120s"),
+        # /hub/health through the proxy, at the internal address the hub wrote at start (inhub.py)
+        "healthcheck": _health(["CMD", "python3", "-c", HUB_HEALTH], start="120s"),
         "stop_grace_period": "30s",
         "deploy": _swarm(place),
     }
@@ -291,7 +296,7 @@ def _db(place: list[str]) -> dict[str, Any]:
         "secrets": [_secret("db_password")],
         "volumes": [f"db-data:{DB_DATA}"],
         "networks": ["internal"],
-        "healthcheck": _health(["CMD", "pg_isready", "-q", "-h", "/var/run/postgresql", "-U", DB_USER, "-d", DB_USER]),
+        "healthcheck": _health(["CMD", "pg_isready", "-q", "-h", "/var/run/postgresql"]),
         "stop_grace_period": "60s",
         "deploy": _swarm(place),
     }

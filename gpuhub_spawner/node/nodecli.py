@@ -87,6 +87,19 @@ def set_swarm_resource(toml_text: str, kinds: list[str]) -> str:
     return "".join(lines)
 
 
+def add_registry(config: dict[str, Any], registry: str) -> dict[str, Any]:
+    """``config`` with the stack's registry (``host:port``, plain HTTP, read-only: `gpuhub deploy`)
+    among ``insecure-registries``, so this node's engine pulls the servers' images from it (none:
+    ``config`` as it is)."""
+    if not registry:
+        return config
+    if not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", registry or ""):
+        raise SetupError(f"--registry {registry[:60]!r} is not HOST:PORT: give the manager's address and "
+                         "deploy.registry_port, e.g. 10.0.0.5:5000 (gpuhub deploy prints it). Nothing was changed.")
+    listed = [r for r in config.get("insecure-registries") or [] if r != registry]
+    return {**config, "insecure-registries": listed + [registry]}
+
+
 def _diff(path: str, old: str, new: str) -> str:
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), path, path + " (new)"))
 
@@ -209,7 +222,7 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         raise SetupError(str(e)) from None
     labels.update(mps_plan.labels)
     agent_spec = agent_install.setup_agent_spec(args)
-    merged = merge_daemon_config(config, resources, labels, args.runtime)
+    merged = add_registry(merge_daemon_config(config, resources, labels, args.runtime), args.registry)
     new_daemon = json.dumps(merged, indent=2) + "\n"
     old_runtime = runtime_path.read_text() if runtime_path.exists() else ""
     new_runtime = set_swarm_resource(old_runtime, named_kinds(resources))
@@ -385,7 +398,7 @@ def cmd_node_prepull(args: argparse.Namespace) -> int:
     agent = prepull.in_registry(args.agent_image, registry) if args.agent_image_from_registry else args.agent_image
     print(f"[prepull] {', '.join(names)} onto every ready, active node (at most {args.timeout:.0f}s)",
           file=sys.stderr)
-    outcomes = prepull.run(client, names, agent, args.timeout, args.pull_timeout)
+    outcomes = prepull.run(client, names, agent, args.timeout, args.pull_timeout, registry)
     for outcome in outcomes:
         print(outcome.line(with_image=len(names) > 1))
     return 0 if outcomes and all(o.ok for o in outcomes) else 1
@@ -446,6 +459,8 @@ def add_node_commands(sub) -> None:
     setup.add_argument("--join-token", help=argparse.SUPPRESS)
     setup.add_argument("--manager", help="manager address host:2377 (with --join-token-file)")
     setup.add_argument("--advertise-addr", help="this node's address for the swarm")
+    setup.add_argument("--registry", metavar="HOST:PORT",
+                       help="the stack's registry (gpuhub deploy): pull servers' images from it over plain HTTP")
     node_mps.add_arguments(setup)
     from gpuhub_spawner.node import agent_install  # it imports SetupError from here
 

@@ -68,6 +68,7 @@ def test_networks_keep_users_away_from_internal_services(doc):
         assert "internal" in doc["services"][name]["networks"]
     assert doc["services"]["db"]["networks"] == ["internal"]
     assert doc["services"]["hub"]["networks"]["users"] == {"aliases": ["gpuhub-hub"]}
+    assert doc["services"]["hub"]["hostname"] == "gpuhub-hub"  # resolves in the hub before swarm's DNS does
 
 
 def test_ports_in_host_mode_and_registry_read_only(doc):
@@ -185,3 +186,35 @@ def test_committed_stack_file_is_current():
         "--render > deploy/stack/gpuhub-stack.yml"
     )
     assert check_file(EXAMPLE).deploy is not None
+
+
+def test_in_the_stack_the_hub_is_public_https_with_secure_cookies(monkeypatch, tmp_path):
+    from traitlets.config import Config
+
+    from gpuhub_spawner.deploy import inhub
+
+    monkeypatch.setattr(inhub, "container_address", lambda network: {"gpuhub_internal": "10.0.3.7"}[network])
+    monkeypatch.setattr(inhub, "HEALTH_URL_FILE", str(tmp_path / "health-url"))
+    c = Config()
+    c.JupyterHub.tornado_settings = {"cookie_options": {"samesite": "Lax"}, "slow_spawn_timeout": 5}
+    inhub.apply(c, "gpuhub", "https://workshop.example.org")
+    assert c.JupyterHub.public_url == "https://workshop.example.org/"
+    assert c.JupyterHub.tornado_settings == {"cookie_options": {"samesite": "Lax", "secure": True},
+                                             "slow_spawn_timeout": 5}
+    assert c.JupyterHub.bind_url == "http://10.0.3.7:8000"  # the proxy on the internal network only
+    assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8081"
+    assert c.JupyterHub.hub_connect_url == "http://gpuhub-hub:8081"
+    assert c.GPUSwarmSpawner.network_name == "gpuhub_users" and c.GPUSwarmSpawner.use_internal_ip is True
+    assert (tmp_path / "health-url").read_text() == "http://10.0.3.7:8000/hub/health\n"  # the health check's
+
+
+def test_the_hub_finds_its_own_container_by_its_mounts_not_its_host_name():
+    from gpuhub_spawner.deploy.inhub import own_container_id
+
+    cid = "a" * 12 + "0123456789abcdef" * 3 + "b" * 4
+    mountinfo = (
+        "613 598 0:53 / / rw,relatime - overlay overlay rw\n"
+        f"640 613 8:1 /var/lib/docker/containers/{cid}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sda1 rw\n"
+        f"641 613 8:1 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n"
+    )
+    assert own_container_id(mountinfo) == cid

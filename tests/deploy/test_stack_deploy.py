@@ -1,0 +1,241 @@
+"""`gpuhub deploy` on the swarm rig: a manager and one worker, DOCKER_HOST at the manager's socket.
+
+One rig and one deploy for the module: the stack comes up healthy, the hub answers through Caddy
+over HTTPS with the operator's certificate (made here by a throwaway CA that the client trusts),
+HTTP redirects to HTTPS, cookies carry Secure, no secret value shows in `docker inspect`, a
+container on the user network reaches the hub API and nothing of the internal services nor any
+Docker API, and a second deploy changes nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from needs import unavailable
+from swarm_rig import NODE_IMAGE, SwarmRig
+from testca import TestCA
+
+from gpuhub_spawner.deploy import stack
+
+DOMAIN = "hub.gpuhub.test"
+PUSHED = stack.IMAGES["registry"]
+STACK = "gpuhub"
+
+
+class _To(http.client.HTTPSConnection):
+    """HTTPS to ``ip`` for DOMAIN (SNI and Host are the name; no DNS needed)."""
+
+    def __init__(self, ip: str, context: ssl.SSLContext) -> None:
+        super().__init__(DOMAIN, 443, timeout=15, context=context)
+        self._ip = ip
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
+    conn.request("GET", path, headers={"Host": DOMAIN})
+    response = conn.getresponse()
+    response.read()
+    return response
+
+
+@pytest.fixture(scope="module")
+def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
+    for image in [NODE_IMAGE, *stack.IMAGES.values()]:
+        try:
+            docker_client.images.get(image)
+        except docker.errors.ImageNotFound:
+            unavailable(f"image {image} missing: run images/build.sh stack (and node)")
+    rig = SwarmRig(docker_client, prefix=os.environ.get("GPUHUB_RIG_PREFIX", "gpuhub-rig-stack"))
+    try:
+        rig.create_network()
+        manager = rig.start_node("manager", 0)
+        rig.init_swarm(manager)
+        # what `gpuhub node setup --registry` writes on a GPU node (tests/deploy/test_node_registry.py)
+        rig.join(rig.start_node("worker", 1, daemon={"insecure-registries": [f"{manager.ip}:5000"]}))
+        rig.wait_nodes_ready(["manager", "worker"])
+        client = rig.manager_client()
+        for volume in client.volumes.list(filters={"name": f"{STACK}_"}):
+            volume.remove(force=True)  # a stack of an earlier run (node state persists): its db password is gone
+        client.close()
+        yield rig
+    finally:
+        rig.teardown()
+
+
+def deploy(config: Path, rig: SwarmRig) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DOCKER_HOST": rig.manager.url}
+    return subprocess.run([sys.executable, "-m", "gpuhub_spawner.cli", "deploy", "--config", str(config),
+                           "--timeout", "420"], env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("stack")
+    ca = TestCA(folder / "ca")
+    leaf = ca.leaf("hub", [DOMAIN])
+    config = folder / "gpuhub.yaml"
+    config.write_text(yaml.safe_dump({
+        "sign_in": {"admin_users": ["prof"]},
+        "profiles": [{"slug": "cpu", "display_name": "CPU only", "pool": None}],
+        # a small image the manager already holds, to push (a real one is 1-13 GB)
+        "images": {"allowed": [PUSHED]},
+        "deploy": {
+            "public_url": f"https://{DOMAIN}",
+            "tls": {"mode": "files", "cert_file": str(leaf.cert), "key_file": str(leaf.key)},
+            "secrets_dir": str(folder / "secrets"),
+            "stack_name": STACK,
+            "push_images": [PUSHED],
+        },
+    }))
+    done = deploy(config, rig)
+    client = rig.manager_client()
+    if done.returncode != 0:
+        for s in client.services.list():
+            print(f"---- {s.name} ----\n" + "".join(
+                line.decode(errors="replace") for line in s.logs(stdout=True, stderr=True, tail=40)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    yield {"ca": ca, "leaf": leaf, "config": config, "secrets": folder / "secrets", "out": done.stdout,
+           "client": client}
+    client.close()
+
+
+def test_deploy_says_what_to_do_next(deployed, rig):
+    out = deployed["out"]
+    assert f"the hub answers at https://{DOMAIN}/" in out
+    assert "worker join token (keep it private): SWMTKN-" in out
+    assert f"gpuhub node setup --manager {rig.manager.ip}:2377 --join-token-file FILE" in out
+    assert f"--registry {rig.manager.ip}:5000" in out
+    for name in ("crypt_key", "db_password", "prometheus_token", "agent_token"):
+        path = deployed["secrets"] / name
+        assert oct(path.stat().st_mode & 0o777) == "0o600", name
+        assert path.read_text().strip() not in out  # generated, never printed
+    assert oct(deployed["secrets"].stat().st_mode & 0o777) == "0o700"
+
+
+def test_hub_answers_over_https_with_secure_cookies_and_http_redirects(deployed, rig):
+    context = ssl.create_default_context(cafile=str(deployed["ca"].cert))
+    response = _get(_To(rig.manager.ip, context), "/hub/login")
+    assert response.status == 200
+    cookies = response.headers.get_all("Set-Cookie") or []
+    assert cookies, "the login page sets the _xsrf cookie"
+    assert all("secure" in c.lower() for c in cookies), cookies
+    assert response.headers.get("Strict-Transport-Security")
+    plain = _get(http.client.HTTPConnection(rig.manager.ip, 80, timeout=15), "/hub/login")
+    assert plain.status in (301, 308)
+    assert plain.headers["Location"] == f"https://{DOMAIN}/hub/login"
+    with pytest.raises(ssl.SSLCertVerificationError):  # an untrusted client refuses the certificate
+        _get(_To(rig.manager.ip, ssl.create_default_context()), "/hub/login")
+
+
+def test_no_secret_value_in_docker_inspect(deployed):
+    client = deployed["client"]
+    values = [p.read_text().strip() for p in deployed["secrets"].iterdir()]
+    values.append(deployed["leaf"].key.read_text().split("-----")[2].strip()[:64])
+    inspected = json.dumps([s.attrs for s in client.services.list()] +
+                           [c.attrs for c in client.containers.list(all=True)])
+    assert f"{STACK}_hub" in inspected
+    for value in values:
+        assert len(value) >= 16 and value not in inspected
+
+
+# Probes speak each protocol: this machine's egress accepts any TCP connection to an address it
+# does not route locally, so an open socket alone proves nothing.
+PROBE = r"""
+import json, os, socket, sys, urllib.request
+def pg(host):
+    try:
+        with socket.create_connection((host, 5432), timeout=3) as s:
+            s.settimeout(3)
+            s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest
+            return "postgres" if s.recv(1) in (b"S", b"N") else "no postgres"
+    except OSError as e:
+        return type(e).__name__
+def http(method, url):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=5) as r:
+            return r.status, r.read(2000).decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(2000).decode(errors="replace")
+    except OSError as e:
+        return type(e).__name__, ""
+def tcp(host, port):
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return "open"
+    except OSError as e:
+        return type(e).__name__
+if sys.argv[1] == "pg":
+    print(json.dumps({"db": pg("db")}))
+    sys.exit()
+manager, db_ip, gateway = sys.argv[1:4]
+out = {"hub_api": http("GET", "http://gpuhub-hub:8081/hub/api")[0], "db_name": pg("db"), "db_ip": pg(db_ip),
+       "registry_pull": http("GET", f"http://{manager}:5000/v2/")[0],
+       "registry_push": http("POST", f"http://{manager}:5000/v2/probe/blobs/uploads/")[0],
+       "proxy_api": tcp("gpuhub-hub", 8001), "proxy_public": tcp("gpuhub-hub", 8000),
+       "docker_apis": sorted({"docker" if "ApiVersion" in http("GET", f"http://{h}:{p}/version")[1] else "none"
+                              for h in (manager, gateway) for p in (2375, 2376)}),
+       "socket": os.path.exists("/var/run/docker.sock")}
+print(json.dumps(out))
+"""
+
+
+def test_user_network_reaches_the_hub_api_and_nothing_internal(deployed, rig):
+    client = deployed["client"]
+    db = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_db"})[0]
+    db_ip = db.attrs["NetworkSettings"]["Networks"][f"{STACK}_internal"]["IPAddress"]
+    users = client.networks.get(f"{STACK}_users")
+    gateway = users.attrs["IPAM"]["Config"][0]["Gateway"]
+    hub = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})[0]
+    code, out = hub.exec_run(["python3", "-c", PROBE, "pg"])
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"db": "postgres"}, out  # the probe's control
+    probe = client.containers.run(stack.IMAGES["hub"], entrypoint=["python3", "-c", PROBE],
+                                  command=[rig.manager.ip, db_ip, gateway], network=f"{STACK}_users",
+                                  detach=True, labels={"org.gpuhub.test": "stack-probe"})
+    try:
+        assert probe.wait(timeout=120)["StatusCode"] == 0, probe.logs().decode()
+        seen = json.loads(probe.logs(stderr=False).decode().strip().splitlines()[-1])
+    finally:
+        probe.remove(force=True)
+    assert seen["hub_api"] == 200  # the control: this network does reach the hub API
+    assert seen["registry_pull"] == 200  # and the nodes' pull path
+    assert seen["db_name"] == "gaierror" and seen["db_ip"] != "postgres"
+    assert seen["registry_push"] == 405  # the registry is read-only there
+    assert seen["proxy_api"] != "open" and seen["proxy_public"] != "open"
+    assert seen["docker_apis"] == ["none"] and seen["socket"] is False
+
+
+def test_a_worker_pulls_the_pushed_image_from_the_stacks_registry(deployed, rig):
+    assert f"pushing {PUSHED} into the stack's registry" in deployed["out"]
+    worker = rig.nodes["worker"].client(timeout=300)
+    try:
+        pulled = worker.images.pull(f"{rig.manager.ip}:5000/{PUSHED.split(':')[0]}", tag="latest")
+        assert pulled.id == deployed["client"].images.get(PUSHED).id
+    finally:
+        worker.close()
+    assert not [c for c in deployed["client"].containers.list(all=True) if "registry-push" in c.name]
+
+
+def test_second_deploy_changes_nothing(deployed, rig):
+    client = deployed["client"]
+    secrets = sorted(s.name for s in client.secrets.list())
+    hub = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})
+    done = deploy(deployed["config"], rig)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "creating swarm secret" not in done.stdout and "generated" not in done.stdout
+    assert sorted(s.name for s in client.secrets.list()) == secrets
+    again = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})
+    assert [c.id for c in again] == [c.id for c in hub]  # the hub was not restarted
