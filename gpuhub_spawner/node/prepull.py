@@ -12,7 +12,8 @@ per image on a node).
 The task mounts its node's Docker socket: it is the operator's tool, never a user's, and runs
 only for the prepull.  With ``--registry HOST:PORT`` (or ``deploy.registry_port`` of
 ``--config``, on the manager's address) image names are read from that registry, where
-``gpuhub deploy`` pushed them.
+``gpuhub deploy`` pushed them, and each node also tags what it pulled with the image's own name
+(``gpuhub/singleuser:latest``): the name in gpuhub.yaml, which servers are started with.
 
 Inside the task: ``python -m gpuhub_spawner.node.prepull IMAGE...`` (the worker).
 """
@@ -115,7 +116,8 @@ def explain_task_error(err: str, agent_image: str) -> str:
 
 # ---- the manager side ----------------------------------------------------------------------
 
-def run(client: Any, images: list[str], agent_image: str, timeout: float, pull_timeout: float) -> list[Outcome]:
+def run(client: Any, images: list[str], agent_image: str, timeout: float, pull_timeout: float,
+        registry: str = "") -> list[Outcome]:
     """Run the worker once on every ready, active node; one outcome per node and image.
 
     A node whose worker said nothing (it cannot get the worker's image, or an old one) runs each
@@ -128,7 +130,8 @@ def run(client: Any, images: list[str], agent_image: str, timeout: float, pull_t
              if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"].get("Availability") == "active"}
     deadline = time.monotonic() + timeout
     env = [f"GPUHUB_PULL_TIMEOUT={pull_timeout:.0f}", "NVIDIA_VISIBLE_DEVICES=void"]
-    with _global(client, agent_image, ["python3", "-m", "gpuhub_spawner.node.prepull", *images], env,
+    registry_args = ["--registry", registry] if registry else []
+    with _global(client, agent_image, ["python3", "-m", "gpuhub_spawner.node.prepull", *registry_args, *images], env,
                  socket=True) as worker:
         ended = _wait(worker, nodes, deadline)
         outcomes = _read_outcomes(client, worker.id, sum(1 for err in ended.values() if not _lacks_image(err))
@@ -246,14 +249,19 @@ def pull_one(client: Any, image: str, timeout: float) -> dict[str, Any]:
 
 
 def worker(argv: list[str]) -> int:
+    """``[--registry HOST:PORT] IMAGE...``: pull each; an image read from the registry is also
+    tagged with its own name (``HOST:PORT/gpuhub/x:1`` as ``gpuhub/x:1``), the name servers use."""
     import docker
 
+    registry = argv[1] if argv[:1] == ["--registry"] else ""
     node = os.environ.get("GPUHUB_NODE", "") or os.uname().nodename
     timeout = float(os.environ.get("GPUHUB_PULL_TIMEOUT", "1800"))
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=max(60, int(timeout)))
     failed = False
-    for image in argv:
+    for image in argv[2:] if registry else argv:
         outcome = pull_one(client, image, timeout)
+        if outcome["result"] != "failed" and registry and image.startswith(registry + "/"):
+            client.images.get(image).tag(*split_tag(image[len(registry) + 1:]))
         failed |= outcome["result"] == "failed"
         print(json.dumps({"node": node, "image": image, **outcome}), flush=True)
     return 1 if failed else 0

@@ -91,7 +91,7 @@ def _prepull(rig: SwarmRig, capsys, *args: str) -> tuple[int, dict[str, str]]:
     return code, lines
 
 
-def test_prepull_gets_the_image_from_the_registry_onto_every_node(rig, registry, docker_client, capsys):
+def test_prepull_gets_the_image_from_the_registry_onto_every_node(rig, registry, docker_client, capsys, tmp_path):
     repository = f"gpuhub-test/course-{secrets.token_hex(3)}"
     push_tiny_image(docker_client, f"{registry.address}/{repository}:1")
     stack_registry = registry.address_on(rig.gateway)
@@ -99,9 +99,10 @@ def test_prepull_gets_the_image_from_the_registry_onto_every_node(rig, registry,
     code, lines = _prepull(rig, capsys, f"{repository}:1", "--registry", stack_registry)
     assert code == 0 and set(lines) == set(WORKERS), lines
     assert all(line.startswith("ok (pulled, ") for line in lines.values()), lines
-    for name in WORKERS:
+    for name in WORKERS:  # under the registry's name, and the name servers are started with
         client = rig.nodes[name].client()
-        assert client.images.get(f"{stack_registry}/{repository}:1")
+        pulled = client.images.get(f"{stack_registry}/{repository}:1")
+        assert client.images.get(f"{repository}:1").id == pulled.id
         client.close()
 
     code, lines = _prepull(rig, capsys, f"{repository}:1", "--registry", stack_registry)
@@ -114,6 +115,19 @@ def test_prepull_gets_the_image_from_the_registry_onto_every_node(rig, registry,
     client = rig.manager_client()
     assert not client.services.list(filters={"label": "org.gpuhub.prepull"}), "prepull left its service"
     client.close()
+
+    # --config: the images and the stack's registry (deploy.registry_port on the manager's
+    # address) from gpuhub.yaml; nothing listens there on this rig, and each node says so
+    config = tmp_path / "gpuhub.yaml"
+    config.write_text(json.dumps({"images": {"allowed": [f"{repository}:1"]}, "deploy": {"public_url": "https://hub.example.org", "tls": {"mode": "internal"},
+                                             "registry_port": registry.port, "push_images": [f"{repository}:1"]}}))
+    code = gpuhub(["node", "prepull", "--config", str(config), "--docker-host", rig.manager.url,
+                   "--agent-image", AGENT, "--timeout", "180"])
+    said = capsys.readouterr()
+    wanted = f"{rig.manager.ip}:{registry.port}/{repository}:1"
+    assert code == 1 and wanted in said.err, said
+    for name in WORKERS:
+        assert any(line.startswith(f"{name}: {wanted}: FAILED: ") for line in said.out.splitlines()), said.out
 
 
 def _deploy_mirror(rig: SwarmRig, bundle_url: str) -> None:
