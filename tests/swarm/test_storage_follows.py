@@ -70,6 +70,12 @@ def _server(rig: SwarmRig, hub, user: str) -> tuple[str, dict, docker.models.con
         client.close()
 
 
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+
+
 def _sh(container, cmd: str) -> str:
     result = container.exec_run(["sh", "-c", cmd])
     return result.output.decode().strip()
@@ -171,6 +177,19 @@ def test_files_follow_the_user_and_a_full_home_asks(two_mig_nodes, swarm_hub):
     hub.stop_server("alice")
     html = render_form(hub, "alice")
     assert "are on node <strong>w-mig</strong>" in html and "on w-mig, where this server starts" in html
+
+    # her home node is drained: she is told, and only "anywhere" is offered
+    _availability(rig, "w-mig", "drain")
+    try:
+        _wait(lambda: "admin has drained: choose below" in render_form(hub, "alice"),
+              10, "the drained home node in alice's form")
+        r = hub.spawn("alice", {"profile": "cpu", "placement": "wait"})
+        assert r.status_code == 503, r.text
+        message = r.json()["message"]
+        assert message.startswith("Your files (~/scratch, ~/my-tutorials) are on w-mig, which the hub's admin has drained.")
+        assert '"placement": "anywhere"' in message and "Wait in line" not in message
+    finally:
+        _availability(rig, "w-mig", "active")
 
 
 def test_nfs_volumes_carry_the_driver_options(rig, swarm_hub):
