@@ -65,7 +65,9 @@ def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
         manager = rig.start_node("manager", 0)
         rig.init_swarm(manager)
         # what `gpuhub node setup --registry` writes on a GPU node (tests/deploy/test_node_registry.py)
-        rig.join(rig.start_node("worker", 1, daemon={"insecure-registries": [f"{manager.ip}:5000"]}))
+        worker = rig.start_node("worker", 1, daemon={"insecure-registries": [f"{manager.ip}:5000"]})
+        rig.not_in_swarm = gpuhub_deploy(Path("/nonexistent.yaml"), worker.url, check_config=False)
+        rig.join(worker)
         rig.wait_nodes_ready(["manager", "worker"])
         client = rig.manager_client()
         for volume in client.volumes.list(filters={"name": f"{STACK}_"}):
@@ -76,10 +78,18 @@ def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
         rig.teardown()
 
 
-def deploy(config: Path, rig: SwarmRig) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DOCKER_HOST": rig.manager.url}
+def gpuhub_deploy(config: Path, docker_host: str, *args: str, check_config: bool = True) -> subprocess.CompletedProcess:
+    if not check_config:  # a valid file, so that the engine is what is refused
+        config = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpuhub-deploy-{os.getpid()}.yaml"
+        config.write_text(yaml.safe_dump({"deploy": {"public_url": f"https://{DOMAIN}", "tls": {"mode": "internal"},
+                                                     "secrets_dir": str(config) + ".secrets"}}))
+    env = {**os.environ, "DOCKER_HOST": docker_host}
     return subprocess.run([sys.executable, "-m", "gpuhub_spawner.cli", "deploy", "--config", str(config),
-                           "--timeout", "420"], env=env, capture_output=True, text=True, timeout=1200)
+                           "--timeout", "420", *args], env=env, capture_output=True, text=True, timeout=1200)
+
+
+def deploy(config: Path, rig: SwarmRig, *args: str) -> subprocess.CompletedProcess:
+    return gpuhub_deploy(config, rig.manager.url, *args)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +111,12 @@ def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
             "push_images": [PUSHED],
         },
     }))
-    done = deploy(config, rig)
+    dry = deploy(config, rig, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
     client = rig.manager_client()
+    assert "would create swarm secret gpuhub_crypt_key_new" in dry.stdout and "would run: docker stack deploy" in dry.stdout
+    assert not (folder / "secrets").exists() and not client.secrets.list() and not client.services.list()
+    done = deploy(config, rig)
     if done.returncode != 0:
         for s in client.services.list():
             print(f"---- {s.name} ----\n" + "".join(
@@ -111,6 +125,14 @@ def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
     yield {"ca": ca, "leaf": leaf, "config": config, "secrets": folder / "secrets", "out": done.stdout,
            "client": client}
     client.close()
+
+
+def test_deploy_refuses_an_engine_that_is_no_swarm_manager(deployed, rig):
+    assert rig.not_in_swarm.returncode == 2
+    assert "this engine is not in a swarm: run docker swarm init first" in rig.not_in_swarm.stderr
+    worker = gpuhub_deploy(Path("/nonexistent.yaml"), rig.nodes["worker"].url, check_config=False)
+    assert worker.returncode == 2 and "this node is not a manager" in worker.stderr
+    assert "Traceback" not in rig.not_in_swarm.stderr + worker.stderr
 
 
 def test_deploy_says_what_to_do_next(deployed, rig):
