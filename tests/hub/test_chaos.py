@@ -37,7 +37,9 @@ USERS = [f"c{i}" for i in range(10)]
 FRESH = [f"n{i}" for i in range(N_GPUS)]  # new users after the chaos
 OBSERVER = "watcher"  # never spawns: reads the options form
 GPU = {"profile": "gpu"}
-SETTLE_TIMEOUT = 300  # a queue wait (60 s), a start and the hub's http_timeout (120 s), with room
+QUEUE_WAIT = 30  # long enough to wait in line through the chaos (an engine restart takes a few seconds);
+# the spawns still in line at the end time out of it: the test waits this long for them
+SETTLE_TIMEOUT = 300  # a queue wait, a start and the hub's http_timeout (120 s), with room
 
 #: what must not reach a user: engine or library text, tracebacks, addresses, object ids
 RAW = re.compile(
@@ -185,7 +187,7 @@ def refill(hub: HubProcess, docker_client, view: dict, users: list[str]) -> list
 
 @pytest.fixture
 def chaos_hub(hub_factory) -> HubProcess:
-    hub = hub_factory({"gpu_inventory": fake_gpus(N_GPUS, "ch"), "gpu_queue_max_wait": 60})
+    hub = hub_factory({"gpu_inventory": fake_gpus(N_GPUS, "ch"), "gpu_queue_max_wait": QUEUE_WAIT})
     hub.create_users([*USERS, *FRESH, OBSERVER])
     return hub
 
