@@ -257,23 +257,24 @@ def stack_deploy(document: dict[str, Any], stack_name: str, environ: dict[str, s
 
 
 def service_state(client: docker.DockerClient, service: Any) -> tuple[str, str]:
-    """(state, detail) of one service: healthy, or what it is waiting for and its last error."""
+    """(state, detail) of one service: healthy, or what it is waiting for and its last error
+    (the health check's last output, else the latest task error, also of a task swarm replaced)."""
     tasks = sorted(service.tasks(), key=lambda t: t.get("CreatedAt", ""), reverse=True)
+    errors = [t["Status"]["Err"] for t in tasks if t["Status"].get("Err")]
     running = [t for t in tasks if t["Status"]["State"] == "running" and t.get("DesiredState") == "running"]
     if not running:
         last = tasks[0]["Status"] if tasks else {}
-        detail = last.get("Err") or last.get("Message") or "no task yet"
-        return last.get("State", "pending"), detail
+        return last.get("State", "pending"), (errors or [last.get("Message") or "no task yet"])[0]
     container_id = (running[0]["Status"].get("ContainerStatus") or {}).get("ContainerID", "")
     try:
         state = client.containers.get(container_id).attrs["State"]
     except (NotFound, APIError):
         return "running", "its container is on another node (health not visible from here)"
     health = state.get("Health") or {}
-    status = health.get("Status", "healthy")  # a container without a health check counts when running
-    logs = health.get("Log") or []
-    detail = (logs[-1].get("Output") or "").strip()[-200:] if logs else ""
-    return status, detail
+    logs = [(entry.get("Output") or "").strip() for entry in health.get("Log") or []]
+    detail = next((out for out in reversed(logs) if out), "") or (errors or [""])[0]
+    # a container without a health check counts once it runs
+    return health.get("Status", "healthy"), detail[-200:]
 
 
 def wait_healthy(client: docker.DockerClient, stack_name: str, names: list[str], timeout: float) -> None:

@@ -261,3 +261,30 @@ def test_second_deploy_changes_nothing(deployed, rig):
     assert sorted(s.name for s in client.secrets.list()) == secrets
     again = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})
     assert [c.id for c in again] == [c.id for c in hub]  # the hub was not restarted
+
+
+def test_a_service_that_is_not_healthy_is_named_with_its_error(deployed):
+    """The bounded wait of `gpuhub deploy`, on services of the rig's swarm that never get healthy."""
+    from docker.types import Healthcheck
+
+    from gpuhub_spawner.deploy.deploycli import DeployError, wait_healthy
+
+    client = deployed["client"]
+    made = [
+        client.services.create(stack.IMAGES["registry"], name="stuck_web", constraints=["node.role == manager"],
+                               healthcheck=Healthcheck(test=["CMD", "bash", "-c", "echo nothing on 5000; exit 1"],
+                                                       interval=1_000_000_000, retries=1, start_period=0)),
+        client.services.create("gpuhub/no-such-image:latest", name="stuck_img", constraints=["node.role == manager"]),
+    ]
+    try:
+        with pytest.raises(DeployError) as e:
+            wait_healthy(client, "stuck", ["img", "web"], timeout=20)
+    finally:
+        for service in made:
+            service.remove()
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("img is not healthy after 20 s (") and "No such image" in lines[0], lines
+    # its health check's output, or the error of the task swarm replaced for being unhealthy
+    assert lines[1].startswith("web is not healthy after 20 s (") and (
+        "nothing on 5000" in lines[1] or "unhealthy" in lines[1]), lines
+    assert "docker service ps stuck_<service>" in lines[2]
