@@ -498,7 +498,11 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         return node_id[:12] or "?"
 
     async def get_ip_and_port(self):
-        if self.use_internal_ip or not self.swarm_host_ports:
+        if self.use_internal_ip:
+            # the task's own address on the shared network (swarm's DNS name tasks.<service>): the
+            # service name's virtual IP answers only where IPVS runs, and a task's does everywhere
+            return f"tasks.{self.service_name}", self.port
+        if not self.swarm_host_ports:
             return await super().get_ip_and_port()
         task = await self.get_task()
         if not task:
