@@ -169,6 +169,7 @@ class HubProcess:
         self.data_dir = workdir / "data"
         self.log_path = workdir / "hub.log"
         self.proc: subprocess.Popen | None = None
+        self._terminated: subprocess.Popen | None = None  # the process already sent SIGTERM
         self.env = self._env(spawner_config or {}, extra, spawner_class)
 
     def _env(self, spawner_config: dict[str, Any], extra: str, spawner_class: str) -> dict[str, str]:
@@ -294,7 +295,7 @@ class HubProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -511,17 +512,37 @@ class HubProcess:
             self.cleanup(client)
 
     def cleanup(self, client: docker.DockerClient) -> None:
+        """Stop the hub, remove its containers and volumes.
+
+        The hub's shutdown (its services, its proxy, the interpreter's exit: a second or more
+        on a busy machine) runs while its containers are removed; whatever it still made
+        meanwhile (a create already sent to the engine) goes in a second pass once it exited.
+        """
+        if self.proc and self.proc.poll() is None:
+            self._terminate()
+        self._remove_objects(client)
         self.stop()
-        for c in self.all_containers(client):
+        self._remove_objects(client)
+
+    def _terminate(self) -> None:
+        """SIGTERM the hub, once (a second one would start a second shutdown)."""
+        if self.proc is not None and self._terminated is not self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = self.proc
+
+    def _remove_objects(self, client: docker.DockerClient) -> None:
+        def remove(obj) -> None:
             try:
-                c.remove(force=True)
+                obj.remove(force=True)
             except docker.errors.APIError:
                 pass
+
+        containers = self.all_containers(client)
+        if containers:
+            with ThreadPoolExecutor(min(8, len(containers))) as pool:
+                list(pool.map(remove, containers))
         for v in client.volumes.list(filters={"name": self.hub_id}):
-            try:
-                v.remove(force=True)
-            except docker.errors.APIError:
-                pass
+            remove(v)
 
 
 # ---- looking inside a user's container ------------------------------------------------
