@@ -98,7 +98,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            path, manifest = stack.backup(args.stack, Path(args.out) if args.out else None)
+            with stack.docker_errors("gpuhub backup --stack"):
+                path, manifest = stack.backup(args.stack, Path(args.out) if args.out else None)
         else:
             from gpuhub_spawner.ops.local import backup
 
@@ -116,8 +117,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            lines = stack.restore(args.stack, Path(args.file), args.yes, args.stop_hub, _stack_secrets_dir(args),
-                                  args.image)
+            with stack.docker_errors("gpuhub restore --stack"):
+                lines = stack.restore(args.stack, Path(args.file), args.yes, args.stop_hub, _stack_secrets_dir(args),
+                                      args.image)
         else:
             from gpuhub_spawner.ops.local import restore
 
@@ -126,7 +128,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _refused("restore", e)
     for line in lines:
         print(f"gpuhub restore: {line}")
-    print("gpuhub restore: done; start the hub")
+    print("gpuhub restore: done" + ("" if args.stack else "; start the hub"))
     return 0
 
 
@@ -145,7 +147,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         if args.stack:
             from gpuhub_spawner.ops import stack
 
-            report = stack.upgrade(args.stack, args.image, Path(args.out) if args.out else None)
+            with stack.docker_errors("gpuhub upgrade --stack"):
+                report = stack.upgrade(args.stack, args.image, Path(args.out) if args.out else None)
         else:
             from gpuhub_spawner.ops.upgrade import upgrade
 

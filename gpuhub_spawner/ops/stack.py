@@ -81,9 +81,36 @@ def container_of(client: Any, service_name: str, timeout: float = 180) -> Any:
 
 
 def scale(service: Any, count: int, timeout: float = 180) -> None:
-    """Scale ``service`` to ``count`` and wait for it (:func:`wait_tasks`)."""
-    service.scale(count)
+    """Scale ``service`` to ``count`` and wait for it (:func:`wait_tasks`).
+
+    The engine refuses an update made from an older version of the spec ("update out of
+    sequence": the swarm itself bumps it as tasks change): read it again and retry.
+    """
+    import docker
+
+    for attempt in range(5):
+        service.reload()
+        try:
+            service.scale(count)
+            break
+        except docker.errors.APIError as e:
+            if "out of sequence" not in str(e) or attempt == 4:
+                raise
+            time.sleep(1)
     wait_tasks(service, count, timeout)
+
+
+@contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """The Docker API's errors as :class:`OpsError` saying what was being done."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise OpsError(f"{what}: the Docker engine failed or refused ({str(e)[:400]}); docker service ls on the "
+                       "manager shows where the stack was left") from None
 
 
 def wait_tasks(service: Any, count: int, timeout: float) -> None:
@@ -136,7 +163,10 @@ def copy_in(container: Any, source: Path, folder: str, name: str) -> None:
 def _inner(container: Any, what: str, *cmd: str) -> str:
     code, out, err = run_in(container, "gpuhub", *cmd)
     if code != 0:
-        raise OpsError(f"{what} in {container.name} failed (exit {code}): {(err or out).strip()[-1500:]}")
+        said = (err or out).strip()
+        failed = [line.split("FAILED: ", 1)[1] for line in said.splitlines() if "FAILED: " in line]
+        reason = failed[0] if failed else said[-1500:].removeprefix(f"gpuhub {cmd[0]}: ")
+        raise OpsError(f"{what} in {container.name} failed (exit {code}): {reason}")
     return out
 
 
@@ -253,7 +283,8 @@ def restore(stack: str, path: Path, yes: bool, stop_hub: bool, secrets_dir: Path
     inner = [line.removeprefix("gpuhub restore: ") for line in out.splitlines() if line.strip()]
     started = [f"the hub service {hub.name} runs again ({count} replica(s))"] if count else [
         f"the hub service {hub.name} is at 0 replicas: start it with docker service scale {hub.name}=1"]
-    return [line for line in inner if not line.startswith("done")] + lines + started
+    inner = [line for line in inner if not line.startswith("done") and "/tmp/gpuhub-restored-secrets" not in line]
+    return inner + lines + started
 
 
 def _keep_secrets(tmp: Path, manifest: dict[str, Any], secrets_dir: Path) -> list[str]:
@@ -280,7 +311,13 @@ def upgrade(stack: str, image: str | None, out: Path | None) -> UpgradeReport:
         new = image or old.split("@", 1)[0]
         _ensure_image(client, new)
         hub, count = _stopped_hub(client, stack, stop_hub=True)
-        report = _upgrade_in(client, stack, new, out, f"(the hub service {hub.name} is left at 0 replicas, on {old})")
+        try:
+            report = _upgrade_in(client, stack, new, out, f"(the hub service {hub.name} is left at 0 replicas, on {old})")
+        except UpgradeFailed:
+            raise
+        except OpsError:  # before any migration: nothing changed, the hub runs again as it was
+            scale(hub, count, timeout=420)
+            raise
         _run_image(client, hub, new, max(count, 1))
         report.lines.append(f"the hub service {hub.name} runs {new} ({max(count, 1)} replica(s)); it ran {old}")
     finally:
@@ -300,7 +337,12 @@ def _upgrade_in(client: Any, stack: str, image: str, out: Path | None, left: str
             inner = _inner(container, "gpuhub upgrade", "upgrade", "--secrets-dir", "/run/secrets")
         except OpsError as e:
             raise UpgradeFailed(f"{e} {left}", path) from None
-    report.lines += [line.removeprefix("gpuhub upgrade: ") for line in inner.splitlines() if line.strip()]
+    for line in inner.splitlines():
+        line = line.removeprefix("gpuhub upgrade: ")
+        if line.startswith("backed up to "):
+            report.lines.append(f"a second copy stays in the hub's data volume: {line.removeprefix('backed up to ')}")
+        elif line.strip() and not line.startswith("done"):
+            report.lines.append(line)
     return report
 
 

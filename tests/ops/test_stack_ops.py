@@ -1,0 +1,148 @@
+"""``gpuhub backup|restore|upgrade --stack gpuhub`` against a stack deployed by ``gpuhub deploy`` on the rig.
+
+One rig (a manager alone: these commands touch only the hub and its database) and one deploy
+(PostgreSQL) for the module.  Rows are written into the stack's database by the code in the hub's
+container; the commands run from outside with only DOCKER_HOST at the manager: no database
+password given to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import yaml
+from needs import unavailable
+from swarm_rig import NODE_IMAGE, SwarmRig
+from testca import TestCA
+
+from gpuhub_spawner.deploy import stack
+
+STACK = "gpuhub"
+DOMAIN = "hub.gpuhub.test"
+COUNT = """
+import json, os
+from sqlalchemy import create_engine, text
+url = "postgresql+psycopg://gpuhub:%s@db:5432/gpuhub" % open("/run/secrets/db_password").read().strip()
+with create_engine(url).connect() as c:
+    q = lambda sql: c.execute(text(sql)).all()
+    print(json.dumps({"users": sorted(r[0] for r in q("select name from users")),
+                      "groups": {r[0]: json.loads(r[1]) if isinstance(r[1], str) else r[1]
+                                 for r in q("select name, properties from groups")},
+                      "usage": len(q("select * from gpuhub_usage")),
+                      "spawners": sorted(r[0] for r in q("select name from spawners"))}))
+"""
+
+
+@pytest.fixture(scope="module")
+def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
+    for image in [NODE_IMAGE, *stack.IMAGES.values()]:
+        try:
+            docker_client.images.get(image)
+        except docker.errors.ImageNotFound:
+            unavailable(f"image {image} missing: run images/build.sh stack (and node)")
+    rig = SwarmRig(docker_client, prefix=os.environ.get("GPUHUB_RIG_PREFIX", "gpuhub-rig-ops"))
+    try:
+        rig.create_network()
+        rig.init_swarm(rig.start_node("manager", 0))
+        rig.wait_nodes_ready(["manager"])
+        start_clean(docker_client, rig)
+        yield rig
+    finally:
+        rig.teardown()
+
+
+def start_clean(host: docker.DockerClient, rig: SwarmRig) -> None:
+    """The rig's node keeps its images and volumes between runs: drop a previous run's stack volumes
+    (its database has another password), and the images this machine has rebuilt since, so that
+    the deploy loads the images of the code under test."""
+    manager = rig.manager_client()
+    try:
+        for volume in manager.volumes.list(filters={"name": f"{STACK}_"}):  # a previous run's state
+            volume.remove(force=True)
+        for image in stack.IMAGES.values():
+            try:
+                if manager.images.get(image).id != host.images.get(image).id:
+                    manager.images.remove(image, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+    finally:
+        manager.close()
+
+
+def gpuhub(rig: SwarmRig, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "PG"))},
+           "DOCKER_HOST": rig.manager.url}
+    return subprocess.run([sys.executable, "-m", "gpuhub_spawner.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def hub_container(client: docker.DockerClient):
+    return client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub",
+                                           "status": "running"})[0]
+
+
+def in_hub(client: docker.DockerClient, script: str) -> dict:
+    code, out = hub_container(client).exec_run(["python", "-c", script], demux=False)
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("stack")
+    leaf = TestCA(folder / "ca").leaf("hub", [DOMAIN])
+    config = folder / "gpuhub.yaml"
+    config.write_text(yaml.safe_dump({
+        "sign_in": {"admin_users": ["prof"]},
+        "profiles": [{"slug": "cpu", "display_name": "CPU only", "pool": None}],
+        "deploy": {"public_url": f"https://{DOMAIN}", "secrets_dir": str(folder / "secrets"), "stack_name": STACK,
+                   "tls": {"mode": "files", "cert_file": str(leaf.cert), "key_file": str(leaf.key)}},
+    }))
+    done = gpuhub(rig, "deploy", "--config", str(config), "--timeout", "420", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = rig.manager_client()
+    fill = (Path(__file__).with_name("statefill.py").read_text().replace('if __name__ == "__main__":', "if False:")
+            + "\nimport os\nurl = 'postgresql+psycopg://gpuhub:%s@db:5432/gpuhub' % open('/run/secrets/db_password')"
+            ".read().strip()\nfill_hub(url)\nfill_usage(url)\nprint('{}')\n")
+    in_hub(client, fill)
+    yield {"config": config, "folder": folder, "client": client}
+    client.close()
+
+
+def test_backup_restore_upgrade_on_the_stack(deployed, rig):
+    client, folder = deployed["client"], deployed["folder"]
+    before = in_hub(client, COUNT)
+    assert {"ada", "bob", "cy", "prof"} <= set(before["users"]) and before["usage"] == 3
+    archive = folder / "stack-backup.tar.gz"
+    backup = gpuhub(rig, "backup", "--stack", STACK, "--out", str(archive))
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    assert "holds secrets" in backup.stdout
+    db_password = (folder / "secrets" / "db_password").read_text().strip()
+    assert db_password not in backup.stdout + backup.stderr
+    with tarfile.open(archive) as tar:
+        assert {"db/hub+usage.pgdump", "secrets/crypt_key", "data/jupyterhub_cookie_secret"} <= set(tar.getnames())
+
+    refused = gpuhub(rig, "restore", str(archive), "--stack", STACK, "--yes")
+    assert refused.returncode == 2 and "--stop-hub" in refused.stderr, refused.stdout + refused.stderr
+
+    in_hub(client, COUNT.replace("print(", "c.execute(text(\"delete from gpuhub_usage\")); c.commit(); print("))
+    assert in_hub(client, COUNT)["usage"] == 0
+    restored = gpuhub(rig, "restore", str(archive), "--stack", STACK, "--stop-hub", "--yes",
+                      "--config", str(deployed["config"]))
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert "runs again" in restored.stdout and "as in the backup" in restored.stdout
+    assert in_hub(client, COUNT) == before
+
+    upgraded = gpuhub(rig, "upgrade", "--stack", STACK, "--out", str(folder / "pre-upgrade.tar.gz"))
+    assert upgraded.returncode == 0, upgraded.stdout[-3000:] + upgraded.stderr[-3000:]
+    assert "every row of the hub+usage database kept" in upgraded.stdout
+    assert (folder / "pre-upgrade.tar.gz").is_file()
+    assert in_hub(client, COUNT) == before
