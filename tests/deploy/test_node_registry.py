@@ -4,21 +4,12 @@ registry (plain HTTP, read-only; deploy/stack/README.md says why), kept with dae
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from nodesetup import setup_argv as _setup
 
 from gpuhub_spawner.cli import main
 from gpuhub_spawner.node.nodecli import SetupError, add_registry
-
-GPUS = [{"uuid": "GPU-5a5a0000-0000-4000-8000-0000000000aa", "name": "A100 40GB", "memory_mb": 40960}]
-
-
-def _setup(tmp_path: Path, *extra: str) -> list[str]:
-    path = tmp_path / "gpus.json"
-    path.write_text(json.dumps(GPUS))
-    return ["node", "setup", "--static", str(path), "--daemon-json", str(tmp_path / "daemon.json"),
-            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true", *extra]
 
 
 @pytest.mark.parametrize("before,after", [

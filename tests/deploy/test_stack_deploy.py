@@ -22,8 +22,8 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
-from needs import unavailable
-from swarm_rig import NODE_IMAGE, SwarmRig
+from stack_rig import start_manager
+from swarm_rig import SwarmRig
 from testca import TestCA
 
 from gpuhub_spawner.deploy import stack
@@ -54,25 +54,14 @@ def _get(conn: http.client.HTTPConnection, path: str) -> http.client.HTTPRespons
 
 @pytest.fixture(scope="module")
 def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
-    for image in [NODE_IMAGE, *stack.IMAGES.values()]:
-        try:
-            docker_client.images.get(image)
-        except docker.errors.ImageNotFound:
-            unavailable(f"image {image} missing: run images/build.sh stack (and node)")
     rig = SwarmRig(docker_client, prefix=os.environ.get("GPUHUB_RIG_PREFIX", "gpuhub-rig-stack"))
     try:
-        rig.create_network()
-        manager = rig.start_node("manager", 0)
-        rig.init_swarm(manager)
+        start_manager(rig, STACK)
         # what `gpuhub node setup --registry` writes on a GPU node (tests/deploy/test_node_registry.py)
-        worker = rig.start_node("worker", 1, daemon={"insecure-registries": [f"{manager.ip}:5000"]})
+        worker = rig.start_node("worker", 1, daemon={"insecure-registries": [f"{rig.manager.ip}:5000"]})
         rig.not_in_swarm = gpuhub_deploy(Path("/nonexistent.yaml"), worker.url, check_config=False)
         rig.join(worker)
         rig.wait_nodes_ready(["manager", "worker"])
-        client = rig.manager_client()
-        for volume in client.volumes.list(filters={"name": f"{STACK}_"}):
-            volume.remove(force=True)  # a stack of an earlier run (node state persists): its db password is gone
-        client.close()
         yield rig
     finally:
         rig.teardown()

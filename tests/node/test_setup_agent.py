@@ -5,20 +5,11 @@ test_agent_install.py; here, that setup asks for it, and checks its token before
 
 from __future__ import annotations
 
-import json
 import secrets
-from pathlib import Path
+
+from nodesetup import setup_argv as _setup
 
 from gpuhub_spawner.cli import main
-
-GPUS = [{"uuid": "GPU-5a5a0000-0000-4000-8000-0000000000aa", "name": "A100 40GB", "memory_mb": 40960}]
-
-
-def _setup(tmp_path: Path, *extra: str) -> list[str]:
-    path = tmp_path / "gpus.json"
-    path.write_text(json.dumps(GPUS))
-    return ["node", "setup", "--static", str(path), "--daemon-json", str(tmp_path / "daemon.json"),
-            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true", *extra]
 
 
 def test_dry_run_shows_the_agent_in_the_hosts_namespaces_and_changes_nothing(tmp_path, capsys):
