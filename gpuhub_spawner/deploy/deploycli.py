@@ -256,12 +256,26 @@ def stack_deploy(document: dict[str, Any], stack_name: str, environ: dict[str, s
         raise DeployError(f"docker stack deploy failed: {done.stderr.strip() or done.stdout.strip()}")
 
 
+def _current(task: dict[str, Any], service: Any) -> bool:
+    """The task runs the service's present spec (image, environment, secrets, configs): after
+    a deploy that changed it, the old task may still run, healthy, for a moment."""
+    def key(spec: dict[str, Any]) -> tuple:
+        return (spec.get("Image"), sorted(spec.get("Env") or []),
+                sorted(x.get("SecretName", "") for x in spec.get("Secrets") or []),
+                sorted(x.get("ConfigName", "") for x in spec.get("Configs") or []))
+
+    want = service.attrs["Spec"]["TaskTemplate"].get("ContainerSpec") or {}
+    return key(want) == key((task.get("Spec") or {}).get("ContainerSpec") or {})
+
+
 def service_state(client: docker.DockerClient, service: Any) -> tuple[str, str]:
     """(state, detail) of one service: healthy, or what it is waiting for and its last error
     (the health check's last output, else the latest task error, also of a task swarm replaced)."""
     tasks = sorted(service.tasks(), key=lambda t: t.get("CreatedAt", ""), reverse=True)
     errors = [t["Status"]["Err"] for t in tasks if t["Status"].get("Err")]
     running = [t for t in tasks if t["Status"]["State"] == "running" and t.get("DesiredState") == "running"]
+    if running and not _current(running[0], service):
+        return "updating", "the task of the previous spec still runs"
     if not running:
         last = tasks[0]["Status"] if tasks else {}
         return last.get("State", "pending"), (errors or [last.get("Message") or "no task yet"])[0]
@@ -302,6 +316,20 @@ def wait_healthy(client: docker.DockerClient, stack_name: str, names: list[str],
                          f"`docker service logs {stack_name}_<service>` on the manager")
             raise DeployError("\n".join(lines))
         time.sleep(2)
+
+
+def prune_unused(client: docker.DockerClient, document: dict[str, Any], stack_name: str) -> None:
+    """Remove this stack's secrets and configs of earlier versions, once no service holds them."""
+    keep = {s["name"] for s in document["secrets"].values()} | {c["name"] for c in document["configs"].values()}
+    for kind in (client.secrets, client.configs):
+        for obj in kind.list(filters={"label": f"{LABEL}={stack_name}"}):
+            if obj.name in keep:
+                continue
+            try:
+                obj.remove()
+                say(f"removed {obj.name} (an earlier version)")
+            except APIError:
+                pass  # still held by a task that is going away: the next deploy removes it
 
 
 def next_steps(client: docker.DockerClient, cfg: GPUHubConfig) -> list[str]:
@@ -355,6 +383,7 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         if args.dry_run:
             return 0
         wait_healthy(client, cfg.deploy.stack_name, sorted(document["services"]), args.timeout)
+        prune_unused(client, document, cfg.deploy.stack_name)
         for line in next_steps(client, cfg):
             say(line)
         return 0

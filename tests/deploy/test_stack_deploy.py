@@ -277,3 +277,21 @@ def test_a_service_that_is_not_healthy_is_named_with_its_error(deployed):
     assert lines[1].startswith("web is not healthy after 20 s (") and (
         "nothing on 5000" in lines[1] or "unhealthy" in lines[1]), lines
     assert "docker service ps stuck_<service>" in lines[2]
+
+
+def test_a_new_certificate_is_a_new_secret_and_the_old_one_goes(deployed, rig):
+    client = deployed["client"]
+    before = {s.name for s in client.secrets.list() if s.name.startswith(f"{STACK}_tls_cert_")}
+    fresh = deployed["ca"].leaf("hub", [DOMAIN])  # the same paths, a new certificate and key
+    assert fresh.cert == deployed["leaf"].cert
+    done = deploy(deployed["config"], rig)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    after = {s.name for s in client.secrets.list() if s.name.startswith(f"{STACK}_tls_cert_")}
+    assert len(after) == 1 and after != before  # a rotation never clashes with the running secret
+    assert f"removed {before.pop()} (an earlier version)" in done.stdout
+    context = ssl.create_default_context(cafile=str(deployed["ca"].cert))
+    sock = socket.create_connection((rig.manager.ip, 443), timeout=15)
+    with context.wrap_socket(sock, server_hostname=DOMAIN) as tls:
+        served = tls.getpeercert(binary_form=True)
+    first = fresh.cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    assert served == ssl.PEM_cert_to_DER_cert(first)  # caddy serves the new one
