@@ -184,9 +184,10 @@ def _health(test: list[str], start: str = "30s") -> dict[str, Any]:
 
 
 def _restart(condition: str = "any") -> dict[str, Any]:
-    # any: also after a clean exit (a hub that stops is never what the workshop wants); the
-    # window makes swarm count a crash loop, which then stops at max_attempts
-    return {"condition": condition, "delay": "5s", "max_attempts": 10, "window": "120s"}
+    # any: also after a clean exit (a hub that stops is never what the workshop wants). No
+    # max_attempts: a service that gave up stays down after its cause (the database, a full
+    # disk) is gone; the delay keeps a crash loop slow, and `gpuhub deploy` names it on timeout
+    return {"condition": condition, "delay": "5s", "window": "60s"}
 
 
 def _swarm(place: list[str], update: str = "stop-first") -> dict[str, Any]:

@@ -44,7 +44,8 @@ def test_services_images_and_placement(doc):
         assert "node.role == manager" in constraints, name
         assert "node.hostname == mgr-1" in constraints, name  # stateful: pinned to its volumes' node
         assert service["deploy"]["restart_policy"]["condition"] == "any"
-        assert service["deploy"]["restart_policy"]["max_attempts"] > 0
+        assert service["deploy"]["restart_policy"]["delay"] == "5s"
+        assert "max_attempts" not in service["deploy"]["restart_policy"]  # never gives up for good
         assert service["deploy"]["endpoint_mode"] == "dnsrr"  # no IPVS: no virtual IPs
         assert service["healthcheck"]["test"][0] == "CMD", name
 
