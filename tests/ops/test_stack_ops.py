@@ -19,11 +19,9 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
-from needs import unavailable
-from swarm_rig import NODE_IMAGE, SwarmRig
+from stack_rig import start_manager
+from swarm_rig import SwarmRig
 from testca import TestCA
-
-from gpuhub_spawner.deploy import stack
 
 STACK = "gpuhub"
 DOMAIN = "hub.gpuhub.test"
@@ -43,38 +41,13 @@ with create_engine(url).connect() as c:
 
 @pytest.fixture(scope="module")
 def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
-    for image in [NODE_IMAGE, *stack.IMAGES.values()]:
-        try:
-            docker_client.images.get(image)
-        except docker.errors.ImageNotFound:
-            unavailable(f"image {image} missing: run images/build.sh stack (and node)")
     rig = SwarmRig(docker_client, prefix=os.environ.get("GPUHUB_RIG_PREFIX", "gpuhub-rig-ops"))
     try:
-        rig.create_network()
-        rig.init_swarm(rig.start_node("manager", 0))
+        start_manager(rig, STACK)
         rig.wait_nodes_ready(["manager"])
-        start_clean(docker_client, rig)
         yield rig
     finally:
         rig.teardown()
-
-
-def start_clean(host: docker.DockerClient, rig: SwarmRig) -> None:
-    """The rig's node keeps its images and volumes between runs: drop a previous run's stack volumes
-    (its database has another password), and the images this machine has rebuilt since, so that
-    the deploy loads the images of the code under test."""
-    manager = rig.manager_client()
-    try:
-        for volume in manager.volumes.list(filters={"name": f"{STACK}_"}):  # a previous run's state
-            volume.remove(force=True)
-        for image in stack.IMAGES.values():
-            try:
-                if manager.images.get(image).id != host.images.get(image).id:
-                    manager.images.remove(image, force=True)
-            except docker.errors.ImageNotFound:
-                pass
-    finally:
-        manager.close()
 
 
 def gpuhub(rig: SwarmRig, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
