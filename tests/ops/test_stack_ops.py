@@ -1,9 +1,10 @@
 """``gpuhub backup|restore|upgrade --stack gpuhub`` against a stack deployed by ``gpuhub deploy`` on the rig.
 
 One rig (a manager alone: these commands touch only the hub and its database) and one deploy
-(PostgreSQL) for the module.  Rows are written into the stack's database by the code in the hub's
-container; the commands run from outside with only DOCKER_HOST at the manager: no database
-password given to them.
+(PostgreSQL) for the module.  The rows (users, groups with quotas, named servers' state, usage)
+are written into the stack's database by the previous release's code (its hub image, v0.1.0);
+the commands run from outside with only DOCKER_HOST at the manager: no database password given
+to them.  The upgrade then runs today's image and keeps every row.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
+from needs import unavailable
 from stack_rig import start_manager
 from swarm_rig import SwarmRig
 from testca import TestCA
 
 STACK = "gpuhub"
+PREVIOUS_IMAGE = "gpuhub/hub:0.1.0"
 DOMAIN = "hub.gpuhub.test"
 COUNT = """
 import json, os
@@ -68,6 +71,26 @@ def in_hub(client: docker.DockerClient, script: str) -> dict:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+def fill_with_previous_release(client: docker.DockerClient, rig: SwarmRig) -> None:
+    """Rows written into the stack's database by v0.1.0's code: its hub image, run by a one-off
+    service of the stack (the database's network and password secret) while the hub runs."""
+    from gpuhub_spawner.deploy.deploycli import ensure_images
+    from gpuhub_spawner.ops.stack import ops_container
+
+    if not rig.host.images.list(name=PREVIOUS_IMAGE):
+        unavailable(f"{PREVIOUS_IMAGE} missing: GPUHUB_HUB_SOURCE_REV=v0.1.0 GPUHUB_HUB_IMAGE={PREVIOUS_IMAGE} "
+                    "images/build.sh hub")
+    ensure_images(client, [PREVIOUS_IMAGE], {**os.environ, "DOCKER_HOST": rig.manager.url}, dry_run=False)
+    script = (Path(__file__).with_name("statefill.py").read_text().replace('if __name__ == "__main__":', "if False:")
+              + "\nfrom importlib.metadata import version\n"
+              "url = 'postgresql+psycopg://gpuhub:%s@db:5432/gpuhub' % open('/run/secrets/db_password').read().strip()\n"
+              "fill_hub(url)\nfill_usage(url)\nprint(json.dumps({'gpuhub': version('gpuhub')}))\n")
+    with ops_container(client, STACK, PREVIOUS_IMAGE) as container:
+        code, out = container.exec_run(["python", "-c", script])
+    assert code == 0, out.decode(errors="replace")[-2000:]
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"gpuhub": "0.1.0"}
+
+
 @pytest.fixture(scope="module")
 def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("stack")
@@ -82,10 +105,7 @@ def deployed(rig: SwarmRig, tmp_path_factory: pytest.TempPathFactory):
     done = gpuhub(rig, "deploy", "--config", str(config), "--timeout", "420", timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client = rig.manager_client()
-    fill = (Path(__file__).with_name("statefill.py").read_text().replace('if __name__ == "__main__":', "if False:")
-            + "\nimport os\nurl = 'postgresql+psycopg://gpuhub:%s@db:5432/gpuhub' % open('/run/secrets/db_password')"
-            ".read().strip()\nfill_hub(url)\nfill_usage(url)\nprint('{}')\n")
-    in_hub(client, fill)
+    fill_with_previous_release(client, rig)
     yield {"config": config, "folder": folder, "client": client}
     client.close()
 
