@@ -1,0 +1,402 @@
+"""A workshop day on the multi-node swarm rig, phase by phase, with a JSON report at the end.
+
+The phases share one rig, one hub and one cast (tests/workshop/conftest.py) and run in order;
+each asserts what the issue's "What must be shown" says and records its figures in the report.
+Latencies are REPORTED, never asserted (a shared 2-core CI machine is no stopwatch): what is
+asserted is correctness - each GPU unit held by exactly one user, the rest told their place in
+line or refused with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from harness import IMAGE
+from swarm_rig import SwarmRig
+from workshop import (
+    ATTENDEES,
+    BLOCKED,
+    INSTRUCTOR,
+    MEMBERS,
+    OUTSIDER,
+    POSITION,
+    ROSTERED,
+    UNITS,
+    WORKERS,
+    Attendee,
+    join_gpu_worker,
+    latest_position,
+    mig_gpus,
+    press_all,
+    quantiles,
+)
+from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
+
+state: dict = {}  # what later phases need from earlier ones (the module's phases run in order)
+
+
+def servers_on_rig(rig: SwarmRig, hub_id: str) -> dict[str, dict]:
+    """user -> {unit, node, tasks, memory} of the hub's services, read from the swarm."""
+    client = rig.manager_client()
+    try:
+        nodes = {n.id: n.attrs["Description"]["Hostname"] for n in client.nodes.list()}
+        out = {}
+        for s in client.services.list(filters={"label": f"org.gpuhub.hub={hub_id}"}):
+            labels = s.attrs["Spec"].get("Labels") or {}
+            running = [t for t in s.tasks() if t["Status"]["State"] == "running"]
+            limits = (s.attrs["Spec"]["TaskTemplate"].get("Resources") or {}).get("Limits") or {}
+            out[labels["org.gpuhub.user"]] = {
+                "unit": labels.get("org.gpuhub.unit", ""), "tasks": len(running), "memory": limits.get("MemoryBytes"),
+                "node": nodes.get(running[0]["NodeID"]) if running else None,
+                "container": running[0]["Status"]["ContainerStatus"]["ContainerID"] if running else None,
+            }
+        return out
+    finally:
+        client.close()
+
+
+def held_units(rig: SwarmRig, hub_id: str) -> dict[str, dict]:
+    """user -> server of those whose server runs and holds a GPU unit."""
+    return {u: s for u, s in servers_on_rig(rig, hub_id).items() if s["tasks"] and s["unit"]}
+
+
+def assert_each_unit_held_once(held: dict[str, dict]) -> None:
+    units = [s["unit"] for s in held.values()]
+    assert len(units) == len(set(units)), f"a unit is held twice: {held}"
+    assert all(s["tasks"] == 1 for s in held.values()), held
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def attendee(stack, login: str) -> Attendee:
+    return Attendee(login, stack.public_url, stack.verify)
+
+
+def ready(person: Attendee) -> bool:
+    server = person.api("GET", f"/users/{person.login}", timeout=10).json().get("servers", {}).get("")
+    return bool(server and server.get("ready"))
+
+
+# ---- the morning: the stack, the nodes, sign-in, everyone presses Start ---------------------------
+
+
+def test_the_stack_is_deployed_and_gpu_workers_joined(stack, rig, report):
+    out = stack.deploy_output
+    assert f"the hub answers at {stack.public_url}/" in out, out[-2000:]
+    client = rig.manager_client()
+    try:
+        nodes = {n.attrs["Description"]["Hostname"]: n.attrs for n in client.nodes.list()}
+        services = {s.name for s in client.services.list(filters={"label": "com.docker.stack.namespace=gpuhub"})}
+    finally:
+        client.close()
+    assert sorted(services) == ["gpuhub_caddy", "gpuhub_db", "gpuhub_hub", "gpuhub_prometheus", "gpuhub_registry"]
+    # every GPU worker joined with `gpuhub node setup` and advertises its FAKE MIG instances
+    for name, (_index, units) in WORKERS.items():
+        resources = nodes[name]["Description"]["Resources"].get("GenericResources") or []
+        kinds = [r["NamedResourceSpec"]["Kind"] for r in resources if "NamedResourceSpec" in r]
+        assert kinds == ["NVIDIA_MIG_1G_10GB"] * units, (name, resources)
+        assert nodes[name]["Status"]["State"] == "ready"
+
+
+def test_attendees_sign_in_through_github_over_https(stack, github, browsers, report):
+    admin = attendee(stack, INSTRUCTOR)
+    assert admin.sign_in(github).ok and admin.signed_in
+    assert admin.api("GET", f"/users/{INSTRUCTOR}").json()["admin"] is True
+    # the instructor puts the one attendee outside the org on the roster
+    assert admin.api("POST", "/users", json={"usernames": [ROSTERED]}).status_code in (201, 409)
+    assert ROSTERED in admin.api("GET", "/groups/roster").json()["users"]
+
+    # a sample signs in in a real browser, each in their own; the rest through the REST API
+    people = {login: attendee(stack, login) for login in ATTENDEES}
+    sample = MEMBERS[:3]
+    shown = {}
+    for login in sample:
+        browser = browsers()
+        shown[login] = browser.sign_in(stack.public_url, github, login)
+        browser.cookies_for(people[login])
+        state.setdefault("browsers", {})[login] = browser
+    for login, text in shown.items():
+        assert "MIG 1g.10gb" in text and f"{UNITS} of {UNITS} free" in text, (login, text[:500])
+    t0 = time.perf_counter()
+    rest = [a for login, a in people.items() if login not in sample]
+    with ThreadPoolExecutor(10) as pool:
+        answers = dict(zip([a.login for a in rest], pool.map(lambda a: a.sign_in(github), rest)))
+    took = time.perf_counter() - t0
+    not_in = {login: (a.status_code, a.url) for login, a in answers.items() if not people[login].signed_in}
+    assert not not_in, not_in
+    refused = {}
+    for login in (OUTSIDER, BLOCKED):
+        a = attendee(stack, login)
+        r = a.sign_in(github)
+        assert r.status_code == 403 and not a.signed_in, (login, r.status_code, r.text[:300])
+        refused[login] = r.status_code
+    # the hub verified GitHub's certificate (the test CA, from gpuhub.yaml): no handshake broken off
+    assert not github.refused, github.refused
+    assert github.url.startswith("https://") and stack.public_url.startswith("https://")
+    state["people"], state["admin"], state["sample"] = people, admin, sample
+    report.phase("sign_in", attendees=len(people), in_browser=sample, rest_api=len(rest),
+                 rest_sign_ins_s=round(took, 2), refused=refused, github=github.url, hub=stack.public_url)
+
+
+def test_everyone_presses_start_and_each_unit_goes_to_exactly_one(stack, rig, report):
+    people, sample = state["people"], state["sample"]
+    clicker = sample[-1]  # presses Start in the browser, at the same moment as the others
+    others = [a for login, a in people.items() if login != clicker]
+    presses, (browser_s, landed, shown) = press_all(others, {"profile": "mig"},
+                                                    also=lambda: state["browsers"][clicker].press_start("mig"))
+    # the browser shows the progress page, or the form again with the refusal
+    assert ("/hub/spawn-pending/" in landed or f"/user/{clicker}/" in landed) != bool(shown), (landed, shown)
+    by_user = {p.user: p for p in presses}
+    assert not [p for p in presses if p.error], [(p.user, p.error) for p in presses if p.error]
+    accepted = [u for u, p in by_user.items() if p.status in (201, 202)] + ([] if shown else [clicker])
+    refused = {u: (p.status, p.message) for u, p in by_user.items() if u not in accepted}
+    if shown:
+        refused[clicker] = (503, shown)
+    assert all(status == 503 and msg for status, msg in refused.values()), refused
+
+    # the accepted either get a unit or wait in line, told their place
+    def first_news(login: str) -> dict:
+        events = people[login].progress(time.monotonic() + 240,
+                                        stop=lambda e: bool(POSITION.search(e.get("message", ""))))
+        last = events[-1] if events else {}
+        m = POSITION.search(last.get("message", ""))
+        return {"failed": bool(last.get("failed")), "position": (int(m[1]), int(m[2])) if m else None,
+                "last": last.get("message", "")}
+
+    with ThreadPoolExecutor(len(accepted)) as pool:
+        news = dict(zip(accepted, pool.map(first_news, accepted)))
+    failed = {u: n["last"] for u, n in news.items() if n["failed"]}
+    assert not failed, failed
+    in_line = {u: n["position"] for u, n in news.items() if n["position"]}
+    started = sorted(u for u, n in news.items() if not n["position"])
+    for u in started:
+        assert ready(people[u]), (u, news[u])
+    assert all(1 <= k <= n for k, n in in_line.values()), in_line
+
+    # every unit is held by exactly one user, each server has one running task, on a GPU worker
+    held = wait_for(lambda: (lambda h: h if len(h) == UNITS else None)(held_units(rig, stack.hub_id)), 60,
+                    f"{UNITS} servers holding units")
+    assert sorted(held) == started, (sorted(held), started)
+    assert_each_unit_held_once(held)
+    assert all(s["unit"].startswith("MIG-") and s["node"] in WORKERS for s in held.values()), held
+    assert len(in_line) + len(refused) == len(ATTENDEES) - UNITS, (in_line, refused)
+
+    times = [p.first_answer_s for p in presses]
+    report.phase(
+        "burst", attendees=len(ATTENDEES), units=UNITS, started=len(started), in_line=len(in_line),
+        refused=len(refused), refusals=sorted({m for _s, m in refused.values()}),
+        positions_first_told=sorted(in_line.values()),
+        first_answer_rest_api=quantiles(times), first_answers_within_1s=sum(t < 1.0 for t in times),
+        first_answer_browser_s=round(browser_s, 3), browser_landed_on=landed.split("?")[0], browser_shown=shown,
+        per_node={n: sum(1 for s in held.values() if s["node"] == n) for n in WORKERS},
+    )
+    state["held"], state["in_line"] = held, in_line
+
+
+# ---- the day: a node added and one drained, the admin's quota, the hub container killed ---------
+
+
+def test_a_new_node_serves_the_queue_and_a_drained_nodes_users_are_told(stack, rig, report):
+    people = state["people"]
+    line = {u: latest_position(people[u]) for u in state["in_line"]}
+    line = {u: p for u, p in line.items() if p}
+    first_two = sorted(line, key=lambda u: line[u][0])[:2]
+    assert [line[u][0] for u in first_two] == [1, 2], line
+    t0 = time.monotonic()
+    join_gpu_worker(rig, "gpu-4", 4, mig_gpus("4a", 2), image=IMAGE)
+    rig.wait_nodes_ready(["gpu-4"])
+    served = wait_for(lambda: (lambda h: h if {u for u, s in h.items() if s["node"] == "gpu-4"} == set(first_two)
+                               else None)(held_units(rig, stack.hub_id)), 180,
+                      f"the first two in line ({first_two}) served on the new node")
+    assert all(wait_for(lambda u=u: ready(people[u]), 120, f"{u} ready") for u in first_two)
+    assert_each_unit_held_once(served)
+    joined_to_served = time.monotonic() - t0
+
+    # the operator drains gpu-4: its users' servers stop, and they are told
+    from gpuhub_spawner.cli import main as gpuhub
+
+    assert gpuhub(["node", "drain", "gpu-4", "--yes", "--docker-host", rig.manager.url]) == 0
+    for u in first_two:
+        wait_for(lambda u=u: not people[u].api("GET", f"/users/{u}").json().get("servers"), 120,
+                 f"{u}'s server on the drained node reported stopped")
+    # told: their next Start says where their files are and what they can do (no silent move)
+    answers = {u: people[u].press_start({"profile": "mig"}) for u in first_two}
+    told = {u: a.message for u, a in answers.items()}
+    assert all(a.status == 503 and "gpu-4" in a.message and "drained" in a.message for a in answers.values()), told
+    assert_each_unit_held_once(held_units(rig, stack.hub_id))
+    report.phase("node_added_and_drained", first_in_line_served_on_new_node=first_two,
+                 join_to_served_s=round(joined_to_served, 1), drained_users_told=told)
+    state["drained"] = first_two
+
+
+def test_an_admin_raises_a_group_quota_on_the_gpu_hub_page_and_the_next_spawn_gets_it(stack, rig, github,
+                                                                                       browsers, report):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from workshop import TEAM
+
+    browser = browsers()
+    browser.sign_in(stack.public_url, github, INSTRUCTOR)
+    d = browser.driver
+    d.get(stack.public_url + "/services/gpuhub-admin/quotas")
+    form = WebDriverWait(d, 60).until(
+        ec.presence_of_element_located((By.XPATH, f"//h3[text()='{TEAM}']/following-sibling::form[1]")))
+    field = form.find_element(By.NAME, "mem_limit")
+    field.clear()
+    field.send_keys("2G")
+    form.find_element(By.TAG_NAME, "button").click()
+    admin = state["admin"]
+    wait_for(lambda: admin.api("GET", f"/groups/{TEAM}").json()["properties"].get("mem_limit") in (2 * 1024**3, "2G"),
+             30, "the group's quota saved")
+    # a member whose server was stopped starts again (CPU only: the GPU units are all taken; their
+    # files' node is drained, so they choose to start elsewhere)
+    member = state["drained"][0]
+    person = state["people"][member]
+    r = person.press_start({"profile": "cpu", "placement": "anywhere"})
+    assert r.status in (201, 202), (r.status, r.message)
+    wait_for(lambda: ready(person), 180, f"{member}'s new server ready")
+    memory = servers_on_rig(rig, stack.hub_id)[member]["memory"]
+    assert memory == 2 * 1024**3, memory
+    report.phase("quota_raised_on_gpu_hub_page", group=TEAM, mem_limit="1G -> 2G", next_spawn_memory_bytes=memory)
+
+
+def in_server(rig: SwarmRig, server: dict, cmd: str) -> str:
+    """Run ``cmd`` as the server's user in its container, on the worker that runs it."""
+    client = rig.nodes[server["node"]].client()
+    try:
+        code, out = client.containers.get(server["container"]).exec_run(["sh", "-c", cmd], user="1000")
+    finally:
+        client.close()
+    assert code == 0, out.decode(errors="replace")
+    return out.decode().strip()
+
+
+def stop(person: Attendee) -> None:
+    r = person.api("DELETE", f"/users/{person.login}/server")
+    assert r.status_code in (202, 204), r.text
+    wait_for(lambda: not person.api("GET", f"/users/{person.login}").json().get("servers"), 120,
+             f"{person.login}'s server stopped")
+
+
+def test_scratch_stays_on_its_node_and_a_full_home_node_offers_the_choice(stack, rig, report):
+    people = state["people"]
+    held = held_units(rig, stack.hub_id)
+    user, server = next((u, s) for u, s in sorted(held.items()) if s["node"] in WORKERS)
+    node, size = server["node"], WORKERS[server["node"]][1]
+    proof = in_server(rig, server, "echo kept-$$-$(date +%s) > ~/scratch/proof.txt && cat ~/scratch/proof.txt")
+    stop(people[user])
+    # the first in line takes the unit freed on that node: the node holding the user's files is full
+    wait_for(lambda: sum(1 for s in held_units(rig, stack.hub_id).values() if s["node"] == node) == size, 180,
+             f"the freed unit on {node} given to the first in line")
+    full = people[user].press_start({"profile": "mig"})
+    assert full.status == 503 and f"are on {node}" in full.message, (full.status, full.message)
+    assert "Wait in line" in full.message and "another node" in full.message, full.message
+
+    # the line ends for the day; a neighbour on that node stops; the user starts again and is
+    # placed on the node holding their files, which are all there
+    for u in state["in_line"]:
+        if people[u].api("GET", f"/users/{u}").json().get("servers"):
+            stop(people[u])
+    neighbour = next(u for u, s in held_units(rig, stack.hub_id).items() if s["node"] == node and u != user)
+    stop(people[neighbour])
+    again = people[user].press_start({"profile": "mig"})
+    assert again.status in (201, 202), (again.status, again.message)
+    wait_for(lambda: ready(people[user]), 180, f"{user} ready again")
+    back = servers_on_rig(rig, stack.hub_id)[user]
+    assert back["node"] == node, back
+    assert in_server(rig, back, "cat ~/scratch/proof.txt") == proof
+    report.phase("storage_follows", user=user, node=node, scratch_kept=True, full_node_told=full.message)
+
+
+def test_the_hub_container_is_killed_and_swarm_brings_it_back(stack, rig, report):
+    people = state["people"]
+    before = held_units(rig, stack.hub_id)
+    assert before
+    victim = hub_container(rig)
+    t0 = time.monotonic()
+    victim.kill()
+    wait_for(lambda: hub_container_id(rig) not in ("", victim.id), 120, "swarm starts a new hub container")
+    back = wait_for(lambda: healthy(stack), 300, "the hub answers again through Caddy")
+    took = time.monotonic() - t0
+    after = held_units(rig, stack.hub_id)
+    # running servers kept their GPUs: same users, same units, same containers
+    assert {u: (s["unit"], s["container"]) for u, s in after.items()} == \
+        {u: (s["unit"], s["container"]) for u, s in before.items()}
+    assert_each_unit_held_once(after)
+    for u in list(after)[:5]:
+        assert wait_for(lambda u=u: ready(people[u]), 60, f"{u} still ready after the hub came back")
+    report.phase("hub_killed", restarted_and_answering_s=round(took, 1), servers_kept=len(after), answered=back)
+
+
+def hub_container_id(rig: SwarmRig) -> str:
+    try:
+        return hub_container(rig).id
+    except AssertionError:
+        return ""
+
+
+def healthy(stack) -> bool:
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        return session.get(stack.public_url + "/hub/health", verify=stack.verify, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+# ---- the evening: backup, a fresh stack, restore; upgrade --------------------------------------
+
+
+def test_backup_then_restore_onto_a_fresh_stack_keeps_users_groups_quotas_usage(stack, rig, tmp_path, report):
+    from workshop import TEAM
+
+    before = hub_state(rig)
+    assert set(ATTENDEES) <= set(before["users"]) and before["usage"] >= UNITS, before
+    assert before["groups"][TEAM].get("mem_limit"), before["groups"]  # the quota the admin raised
+    archive = tmp_path / "workshop-day.tar.gz"
+    done = gpuhub_cli(rig, "backup", "--stack", "gpuhub", "--out", str(archive))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    remove_stack(rig)  # a fresh stack: no services, volumes, secrets or configs of the old one
+    again = deploy(rig, stack.config, {"GITHUB_CLIENT_SECRET": stack.github_secret}, log=tmp_path / "deploy.log")
+    assert again.code == 0, again.output[-3000:]
+    fresh = hub_state(rig)
+    assert not set(ATTENDEES) & set(fresh["users"]) and fresh["usage"] == 0, fresh
+    t0 = time.monotonic()
+    restored = gpuhub_cli(rig, "restore", str(archive), "--stack", "gpuhub", "--stop-hub", "--yes",
+                          "--config", str(stack.config))
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    wait_for(lambda: healthy(stack), 300, "the restored hub answers through Caddy")
+    after = hub_state(rig)
+    assert after == before, {"before": before, "after": after}
+    # and the attendees' sessions of the day still sign them in (the cookie secret came back too)
+    person = state["people"][MEMBERS[5]]
+    assert person.api("GET", f"/users/{person.login}").status_code == 200
+    report.phase("backup_restore", archive_bytes=archive.stat().st_size, fresh_deploy_s=round(again.seconds, 1),
+                 restore_s=round(time.monotonic() - t0, 1), users=len(after["users"]), groups=len(after["groups"]),
+                 usage_rows=after["usage"], kept="users, groups with their quota properties, memberships, usage")
+
+
+def test_upgrade_keeps_every_row(stack, rig, tmp_path, report):
+    before = hub_state(rig)
+    done = gpuhub_cli(rig, "upgrade", "--stack", "gpuhub", "--out", str(tmp_path / "pre-upgrade.tar.gz"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "every row of the hub+usage database kept" in done.stdout, done.stdout[-2000:]
+    wait_for(lambda: healthy(stack), 300, "the upgraded hub answers through Caddy")
+    assert hub_state(rig) == before
+    report.phase("upgrade", said=[line for line in done.stdout.splitlines() if "kept" in line][:3])
