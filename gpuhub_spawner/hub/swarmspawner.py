@@ -499,9 +499,14 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
 
     async def get_ip_and_port(self):
         if self.use_internal_ip:
-            # the task's own address on the shared network (swarm's DNS name tasks.<service>): the
-            # service name's virtual IP answers only where IPVS runs, and a task's does everywhere
-            return f"tasks.{self.service_name}", self.port
+            # the task's own address on the shared network: the service name's virtual IP answers
+            # only where IPVS runs, and swarm's DNS (tasks.<service>) may still list the task of an
+            # earlier service of the same name; the task's address is right everywhere
+            task = await self.get_task() or {}
+            for attached in task.get("NetworksAttachments") or []:
+                if attached.get("Network", {}).get("Spec", {}).get("Name") == self.network_name:
+                    return attached["Addresses"][0].split("/")[0], self.port
+            raise RuntimeError(f"{self.object_name}: its task has no address on {self.network_name} yet")
         if not self.swarm_host_ports:
             return await super().get_ip_and_port()
         task = await self.get_task()
