@@ -52,8 +52,8 @@ LEFT_OUT = {
     "culler": "on a swarm the culler cannot ask kernels on other nodes (hub_services/culler: idle_without_probe), "
               "so a busy kernel is seen only through the node agents' GPU signal, which `gpuhub deploy` does not "
               "wire (no culler.gpu_agent_urls, no agents on the rig)",
-    "upgrade_from_0.1.0": "gpuhub/hub:0.1.0 cannot run in the stack (its gpuhub.yaml has no deploy: key); "
-                          "`gpuhub upgrade --stack` is shown on the current image, the 0.1.0 path in tests/ops",
+    "upgrade_from_0.1.0": "the day's rows are written by today's hub, and `gpuhub upgrade --stack` runs on "
+                          "them; rows written by gpuhub/hub:0.1.0 and upgraded are tests/ops/test_stack_ops.py's",
 }
 
 
