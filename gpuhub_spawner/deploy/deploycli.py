@@ -318,6 +318,12 @@ def wait_healthy(client: docker.DockerClient, stack_name: str, names: list[str],
         time.sleep(2)
 
 
+def waited_for(document: dict[str, Any]) -> list[str]:
+    """The services the deploy waits for: not the global ones (the tutorial mirror), which run
+    on the GPU nodes, and those join after the first deploy."""
+    return sorted(n for n, s in document["services"].items() if s["deploy"].get("mode") != "global")
+
+
 def prune_unused(client: docker.DockerClient, document: dict[str, Any], stack_name: str) -> None:
     """Remove this stack's secrets and configs of earlier versions, once no service holds them."""
     keep = {s["name"] for s in document["secrets"].values()} | {c["name"] for c in document["configs"].values()}
@@ -345,6 +351,8 @@ def next_steps(client: docker.DockerClient, cfg: GPUHubConfig) -> list[str]:
         f"--manager {addr}:2377 --join-token-file FILE --registry {addr}:{deploy.registry_port}",
         f"each GPU machine's node agent: gpuhub node agent install --token-file <copy of "
         f"{deploy.secrets_dir}/agent_token>",
+        "each GPU node, on this manager: docker node update --label-add gpuhub.gpu=true NODE (Prometheus "
+        "and the tutorial mirror find the GPU nodes by it)",
     ]
     if cfg.sign_in.authenticator == "github":
         lines.append(f"GitHub OAuth app: callback URL {deploy.public_url}/hub/oauth_callback")
@@ -382,7 +390,7 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         push_images(client, cfg, args.dry_run)
         if args.dry_run:
             return 0
-        wait_healthy(client, cfg.deploy.stack_name, sorted(document["services"]), args.timeout)
+        wait_healthy(client, cfg.deploy.stack_name, waited_for(document), args.timeout)
         prune_unused(client, document, cfg.deploy.stack_name)
         for line in next_steps(client, cfg):
             say(line)

@@ -3,10 +3,14 @@
 Services: ``hub`` (JupyterHub + proxy + gpuhub's services, on a manager, the engine's unix
 socket bind-mounted: never a TCP Docker API), ``db`` (PostgreSQL), ``registry`` (read-only
 for the nodes' pulls; pushes go through a short-lived registry on the manager's loopback),
-``caddy`` (HTTPS) and ``prometheus``.  Networks:
+``caddy`` (HTTPS) and ``prometheus``; with ``tutorials.repo``, ``tutorial-mirror`` (one task
+per GPU node: the published tutorials copied into the node's store, which servers mount
+read-only; no NFS needed).  Networks:
 
 - ``internal`` (overlay, ``internal: true``): hub (alias ``proxy`` for the proxy's public port),
-  db, registry, caddy, prometheus.  No user server is ever attached to it.
+  db, registry, caddy, prometheus, tutorial-mirror (gpuhub's own code on the GPU nodes: it
+  fetches the bundle from the proxy with a token that may read nothing else).  No user server
+  is ever attached to it.
 - ``users`` (overlay, attachable): user servers and the hub API (alias ``<stack>-hub``), nothing else.
 - ``edge`` (overlay): what must publish a port on its node or reach outside (caddy, registry,
   prometheus scraping the node agents); there is no IPVS here, so ports are published in host mode.
@@ -25,6 +29,7 @@ from typing import Any
 import yaml
 
 from gpuhub_spawner.core.config import GPUHubConfig
+from gpuhub_spawner.node import tutorial_mirror
 
 HUB_IMAGE = "gpuhub/hub:latest"
 IMAGES = {
@@ -41,6 +46,12 @@ PROXY_PORT = 8000
 REGISTRY_DATA = "/var/lib/docker-registry"
 DB_DATA = "/var/lib/postgresql/data"
 DB_USER = "gpuhub"
+#: the tutorial mirror's image: the node agent's, which every GPU node holds already (the agent
+#: needs it there), so the stack's registry does not carry it
+MIRROR_IMAGE = "gpuhub/node-agent:latest"
+#: the GPU nodes, as the operator labels them (also how Prometheus finds the node agents)
+GPU_NODES = "node.labels.gpuhub.gpu == true"
+MIRROR_TOKEN = "tutorial_mirror_token"
 SOCKET = "/var/run/docker.sock"
 #: where the hub writes its health URL (the proxy's internal address is known only at start)
 HEALTH_URL_FILE = "/tmp/gpuhub-health-url"
@@ -65,7 +76,7 @@ def secrets_needed(cfg: GPUHubConfig, optional: tuple[str, ...] = ()) -> list[st
     if cfg.sign_in.authenticator == "github":
         names.append("github_client_secret")
     if cfg.tutorials.repo:
-        names.append("webhook_secret")
+        names += ["webhook_secret", MIRROR_TOKEN]
     if "tutorials_token" in optional and cfg.tutorials.repo:
         names.append("tutorials_token")
     if deploy.database == "postgres":
@@ -106,6 +117,9 @@ def hub_config(cfg: GPUHubConfig) -> dict[str, Any]:
     metrics.setdefault("exporter_port", 8768)
     culler = raw.setdefault("culler", {})
     culler.setdefault("gpu_agent_token_file", "/run/secrets/agent_token")
+    if cfg.tutorials.repo:
+        # servers mount the node's store, which the node's mirror writes (not the hub's store)
+        raw["tutorials"].update(source=tutorial_mirror.NODE_STORE, mirror_token_file=f"/run/secrets/{MIRROR_TOKEN}")
     if cfg.sign_in.authenticator == "github" and not cfg.sign_in.github.callback_url:
         raw["sign_in"].setdefault("github", {})["callback_url"] = f"{deploy.public_url}/hub/oauth_callback"
     raw.setdefault("deploy", {})["public_url"] = deploy.public_url
@@ -137,6 +151,8 @@ def render(
     }
     if deploy.database == "postgres":
         services["db"] = _db(place)
+    if cfg.tutorials.repo:
+        services["tutorial-mirror"] = _mirror()
     return {
         "version": "3.8",
         "services": dict(sorted(services.items())),
@@ -208,7 +224,7 @@ def _hub(cfg: GPUHubConfig, needed: list[str], place: list[str]) -> dict[str, An
     stack = _deploy(cfg).stack_name
     env = {"GPUHUB_CONFIG": CONFIG_PATH, "GPUHUB_STACK": stack}
     env.update({var: f"/run/secrets/{n}" for n, var in HUB_SECRET_VARIABLES.items() if n in needed})
-    hub_secrets = [n for n in needed if n in HUB_SECRET_VARIABLES or n in ("prometheus_token", "agent_token")]
+    hub_secrets = [n for n in needed if n in HUB_SECRET_VARIABLES or n in ("prometheus_token", "agent_token", MIRROR_TOKEN)]
     return {
         "image": IMAGES["hub"],
         # the hub's own name resolves in its container (/etc/hosts) before it is healthy: swarm's
@@ -301,6 +317,17 @@ def _db(place: list[str]) -> dict[str, Any]:
         "stop_grace_period": "60s",
         "deploy": _swarm(place),
     }
+
+
+def _mirror() -> dict[str, Any]:
+    """The tutorial mirror (node/tutorial_mirror.py) on every GPU node: it asks the sync service's
+    bundle through the hub's proxy on the internal network (never the users one) and writes the
+    node's store, which `gpuhub node setup` made (a bind mount fails on a missing path)."""
+    bundle = f"http://proxy:{PROXY_PORT}/services/tutorial-sync/bundle"
+    service = tutorial_mirror.stack_service(MIRROR_IMAGE, bundle, tutorial_mirror.NODE_STORE, MIRROR_TOKEN,
+                                            networks=("internal",))
+    service["deploy"].update(endpoint_mode="dnsrr", placement={"constraints": [GPU_NODES]}, restart_policy=_restart())
+    return service
 
 
 def _volumes(cfg: GPUHubConfig) -> list[str]:

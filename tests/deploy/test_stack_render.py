@@ -37,8 +37,10 @@ def doc() -> dict:
 
 
 def test_services_images_and_placement(doc):
-    assert set(doc["services"]) == {"hub", "db", "registry", "caddy", "prometheus"}
+    assert set(doc["services"]) == {"hub", "db", "registry", "caddy", "prometheus", "tutorial-mirror"}
     for name, service in doc["services"].items():
+        if name == "tutorial-mirror":  # one per GPU node: tests/deploy/test_stack_mirror_render.py
+            continue
         assert service["image"] == f"gpuhub/{'postgres' if name == 'db' else name}:latest"
         constraints = service["deploy"]["placement"]["constraints"]
         assert "node.role == manager" in constraints, name
@@ -85,7 +87,7 @@ def test_ports_in_host_mode_and_registry_read_only(doc):
 def test_secrets_are_external_versioned_and_read_from_files(doc):
     secrets = doc["secrets"]
     assert set(secrets) == {"crypt_key", "prometheus_token", "agent_token", "github_client_secret",
-                            "webhook_secret", "db_password", "tls_cert", "tls_key"}
+                            "webhook_secret", "tutorial_mirror_token", "db_password", "tls_cert", "tls_key"}
     assert secrets["db_password"] == {"external": True, "name": "gpuhub_db_password_abc123"}
     assert secrets["crypt_key"]["name"] == "gpuhub_crypt_key_1"
     env = doc["services"]["hub"]["environment"]
