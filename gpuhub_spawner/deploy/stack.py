@@ -4,8 +4,8 @@ Services: ``hub`` (JupyterHub + proxy + gpuhub's services, on a manager, the eng
 socket bind-mounted: never a TCP Docker API), ``db`` (PostgreSQL), ``registry`` (read-only
 for the nodes' pulls; pushes go through a short-lived registry on the manager's loopback),
 ``caddy`` (HTTPS) and ``prometheus``; with ``tutorials.repo``, ``tutorial-mirror`` (one task
-per GPU node: the published tutorials copied into the node's store, which servers mount
-read-only; no NFS needed).  Networks:
+per GPU node: the published tutorials copied into the node's store, the node-local volume
+``<stack>_tutorials`` that servers mount read-only; no NFS needed).  Networks:
 
 - ``internal`` (overlay, ``internal: true``): hub (alias ``proxy`` for the proxy's public port),
   db, registry, caddy, prometheus, tutorial-mirror (gpuhub's own code on the GPU nodes: it
@@ -52,6 +52,9 @@ MIRROR_IMAGE = "gpuhub/node-agent:latest"
 #: the GPU nodes, as the operator labels them (also how Prometheus finds the node agents)
 GPU_NODES = "node.labels.gpuhub.gpu == true"
 MIRROR_TOKEN = "tutorial_mirror_token"
+#: where the mirror sees the node's store (a named volume: Docker makes it on each node at first
+#: use, for the mirror and for a server alike, so no host path has to be made beforehand)
+MIRROR_STORE = "/srv/gpuhub/tutorials"
 SOCKET = "/var/run/docker.sock"
 #: where the hub writes its health URL (the proxy's internal address is known only at start)
 HEALTH_URL_FILE = "/tmp/gpuhub-health-url"
@@ -84,6 +87,12 @@ def secrets_needed(cfg: GPUHubConfig, optional: tuple[str, ...] = ()) -> list[st
     if deploy.tls.mode == "files":
         names += ["tls_cert", "tls_key"]
     return names
+
+
+def tutorials_volume(cfg: GPUHubConfig) -> str:
+    """The node-local volume of the mirrored tutorials: its name on every node, which the hub's
+    spawner mounts read-only (``tutorials.source``) and the node's mirror writes."""
+    return f"{_deploy(cfg).stack_name}_tutorials"
 
 
 def secret_name(stack: str, name: str, version: str) -> str:
@@ -119,7 +128,7 @@ def hub_config(cfg: GPUHubConfig) -> dict[str, Any]:
     culler.setdefault("gpu_agent_token_file", "/run/secrets/agent_token")
     if cfg.tutorials.repo:
         # servers mount the node's store, which the node's mirror writes (not the hub's store)
-        raw["tutorials"].update(source=tutorial_mirror.NODE_STORE, mirror_token_file=f"/run/secrets/{MIRROR_TOKEN}")
+        raw["tutorials"].update(source=tutorials_volume(cfg), mirror_token_file=f"/run/secrets/{MIRROR_TOKEN}")
     if cfg.sign_in.authenticator == "github" and not cfg.sign_in.github.callback_url:
         raw["sign_in"].setdefault("github", {})["callback_url"] = f"{deploy.public_url}/hub/oauth_callback"
     raw.setdefault("deploy", {})["public_url"] = deploy.public_url
@@ -161,7 +170,7 @@ def render(
             "users": {"driver": "overlay", "attachable": True},
             "edge": {"driver": "overlay"},
         },
-        "volumes": {name: {} for name in _volumes(cfg)},
+        "volumes": {name: ({"name": tutorials_volume(cfg)} if name == "tutorials" else {}) for name in _volumes(cfg)},
         "secrets": {n: {"external": True, "name": secret_name(stack, n, v)} for n, v in versions.items()},
         "configs": {"gpuhub_yaml": {"external": True, "name": f"{stack}_gpuhub_yaml_{config_version}"}},
     }
@@ -322,10 +331,10 @@ def _db(place: list[str]) -> dict[str, Any]:
 def _mirror() -> dict[str, Any]:
     """The tutorial mirror (node/tutorial_mirror.py) on every GPU node: it asks the sync service's
     bundle through the hub's proxy on the internal network (never the users one) and writes the
-    node's store, which `gpuhub node setup` made (a bind mount fails on a missing path)."""
+    node's store: the volume ``tutorials`` (a bind mount would fail where the path is missing)."""
     bundle = f"http://proxy:{PROXY_PORT}/services/tutorial-sync/bundle"
-    service = tutorial_mirror.stack_service(MIRROR_IMAGE, bundle, tutorial_mirror.NODE_STORE, MIRROR_TOKEN,
-                                            networks=("internal",))
+    service = tutorial_mirror.stack_service(MIRROR_IMAGE, bundle, MIRROR_STORE, MIRROR_TOKEN, networks=("internal",))
+    service["volumes"] = [f"tutorials:{MIRROR_STORE}"]
     service["deploy"].update(endpoint_mode="dnsrr", placement={"constraints": [GPU_NODES]}, restart_policy=_restart())
     return service
 
@@ -334,4 +343,6 @@ def _volumes(cfg: GPUHubConfig) -> list[str]:
     names = ["hub-data", "registry-data", "prometheus-data", "caddy-data"]
     if _deploy(cfg).database == "postgres":
         names.append("db-data")
+    if cfg.tutorials.repo:
+        names.append("tutorials")
     return sorted(names)

@@ -26,7 +26,6 @@ from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
 from gpuhub_spawner.node import mps as node_mps
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
 from gpuhub_spawner.node.toolkit import ToolkitConfigError, plan_runtime_config, probe_version
-from gpuhub_spawner.node.tutorial_mirror import NODE_STORE
 
 
 class SetupError(Exception):
@@ -198,7 +197,8 @@ def read_join_token(path: str, stdin: TextIO | None = None) -> str:
 def cmd_node_setup(args: argparse.Namespace) -> int:
     from gpuhub_spawner.node import agent_install  # it imports SetupError from here
 
-    daemon_path, runtime_path = Path(args.daemon_json), Path(args.runtime_config)
+    daemon_path = Path(args.daemon_json)
+    runtime_path = Path(args.runtime_config)
     # read and check everything before changing anything
     if args.join_token is not None:
         raise SetupError(ARGV_TOKEN_REFUSED)
@@ -232,7 +232,6 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
     print(f"[setup] {len(inventory.units)} unit(s) from {source}: " +
           ", ".join(f"{len(u)} {p}" for p, u in sorted(inventory.pools.items())))
     sys.stdout.write(toolkit_note)
-    _tutorials_dir(Path(args.tutorials_dir), args.dry_run)
     if args.dry_run:
         sys.stdout.write(_diff(str(daemon_path), old_daemon, new_daemon) if daemon_changed else f"{daemon_path}: unchanged\n")
         sys.stdout.write(_diff(str(runtime_path), old_runtime, new_runtime) if runtime_changed else f"{runtime_path}: unchanged\n")
@@ -255,20 +254,6 @@ def cmd_node_setup(args: argparse.Namespace) -> int:
         _join(args, join_token)
     agent_install.setup_agent(agent_spec, dry_run=False)
     return 0
-
-
-def _tutorials_dir(path: Path, dry_run: bool) -> None:
-    """The node's tutorial store: the stack's tutorial mirror writes it and servers mount it
-    read-only; swarm refuses a bind mount whose source is missing, so it must exist first."""
-    if path.is_dir():
-        return
-    if path.exists() or path.is_symlink():
-        raise SetupError(f"{path} exists and is not a directory: the tutorial mirror writes the node's "
-                         "tutorials there. Move it away or pass --tutorials-dir. Nothing was changed.")
-    print(f"[setup] {'would create' if dry_run else 'creating'} {path} (the node's tutorials: the stack's "
-          "tutorial mirror writes it, servers mount it read-only)")
-    if not dry_run:
-        path.mkdir(mode=0o755, parents=True)
 
 
 def _runtime_mode(toml_text: str, kinds: list[str], runtime: str, path: Path) -> tuple[str, str]:
@@ -476,8 +461,6 @@ def add_node_commands(sub) -> None:
     setup.add_argument("--advertise-addr", help="this node's address for the swarm")
     setup.add_argument("--registry", metavar="HOST:PORT",
                        help="the stack's registry (gpuhub deploy): pull servers' images from it over plain HTTP")
-    setup.add_argument("--tutorials-dir", default=NODE_STORE,
-                       help=f"the node's tutorial store, made if missing (default {NODE_STORE}: the stack's)")
     node_mps.add_arguments(setup)
     from gpuhub_spawner.node import agent_install  # it imports SetupError from here
 

@@ -41,8 +41,6 @@ import requests
 from gpuhub_spawner.core import tutorial_store as store_ops
 
 log = logging.getLogger("gpuhub.tutorial_mirror")
-#: the node's store in the stack (`gpuhub node setup` makes it; servers mount it read-only)
-NODE_STORE = "/srv/gpuhub/tutorials"
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

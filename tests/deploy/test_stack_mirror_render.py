@@ -1,24 +1,22 @@
-"""The tutorial mirror in the rendered stack (pure), its generated secret, what `gpuhub deploy`
-waits for, and the node store `gpuhub node setup` makes (the mirror's bind mount needs it).
+"""The tutorial mirror in the rendered stack (pure), its generated secret and what `gpuhub deploy`
+waits for.
 
 With ``tutorials.repo`` the stack runs one mirror per GPU node (tests/deploy/test_stack_mirror.py
-deploys it on the rig); user servers mount the node's store, never the hub's.
+deploys it on the rig); it writes the node-local volume ``<stack>_tutorials``, which user servers
+mount read-only (Docker makes a named volume on a node at first use: no host path to prepare).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import yaml
-from nodesetup import setup_argv
 
-from gpuhub_spawner.cli import main as gpuhub
 from gpuhub_spawner.core.config import validate
 from gpuhub_spawner.deploy import deploycli, secretstore, stack
 
-STORE = "/srv/gpuhub/tutorials"
+STORE = "/srv/gpuhub/tutorials"  # in the mirror's container
 
 
 def raw(**tutorials) -> dict:
@@ -56,7 +54,9 @@ def test_the_mirror_fetches_through_the_proxy_never_on_the_user_network(doc):
     assert command[command.index("--store") + 1] == STORE
     assert command[command.index("--token-file") + 1] == "/run/secrets/tutorial_mirror_token"
     # the node's store, read-write for the mirror alone; nothing else of the node
-    assert mirror["volumes"] == [{"type": "bind", "source": STORE, "target": STORE}]
+    assert mirror["volumes"] == [f"tutorials:{STORE}"]
+    assert doc["volumes"]["tutorials"] == {"name": "ws_tutorials"}
+    assert not any("tutorials" in str(v) for v in doc["services"]["hub"]["volumes"])
 
 
 def test_the_mirrors_token_is_a_generated_versioned_secret_the_hub_holds_too(doc):
@@ -83,7 +83,8 @@ def test_servers_mount_the_nodes_store_and_the_hub_registers_the_mirror():
     cfg = validate(raw(repo="https://github.com/org/tutorials.git"))
     hub = stack.hub_config(cfg)
     validate(hub)
-    assert hub["tutorials"]["source"] == STORE  # the spawner's bind mount: the node's mirrored store
+    # the spawner's read-only mount: the node's mirrored store (a volume name, not a host path)
+    assert hub["tutorials"]["source"] == "ws_tutorials" == stack.tutorials_volume(cfg)
     assert hub["tutorials"]["mirror_token_file"] == "/run/secrets/tutorial_mirror_token"
     assert "store" not in hub["tutorials"]  # the sync service keeps publishing into the hub's volume
 
@@ -92,6 +93,7 @@ def test_no_repo_no_mirror():
     cfg = validate(raw())
     doc = stack.render(cfg)
     assert "tutorial-mirror" not in doc["services"] and "tutorial_mirror_token" not in doc["secrets"]
+    assert "tutorials" not in doc["volumes"]
     assert "tutorials" not in stack.hub_config(cfg)
 
 
@@ -99,31 +101,3 @@ def test_the_deploy_does_not_wait_for_the_mirror(doc):
     # it runs on GPU nodes, which join after the first deploy: waiting would time out
     assert deploycli.waited_for(doc) == ["caddy", "db", "hub", "prometheus", "registry"]
     assert "tutorial-mirror" in yaml.safe_load(stack.to_yaml(doc))["services"]
-
-
-def test_node_setup_makes_the_nodes_store(tmp_path, capsys):
-    store = tmp_path / "srv" / "tutorials"
-    argv = setup_argv(tmp_path, "--tutorials-dir", str(store))
-    assert gpuhub([*argv, "--dry-run"]) == 0
-    assert f"would create {store}" in capsys.readouterr().out and not store.exists()
-    assert gpuhub(argv) == 0
-    assert f"creating {store}" in capsys.readouterr().out
-    assert store.is_dir() and store.stat().st_mode & 0o777 == 0o755
-    assert gpuhub(argv) == 0  # again: already there, nothing said
-    assert str(store) not in capsys.readouterr().out
-
-
-def test_node_setup_refuses_a_file_where_the_store_goes(tmp_path, capsys):
-    (tmp_path / "tutorials").write_text("not a directory")
-    assert gpuhub(setup_argv(tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert "tutorials exists and is not a directory" in err and "Nothing was changed" in err
-    assert not (tmp_path / "daemon.json").exists()
-
-
-def test_node_setup_default_store_is_the_stacks():
-    from gpuhub_spawner.node import nodecli, tutorial_mirror
-
-    assert tutorial_mirror.NODE_STORE == STORE
-    assert nodecli.NODE_STORE == STORE
-    assert Path(STORE).is_absolute()

@@ -102,7 +102,8 @@ def test_secrets_are_external_versioned_and_read_from_files(doc):
 
 
 def test_volumes(doc):
-    assert set(doc["volumes"]) == {"hub-data", "db-data", "registry-data", "prometheus-data", "caddy-data"}
+    assert set(doc["volumes"]) == {"hub-data", "db-data", "registry-data", "prometheus-data", "caddy-data",
+                                   "tutorials"}  # the mirror's, on each GPU node
 
 
 def test_no_secret_value_in_the_document(monkeypatch):

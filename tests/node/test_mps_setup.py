@@ -35,8 +35,7 @@ def _setup(tmp_path: Path, gpus: list, *extra: str) -> list[str]:
     path = tmp_path / "gpus.json"
     path.write_text(json.dumps(gpus))
     return ["node", "setup", "--static", str(path), "--daemon-json", str(tmp_path / "daemon.json"),
-            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true",
-            "--tutorials-dir", str(tmp_path / "tutorials"), *extra]
+            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true", *extra]
 
 
 def test_dry_run_shows_the_daemon_the_labels_and_the_bypass_warning_and_changes_nothing(tmp_path, capsys):

@@ -87,7 +87,6 @@ def _setup_args(tmp_path: Path) -> list[str]:
     gpus.write_text(json.dumps([{"uuid": "GPU-aa000000-0000-4000-8000-000000000001", "name": "L4"}]))
     return ["node", "setup", "--static", str(gpus), "--daemon-json", str(tmp_path / "daemon.json"),
             "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true",
-            "--tutorials-dir", str(tmp_path / "tutorials"),
             "--manager", "127.0.0.1:2377"]
 
 

@@ -158,8 +158,7 @@ def _setup(tmp_path: Path, runtime: Path, *extra: str) -> list[str]:
     gpus.write_text(json.dumps([{"uuid": "GPU-aa000000-0000-4000-8000-000000000001", "name": "L4"}]))
     return ["node", "setup", "--static", str(gpus), "--daemon-json", str(tmp_path / "daemon.json"),
             "--runtime-config", str(tmp_path / "config.toml"), "--runtime", str(runtime),
-            "--restart-command", "true",
-            "--tutorials-dir", str(tmp_path / "tutorials"), *extra]
+            "--restart-command", "true", *extra]
 
 
 def test_setup_on_toolkit_1_18_2_sets_legacy_mode_shows_it_in_a_dry_run_and_is_idempotent(tmp_path, capsys):

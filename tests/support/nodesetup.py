@@ -13,5 +13,4 @@ def setup_argv(tmp_path: Path, *extra: str, gpus: list | None = None) -> list[st
     path = tmp_path / "gpus.json"
     path.write_text(json.dumps(ONE_GPU if gpus is None else gpus))
     return ["node", "setup", "--static", str(path), "--daemon-json", str(tmp_path / "daemon.json"),
-            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true",
-            "--tutorials-dir", str(tmp_path / "tutorials"), *extra]
+            "--runtime-config", str(tmp_path / "config.toml"), "--restart-command", "true", *extra]
