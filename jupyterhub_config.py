@@ -273,16 +273,22 @@ if cfg.metrics.prometheus_token_file:
 # culler.enabled         false runs no culler (on by default); culler.port: its port (8767)
 # culler.config_file     its config file (JSON or traitlets .py): timeouts, warning, agents…;
 #                        culler.every, idle_cpu_timeout, idle_gpu_timeout, warn_seconds win over it
-# culler.gpu_agent_urls  node agents serving /api/activity (GPU work signal)
+# culler.gpu_agent_urls  node agents serving /api/activity (GPU work signal); on a swarm, empty
+#                        finds them on the nodes labelled gpuhub.gpu=true
 # It stops idle servers (hub, kernel and GPU signals must all agree), servers past the quota's
 # max_session_hours and GPU servers out of GPU-hours, after a warning shown in the hub's pages
 # (the `announcement` template variable, per user) and as ~/CULL-WARNING.txt in the server.
 # It uses the local Docker engine (as the hub does) for container labels, the notice file and
 # kernel probes (run inside the container with the server's own token; on a swarm, servers on
-# other nodes are not probed and so not culled for idleness unless idle_without_probe is set).
+# other nodes get them through their node's agent, with culler.gpu_agent_token_file).
 # Its metrics (/services/gpuhub-culler/metrics) need a read:metrics token (the prometheus service).
 if cfg.culler.enabled:
-    culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, from_file, service_env)
+    culler_env = dict(service_env)
+    if swarm_mode:  # the manager's engine, as the hub reaches it: where the servers' tasks are
+        culler_env.update(
+            managed_services.swarm_environment(c.GPUDockerSpawner, c.GPUSwarmSpawner, os.environ, from_file)
+        )
+    culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, from_file, culler_env)
     c.JupyterHub.services.append(culler_service)
     c.JupyterHub.load_roles.append(culler_role)
 # ---- end of culler -------------------------------------------------------------------------

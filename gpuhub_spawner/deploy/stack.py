@@ -13,7 +13,8 @@ per GPU node: the published tutorials copied into the node's store, the node-loc
   is ever attached to it.
 - ``users`` (overlay, attachable): user servers and the hub API (alias ``<stack>-hub``), nothing else.
 - ``edge`` (overlay): what must publish a port on its node or reach outside (caddy, registry,
-  prometheus scraping the node agents); there is no IPVS here, so ports are published in host mode.
+  prometheus scraping the node agents, the hub's culler asking them about servers on their
+  nodes); there is no IPVS here, so ports are published in host mode.
 
 Every service resolves by DNS round robin (``endpoint_mode: dnsrr``): without IPVS a
 service's virtual IP does not answer.  Secrets are swarm secrets named ``<stack>_<name>_<version>``
@@ -247,7 +248,9 @@ def _hub(cfg: GPUHubConfig, needed: list[str], place: list[str]) -> dict[str, An
             # the manager's engine, on its unix socket: nothing listens on the network
             {"type": "bind", "source": SOCKET, "target": SOCKET},
         ],
-        "networks": {"internal": {"aliases": ["proxy"]}, "users": {"aliases": [f"{stack}-hub"]}},
+        # edge: the culler reaches the node agents (<node address>:9469) for the kernel probes
+        # and notices of servers on other nodes, and their GPU activity
+        "networks": {"internal": {"aliases": ["proxy"]}, "users": {"aliases": [f"{stack}-hub"]}, "edge": {}},
         # /hub/health through the proxy, at the internal address the hub wrote at start (inhub.py)
         "healthcheck": _health(["CMD", "python3", "-c", HUB_HEALTH], start="120s"),
         "stop_grace_period": "30s",

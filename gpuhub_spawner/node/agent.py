@@ -26,6 +26,9 @@ to the user and server, and serves:
 - ``GET /api/activity``  JSON for the idle culler: every gpuhub server on the node with its
                          GPU memory, process count and utilization (see
                          :func:`.attribution.activity` for the contract)
+- ``POST /api/servers/<id>/probe``, ``PUT|DELETE /api/servers/<id>/notice``: the culler's
+                         kernel probe and notice file in a gpuhub server on this node (a swarm
+                         task the culler's engine cannot reach): :mod:`.agent_servers`
 
 With ``--hpc-job-mapping-dir`` it also keeps dcgm-exporter's HPC job-mapping files there, so a
 dcgm-exporter started with the same ``--hpc-job-mapping-dir`` labels its metrics with the user
@@ -319,19 +322,29 @@ class ActivityHandler(_Handler):
 class IndexHandler(_Handler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain")
-        self.write(f"gpuhub node agent on {self.agent.node}: /metrics, /api/activity\n")
+        self.write(f"gpuhub node agent on {self.agent.node}: /metrics, /api/activity, /api/servers/<id>/probe|notice\n")
 
 
-def make_web_app(agent: NodeAgent, token: str | None = None) -> web.Application:
+def make_web_app(agent: NodeAgent, token: str | None = None, servers: Any = None) -> web.Application:
     """The agent's routes; every request must carry ``token``.  ``None`` checks nothing: the
-    application allows that only on a loopback address (:func:`read_token`)."""
+    application allows that only on a loopback address (:func:`read_token`).
+
+    ``servers``: the :class:`.agent_servers.ServerExec` behind ``/api/servers/…`` (the culler's
+    kernel probe and notice on this node); default: one on the agent's own engine and hub id.
+    """
+    from gpuhub_spawner.node import agent_servers  # it builds on this module's _Handler
+
+    if servers is None:
+        servers = agent_servers.ServerExec(agent.directory.api, agent.directory.hub_id)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
     return web.Application(
-        [(r"/", IndexHandler), (r"/metrics", MetricsHandler), (r"/api/activity", ActivityHandler)],
+        [(r"/", IndexHandler), (r"/metrics", MetricsHandler), (r"/api/activity", ActivityHandler),
+         *agent_servers.routes()],
         agent=agent,
         registry=registry,
         token=token,
+        servers=servers,
     )
 
 
@@ -419,6 +432,13 @@ class NodeAgentApp(Application):
     docker_url = Unicode(
         "", config=True, help="Docker engine URL (default: DOCKER_HOST or the local socket)."
     )
+    probe_timeout = Float(
+        15.0,
+        config=True,
+        help="""Seconds a kernel probe or notice write for the culler may take in a server's
+        container (POST /api/servers/<id>/probe); later, the agent answers 504 and the culler
+        keeps the server as possibly active.""",
+    )
     hpc_job_mapping_dir = Unicode(
         "",
         config=True,
@@ -438,6 +458,7 @@ class NodeAgentApp(Application):
         "docker-url": "NodeAgentApp.docker_url",
         "hpc-job-mapping-dir": "NodeAgentApp.hpc_job_mapping_dir",
         "token-file": "NodeAgentApp.token_file",
+        "probe-timeout": "NodeAgentApp.probe_timeout",
     }
     flags = {
         "no-auth": ({"NodeAgentApp": {"no_auth": True}}, "serve without a token (loopback --ip only)"),
@@ -471,8 +492,11 @@ class NodeAgentApp(Application):
         )
 
     async def serve(self, token: str | None) -> None:
+        from gpuhub_spawner.node.agent_servers import MAX_NOTICE, ServerExec
+
         agent = self.make_agent()
-        server = HTTPServer(make_web_app(agent, token))
+        servers = ServerExec(agent.directory.api, self.hub_id, timeout=self.probe_timeout)
+        server = HTTPServer(make_web_app(agent, token, servers), max_body_size=2 * MAX_NOTICE)
         server.listen(self.port, self.ip)
         log.info(
             "gpuhub node agent for %s on %s:%d (host proc %s; %s)", self.node, self.ip, self.port, self.host_proc,

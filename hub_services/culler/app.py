@@ -24,8 +24,10 @@ its token is never sent to one.
 
 It reads container labels, writes the notice file and asks servers about their kernels
 through the local Docker engine, as the hub itself does (``docker_notices``): the kernel
-probe runs inside the container with the server's own token (:mod:`.probe`).  On a swarm,
-servers on other nodes get no notice file and no kernel probe (see ``idle_without_probe``).
+probe runs inside the container with the server's own token (:mod:`.probe`).  On a swarm
+(``spawner = "swarm"``), servers on other nodes are found from the manager's tasks and get
+their probe and notice through their node's agent (:mod:`.swarm`); with ``gpu_agent_urls``
+empty, the GPU nodes' agents are found there too.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tornado import web
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from gpuhub_spawner.core.config import CULLER_TIMINGS
+from gpuhub_spawner.node.kernel_probe import NOTICE_PATH
 from gpuhub_spawner.storage.ledger import UsageLedger
 from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.common.base import LOG_FORMAT, MetricsHandler, ServiceHandler, UsageService
@@ -47,6 +50,7 @@ from hub_services.culler import core
 from hub_services.culler.decide import GPUThresholds
 from hub_services.culler.metrics import CullerMetrics
 from hub_services.culler.signals import Containers
+from hub_services.culler.swarm import AGENT_URL, AgentCalls, SwarmServers
 
 log = logging.getLogger(__name__)
 #: bytes a request body may have (keep-alives and triggers send none)
@@ -172,7 +176,28 @@ class CullerApp(UsageService):
     )
     hub_id = Unicode("gpuhub", config=True, help="The spawner's gpu_hub_id (env GPUHUB_HUB_ID).")
     notice_path = Unicode(
-        "/home/jovyan/CULL-WARNING.txt", config=True, help="The notice file, inside the user's container."
+        NOTICE_PATH, config=True,
+        help="""The notice file, inside the user's container.  Servers on other swarm nodes get
+        theirs from their node's agent, at the agent's own path (this default).""",
+    )
+    spawner = Unicode(
+        "docker", config=True,
+        help="""'swarm' (gpuhub.yaml's hub.spawner, env GPUHUB_SPAWNER): the engine is the swarm
+        manager's; servers on other nodes are found from the swarm's tasks and asked through
+        their node's agent (agent_url), with the agents' token (GPUHUB_GPU_AGENT_TOKEN_FILE).""",
+    )
+    docker_host = Unicode(
+        config=True,
+        help="The engine's URL, as the hub's (env GPUHUB_DOCKER_HOST; empty: DOCKER_HOST or the local socket).",
+    )
+    agent_url = Unicode(
+        AGENT_URL, config=True,
+        help="""On a swarm: a node agent's URL, from the node's swarm address ({addr}) or hostname
+        ({hostname}).  Its agent serves the kernel probe and notice of servers on that node, and,
+        when gpu_agent_urls is empty, the GPU activity of nodes labelled gpuhub.gpu=true.
+
+            c.CullerApp.agent_url = "http://{hostname}:9469"
+        """,
     )
     idle_without_probe = Bool(
         False, config=True,
@@ -235,14 +260,21 @@ class CullerApp(UsageService):
             log.warning("No Docker engine (--no-docker): no notice files and no kernel probes; servers are %s",
                         "culled on hub, keep-alive and GPU signals alone (idle_without_probe)"
                         if self.idle_without_probe else "never culled for idleness (set idle_without_probe)")
-        if not self.gpu_agent_urls:
+        swarm = self.spawner == "swarm" and self.docker_notices
+        if not self.gpu_agent_urls and not swarm:
             log.warning("No GPU agent configured: GPU work is not a signal (hub and kernel activity only)")
+        containers = None
+        if self.docker_notices:
+            containers = Containers(
+                self.hub_id, self.notice_path, docker_host=self.docker_host,
+                swarm=SwarmServers(self.hub_id, self.agent_url) if swarm else None, agents=AgentCalls(hub.http),
+            )
         return core.Context(
             http=hub.http,
             hub=hub,
             metrics=CullerMetrics(),
             agent_urls=list(self.gpu_agent_urls),
-            containers=Containers(self.hub_id, self.notice_path) if self.docker_notices else None,
+            containers=containers,
             ledger=ledger,
             notices=NoticeStore(self.usage_db_url) if self.usage_db_url else None,
         )

@@ -58,6 +58,7 @@ class Context:
     ledger: UsageLedger | None = None
     notices: NoticeStore | None = None
     gpu_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    agent_seen: list[str] = field(default_factory=list)  # the GPU agents the swarm gave last
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -90,8 +91,11 @@ async def _pass_state(ctx: Context) -> PassState:
     now = time.time()
     agents = containers = None
     tasks = {}
+    discover = not ctx.agent_urls and ctx.containers is not None and ctx.containers.swarm is not None
     if ctx.agent_urls:
         tasks["agent"] = read_agents(ctx.http, ctx.agent_urls)
+    elif discover:
+        tasks["agent"] = _swarm_agents(ctx)
     if ctx.containers is not None:
         tasks["docker"] = ctx.containers.running()
     if ctx.notices is not None:
@@ -106,8 +110,8 @@ async def _pass_state(ctx: Context) -> PassState:
     )
     got = dict(zip(tasks, results))
     agents = got.get("agent")
-    if ctx.agent_urls and agents is None:
-        agents = _all_failed(ctx.agent_urls)
+    if agents is None and (ctx.agent_urls or discover):  # fail closed: GPU work unknown, never idle
+        agents = _all_failed(ctx.agent_urls or ["the swarm's GPU node agents"])
     containers = got.get("docker")
     holders = {(a["user"], a["server"]) for a in got.get("allocations") or []}
     if containers:
@@ -126,6 +130,15 @@ async def _pass_state(ctx: Context) -> PassState:
 
 def _all_failed(urls: list[str]) -> AgentView:
     return AgentView({}, list(urls))
+
+
+async def _swarm_agents(ctx: Context) -> AgentView:
+    """GPU activity from the agents of the swarm's GPU nodes (``gpu_agent_urls`` left empty)."""
+    urls = await ctx.containers.gpu_agent_urls()
+    if set(urls) != set(ctx.agent_seen):
+        log.info("GPU agents found on the swarm: %s", ", ".join(urls) or "none (no ready node labelled gpuhub.gpu=true)")
+        ctx.agent_seen = list(urls)
+    return await read_agents(ctx.http, urls)
 
 
 async def _policy(ctx: Context, settings: Settings, state: PassState, user: dict[str, Any]) -> QuotaPolicy | None:
@@ -221,9 +234,10 @@ async def _probe(
 ) -> tuple[tuple[d.KernelReading, ...] | None, float | None]:
     """Kernels and own activity of a server, asked from inside its container with its own token.
 
-    No container on the local engine (a swarm task on another node, ``--no-docker``): no
-    kernel signal; the server is then kept (``probe-failed``) unless ``idle_without_probe``.
-    The culler's own token is never sent to a server.
+    A swarm task on another node is asked through that node's agent (:mod:`.swarm`).  No
+    container found (``--no-docker``, a swarm not read): no kernel signal; the server is then
+    kept (``probe-failed``) unless ``idle_without_probe``.  The culler's own token is never
+    sent to a server.
     """
     name = "/".join(k for k in key if k)
     if ctx.containers is None or info is None:
@@ -235,8 +249,11 @@ async def _probe(
                  "as possibly active; set idle_without_probe to cull on the other signals", name)
         return None, None
     try:
-        async with ctx.http.semaphore:
-            output = await asyncio.wait_for(ctx.containers.probe(info.id), PROBE_WAIT)
+        if info.agent:  # an HTTP request to its node's agent: bounded by the client itself
+            output = await asyncio.wait_for(ctx.containers.probe_server(info, key), PROBE_WAIT)
+        else:
+            async with ctx.http.semaphore:
+                output = await asyncio.wait_for(ctx.containers.probe_server(info, key), PROBE_WAIT)
     except Exception as e:  # noqa: BLE001 - engine down, container gone, timeout: no answer
         log.warning("Kernel probe of %s failed: %s", name, e)
         output = None
@@ -282,7 +299,7 @@ async def act(
             ))
         if ctx.containers is not None and info is not None:
             text = notice_text(user, server, message, decision.cull_at or state.now, settings.keepalive_command)
-            ok = await _step(ctx, "notice", ctx.containers.write_notice(info.id, text))
+            ok = await _step(ctx, "notice", ctx.containers.notice(info, text))
             if ok is False:
                 ctx.metrics.errors.labels("notice").inc()
                 log.warning("Could not write the cull notice into %s's server", name)
@@ -304,7 +321,7 @@ async def _clear_notice(ctx: Context, key: tuple[str, str], info: ContainerInfo 
     if ctx.notices is not None:
         await _step(ctx, "database", asyncio.to_thread(ctx.notices.clear_warning, *key))
     if ctx.containers is not None and info is not None:
-        await _step(ctx, "notice", ctx.containers.remove_notice(info.id))
+        await _step(ctx, "notice", ctx.containers.unnotice(info))
 
 
 async def _step(ctx: Context, stage: str, coro: Any) -> Any:

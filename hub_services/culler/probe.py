@@ -1,9 +1,11 @@
 """Asking a server about its kernels from inside its own container, and reading the answer (pure).
 
 The culler never sends its own token to a user's server.  Instead it runs :data:`PROBE_SCRIPT`
-inside the server's container (as the server's user, through the local Docker engine): the
-script asks the server on its loopback with the server's *own* ``$JUPYTERHUB_API_TOKEN``
-(JupyterHub's ``server`` role gives it ``access:servers!server``) and prints one JSON line.
+(:mod:`gpuhub_spawner.node.kernel_probe`, shared with the node agent) inside the server's
+container, as the server's user, through the local Docker engine or, for a swarm task on
+another node, through that node's agent: the script asks the server on its loopback with
+the server's *own* ``$JUPYTERHUB_API_TOKEN`` (JupyterHub's ``server`` role gives it
+``access:servers!server``) and prints one JSON line.
 
 The container is the user's: what comes back is untrusted.  :func:`parse_probe` caps its size
 and the number of kernels, and answers ``None`` for anything it cannot read, which the
@@ -15,36 +17,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gpuhub_spawner.node.kernel_probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT, SCRIPT_TIMEOUT
 from hub_services.common.hubtime import parse_time
 from hub_services.culler.decide import KernelReading
 
-#: bytes of output read from the probe at most; more is a failed probe
-MAX_OUTPUT = 256 * 1024
+__all__ = ["MAX_KERNELS", "MAX_OUTPUT", "PROBE_COMMAND", "PROBE_SCRIPT", "SCRIPT_TIMEOUT", "parse_probe"]
+
 #: kernels read at most; more is a failed probe
 MAX_KERNELS = 1000
-#: seconds the script may run inside the container
-SCRIPT_TIMEOUT = 10
-
-#: Python run inside the container (no secret in it; its environment is the container's own).
-PROBE_SCRIPT = r"""
-import json, os, sys, urllib.parse, urllib.request
-url = urllib.parse.urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
-path = url.path if url.path.endswith("/") else url.path + "/"
-base = "%s://127.0.0.1:%d%s" % (url.scheme or "http", url.port or 8888, path)
-auth = {"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}
-out = {}
-for key in ("kernels", "status"):
-    req = urllib.request.Request(base + "api/" + key + "?no_track_activity=1", headers=auth)
-    with urllib.request.urlopen(req, timeout=5) as r:
-        out[key] = json.loads(r.read(200000))
-sys.stdout.write(json.dumps(out))
-"""
-
-#: the command run in the container: the script, bounded by coreutils' timeout where present
-PROBE_COMMAND = (
-    f'if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL {SCRIPT_TIMEOUT} python3 -c "$GPUHUB_PROBE"; '
-    'else exec python3 -c "$GPUHUB_PROBE"; fi'
-)
 
 
 def _time(value: Any) -> float | None:

@@ -1,5 +1,7 @@
 """The culler's I/O besides the hub's API: node agents, Docker (labels, notices, kernel probes).
 
+On a swarm, servers on other nodes are found and reached through :mod:`.swarm`.
+
 The culler's token goes to the hub only (:class:`~hub_services.common.hubapi.HubClient`):
 users' servers are asked about their kernels from inside their own containers, with their
 own token (:mod:`.probe`).  Agent reads go through the hub client's
@@ -16,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuhub_spawner.core.labels import LABEL_HUB, ServerLabels
+from gpuhub_spawner.node import kernel_probe
 from hub_services.common.hubapi import BoundedHTTP, HubAPIError
 from hub_services.culler.decide import GPUReading
-from hub_services.culler.probe import MAX_OUTPUT, PROBE_COMMAND, PROBE_SCRIPT
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +109,36 @@ class ContainerInfo:
     id: str
     profile: str
     unit: str
+    agent: str = ""  # a swarm task on another node: that node's agent URL; '' on the local engine
 
 
 class Containers:
-    """The hub's containers on the local engine (the hub has Docker access; so does its culler)."""
+    """The hub's containers on the local engine (the hub has Docker access; so does its culler).
 
-    def __init__(self, hub_id: str, notice_path: str, client: Any = None):
+    ``swarm`` (a :class:`~hub_services.culler.swarm.SwarmServers`): the engine is a swarm
+    manager; servers it does not run itself are found through the swarm and reached through
+    their node's agent (``agents``, an :class:`~hub_services.culler.swarm.AgentCalls`).
+    """
+
+    def __init__(self, hub_id: str, notice_path: str, client: Any = None, docker_host: str = "",
+                 swarm: Any = None, agents: Any = None):
         self.hub_id = hub_id
         self.notice_path = notice_path
+        self.docker_host = docker_host
+        self.swarm = swarm
+        self.agents = agents
         self._client = client
 
     @property
     def client(self) -> Any:
         if self._client is None:
             import docker
+            from docker.utils import kwargs_from_env
 
-            self._client = docker.from_env(timeout=30)
+            kwargs: dict[str, Any] = {"timeout": 30, **kwargs_from_env()}
+            if self.docker_host:
+                kwargs["base_url"] = self.docker_host
+            self._client = docker.DockerClient(**kwargs)
         return self._client
 
     def _list(self) -> dict[tuple[str, str], ContainerInfo]:
@@ -130,38 +146,42 @@ class Containers:
         for c in self.client.api.containers(filters={"label": f"{LABEL_HUB}={self.hub_id}"}):
             labels = ServerLabels.from_labels(c.get("Labels"))
             found[labels.key] = ContainerInfo(c["Id"], labels.profile, labels.unit)
+        if self.swarm is not None:
+            for key, info in self.swarm.read(self.client.api).servers.items():
+                found.setdefault(key, info)  # one this engine runs itself is asked here
         return found
 
     async def running(self) -> dict[tuple[str, str], ContainerInfo]:
         return await asyncio.to_thread(self._list)
 
-    def _exec(self, container_id: str, script: str, env: dict[str, str]) -> int:
-        result = self.client.api.exec_create(container_id, ["sh", "-c", script], user="1000", environment=env)
-        self.client.api.exec_start(result["Id"])
-        return int(self.client.api.exec_inspect(result["Id"]).get("ExitCode") or 0)
+    async def gpu_agent_urls(self) -> list[str]:
+        """The swarm's GPU nodes' agents (``gpu_agent_urls`` left empty on a swarm)."""
+        return (await asyncio.to_thread(self.swarm.read, self.client.api)).gpu_agents
 
     async def write_notice(self, container_id: str, text: str) -> bool:
-        script = 'printf "%s" "$GPUHUB_NOTICE" > "$GPUHUB_NOTICE_PATH.tmp" && mv -f "$GPUHUB_NOTICE_PATH.tmp" "$GPUHUB_NOTICE_PATH"'
-        env = {"GPUHUB_NOTICE": text, "GPUHUB_NOTICE_PATH": self.notice_path}
-        return await asyncio.to_thread(self._exec, container_id, script, env) == 0
-
-    def _probe(self, container_id: str) -> bytes | None:
-        api = self.client.api
-        result = api.exec_create(container_id, ["sh", "-c", PROBE_COMMAND], user="1000",
-                                 environment={"GPUHUB_PROBE": PROBE_SCRIPT})
-        out = bytearray()
-        for stdout, _stderr in api.exec_start(result["Id"], stream=True, demux=True):
-            out += stdout or b""
-            if len(out) > MAX_OUTPUT:
-                return None  # the user's container talks too much: not an answer
-        if int(api.exec_inspect(result["Id"]).get("ExitCode") or 0) != 0:
-            return None
-        return bytes(out)
+        return await asyncio.to_thread(kernel_probe.write_notice, self.client.api, container_id, text,
+                                       self.notice_path)
 
     async def probe(self, container_id: str) -> bytes | None:
         """The probe's raw output (untrusted, at most ``MAX_OUTPUT`` bytes), or None if it failed."""
-        return await asyncio.to_thread(self._probe, container_id)
+        return await asyncio.to_thread(kernel_probe.run_probe, self.client.api, container_id)
 
     async def remove_notice(self, container_id: str) -> bool:
-        env = {"GPUHUB_NOTICE_PATH": self.notice_path}
-        return await asyncio.to_thread(self._exec, container_id, 'rm -f "$GPUHUB_NOTICE_PATH"', env) == 0
+        return await asyncio.to_thread(kernel_probe.remove_notice, self.client.api, container_id, self.notice_path)
+
+    # ---- either engine: the local one, or the agent of the server's node --------------------
+
+    async def probe_server(self, info: ContainerInfo, key: tuple[str, str]) -> bytes | None:
+        if info.agent:
+            return await self.agents.probe(info, key)
+        return await self.probe(info.id)
+
+    async def notice(self, info: ContainerInfo, text: str) -> bool:
+        if info.agent:
+            return await self.agents.write_notice(info, text)
+        return await self.write_notice(info.id, text)
+
+    async def unnotice(self, info: ContainerInfo) -> bool:
+        if info.agent:
+            return await self.agents.remove_notice(info)
+        return await self.remove_notice(info.id)
