@@ -200,14 +200,15 @@ class _GitHTTPServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_http(root: Path, token: str | None = None) -> Iterator[str]:
-    """Serve the bare repositories under ``root``; yields the base URL (``http://127.0.0.1:PORT``)."""
-    server = _GitHTTPServer(("127.0.0.1", 0), _Handler)
+def serve_http(root: Path, token: str | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve the bare repositories under ``root``; yields the base URL (``http://HOST:PORT``;
+    ``host``: a rig network's gateway for a hub inside the rig)."""
+    server = _GitHTTPServer((host, 0), _Handler)
     server.root, server.token, server.requests = root, token, []
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
