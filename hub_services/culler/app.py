@@ -203,9 +203,10 @@ class CullerApp(UsageService):
         False, config=True,
         help="""Cull servers whose kernels cannot be asked on their idle signals alone.
 
-        Kernels are asked from inside the server's container through the local Docker engine,
-        with the server's own token (never the culler's).  Servers without a container on this
-        engine (swarm tasks on other nodes; --no-docker) have no kernel signal.  False (default):
+        Kernels are asked from inside the server's container through the local Docker engine
+        (or, on a swarm, the agent of the server's node), with the server's own token (never the
+        culler's).  Servers whose container cannot be asked (--no-docker; a swarm node without
+        an agent answering) have no kernel signal.  False (default):
         such servers are never culled for idleness (age and GPU-budget limits still apply).
         True: they are culled on hub activity, keep-alives and GPU work alone, so a long cell
         running in a closed tab is not seen.

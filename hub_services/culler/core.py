@@ -245,7 +245,7 @@ async def _probe(
             log.debug("%s: no container on this engine to ask for kernels; deciding on hub, keep-alive "
                      "and GPU signals (idle_without_probe)", name)
             return (), None
-        log.info("%s: no container on this engine to ask for kernels (swarm node or --no-docker): kept "
+        log.info("%s: no container on this engine or the swarm to ask for kernels: kept "
                  "as possibly active; set idle_without_probe to cull on the other signals", name)
         return None, None
     try:

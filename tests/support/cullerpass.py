@@ -1,11 +1,14 @@
 """Driving the culler of a test hub (``HubProcess`` with ``hub.culler`` set): a pass on demand,
-one server's decision, waiting for one, and a user's server made ready."""
+one server's decision, waiting for one, a user's server made ready, and a kernel kept busy."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 
 import requests
+import websocket
 
 
 def run_pass(hub) -> dict[tuple[str, str], dict]:
@@ -36,3 +39,41 @@ def spawn(hub, name: str, profile: str = "short") -> None:
     r = hub.spawn(name, {"profile": profile})
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(name)
+
+
+def kernels(hub, name: str, token: str) -> list[dict]:
+    r = requests.get(f"{hub.url}/user/{name}/api/kernels", headers={"Authorization": f"token {token}"}, timeout=20)
+    assert r.ok, r.text
+    return r.json()
+
+
+def start_busy_kernel(hub, name: str, token: str, code: str) -> str:
+    """Start a kernel, run ``code`` in it over its websocket, close the socket (the tab is gone)."""
+    auth = {"Authorization": f"token {token}"}
+    r = requests.post(f"{hub.url}/user/{name}/api/kernels", headers=auth, json={"name": "python3"}, timeout=60)
+    assert r.status_code == 201, r.text
+    kernel_id = r.json()["id"]
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{hub.port}/user/{name}/api/kernels/{kernel_id}/channels",
+        header=[f"Authorization: token {token}"], timeout=60,
+    )
+    msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request",
+                   "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        msg = json.loads(ws.recv())
+        if (msg.get("msg_type") == "execute_input" and msg.get("parent_header", {}).get("msg_id") == msg_id):
+            break
+    ws.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(k["id"] == kernel_id and k["execution_state"] == "busy" for k in kernels(hub, name, token)):
+            return kernel_id
+        time.sleep(0.3)
+    raise AssertionError(f"kernel of {name} never became busy: {kernels(hub, name, token)}")
