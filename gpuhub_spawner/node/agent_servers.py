@@ -138,41 +138,35 @@ class ProbeHandler(_ServerHandler):
 
 
 class NoticeHandler(_ServerHandler):
-    async def put(self, container_id: str) -> None:
+    async def _do(self, container_id: str, verb: str, call: Any) -> None:
         try:
-            if len(self.request.body) > MAX_NOTICE:
-                raise Refused(413, f"a notice is at most {MAX_NOTICE} bytes")
+            _, ok = await self.servers.run(container_id, "notice", call)
+        except Exception as e:  # noqa: BLE001 - Refused or the engine: an answer, never a 500
+            self.refuse(e)
+            return
+        if not ok:
+            self.refuse(Refused(502, f"the notice could not be {verb} in the container"))
+            return
+        self.answer({verb: True})
+
+    async def put(self, container_id: str) -> None:
+        text = None
+        if len(self.request.body) <= MAX_NOTICE:
             try:
                 text = json.loads(self.request.body)["text"]
             except (ValueError, TypeError, KeyError):
-                text = None
-            if not isinstance(text, str):
-                raise Refused(400, 'send {"text": "..."}')
-            path = self.servers.notice_path
-            _, ok = await self.servers.run(
-                container_id, "notice", lambda api, cid: kernel_probe.write_notice(api, cid, text, path)
-            )
-        except Exception as e:  # noqa: BLE001
-            self.refuse(e)
+                pass
+        if not isinstance(text, str):
+            too_big = len(self.request.body) > MAX_NOTICE
+            self.refuse(Refused(413, f"a notice is at most {MAX_NOTICE} bytes") if too_big
+                        else Refused(400, 'send {"text": "..."}'))
             return
-        if not ok:
-            self.refuse(Refused(502, "the notice could not be written in the container"))
-            return
-        self.answer({"written": True})
+        path = self.servers.notice_path
+        await self._do(container_id, "written", lambda api, cid: kernel_probe.write_notice(api, cid, text, path))
 
     async def delete(self, container_id: str) -> None:
         path = self.servers.notice_path
-        try:
-            _, ok = await self.servers.run(
-                container_id, "notice", lambda api, cid: kernel_probe.remove_notice(api, cid, path)
-            )
-        except Exception as e:  # noqa: BLE001
-            self.refuse(e)
-            return
-        if not ok:
-            self.refuse(Refused(502, "the notice could not be removed in the container"))
-            return
-        self.answer({"removed": True})
+        await self._do(container_id, "removed", lambda api, cid: kernel_probe.remove_notice(api, cid, path))
 
 
 def routes() -> list[tuple[str, type]]:

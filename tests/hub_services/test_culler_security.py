@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy
-from cullerpass import decision, pass_until, spawn
+from cullerpass import FAKE_SERVER, decision, pass_until, spawn
 from harness import (
     IMAGE,
     TEST_LABEL,
@@ -317,25 +317,6 @@ def test_a_slow_database_does_not_freeze_the_hub_pages(hub, users):
 
 # ---- the probe's exec path against a container that answers what it likes ----------------
 
-# a stand-in for a user's server (the user controls it): answers per /tmp/mode, records the token
-FAKE_SERVER = r"""
-import json, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        with open("/tmp/auth.txt", "a") as f:
-            f.write(self.headers.get("Authorization", "") + "\n")
-        mode = open("/tmp/mode").read().strip()
-        if mode == "hang":
-            time.sleep(120)
-        kernels = [{"execution_state": "busy"}] if mode == "busy" else [{"execution_state": "idle" * 100}] * 20000
-        body = json.dumps(kernels if "kernels" in self.path else {"last_activity": "2026-01-01T00:00:00Z"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-ThreadingHTTPServer(("127.0.0.1", 8888), H).serve_forever()
-"""
 
 
 def test_the_probe_reads_only_the_servers_answer_bounded_with_its_own_token(docker_client):

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import requests
+from cullerpass import FAKE_SERVER
 from harness import IMAGE, TEST_LABEL
 
 from gpuhub_spawner.node.agent import NodeAgent
@@ -28,25 +29,6 @@ TOKEN = "agent-servers-test-token-0123456789"
 HUB = "agentsrv"
 NOTICE = "/tmp/CULL-WARNING.txt"
 TIMEOUT = 3.0
-FAKE_SERVER = r"""
-import json, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        with open("/tmp/auth.txt", "a") as f:
-            f.write(self.headers.get("Authorization", "") + "\n")
-        mode = open("/tmp/mode").read().strip()
-        if mode == "hang":
-            time.sleep(120)
-        kernels = [{"execution_state": "busy"}] if mode == "busy" else [{"execution_state": "x" * 400}] * 5000
-        body = json.dumps(kernels if "kernels" in self.path else {"last_activity": "2026-01-01T00:00:00Z"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-open("/tmp/mode", "w").write("busy")
-ThreadingHTTPServer(("127.0.0.1", 8888), H).serve_forever()
-"""
 
 
 def _labels(hub: str, user: str) -> dict[str, str]:
@@ -65,6 +47,9 @@ def containers(docker_client):
             made[name] = docker_client.containers.run(
                 IMAGE, ["python3", "-c", FAKE_SERVER], detach=True, user="1000", labels=labels, environment=env,
             )
+        for c in made.values():  # the stand-in answers per /tmp/mode
+            _wait_running(c)
+            _mode(c, "busy")
         made["own_token"] = own
         yield made
     finally:
@@ -73,51 +58,18 @@ def containers(docker_client):
                 c.remove(force=True)
 
 
-@pytest.fixture(scope="module")
-def agent_url(docker_client, containers, _module_agent):
+@pytest.fixture
+def agent_url(docker_client, containers, serve_agent):
     directory = ContainerDirectory(docker_client.api, hub_id=HUB)
     agent = NodeAgent("node-t", directory, ProcReader("/proc"))
-    servers = ServerExec(docker_client.api, HUB, timeout=TIMEOUT, notice_path=NOTICE)
-    return _module_agent(agent, TOKEN, servers)
+    return serve_agent(agent, TOKEN, ServerExec(docker_client.api, HUB, timeout=TIMEOUT, notice_path=NOTICE))
 
 
-@pytest.fixture(scope="module")
-def _module_agent():
-    """The agent's real application on a loopback port, for the module (as conftest's serve_agent)."""
-    import asyncio
-    import socket
-    import threading
-
-    from tornado.httpserver import HTTPServer
-    from tornado.netutil import bind_sockets
-
-    from gpuhub_spawner.node.agent import make_web_app
-
-    loops = []
-
-    def start(agent, token, servers):
-        [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
-        loop = asyncio.new_event_loop()
-        loops.append(loop)
-        started = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(loop)
-
-            async def serve():
-                HTTPServer(make_web_app(agent, token, servers), max_body_size=2 * MAX_NOTICE).add_sockets([sock])
-                started.set()
-
-            loop.run_until_complete(serve())
-            loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        assert started.wait(10)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    yield start
-    for loop in loops:
-        loop.call_soon_threadsafe(loop.stop)
+def _wait_running(container) -> None:
+    deadline = time.monotonic() + 30
+    while container.reload() or container.status != "running":
+        assert time.monotonic() < deadline, container.logs().decode(errors="replace")
+        time.sleep(0.2)
 
 
 def _call(method: str, url: str, token: str | None = TOKEN, **kwargs) -> requests.Response:

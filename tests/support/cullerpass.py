@@ -77,3 +77,24 @@ def start_busy_kernel(hub, name: str, token: str, code: str) -> str:
             return kernel_id
         time.sleep(0.3)
     raise AssertionError(f"kernel of {name} never became busy: {kernels(hub, name, token)}")
+
+
+# a stand-in for a user's server (the user controls it): answers per /tmp/mode, records the token
+FAKE_SERVER = r"""
+import json, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open("/tmp/auth.txt", "a") as f:
+            f.write(self.headers.get("Authorization", "") + "\n")
+        mode = open("/tmp/mode").read().strip()
+        if mode == "hang":
+            time.sleep(120)
+        kernels = [{"execution_state": "busy"}] if mode == "busy" else [{"execution_state": "idle" * 100}] * 20000
+        body = json.dumps(kernels if "kernels" in self.path else {"last_activity": "2026-01-01T00:00:00Z"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", 8888), H).serve_forever()
+"""
