@@ -351,8 +351,8 @@ def next_steps(client: docker.DockerClient, cfg: GPUHubConfig) -> list[str]:
         f"--manager {addr}:2377 --join-token-file FILE --registry {addr}:{deploy.registry_port}",
         f"each GPU machine's node agent: gpuhub node agent install --token-file <copy of "
         f"{deploy.secrets_dir}/agent_token>",
-        "each GPU node, on this manager: docker node update --label-add gpuhub.gpu=true NODE (Prometheus "
-        "and the tutorial mirror find the GPU nodes by it)",
+        "each GPU node, on this manager: docker node update --label-add gpuhub.gpu=true NODE (Prometheus, "
+        "the culler and the tutorial mirror find the GPU nodes by it)",
     ]
     if cfg.sign_in.authenticator == "github":
         lines.append(f"GitHub OAuth app: callback URL {deploy.public_url}/hub/oauth_callback")

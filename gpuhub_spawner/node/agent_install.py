@@ -15,7 +15,8 @@ The container (:class:`AgentContainer`, a pure spec) gets:
 - the NVIDIA runtime with ``NVIDIA_DRIVER_CAPABILITIES=utility`` (NVML only, no CUDA) and every
   GPU for monitoring; it reserves no unit;
 - the Docker socket (read-only mount; the API behind it is not read-only: root on this node), as
-  :mod:`.containers` lists the gpuhub servers and reads their labels through it;
+  :mod:`.containers` lists the gpuhub servers and reads their labels through it, and
+  :mod:`.agent_servers` runs the culler's kernel probe and notice in them;
 - the token file read-only at ``/run/secrets/gpuhub-agent-token``, its port published on the
   node (Prometheus and the culler reach ``<node address>:9469``; users' servers can too, hence
   the token), ``--restart unless-stopped``, a read-only root file system.

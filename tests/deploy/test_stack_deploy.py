@@ -295,3 +295,46 @@ def test_a_new_certificate_is_a_new_secret_and_the_old_one_goes(deployed, rig):
         served = tls.getpeercert(binary_form=True)
     first = fresh.cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
     assert served == ssl.PEM_cert_to_DER_cert(first)  # caddy serves the new one
+
+
+def test_the_hub_reaches_a_workers_node_agent_found_on_the_swarm_with_the_stacks_token(deployed, rig):
+    """The culler in the hub asks the node agents about servers on their nodes (kernel probe,
+    notice, GPU activity): the hub is on the edge network, reaches the agent at the address
+    the culler reads off the swarm (hub_services/culler/swarm.py), and holds the agent token
+    `gpuhub deploy` generated, which the node's agent is installed with."""
+    from gpuhub_spawner.node.agent_install import AgentContainer
+    from hub_services.culler.swarm import swarm_view
+
+    worker, image = rig.nodes["worker"], os.environ.get("GPUHUB_AGENT_IMAGE", "gpuhub/node-agent:latest")
+    rig.load_image(image, ["worker"])
+    spec = AgentContainer(image=image, runtime="")  # the rig's nodes have no NVIDIA runtime
+    worker.sh("mkdir -p /etc/gpuhub")
+    worker.put_file(spec.token_file, (deployed["secrets"] / "agent_token").read_text(), mode=0o600)
+    worker.sh(" ".join(spec.docker_run()))
+    client = deployed["client"]
+    node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "worker")
+    node.update({**node.attrs["Spec"], "Labels": {**(node.attrs["Spec"].get("Labels") or {}), "gpuhub.gpu": "true"}})
+    try:
+        [url] = swarm_view(client.api.nodes(), [], [], STACK).gpu_agents
+        hub = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})[0]
+        code, out = hub.exec_run(["python3", "-c", AGENT_CHECK, url + "/api/activity"])
+        assert code == 0 and out.decode().strip().endswith("200"), out.decode()[-2000:]
+    finally:
+        worker.sh(f"docker rm -f {spec.name}", check=False)
+        node.reload()
+        labels = {k: v for k, v in (node.attrs["Spec"].get("Labels") or {}).items() if k != "gpuhub.gpu"}
+        node.update({**node.attrs["Spec"], "Labels": labels})
+
+
+#: run in the hub's container: GET argv[1] with the stack's agent token, retried while the agent starts
+AGENT_CHECK = """
+import sys, time, urllib.request as u
+token = open("/run/secrets/agent_token").read().strip()
+for _ in range(60):
+    try:
+        print(u.urlopen(u.Request(sys.argv[1], headers={"Authorization": "Bearer " + token}), timeout=5).status)
+        break
+    except Exception as e:
+        print(e)
+        time.sleep(1)
+"""
