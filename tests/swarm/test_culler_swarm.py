@@ -4,9 +4,11 @@ culled or kept through their node's agent.
 A real hub with GPUSwarmSpawner (off the manager, over mutual TLS) runs the culler that
 jupyterhub_config.py registers, with no list of agent URLs: it finds the agents on the nodes
 labelled gpuhub.gpu=true and each server's node from the manager's tasks.  The agents run on
-two GPU workers as `gpuhub node agent install` starts them (the container of
-gpuhub_spawner/node/agent_install.py's AgentContainer, less the NVIDIA runtime: the rig's
-nodes have no GPU, and no NVML: its GPU figures are absent, so the kernels decide).
+two GPU workers as `gpuhub node agent install` starts them: the `docker run` of
+gpuhub_spawner/node/agent_install.py's AgentContainer, less the NVIDIA runtime (the rig's
+nodes have no GPU, and no NVML: the agent's GPU figures are absent, so the kernels decide).
+The command itself cannot run on the rig's nodes: their Python lacks the `node` extra
+(prometheus_client, tornado), which the install imports to check the token file.
 
 An idle GPU server on w-gpu is warned (the notice file appears in its container, on its node)
 and then stopped; a server on w-mig whose kernel runs a `time.sleep` loop in a closed tab is
