@@ -351,6 +351,7 @@ class Browser:
     def press_start(self, profile: str) -> tuple[float, str, str]:
         """Pick ``profile`` on the spawn form and press Start: seconds until the next page is
         shown, that page's URL, and the refusal the form then shows ("" on the progress page)."""
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -361,10 +362,14 @@ class Browser:
         form = d.find_element(By.CSS_SELECTOR, "form input[name=profile]").find_element(By.XPATH, "ancestor::form")
         form.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
         # the next page: the progress page (or the server itself), or the form again with the refusal
-        WebDriverWait(d, 90, poll_frequency=0.02).until(lambda d: d.execute_script(
-            "return document.readyState") == "complete" and (
-            "/hub/spawn-pending/" in d.current_url or "/user/" in d.current_url
-            or (d.current_url != before and d.find_elements(By.CSS_SELECTOR, ".spawn-error-msg"))))
+        try:
+            WebDriverWait(d, 120, poll_frequency=0.02).until(lambda d: d.execute_script(
+                "return document.readyState") == "complete" and (
+                "/hub/spawn-pending/" in d.current_url or "/user/" in d.current_url
+                or (d.current_url != before and d.find_elements(By.CSS_SELECTOR, ".spawn-error-msg"))))
+        except TimeoutException:
+            body = d.find_element(By.TAG_NAME, "body").text[:600]
+            return time.perf_counter() - t0, d.current_url, f"no next page within 120 s: {body}"
         took = time.perf_counter() - t0
         errors = d.find_elements(By.CSS_SELECTOR, ".spawn-error-msg")
         return took, d.current_url, errors[0].text if errors else ""
