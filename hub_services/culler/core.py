@@ -138,7 +138,9 @@ async def _swarm_agents(ctx: Context) -> AgentView:
     if set(urls) != set(ctx.agent_seen):
         log.info("GPU agents found on the swarm: %s", ", ".join(urls) or "none (no ready node labelled gpuhub.gpu=true)")
         ctx.agent_seen = list(urls)
-    return await read_agents(ctx.http, urls)
+    view = await read_agents(ctx.http, urls)
+    view.discovered = True
+    return view
 
 
 async def _policy(ctx: Context, settings: Settings, state: PassState, user: dict[str, Any]) -> QuotaPolicy | None:
@@ -170,11 +172,14 @@ async def _gpu_left(ctx: Context, state: PassState, user: str, policy: QuotaPoli
     return budget_view(policy, state.usage[policy.period].get(user, 0.0), now).left_seconds
 
 
-def _gpu_signal(state: PassState, key: tuple[str, str], holds_gpu: bool) -> tuple[d.GPUReading | None, bool]:
+def _gpu_signal(state: PassState, key: tuple[str, str], holds_gpu: bool,
+                info: ContainerInfo | None = None) -> tuple[d.GPUReading | None, bool]:
     if not holds_gpu or state.agents is None:
         return None, False
     reading = state.agents.readings.get(key)
     if reading is None and state.agents.failed:
+        if state.agents.discovered and info is not None and info.agent and info.agent not in state.agents.failed:
+            return None, False  # its own node's agent answered (swarm): another node's failure is not its
         return None, True  # its agent may be the one that failed: never cull on missing data
     return reading, False
 
@@ -199,7 +204,7 @@ async def handle_server(
         gpu_seconds_left=await _gpu_left(ctx, state, user["name"], policy) if policy and holds_gpu else None,
         gpu_servers_of_user=max(1, gpu_servers),
     )
-    reading, unknown = _gpu_signal(state, key, holds_gpu)
+    reading, unknown = _gpu_signal(state, key, holds_gpu, info)
     if reading is not None and d.gpu_works(reading, settings.gpu_thresholds):
         ctx.gpu_seen[key] = state.now
     signals = d.Signals(
@@ -245,7 +250,7 @@ async def _probe(
             log.debug("%s: no container on this engine to ask for kernels; deciding on hub, keep-alive "
                      "and GPU signals (idle_without_probe)", name)
             return (), None
-        log.info("%s: no container on this engine or the swarm to ask for kernels: kept "
+        log.info("%s: no container on this engine to ask for kernels (--no-docker, or the swarm not read): kept "
                  "as possibly active; set idle_without_probe to cull on the other signals", name)
         return None, None
     try:

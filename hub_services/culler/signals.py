@@ -35,6 +35,9 @@ class AgentView:
 
     readings: dict[tuple[str, str], GPUReading]
     failed: list[str]
+    #: the agents are the swarm's, found where the servers' agents are (swarm.py): a server whose
+    #: own node's agent answered is not made GPU-unknown by another node's failure
+    discovered: bool = False
 
 
 def agent_token() -> str:

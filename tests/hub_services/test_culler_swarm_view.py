@@ -8,6 +8,8 @@ import pytest
 
 from gpuhub_spawner.core.config import validate
 from gpuhub_spawner.deploy.stack import render
+from hub_services.culler import core
+from hub_services.culler.signals import AgentView, ContainerInfo
 from hub_services.culler.swarm import swarm_view
 
 
@@ -69,3 +71,24 @@ def test_the_stacks_hub_is_on_the_edge_network_to_reach_the_agents_and_gets_thei
     assert {"source": "agent_token", "target": "agent_token"} in hub["secrets"]
     # no user server network besides the one it had: the users' network stays the hub's alias only
     assert hub["networks"]["users"] == {"aliases": ["gpuhub-hub"]}
+
+
+NODE_1, NODE_2 = "http://10.0.0.1:9469", "http://10.0.0.2:9469"
+
+
+@pytest.mark.parametrize(
+    "discovered,agent,unknown",
+    [
+        pytest.param(True, NODE_1, False, id="swarm-own-node-answered"),
+        pytest.param(True, NODE_2, True, id="swarm-own-node-failed"),
+        pytest.param(True, "", True, id="swarm-node-not-known"),
+        pytest.param(False, NODE_1, True, id="listed-agents-any-failure"),
+    ],
+)
+def test_a_failed_agent_makes_gpu_work_unknown_only_where_it_may_be_the_servers(discovered, agent, unknown):
+    """No reading for a GPU server while an agent failed: GPU work unknown (never culled as GPU
+    idle), unless the agents are the swarm's and the server's own node's agent answered."""
+    state = core.PassState(now=0.0, agents=AgentView({}, [NODE_2], discovered), containers=None,
+                           gpu_holders=set(), warnings={}, keepalives={}, overrides={})
+    info = ContainerInfo("c" * 64, "gpu", "", agent=agent) if agent else None
+    assert core._gpu_signal(state, ("ida", ""), True, info) == (None, unknown)
