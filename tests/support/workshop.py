@@ -142,6 +142,13 @@ class Press:
     first_answer_s: float = 0.0
     message: str = ""
     error: str = ""
+    #: refused after the first answer (202): the stack answers a Start within half a second
+    #: (deploy/inhub.py), so a refusal decided later comes as the spawn's failure event
+    refused_late: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.status == 503 or self.refused_late
 
 
 class Attendee:
@@ -193,6 +200,18 @@ class Attendee:
         except requests.RequestException as e:
             press.first_answer_s = time.perf_counter() - t0
             press.error = f"{type(e).__name__}: {e}"
+        return press
+
+    def press_start_told(self, options: dict[str, Any], within: float = 60) -> Press:
+        """Start, and when the first answer is a 202, what the progress stream then says first:
+        a failure (the refusal's message), or that the spawn goes on (ready, a place in line)."""
+        press = self.press_start(options)
+        if press.status != 202:
+            return press
+        events = self.progress(time.monotonic() + within, stop=lambda e: bool(POSITION.search(e.get("message", ""))))
+        failed = next((e for e in events if e.get("failed")), None)
+        if failed is not None:
+            press.refused_late, press.message = True, failed.get("message", "")
         return press
 
     def progress(self, until: float, stop=lambda event: False) -> list[dict[str, Any]]:

@@ -47,13 +47,17 @@ from workshop_stack import (
 
 #: what the issue asks of the day that this test does not show yet, and why
 LEFT_OUT = {
-    "tutorials": "the per-node tutorial mirror is not part of `gpuhub deploy` (deploy/docs/tutorial-store.md "
-                 "deploys it by hand), so the stack has no way to put a published commit on every node",
-    "culler": "on a swarm the culler cannot ask kernels on other nodes (hub_services/culler: idle_without_probe), "
-              "so a busy kernel is seen only through the node agents' GPU signal, which `gpuhub deploy` does not "
-              "wire (no culler.gpu_agent_urls, no agents on the rig)",
-    "upgrade_from_0.1.0": "the day's rows are written by today's hub, and `gpuhub upgrade --stack` runs on "
-                          "them; rows written by gpuhub/hub:0.1.0 and upgraded are tests/ops/test_stack_ops.py's",
+    "tutorials": "not yet driven inside this day: the stack's per-node tutorial mirror is shown on its own rig "
+                 "by tests/deploy/test_stack_mirror.py (a pushed commit reaches a worker's store through "
+                 "`gpuhub deploy`'s mirror), and the webhook and the edited copy by tests/hub_services and "
+                 "tests/hub on one host",
+    "culler": "not yet driven inside this day: the culler asking kernels on other nodes through their node "
+              "agents is shown by tests/swarm/test_culler_swarm.py (idle server warned then culled, busy "
+              "kernel kept) with the hub on the host, and the stack's hub reaching a node agent by "
+              "tests/deploy/test_stack_deploy.py",
+    "upgrade_from_0.1.0": "gpuhub/hub:0.1.0 cannot run in the stack (it predates it: its gpuhub.yaml has no "
+                          "deploy: key); `gpuhub upgrade --stack` is shown here on the current image, and on "
+                          "rows written by the 0.1.0 image by tests/ops/test_stack_ops.py",
 }
 
 

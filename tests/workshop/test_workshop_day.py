@@ -235,9 +235,9 @@ def test_a_new_node_serves_the_queue_and_a_drained_nodes_users_are_told(stack, r
         wait_for(lambda u=u: not people[u].api("GET", f"/users/{u}").json().get("servers"), 120,
                  f"{u}'s server on the drained node reported stopped")
     # told: their next Start says where their files are and what they can do (no silent move)
-    answers = {u: people[u].press_start({"profile": "mig"}) for u in first_two}
+    answers = {u: people[u].press_start_told({"profile": "mig"}) for u in first_two}
     told = {u: a.message for u, a in answers.items()}
-    assert all(a.status == 503 and "gpu-4" in a.message and "drained" in a.message for a in answers.values()), told
+    assert all(a.refused and "gpu-4" in a.message and "drained" in a.message for a in answers.values()), told
     assert_each_unit_held_once(held_units(rig, stack.hub_id))
     report.phase("node_added_and_drained", first_in_line_served_on_new_node=first_two,
                  join_to_served_s=round(joined_to_served, 1), drained_users_told=told)
@@ -304,8 +304,8 @@ def test_scratch_stays_on_its_node_and_a_full_home_node_offers_the_choice(stack,
     # the first in line takes the unit freed on that node: the node holding the user's files is full
     wait_for(lambda: sum(1 for s in held_units(rig, stack.hub_id).values() if s["node"] == node) == size, 180,
              f"the freed unit on {node} given to the first in line")
-    full = people[user].press_start({"profile": "mig"})
-    assert full.status == 503 and f"are on {node}" in full.message, (full.status, full.message)
+    full = people[user].press_start_told({"profile": "mig"})
+    assert full.refused and f"are on {node}" in full.message, (full.status, full.message)
     assert "Wait in line" in full.message and "another node" in full.message, full.message
 
     # the line ends for the day; a neighbour on that node stops; the user starts again and is
