@@ -24,6 +24,8 @@ from needs import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS = "v0.1.0"
+#: the release's commit, for a clone made without tags
+PREVIOUS_COMMIT = "ff4d4adfafc9815f885dc759334c1f49b0baabfc"
 FILL = Path(__file__).with_name("statefill.py")
 
 
@@ -33,10 +35,13 @@ def previous_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         unavailable("the upgrade test needs git and the repository's history")
     tree = tmp_path_factory.mktemp("previous")
-    archive = subprocess.run(["git", "archive", PREVIOUS, "gpuhub_spawner", "hub_services"], cwd=REPO,
-                             capture_output=True, check=False)
+    for rev in (PREVIOUS, PREVIOUS_COMMIT):
+        archive = subprocess.run(["git", "archive", rev, "gpuhub_spawner", "hub_services"], cwd=REPO,
+                                 capture_output=True, check=False)
+        if archive.returncode == 0:
+            break
     if archive.returncode != 0:
-        unavailable(f"the tag {PREVIOUS} is not in this clone: {archive.stderr.decode()[-300:]}")
+        unavailable(f"neither the tag {PREVIOUS} nor its commit is in this clone: {archive.stderr.decode()[-300:]}")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return tree
 
