@@ -21,11 +21,38 @@ from typing import Any
 
 from gpuhub_spawner.core.hubconfig import ConfigError, env_json
 from gpuhub_spawner.core.inventory import Inventory, InventoryError, default_profiles, units_from_gpus
-from gpuhub_spawner.deploy.deploycli import add_deploy_command
 from gpuhub_spawner.node.nodecli import SetupError, add_node_commands
 from gpuhub_spawner.node.nvml import NVMLUnavailable, discover_gpus, load_nvml
-from gpuhub_spawner.ops.commands import add_ops_commands
-from gpuhub_spawner.status import add_status_command
+
+#: the manager's commands: (module, function adding them, their names).  Imported when the
+#: parser is built, so a GPU node whose install has only what `gpuhub node ...` needs (core and
+#: node) still runs those; the others then say what is missing instead of a traceback.
+MANAGER_COMMANDS = (
+    ("gpuhub_spawner.deploy.deploycli", "add_deploy_command", ("deploy",)),
+    ("gpuhub_spawner.status", "add_status_command", ("status",)),
+    ("gpuhub_spawner.ops.commands", "add_ops_commands", ("backup", "restore", "upgrade")),
+)
+
+
+def _add_manager_commands(sub: Any) -> None:
+    import importlib
+
+    for module, adder, names in MANAGER_COMMANDS:
+        try:
+            add = getattr(importlib.import_module(module), adder)
+        except ImportError as e:
+            missing = e.name or str(e)
+
+            def unavailable(args: argparse.Namespace, missing: str = missing) -> int:
+                print(f"gpuhub {args.command}: this installation lacks {missing}, which it needs: install "
+                      "gpuhub with its dependencies (pip install gpuhub) on this machine", file=sys.stderr)
+                return 2
+
+            for name in names:
+                stub = sub.add_parser(name, help=f"(needs {missing}, missing here)")
+                stub.set_defaults(func=unavailable, command=name, any_arguments=True)
+            continue
+        add(sub)
 
 
 def _described_gpus(static: str | None) -> tuple[list, str]:
@@ -136,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=cmd_doctor)
     add_node_commands(sub)
     add_config_commands(sub)
-    add_deploy_command(sub)
-    add_status_command(sub)
-    add_ops_commands(sub)
-    args = parser.parse_args(argv)
+    _add_manager_commands(sub)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (InventoryError, ConfigError, SetupError, NVMLUnavailable, OSError, json.JSONDecodeError) as e:
