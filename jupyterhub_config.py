@@ -134,7 +134,17 @@ c.JupyterHub.load_roles.append(admin_role)
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
 
+
+def _token_file(key: str, path: str) -> str:
+    """A service token from the file gpuhub.yaml's ``key`` names; a bad file stops the hub (exit 2)."""
+    try:
+        return hubconfig.read_token_file(hubconfig.setting_name(key), path)
+    except hubconfig.ConfigError as e:
+        hubconfig.fail(str(e))
+
+
 # ---- tutorial sync: publish a Git branch to the store that servers mount -------------
+
 if cfg.tutorials.repo:
     store = Path(cfg.tutorials.store or data_dir / "tutorials")
     # secrets travel in the environment, never on the command line
@@ -146,12 +156,7 @@ if cfg.tutorials.repo:
         c.GPUDockerSpawner.tutorials_source = str(store)
     if cfg.tutorials.mirror_token_file:
         # the per-node mirrors (no NFS on a swarm): a token that may read the bundle, nothing else
-        try:
-            mirror_token = hubconfig.read_token_file(
-                hubconfig.setting_name("tutorials.mirror_token_file"), cfg.tutorials.mirror_token_file
-            )
-        except hubconfig.ConfigError as e:
-            hubconfig.fail(str(e))
+        mirror_token = _token_file("tutorials.mirror_token_file", cfg.tutorials.mirror_token_file)
         mirror_service, mirror_role, mirror_scope = managed_services.tutorial_mirror(mirror_token)
         c.JupyterHub.services.append(mirror_service)
         c.JupyterHub.load_roles.append(mirror_role)
@@ -257,12 +262,7 @@ if cfg.metrics.exporter_port:
     c.JupyterHub.services.append(exporter_service)
     c.JupyterHub.load_roles.append(exporter_role)
 if cfg.metrics.prometheus_token_file:
-    try:
-        prometheus_token = hubconfig.read_token_file(
-            hubconfig.setting_name("metrics.prometheus_token_file"), cfg.metrics.prometheus_token_file
-        )
-    except hubconfig.ConfigError as e:
-        hubconfig.fail(str(e))
+    prometheus_token = _token_file("metrics.prometheus_token_file", cfg.metrics.prometheus_token_file)
     prometheus_service, prometheus_role = managed_services.prometheus(prometheus_token)
     c.JupyterHub.services.append(prometheus_service)
     c.JupyterHub.load_roles.append(prometheus_role)
