@@ -15,6 +15,7 @@ from pathlib import Path
 import pynvml
 import pytest
 from harness import render_form
+from polling import wait_for as _wait
 from swarm_rig import SwarmRig
 
 from gpuhub_spawner.storage.ledger import UsageLedger
@@ -93,16 +94,6 @@ def form_counts(hub, user: str) -> dict[str, tuple[int, int]]:
     html = render_form(hub, user)
     found = re.findall(r"<strong>([^<]+)</strong> <span class=\"text-muted\">\((\d+) of (\d+) free", html)
     return {name: (int(free), int(size)) for name, free, size in found}
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def test_concurrent_spawns_get_distinct_units_across_nodes(rig, swarm_hub):

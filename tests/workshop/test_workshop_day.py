@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from harness import IMAGE
+from polling import wait_for
 from swarm_rig import SwarmRig
 from workshop import (
     ATTENDEES,
@@ -68,16 +69,6 @@ def assert_each_unit_held_once(held: dict[str, dict]) -> None:
     units = [s["unit"] for s in held.values()]
     assert len(units) == len(set(units)), f"a unit is held twice: {held}"
     assert all(s["tasks"] == 1 for s in held.values()), held
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def attendee(stack, login: str) -> Attendee:
