@@ -4,7 +4,8 @@ A one-shot global swarm service runs on every ready, active node.  Its task (fro
 agent's image, which ``gpuhub node setup`` put on every GPU node, or which the node pulls from
 the stack's registry) asks its own node's engine for each image and says in one JSON line per
 image what happened there: ``pulled``, ``already there`` (the engine had that very image),
-``updated`` (it had an older one under that name), or ``failed`` with the engine's reason.  The
+``updated`` (it had an older one under that name), ``kept`` (it has one under that name but the
+registry could not be asked: an offline node loaded by hand), or ``failed`` with the engine's reason.  The
 manager reads those lines from the service's log, prints one line per node and image, and
 removes the service.  Every wait is bounded (``--timeout`` for the whole, ``--pull-timeout``
 per image on a node).
@@ -59,7 +60,7 @@ def split_tag(image: str) -> tuple[str, str | None]:
 class Outcome:
     node: str
     image: str
-    result: str  # pulled / updated / already there / failed
+    result: str  # pulled / updated / already there / kept / failed
     reason: str = ""
     seconds: float = 0.0
 
@@ -73,6 +74,8 @@ class Outcome:
             said = f"FAILED: {self.reason or 'no reason given'}"
         elif self.result == "present":  # the image ran there: no telling whether it was pulled now
             said = "ok"
+        elif self.result == "kept":  # the node has it, but the registry could not say whether it is the newest
+            said = f"ok (already there; not checked for a newer one: {self.reason or 'no reason given'})"
         else:
             said = f"ok ({self.result}{f', {self.seconds:.0f}s' if self.result in ('pulled', 'updated') else ''})"
         return f"{self.node}: {self.image + ': ' if with_image else ''}{said}"
@@ -229,23 +232,36 @@ def pull_one(client: Any, image: str, timeout: float) -> dict[str, Any]:
 
     before = image_id()
     started = time.monotonic()
-    repository, tag = split_tag(image)
-    try:
-        for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
-            if event.get("error"):
-                return {"result": "failed", "reason": str(event["error"])[:300]}
-            if time.monotonic() - started > timeout:
-                return {"result": "failed", "reason": f"the pull took longer than {timeout:.0f}s"}
-    except docker.errors.APIError as e:
-        return {"result": "failed", "reason": str(e.explanation or e)[:300]}
-    except Exception as e:  # noqa: BLE001 - a lost connection, a read timeout: say it
-        return {"result": "failed", "reason": f"{type(e).__name__}: {str(e)[:200]}"}
+    failure = _pull(client, image, timeout)
+    if failure:
+        # a node that has the image starts servers from it (swarm uses the local image when its
+        # pull fails): an offline node loaded by `gpuhub node setup` is ready, only not checked
+        return {"result": "kept" if before else "failed", "reason": failure}
     after = image_id()
     seconds = round(time.monotonic() - started, 1)
     if after is None:
         return {"result": "failed", "reason": "the engine says it pulled, but has no such image"}
     result = "already there" if after == before else ("pulled" if before is None else "updated")
     return {"result": result, "seconds": seconds}
+
+
+def _pull(client: Any, image: str, timeout: float) -> str:
+    """Pull ``image`` within ``timeout`` seconds: "" when the engine says it is done, else why not."""
+    import docker
+
+    started = time.monotonic()
+    repository, tag = split_tag(image)
+    try:
+        for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
+            if event.get("error"):
+                return str(event["error"])[:300]
+            if time.monotonic() - started > timeout:
+                return f"the pull took longer than {timeout:.0f}s"
+    except docker.errors.APIError as e:
+        return str(e.explanation or e)[:300]
+    except Exception as e:  # noqa: BLE001 - a lost connection, a read timeout: say it
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    return ""
 
 
 def worker(argv: list[str]) -> int:

@@ -1,13 +1,22 @@
 """``gpuhub node prepull``'s pure half: names in the stack's registry, the workers' lines, the report.
 
-The rig test (tests/swarm/test_distrib_swarm.py) runs it against a real registry and real nodes.
+The rig test (tests/swarm/test_distrib_swarm.py) runs it against a real registry and real nodes;
+the worker's pull is run here against the host's real engine and a registry that cannot be reached.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from gpuhub_spawner.node.prepull import Outcome, explain_task_error, in_registry, parse_log, report, split_tag
+from gpuhub_spawner.node.prepull import (
+    Outcome,
+    explain_task_error,
+    in_registry,
+    parse_log,
+    pull_one,
+    report,
+    split_tag,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +66,21 @@ def test_the_report_has_one_line_per_node_and_image_and_says_why_a_node_said_not
     assert "--agent-image" in lines[4]
     assert [o.ok for o in outcomes] == [True, True, False, False, False, False]
     assert Outcome("gpu-1", "r/a:1", "present").line(with_image=False) == "gpu-1: ok"
+
+
+def test_a_node_that_has_the_image_but_cannot_reach_its_registry_is_ready_and_says_it_did_not_check(docker_client):
+    """An offline node loaded by hand: swarm starts servers from its local image when the pull
+    fails, so the prepull says ok (not checked, with the engine's reason); without the image, FAILED."""
+    from harness import IMAGE
+
+    unreachable = "127.0.0.1:9/gpuhub-prepull-test"  # nothing listens on the discard port
+    docker_client.images.get(IMAGE).tag(unreachable, "kept")
+    try:
+        kept = pull_one(docker_client, f"{unreachable}:kept", timeout=60)
+        absent = pull_one(docker_client, f"{unreachable}:absent", timeout=60)
+    finally:
+        docker_client.images.remove(f"{unreachable}:kept", noprune=True)
+    assert kept["result"] == "kept" and "127.0.0.1:9" in kept["reason"], kept
+    assert absent["result"] == "failed" and absent["reason"], absent
+    line = Outcome("gpu-1", f"{unreachable}:kept", kept["result"], kept["reason"]).line(with_image=False)
+    assert line.startswith("gpu-1: ok (already there; not checked for a newer one: "), line
