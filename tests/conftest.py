@@ -57,3 +57,13 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Lanes for ``pytest -n N --dist loadgroup`` (deploy/gpuhub-test): every test on a swarm rig
+    (the ``rig`` fixture) in one lane, so two rigs never share this machine's two cores; any other
+    module whole in one lane, so its module fixtures (a hub, a database) are made once."""
+    for item in items:
+        group = "swarm-rig" if "rig" in getattr(item, "fixturenames", ()) else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+

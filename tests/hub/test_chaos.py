@@ -261,6 +261,7 @@ def restartable_engine(docker_client) -> engine.Daemon:
     assert not engine.LOCK.exists() and engine.answering()  # the engine is left fully up
 
 
+@pytest.mark.engine_restart  # alone, after every other test (deploy/gpuhub-test)
 def test_engine_restart_with_spawns_in_flight(docker_client, chaos_hub, restartable_engine):
     hub = chaos_hub
     with cf.ThreadPoolExecutor(len(USERS)) as pool:

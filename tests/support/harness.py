@@ -66,9 +66,15 @@ def free_port() -> int:
     failed that way: "Address already in use", and git reading another server's answer).
     """
     low = _ephemeral_low()
+    # each pytest-xdist worker (gw0, gw1…) draws from its own slice of the range: the set above
+    # is per process, so two workers could otherwise promise the same port to two hubs
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    lanes = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    width = 12000 // lanes
+    first = max(1024, low - 12000) + width * (worker % lanes)
     rng = random.Random()
     while True:
-        port = rng.randrange(max(1024, low - 12000), low)
+        port = rng.randrange(first, first + width)
         if port in _PORTS_GIVEN or not _bindable(port):
             continue
         _PORTS_GIVEN.add(port)
