@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 from harness import IMAGE, HubProcess
+from lanes import RIG_FILES, file_of
 from needs import unavailable
 
 
@@ -60,10 +62,14 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Lanes for ``pytest -n N --dist loadgroup`` (deploy/gpuhub-test): every test on a swarm rig
-    (the ``rig`` fixture) in one lane, so two rigs never share this machine's two cores; any other
-    module whole in one lane, so its module fixtures (a hub, a database) are made once."""
-    for item in items:
-        group = "swarm-rig" if "rig" in getattr(item, "fixturenames", ()) else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
+    """A test on a swarm rig must be in the rig lane's list (tests/support/lanes.py); under
+    pytest-xdist the rig lane comes first, so the longest lane starts at once (a single pytest
+    keeps the files' order: its engine-restart chaos test needs no rig up)."""
+    on_rig = [item for item in items if "rig" in getattr(item, "fixturenames", ())]
+    unlisted = sorted({file_of(item.nodeid) for item in on_rig} - RIG_FILES)
+    if unlisted:
+        raise pytest.UsageError(f"{', '.join(unlisted)} use the swarm rig: add them to RIG_FILES in "
+                                "tests/support/lanes.py")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        first = [item for item in items if file_of(item.nodeid) in RIG_FILES]
+        items[:] = first + [item for item in items if file_of(item.nodeid) not in RIG_FILES]

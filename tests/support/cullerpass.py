@@ -13,7 +13,8 @@ import websocket
 
 def run_pass(hub) -> dict[tuple[str, str], dict]:
     """Ask the culler for one pass now; its records by (user, server)."""
-    r = requests.post(hub.culler + "api/pass", headers={"Authorization": f"token {hub.token}"}, timeout=60)
+    r = requests.post(hub.culler + "api/pass", headers={"Authorization": f"token {hub.token}"}, timeout=60,
+                      verify=getattr(hub, "verify", True))
     assert r.status_code == 200, r.text
     return {(s["user"], s["server"]): s for s in r.json()["servers"]}
 
@@ -42,21 +43,31 @@ def spawn(hub, name: str, profile: str = "short") -> None:
 
 
 def kernels(hub, name: str, token: str) -> list[dict]:
-    r = requests.get(f"{hub.url}/user/{name}/api/kernels", headers={"Authorization": f"token {token}"}, timeout=20)
+    r = requests.get(f"{hub.url}/user/{name}/api/kernels", headers={"Authorization": f"token {token}"}, timeout=20,
+                     verify=getattr(hub, "verify", True))
     assert r.ok, r.text
     return r.json()
 
 
 def start_busy_kernel(hub, name: str, token: str, code: str) -> str:
-    """Start a kernel, run ``code`` in it over its websocket, close the socket (the tab is gone)."""
+    """Start a kernel, run ``code`` in it over its websocket, close the socket (the tab is gone).
+
+    ``hub`` may also give ``verify`` (a CA file: the kernel's websocket is then ``wss://`` to
+    ``hub.url``'s host, as through an HTTPS front) instead of the plain ``ws://`` at ``hub.port``."""
     auth = {"Authorization": f"token {token}"}
-    r = requests.post(f"{hub.url}/user/{name}/api/kernels", headers=auth, json={"name": "python3"}, timeout=60)
+    verify = getattr(hub, "verify", True)
+    r = requests.post(f"{hub.url}/user/{name}/api/kernels", headers=auth, json={"name": "python3"}, timeout=60,
+                      verify=verify)
     assert r.status_code == 201, r.text
     kernel_id = r.json()["id"]
-    ws = websocket.create_connection(
-        f"ws://127.0.0.1:{hub.port}/user/{name}/api/kernels/{kernel_id}/channels",
-        header=[f"Authorization: token {token}"], timeout=60,
-    )
+    path = f"/user/{name}/api/kernels/{kernel_id}/channels"
+    if isinstance(verify, str):
+        ws = websocket.create_connection("wss://" + hub.url.split("://", 1)[1] + path,
+                                         header=[f"Authorization: token {token}"], timeout=60,
+                                         sslopt={"ca_certs": verify})
+    else:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{hub.port}{path}",
+                                         header=[f"Authorization: token {token}"], timeout=60)
     msg_id, session = uuid.uuid4().hex, uuid.uuid4().hex
     ws.send(json.dumps({
         "header": {"msg_id": msg_id, "username": name, "session": session, "msg_type": "execute_request",

@@ -167,7 +167,7 @@ class SwarmRig:
         """Start node ``name`` (a fresh dockerd; old containers and swarm state cleared)."""
         full = f"{self.prefix}-{name}"
         try:
-            self.host.containers.get(full).remove(force=True)
+            _remove(self.host.containers.get(full))
         except NotFound:
             pass
         state = STATE_ROOT / full
@@ -208,7 +208,7 @@ class SwarmRig:
             if client.info().get("Swarm", {}).get("LocalNodeState") != "inactive":
                 client.swarm.leave(force=True)
             for c in client.containers.list(all=True):
-                c.remove(force=True)
+                _remove(c)  # the node's dockerd may be removing it itself (an earlier run's --rm one)
         finally:
             client.close()
         self.nodes[name] = node
@@ -365,3 +365,24 @@ def fake_whole_gpus(tag: str, n: int) -> list[str]:
 
 def fake_migs(tag: str, n: int) -> list[str]:
     return [f"MIG-{tag}{i:04d}-0000-4000-8000-{i:012d}" for i in range(n)]
+
+
+def _remove(container: Any, timeout: float = 60) -> None:
+    """Remove ``container`` for good; one the engine is already removing is waited for."""
+    try:
+        container.remove(force=True)
+        return
+    except NotFound:
+        return
+    except APIError as e:
+        if "already in progress" not in str(e):
+            raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            container.reload()
+        except NotFound:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"container {container.name} was still being removed after {timeout:.0f}s")
+

@@ -46,6 +46,11 @@ PROFILES = [
 ]
 QUOTA = {"max_gpu_units": 1, "mem_limit": "1G"}
 QUEUE_WAIT = 600  # seconds a Start waits in line: the whole day, the test ends them
+#: the tutorials repository's first commit: (file, content)
+TUTORIAL = ("intro.py", "print('welcome, v1')\n")
+#: the culler's timings in gpuhub.yaml: no timed passes (they would reclaim the day's idle servers
+#: within a minute); the day asks for passes in its culler phase
+CULLER = {"every": 0, "idle_gpu_timeout": 30, "warn_seconds": 5}
 
 MIG_1G = {"name": "NVIDIA A100-SXM4-40GB MIG 1g.10gb", "memory_mb": 9728, "slices": 1}
 
@@ -128,6 +133,42 @@ def build_workshop_rig(rig: SwarmRig) -> dict[str, str]:
     rig.wait_nodes_ready(["manager", *WORKERS])
     rig.load_image(IMAGE, list(WORKERS))
     return {name: (out.strip().splitlines() or [""])[-1] for name, out in outputs.items()}
+
+
+#: the node agent's image: the tutorial mirror runs on it, the culler asks it about kernels
+AGENT_IMAGE = "gpuhub/node-agent:latest"
+
+
+def label_gpu_nodes(rig: SwarmRig, names: list[str]) -> None:
+    """Label ``names`` ``gpuhub.gpu=true`` on the manager and load the node agent's image there,
+    as the runbook has an operator do before `gpuhub deploy` (the stack's tutorial mirror runs
+    on those nodes; the culler and Prometheus find the node agents there)."""
+    rig.load_image(AGENT_IMAGE, names)
+    client = rig.manager_client()
+    try:
+        for node in client.nodes.list():
+            if node.attrs["Description"]["Hostname"] in names:
+                spec = node.attrs["Spec"]
+                node.update({**spec, "Labels": {**(spec.get("Labels") or {}), "gpuhub.gpu": "true"}})
+    finally:
+        client.close()
+
+
+def start_node_agents(rig: SwarmRig, names: list[str], token: str, hub_id: str) -> list[str]:
+    """The node agent on each of ``names`` as `gpuhub node agent install` starts it (its
+    ``docker run``, less the NVIDIA runtime: the rig's nodes have no GPU); its token in a
+    root-only file on the node.  Returns each agent's activity URL."""
+    import shlex
+
+    from gpuhub_spawner.node.agent_install import AgentContainer
+
+    spec = AgentContainer(image=AGENT_IMAGE, runtime="", hub_id=hub_id)
+    for name in names:
+        node = rig.nodes[name]
+        node.sh("mkdir -p /etc/gpuhub")
+        node.put_file(spec.token_file, token + "\n", mode=0o600)
+        node.sh(f"docker rm -f {spec.name} >/dev/null 2>&1; " + shlex.join(spec.docker_run()))
+    return [f"http://{rig.nodes[name].ip}:{spec.port}/api/activity" for name in names]
 
 
 # ---- attendees -------------------------------------------------------------------------

@@ -174,6 +174,12 @@ class StackHub:
     hub_id: str = HUB_ID
     deploy_output: str = ""
     github_secret: str = ""
+    author: Any = None  # the tutorial author's clone (gitserver.WorkClone) of the synced repository
+
+    @property
+    def secrets_dir(self) -> Path:
+        """The operator's secrets state directory (gpuhub.yaml's deploy.secrets_dir)."""
+        return Path(yaml.safe_load(self.config.read_text())["deploy"]["secrets_dir"])
 
 
 def stack_images() -> list[str]:

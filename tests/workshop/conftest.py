@@ -3,6 +3,11 @@ with `gpuhub node setup`, the FAKE GitHub over HTTPS (a throwaway CA that only t
 test trust), the attendees, and the JSON report (``$GPUHUB_REPORT_DIR`` or a temporary folder;
 its path is printed at the end).
 
+Tutorials: a real Git repository (git http-backend, tests/support/gitserver.py) on the rig
+network's gateway, which the stack's tutorial-sync service clones; it polls once an hour, so
+what publishes the author's next commit is the signed push webhook.  The culler passes only
+when asked (``every: 0``): its short idle timeouts would otherwise reclaim the day's servers.
+
 Rig: a manager and three GPU workers (``GPUHUB_RIG_PREFIX``, default ``rig-workshop``) with 10
 MIG 1g.10gb units between them (4 + 3 + 3, FAKE NVML) for 30 attendees.
 """
@@ -16,21 +21,25 @@ from collections.abc import Iterator
 import docker
 import pytest
 from fakes.fake_github import FakeGitHub
+from gitserver import WorkClone, make_bare, serve_http
 from needs import unavailable
 from swarm_rig import NODE_IMAGE, SwarmRig
 from testca import TestCA
 from workshop import (
     BLOCKED,
+    CULLER,
     INSTRUCTOR,
     MEMBERS,
     OUTSIDER,
     ROSTERED,
     STAFF,
     TEAM,
+    TUTORIAL,
     WORKERS,
     Browser,
     Report,
     build_workshop_rig,
+    label_gpu_nodes,
 )
 from workshop_stack import (
     PUBLIC_NAME,
@@ -47,14 +56,6 @@ from workshop_stack import (
 
 #: what the issue asks of the day that this test does not show yet, and why
 LEFT_OUT = {
-    "tutorials": "not yet driven inside this day: the stack's per-node tutorial mirror is shown on its own rig "
-                 "by tests/deploy/test_stack_mirror.py (a pushed commit reaches a worker's store through "
-                 "`gpuhub deploy`'s mirror), and the webhook and the edited copy by tests/hub_services and "
-                 "tests/hub on one host",
-    "culler": "not yet driven inside this day: the culler asking kernels on other nodes through their node "
-              "agents is shown by tests/swarm/test_culler_swarm.py (idle server warned then culled, busy "
-              "kernel kept) with the hub on the host, and the stack's hub reaching a node agent by "
-              "tests/deploy/test_stack_deploy.py",
     "upgrade_from_0.1.0": "gpuhub/hub:0.1.0 cannot run in the stack (it predates it: its gpuhub.yaml has no "
                           "deploy: key); `gpuhub upgrade --stack` is shown here on the current image, and on "
                           "rows written by the 0.1.0 image by tests/ops/test_stack_ops.py",
@@ -110,7 +111,20 @@ def github(rig: SwarmRig, tls: TestCA) -> Iterator[FakeGitHub]:
 
 
 @pytest.fixture(scope="module")
-def stack(rig: SwarmRig, github: FakeGitHub, tls: TestCA, tmp_path_factory, report: Report) -> Iterator[StackHub]:
+def tutorial_repo(rig: SwarmRig, tmp_path_factory) -> Iterator[tuple[WorkClone, str]]:
+    """The tutorials' Git repository with its first commit, served on the rig's gateway; the
+    author's clone to push the next one."""
+    folder = tmp_path_factory.mktemp("workshop-tutorials")
+    author = WorkClone(make_bare(folder / "repos" / "tutorials.git"), folder / "author")
+    author.write(*TUTORIAL)
+    author.commit_and_push("first version")
+    with serve_http(folder / "repos", host=rig.gateway) as base:
+        yield author, f"{base}/tutorials.git"
+
+
+@pytest.fixture(scope="module")
+def stack(rig: SwarmRig, github: FakeGitHub, tls: TestCA, tutorial_repo, tmp_path_factory,
+          report: Report) -> Iterator[StackHub]:
     """The stack on the rig's manager, deployed with the documented command (`gpuhub deploy`),
     reached through Caddy over HTTPS as attendees reach it."""
     for image in stack_images():
@@ -121,9 +135,12 @@ def stack(rig: SwarmRig, github: FakeGitHub, tls: TestCA, tmp_path_factory, repo
     folder = tmp_path_factory.mktemp("workshop-stack")
     leaf = tls.leaf("hub", [PUBLIC_NAME])
     resolve(PUBLIC_NAME, rig.manager.ip)  # the DNS record pointing at the manager
-    config = workshop_config(folder, PUBLIC_NAME, github, tls.cert.read_text(), leaf.cert, leaf.key)
+    author, repo = tutorial_repo
+    config = workshop_config(folder, PUBLIC_NAME, github, tls.cert.read_text(), leaf.cert, leaf.key,
+                             tutorials={"repo": repo, "poll_interval": 3600}, culler=CULLER)
     remove_stack(rig)
     drop_stale_images(rig)
+    label_gpu_nodes(rig, list(WORKERS))
     try:
         done = deploy(rig, config, {"GITHUB_CLIENT_SECRET": github.client_secret}, log=folder / "deploy.log")
         assert done.code == 0, done.output[-4000:] + stack_logs(rig)
@@ -134,7 +151,7 @@ def stack(rig: SwarmRig, github: FakeGitHub, tls: TestCA, tmp_path_factory, repo
                      stack_deploy_to_healthy_s=round(time.monotonic() - answering - (done.stack_deploy_at or 0), 1)
                      if done.stack_deploy_at else None,
                      said=[line for line in done.output.splitlines() if "answers at" in line or "node setup" in line])
-        hub.deploy_output, hub.github_secret = done.output, github.client_secret
+        hub.deploy_output, hub.github_secret, hub.author = done.output, github.client_secret, author
         yield hub
     finally:
         remove_stack(rig)

@@ -9,21 +9,29 @@ line or refused with a reason.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
+import requests
+from cullerpass import run_pass, start_busy_kernel
 from harness import IMAGE
 from polling import wait_for
 from swarm_rig import SwarmRig
 from workshop import (
     ATTENDEES,
     BLOCKED,
+    CULLER,
     INSTRUCTOR,
     MEMBERS,
     OUTSIDER,
     POSITION,
     ROSTERED,
+    TUTORIAL,
     UNITS,
     WORKERS,
     Attendee,
@@ -32,6 +40,7 @@ from workshop import (
     mig_gpus,
     press_all,
     quantiles,
+    start_node_agents,
 )
 from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack
 
@@ -71,6 +80,13 @@ def assert_each_unit_held_once(held: dict[str, dict]) -> None:
     assert all(s["tasks"] == 1 for s in held.values()), held
 
 
+def store_reads(rig: SwarmRig, node: str, path: str) -> str:
+    """``path`` in ``node``'s tutorial store (the stack's node-local volume; '' while missing)."""
+    code, out = rig.nodes[node].sh(
+        f"cat \"$(docker volume inspect -f '{{{{.Mountpoint}}}}' gpuhub_tutorials)/{path}\" 2>/dev/null", check=False)
+    return out if code == 0 else ""
+
+
 def attendee(stack, login: str) -> Attendee:
     return Attendee(login, stack.public_url, stack.verify)
 
@@ -92,13 +108,19 @@ def test_the_stack_is_deployed_and_gpu_workers_joined(stack, rig, report):
         services = {s.name for s in client.services.list(filters={"label": "com.docker.stack.namespace=gpuhub"})}
     finally:
         client.close()
-    assert sorted(services) == ["gpuhub_caddy", "gpuhub_db", "gpuhub_hub", "gpuhub_prometheus", "gpuhub_registry"]
+    assert sorted(services) == ["gpuhub_caddy", "gpuhub_db", "gpuhub_hub", "gpuhub_prometheus", "gpuhub_registry",
+                                "gpuhub_tutorial-mirror"]
     # every GPU worker joined with `gpuhub node setup` and advertises its FAKE MIG instances
     for name, (_index, units) in WORKERS.items():
         resources = nodes[name]["Description"]["Resources"].get("GenericResources") or []
         kinds = [r["NamedResourceSpec"]["Kind"] for r in resources if "NamedResourceSpec" in r]
         assert kinds == ["NVIDIA_MIG_1G_10GB"] * units, (name, resources)
         assert nodes[name]["Status"]["State"] == "ready"
+    # the first version of the tutorials reached every GPU node's store (the stack's mirror, no NFS)
+    name, text = TUTORIAL
+    for node in WORKERS:
+        wait_for(lambda node=node: store_reads(rig, node, f"current/{name}") == text, 120,
+                 f"the tutorials' first version in {node}'s store")
 
 
 def test_attendees_sign_in_through_github_over_https(stack, github, browsers, report):
@@ -199,7 +221,50 @@ def test_everyone_presses_start_and_each_unit_goes_to_exactly_one(stack, rig, re
     state["held"], state["in_line"] = held, in_line
 
 
-# ---- the day: a node added and one drained, the admin's quota, the hub container killed ---------
+# ---- the day: the author's fix, a node added and one drained, the admin's quota, the hub killed ---
+
+
+def webhook(stack, body: bytes, secret: bytes) -> requests.Response:
+    """A GitHub push webhook call to the stack's tutorial-sync service, signed with ``secret``."""
+    signature = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return requests.post(stack.public_url + "/services/tutorial-sync/webhook", data=body, verify=stack.verify,
+                         headers={"X-Hub-Signature-256": signature, "X-GitHub-Event": "push",
+                                  "Content-Type": "application/json"}, timeout=30)
+
+
+def test_the_authors_commit_is_published_by_the_signed_webhook_and_running_servers_on_every_node_see_it(
+    stack, rig, report
+):
+    name, v1 = TUTORIAL
+    readers: dict[str, tuple[str, dict]] = {}  # one running server per GPU node
+    for user, server in sorted(held_units(rig, stack.hub_id).items()):
+        readers.setdefault(server["node"], (user, server))
+    assert len(readers) >= 2, readers
+    reads = lambda server: in_server(rig, server, f"cat ~/tutorials/{name} 2>/dev/null || true")  # noqa: E731
+    assert {node: reads(s) for node, (_u, s) in readers.items()} == {node: v1.strip() for node in readers}
+    v2 = "print('welcome, v2: the fixed first cell')\n"
+    stack.author.write(name, v2)
+    sha = stack.author.commit_and_push("fix the first cell")
+    body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "acme/tutorials"}}).encode()
+    secret = (stack.secrets_dir / "webhook_secret").read_bytes().strip()
+    forged = webhook(stack, body, b"not-the-secret")
+    assert forged.status_code == 401, forged.text
+    t0 = time.monotonic()
+    signed = webhook(stack, body, secret)
+    assert signed.status_code == 202, signed.text  # the sync polls hourly: this call is what publishes
+    seen = {}
+    for node, (user, server) in sorted(readers.items()):
+        wait_for(lambda server=server: reads(server) == v2.strip(), 120,
+                 f"{user}'s running server on {node} reading the new {name}")
+        seen[node] = round(time.monotonic() - t0, 1)
+    assert store_reads(rig, sorted(readers)[0], f"versions/{sha}/{name}") == v2
+    state["tutorial"] = (name, v1, v2)
+    report.phase("tutorials", commit=sha, webhook={"forged": forged.status_code, "signed": signed.status_code},
+                 poll_interval_s=3600, servers_read_new_file_after_s=seen,
+                 readers={node: user for node, (user, _s) in readers.items()})
+
+
+# ---- the day goes on -----------------------------------------------------------------------
 
 
 def test_a_new_node_serves_the_queue_and_a_drained_nodes_users_are_told(stack, rig, report):
@@ -291,6 +356,10 @@ def test_scratch_stays_on_its_node_and_a_full_home_node_offers_the_choice(stack,
     user, server = next((u, s) for u, s in sorted(held.items()) if s["node"] in WORKERS)
     node, size = server["node"], WORKERS[server["node"]][1]
     proof = in_server(rig, server, "echo kept-$$-$(date +%s) > ~/scratch/proof.txt && cat ~/scratch/proof.txt")
+    # the attendee edits their copy of the tutorial (~/my-tutorials, their own volume)
+    name, _v1, v2 = state["tutorial"]
+    edited = in_server(rig, server, f"echo '# my note' >> ~/my-tutorials/{name} && cat ~/my-tutorials/{name}")
+    assert edited.endswith("# my note"), edited
     stop(people[user])
     # the first in line takes the unit freed on that node: the node holding the user's files is full
     wait_for(lambda: sum(1 for s in held_units(rig, stack.hub_id).values() if s["node"] == node) == size, 180,
@@ -312,7 +381,12 @@ def test_scratch_stays_on_its_node_and_a_full_home_node_offers_the_choice(stack,
     back = servers_on_rig(rig, stack.hub_id)[user]
     assert back["node"] == node, back
     assert in_server(rig, back, "cat ~/scratch/proof.txt") == proof
+    assert in_server(rig, back, f"cat ~/my-tutorials/{name}") == edited  # the edit survives the restart
+    assert in_server(rig, back, f"cat ~/tutorials/{name}") == v2.strip()
+    beside = in_server(rig, back, f"cd ~/my-tutorials && ls {name.rsplit('.', 1)[0]}.upstream.* 2>/dev/null || true")
     report.phase("storage_follows", user=user, node=node, scratch_kept=True, full_node_told=full.message)
+    report.phase("tutorial_copy_kept", user=user, edited_file=f"~/my-tutorials/{name}", edit_kept=True,
+                 newer_upstream_saved_beside=beside or None)
 
 
 def test_the_hub_container_is_killed_and_swarm_brings_it_back(stack, rig, report):
@@ -351,6 +425,115 @@ def healthy(stack) -> bool:
         return session.get(stack.public_url + "/hub/health", verify=stack.verify, timeout=5).status_code == 200
     except requests.RequestException:
         return False
+
+
+# ---- late in the day: the culler reclaims an idle GPU server for the line ----------------------
+
+TRAINING = "import time\nfor _ in range(3000):\n    time.sleep(0.1)\n"  # a kernel at work, its tab closed
+
+
+def own_token(person: Attendee) -> str:
+    """A token the person makes for themselves (the hub's token page does the same)."""
+    r = person.api("POST", f"/users/{person.login}/tokens", json={"note": "workshop day", "expires_in": 3600})
+    assert r.status_code in (200, 201), r.text
+    return r.json()["token"]
+
+
+def agent_answers(url: str, token: str) -> bool:
+    try:
+        return requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def join_the_line(people: dict[str, Attendee], candidates: list[str], n: int) -> list[str]:
+    """Candidates press Start one after the other until ``n`` of them wait in line (a free unit
+    goes to whoever presses first; "anywhere": one whose files are on a full node takes any
+    unit); returns those in line, first in line first."""
+    waiting = []
+    for login in candidates:
+        r = people[login].press_start({"profile": "mig", "placement": "anywhere"})
+        assert r.status in (201, 202), (login, r.status, r.message)
+        if latest_position(people[login]):
+            waiting.append(login)
+        else:
+            wait_for(lambda login=login: ready(people[login]), 180, f"{login} given a free unit")
+        if len(waiting) == n:
+            return waiting
+    raise AssertionError(f"fewer than {n} of {candidates} wait in line")
+
+
+def test_an_idle_gpu_server_is_warned_then_reclaimed_a_busy_kernel_survives_the_first_in_line_gets_the_unit(
+    stack, rig, report
+):
+    from gpuhub_spawner.node.kernel_probe import NOTICE_PATH
+
+    people, admin = state["people"], state["admin"]
+    # the node agents, as `gpuhub node agent install` starts them with the stack's agent token
+    agent_token = (stack.secrets_dir / "agent_token").read_text().strip()
+    urls = start_node_agents(rig, list(WORKERS), agent_token, stack.hub_id)
+    wait_for(lambda: all(agent_answers(u, agent_token) for u in urls), 60, "the node agents answer")
+    idle_now = [u for u in state["in_line"] if u not in state["drained"]
+                and not people[u].api("GET", f"/users/{u}").json().get("servers")]
+    waiting = join_the_line(people, idle_now, 2)
+    held = held_units(rig, stack.hub_id)
+    assert len(held) == UNITS, held
+    by_node: dict[str, list[str]] = {}
+    for user, server in sorted(held.items()):
+        by_node.setdefault(server["node"], []).append(user)
+    trainer_node, idler_node = sorted(by_node)[:2]
+    trainer, idler = by_node[trainer_node][0], by_node[idler_node][0]
+    # the others use their servers (a keep-alive from each, with their own token, before each pass)
+    others = {u: own_token(people[u]) for u in held if u not in (trainer, idler)}
+    culler = SimpleNamespace(culler=stack.public_url + "/services/gpuhub-culler/", token=own_token(admin),
+                             url=stack.public_url, verify=stack.verify)
+    start_busy_kernel(culler, trainer, own_token(people[trainer]), TRAINING)
+
+    def culler_pass() -> dict[str, tuple[str, str]]:
+        for user, token in others.items():
+            r = requests.post(culler.culler + "api/keepalive", headers={"Authorization": f"token {token}"},
+                              verify=stack.verify, timeout=30)
+            assert r.ok, (user, r.status_code, r.text)
+        return {u: (d["action"], d["reason"]) for (u, name), d in run_pass(culler).items() if not name}
+
+    def until(action: str, timeout: float) -> dict[str, tuple[str, str]]:
+        deadline, seen = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            decided = culler_pass()
+            seen.append(decided.get(idler))
+            if seen[-1] and seen[-1][0] == action:
+                return decided
+            time.sleep(1)
+        raise AssertionError(f"no {action} of {idler} within {timeout}s; its decisions: {seen}")
+
+    t0 = time.monotonic()
+    warned = until("warn", 90)
+    assert warned[idler] == ("warn", "idle") and warned[trainer] == ("keep", "kernel-busy"), warned
+    assert not [u for u in others if warned.get(u, ("missing",))[0] != "keep"], warned
+    notice = wait_for(lambda: in_server(rig, held[idler], f"cat {NOTICE_PATH} 2>/dev/null || true"), 30,
+                      f"the warning in {idler}'s container on {idler_node}")
+    assert "about to be stopped" in notice and "idle" in notice, notice
+    assert not in_server(rig, held[trainer], f"cat {NOTICE_PATH} 2>/dev/null || true")
+    culled = until("cull", 60)
+    assert culled[idler] == ("cull", "idle") and culled[trainer] == ("keep", "kernel-busy"), culled
+    assert not [u for u in others if culled.get(u, ("missing",))[0] != "keep"], culled
+    wait_for(lambda: not people[idler].api("GET", f"/users/{idler}").json().get("servers"), 120,
+             f"{idler}'s idle server stopped")
+    reclaimed = time.monotonic() - t0
+    # the freed unit goes to the first in line; the second waits on, now first
+    first, second = waiting
+    wait_for(lambda: ready(people[first]), 180, f"{first} (first in line) given the freed unit")
+    after = held_units(rig, stack.hub_id)
+    assert first in after and after[first]["unit"] == held[idler]["unit"], (after.get(first), held[idler])
+    assert_each_unit_held_once(after)
+    now_at = latest_position(people[second])
+    assert second not in after and now_at and now_at[0] == 1, now_at
+    assert trainer in after and ready(people[trainer])
+    stop(people[second])  # the line ends for the day
+    report.phase("culler", idle_server=idler, node=idler_node, warned_then_culled_s=round(reclaimed, 1),
+                 notice=notice.strip()[:200], busy_kernel_kept={trainer: culled[trainer]},
+                 others_kept=len(others), freed_unit_to_first_in_line=first, second_in_line_now=now_at,
+                 timings=dict(CULLER, note="no timed passes; each pass asked for with an admin's token"))
 
 
 # ---- the evening: backup, a fresh stack, restore; upgrade --------------------------------------
