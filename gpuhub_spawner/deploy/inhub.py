@@ -11,6 +11,11 @@
   container's host name, so the proxy and the services find the hub before swarm's DNS lists it).
 - User servers are swarm services on ``<stack>_users``; the hub reaches them by their address
   there (no ports published on the nodes).
+- A Start is answered within :data:`FIRST_ANSWER_SECONDS`: JupyterHub holds the request for
+  ``slow_spawn_timeout`` (10 s by default) hoping the server comes up; in a workshop burst most
+  starts wait in line or take longer, so everyone stared at a spinner for 10 s.  A refusal that
+  admission decides within that time is still the request's answer (503 with the reason); one
+  decided later reaches the user as the spawn's failure on the progress page, with the same words.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import sys
 from typing import Any
 
 from gpuhub_spawner.deploy.stack import HEALTH_URL_FILE, HUB_PORT, PROXY_PORT
+
+#: seconds JupyterHub holds a Start before answering 202 (the issue's bar: every first answer in 1 s)
+FIRST_ANSWER_SECONDS = 0.5
 
 
 def own_container_id(mountinfo: str) -> str:
@@ -48,6 +56,7 @@ def apply(c: Any, stack: str, public_url: str) -> None:
     """Lay the stack's settings over ``c`` (after gpuhub.yaml's)."""
     c.JupyterHub.public_url = public_url.rstrip("/") + "/"
     settings = dict(c.JupyterHub.get("tornado_settings", {}))
+    settings.setdefault("slow_spawn_timeout", FIRST_ANSWER_SECONDS)  # an operator's own value wins
     if public_url.startswith("https://"):
         # tornado's cookie_options (JupyterHub hands tornado_settings to its handlers): every
         # cookie it sets, the XSRF one included, is Secure

@@ -146,12 +146,17 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         except ImageNotFound:
             return list(self.swarm_default_cmd) + self.get_args()
 
+    #: set while JupyterHub cleans up after a start that raised (see poll)
+    _start_failed = False
+
     async def start(self):
         self._progress_init()
+        self._start_failed = False
         try:
             await self.cluster_view(max_age=0.0)
             return await super().start()
         except BaseException as e:
+            self._start_failed = True
             await self._undo_failed_start()
             if isinstance(e, Exception) and not isinstance(e, web.HTTPError):
                 # raw engine text (a 409 "Conflict", a 500) never reaches the user
@@ -521,6 +526,12 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
     # ---- running servers -------------------------------------------------------------
 
     async def poll(self):
+        if self._start_failed and self._stop_pending:
+            # JupyterHub is stopping a server whose start raised (its refusal or failure is the
+            # spawn's outcome): a Start request that has not answered yet polls here when its
+            # slow_spawn_timeout passes during that cleanup, and "stopped" would turn its answer
+            # into a bare 500 instead of a 202 whose progress stream gives the reason
+            return None
         try:
             status = await self._poll_service()
         except Exception as e:  # noqa: BLE001 - unknown is not stopped: keep the server and its unit

@@ -212,6 +212,20 @@ def test_in_the_stack_the_hub_is_public_https_with_secure_cookies(monkeypatch, t
     assert (tmp_path / "health-url").read_text() == "http://10.0.3.7:8000/hub/health\n"  # the health check's
 
 
+def test_in_the_stack_a_start_is_answered_within_half_a_second_unless_the_operator_says_otherwise(
+        monkeypatch, tmp_path):
+    from traitlets.config import Config
+
+    from gpuhub_spawner.deploy import inhub
+
+    monkeypatch.setattr(inhub, "container_address", lambda network: "10.0.3.7")
+    monkeypatch.setattr(inhub, "HEALTH_URL_FILE", str(tmp_path / "health-url"))
+    c = Config()
+    inhub.apply(c, "gpuhub", "https://workshop.example.org")
+    # JupyterHub's own default holds a Start for 10 s before its first answer
+    assert c.JupyterHub.tornado_settings["slow_spawn_timeout"] == 0.5
+
+
 def test_the_hub_finds_its_own_container_by_its_mounts_not_its_host_name():
     from gpuhub_spawner.deploy.inhub import own_container_id
 

@@ -185,3 +185,24 @@ async def test_a_node_that_cannot_get_the_image_says_what_to_do():
         "before the workshop, or push the image to a registry the nodes can reach."
     )
     assert failed.value.gpuhub_reason == "image-missing"
+
+
+async def test_a_start_that_raised_is_not_reported_stopped_while_jupyterhub_cleans_up():
+    """JupyterHub polls a Start's server when slow_spawn_timeout passes; during the stop that
+    follows a start that raised, "stopped" would make that request answer a bare 500 (the stack's
+    0.5 s timeout meets this in a burst).  Until then, and once the stop is over, poll says what
+    the swarm says."""
+    spawner = _swarm_spawner([_task("running", "started")])
+    asked = []
+
+    async def service_gone():
+        asked.append(True)
+        return 0
+
+    spawner._poll_service = service_gone
+    spawner._start_failed, spawner._stop_pending = True, True
+    assert await spawner.poll() is None and not asked
+    spawner._stop_pending = False
+    assert await spawner.poll() == 0 and asked
+    spawner._start_failed, spawner._stop_pending = False, True  # an ordinary stop asks the swarm
+    assert await spawner.poll() == 0
