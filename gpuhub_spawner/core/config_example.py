@@ -128,6 +128,8 @@ deploy:                  # the stack `gpuhub deploy` runs on a swarm manager (de
   secrets_dir: /etc/gpuhub/secrets   # generated secrets on the manager (0700, files 0600)
   stack_name: gpuhub     # prefixes its services, networks, volumes and secrets
   push_images: []        # images from images.allowed pushed into the registry at each deploy
+  grafana_image: ""      # Grafana at <public_url>/grafana/ by its upstream image, e.g.
+                         # grafana/grafana-oss:11.3.0 (gpuhub builds none); empty: no Grafana
 
 storage:                 # users' ~/scratch and ~/my-tutorials volumes
   nfs: null              # null: volumes on each node (on a swarm a user's next server goes to the

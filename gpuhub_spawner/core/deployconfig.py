@@ -61,6 +61,17 @@ class Deploy(_Section):
     secrets_dir: str = "/etc/gpuhub/secrets"  # on the manager, mode 0700; files 0600
     stack_name: str = "gpuhub"
     push_images: list[str] = []  # user images pushed into the stack's registry
+    # Grafana at <public_url>/grafana/, by its upstream image (gpuhub builds none: Debian has no
+    # package), e.g. grafana/grafana-oss:11.3.0; empty: no Grafana (gpuhub_spawner/deploy/grafana.py)
+    grafana_image: str = ""
+
+    @field_validator("grafana_image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_.-]{1,128})?(@sha256:[0-9a-f]{64})?", value):
+            raise ValueError(f"{value!r} is not an image reference: write e.g. grafana/grafana-oss:11.3.0, "
+                             "or leave it empty for no Grafana")
+        return value
 
     @field_validator("public_url")
     @classmethod

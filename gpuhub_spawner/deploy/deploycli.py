@@ -29,11 +29,12 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from gpuhub_spawner.core import dockerhost
 from gpuhub_spawner.core.config import ConfigFileError, GPUHubConfig, check_file
 from gpuhub_spawner.core.hubconfig import error_line
-from gpuhub_spawner.deploy import secretstore, stack
+from gpuhub_spawner.deploy import grafana, secretstore, stack
 from gpuhub_spawner.deploy.secretstore import SecretError
 
 LABEL = "org.gpuhub.stack"
-BUILD_SH = Path(__file__).resolve().parents[2] / "images" / "build.sh"
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SH = REPO / "images" / "build.sh"
 #: images/build.sh target of each stack image
 BUILD_TARGET = {"gpuhub/hub:latest": "hub", "gpuhub/postgres:latest": "postgres",
                 "gpuhub/registry:latest": "registry", "gpuhub/caddy:latest": "caddy",
@@ -128,6 +129,29 @@ def create_config(client: docker.DockerClient, cfg: GPUHubConfig, dry_run: bool)
         if not dry_run:
             client.configs.create(name=name, data=text, labels={LABEL: cfg.deploy.stack_name})
     return version
+
+
+def create_file_configs(client: docker.DockerClient, cfg: GPUHubConfig, dry_run: bool) -> dict[str, str]:
+    """The Grafana files of deploy/grafana as swarm configs (versioned by digest), when the stack
+    runs Grafana; returns name -> version."""
+    if not cfg.deploy.grafana_image:
+        return {}
+    versions = {}
+    for name, (source, _target) in grafana.FILES.items():
+        try:
+            data = (REPO / source).read_bytes()
+        except OSError as e:
+            raise DeployError(f"cannot read {REPO / source} ({e.strerror}): run gpuhub deploy from gpuhub's "
+                              "checkout, or set deploy.grafana_image to empty") from None
+        versions[name] = secretstore.version(data)
+        full = f"{cfg.deploy.stack_name}_{name}_{versions[name]}"
+        try:
+            client.configs.get(full)
+        except NotFound:
+            say(f"{'would create' if dry_run else 'creating'} swarm config {full} ({source})")
+            if not dry_run:
+                client.configs.create(name=full, data=data, labels={LABEL: cfg.deploy.stack_name})
+    return versions
 
 
 # ---- images -----------------------------------------------------------------------------
@@ -382,8 +406,9 @@ def run(args: argparse.Namespace, environ: dict[str, str]) -> int:
         values = gather_secrets(cfg, environ, args.dry_run)
         versions = create_secrets(client, cfg.deploy.stack_name, values, args.dry_run)
         config_version = create_config(client, cfg, args.dry_run)
+        file_versions = create_file_configs(client, cfg, args.dry_run)
         manager = client.info().get("Name", "")
-        document = stack.render(cfg, versions, config_version, manager=manager)
+        document = stack.render(cfg, versions, config_version, manager=manager, file_versions=file_versions)
         images = sorted(set(stack.IMAGES.values()) - ({stack.IMAGES["db"]} if "db" not in document["services"] else set()))
         ensure_images(client, images + list(cfg.deploy.push_images), environ, args.dry_run)
         stack_deploy(document, cfg.deploy.stack_name, environ, args.dry_run)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 #: generated on first use (JupyterHub's crypt key is 32 bytes, hex-encoded)
 GENERATED = ("crypt_key", "prometheus_token", "agent_token", "webhook_secret", "db_password",
-             "tutorial_mirror_token")
+             "tutorial_mirror_token", "grafana_admin_password")
 #: given by the operator: the variable it may come from
 GIVEN = {"github_client_secret": "GITHUB_CLIENT_SECRET", "tutorials_token": "GPUHUB_TUTORIALS_TOKEN"}
 

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from gpuhub_spawner.core.config import GPUHubConfig
+from gpuhub_spawner.deploy import grafana
 from gpuhub_spawner.node import tutorial_mirror
 
 HUB_IMAGE = "gpuhub/hub:latest"
@@ -87,6 +88,8 @@ def secrets_needed(cfg: GPUHubConfig, optional: tuple[str, ...] = ()) -> list[st
         names.append("db_password")
     if deploy.tls.mode == "files":
         names += ["tls_cert", "tls_key"]
+    if deploy.grafana_image:
+        names.append(grafana.SECRET)
     return names
 
 
@@ -141,12 +144,14 @@ def render(
     versions: Mapping[str, str] | None = None,
     config_version: str = "1",
     manager: str = "",
+    file_versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The stack document for ``docker stack deploy -c``.
 
     ``versions``: the version of each secret (default "1"); ``config_version``: the hub config's;
     ``manager``: the manager's hostname, which pins the stateful services to the node holding
-    their volumes (empty: any manager, as in the committed example).
+    their volumes (empty: any manager, as in the committed example); ``file_versions``: those of
+    the Grafana files (:mod:`.grafana`), when ``deploy.grafana_image`` asks for Grafana.
     """
     deploy = _deploy(cfg)
     stack = deploy.stack_name
@@ -163,6 +168,10 @@ def render(
         services["db"] = _db(place)
     if cfg.tutorials.repo:
         services["tutorial-mirror"] = _mirror()
+    configs = {"gpuhub_yaml": {"external": True, "name": f"{stack}_gpuhub_yaml_{config_version}"}}
+    if deploy.grafana_image:
+        services["grafana"] = grafana.service(deploy.grafana_image, deploy.public_url, place, _swarm(place))
+        configs.update(grafana.config_names(stack, file_versions))
     return {
         "version": "3.8",
         "services": dict(sorted(services.items())),
@@ -173,7 +182,7 @@ def render(
         },
         "volumes": {name: ({"name": tutorials_volume(cfg)} if name == "tutorials" else {}) for name in _volumes(cfg)},
         "secrets": {n: {"external": True, "name": secret_name(stack, n, v)} for n, v in versions.items()},
-        "configs": {"gpuhub_yaml": {"external": True, "name": f"{stack}_gpuhub_yaml_{config_version}"}},
+        "configs": configs,
     }
 
 
@@ -267,6 +276,8 @@ def _caddy(cfg: GPUHubConfig, place: list[str]) -> dict[str, Any]:
     }
     if deploy.tls.mode == "acme":
         env["GPUHUB_ACME_EMAIL"] = deploy.tls.acme_email
+    if deploy.grafana_image:
+        env["GPUHUB_GRAFANA_UPSTREAM"] = f"grafana:{grafana.PORT}"
     service: dict[str, Any] = {
         "image": IMAGES["caddy"],
         "environment": env,
@@ -348,4 +359,6 @@ def _volumes(cfg: GPUHubConfig) -> list[str]:
         names.append("db-data")
     if cfg.tutorials.repo:
         names.append("tutorials")
+    if _deploy(cfg).grafana_image:
+        names.append("grafana-data")
     return sorted(names)

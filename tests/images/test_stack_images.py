@@ -285,7 +285,9 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        body = json.dumps(dict(self.headers.items())).encode()
+        # which echo server answered, and the path it was asked for (the Grafana route keeps it)
+        seen = {**dict(self.headers.items()), "x-echo-port": str(self.server.server_address[1]), "x-echo-path": self.path}
+        body = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -299,6 +301,17 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def upstream(client) -> Iterator[str]:
     """The echo server on Docker's bridge gateway, where the caddy container reaches it."""
+    gateway = next(c["Gateway"] for c in client.networks.get("bridge").attrs["IPAM"]["Config"] if c.get("Gateway"))
+    server = http.server.ThreadingHTTPServer((gateway, 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"{gateway}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def grafana_upstream(client) -> Iterator[str]:
+    """A second echo server, standing in for Grafana behind Caddy's /grafana/ route."""
     gateway = next(c["Gateway"] for c in client.networks.get("bridge").attrs["IPAM"]["Config"] if c.get("Gateway"))
     server = http.server.ThreadingHTTPServer((gateway, 0), _Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -366,6 +379,32 @@ def test_caddy_serves_https_with_the_operators_certificate(start, upstream, oper
         assert ws.sock.recv(4) == b"ping"
 
 
+def test_caddy_serves_grafana_under_its_sub_path_and_the_hub_everywhere_else(start, upstream, grafana_upstream,
+                                                                              operator_cert):
+    caddy = start("gpuhub/caddy:latest", 80, 443,
+                  environment={"GPUHUB_DOMAIN": DOMAIN, "GPUHUB_TLS": "files", "GPUHUB_UPSTREAM": upstream,
+                               "GPUHUB_GRAFANA_UPSTREAM": grafana_upstream},
+                  volumes={str(operator_cert): {"bind": "/run/secrets", "mode": "ro"}})
+    tls_port = caddy.published[443]
+
+    def get(path: str) -> tuple[http.client.HTTPResponse, bytes]:
+        conn = _https(tls_port, operator_cert / "tls_cert")
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response, response.read()
+
+    response, body = until(lambda: get("/hub/health"), caddy, "caddy over HTTPS")
+    assert response.status == 200 and json.loads(body)["x-echo-port"] == upstream.rsplit(":", 1)[1]
+    response, body = get("/grafana/api/health")
+    seen = json.loads(body)
+    assert seen["x-echo-port"] == grafana_upstream.rsplit(":", 1)[1]  # Grafana's, not the hub's
+    assert seen["x-echo-path"] == "/grafana/api/health"  # served from its sub-path: the prefix is kept
+    response, _ = get("/grafana")
+    assert response.status in (301, 302, 308) and response.getheader("Location") == "/grafana/"
+    response, body = get("/grafanax")  # only the sub-path is Grafana's
+    assert json.loads(body)["x-echo-port"] == upstream.rsplit(":", 1)[1]
+
+
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -374,8 +413,10 @@ def test_caddy_serves_https_with_the_operators_certificate(start, upstream, oper
         ({"GPUHUB_TLS": "acme"}, "gpuhub-caddy: GPUHUB_TLS=acme needs GPUHUB_ACME_EMAIL"),
         ({"GPUHUB_TLS": "letsencrypt"}, "gpuhub-caddy: GPUHUB_TLS=letsencrypt is not files, acme or internal"),
         ({"GPUHUB_TLS": "internal", "GPUHUB_DOMAIN": ""}, "gpuhub-caddy: GPUHUB_DOMAIN is not set"),
+        ({"GPUHUB_TLS": "internal", "GPUHUB_GRAFANA_UPSTREAM": "grafana"},
+         "gpuhub-caddy: GPUHUB_GRAFANA_UPSTREAM=grafana is not host:port"),
     ],
-    ids=["files-without-files", "acme-without-email", "unknown-mode", "no-domain"],
+    ids=["files-without-files", "acme-without-email", "unknown-mode", "no-domain", "grafana-not-host-port"],
 )
 def test_caddy_refuses_a_wrong_setting_in_one_line(client, env, message):
     code, out = refusal(client, "gpuhub/caddy:latest", environment={"GPUHUB_DOMAIN": DOMAIN, **env})
