@@ -16,12 +16,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 import yaml
+from polling import wait_for
 from stack_rig import start_manager
 from swarm_rig import SwarmRig
 from testca import TestCA
@@ -312,8 +314,7 @@ def test_the_hub_reaches_a_workers_node_agent_found_on_the_swarm_with_the_stacks
     worker.put_file(spec.token_file, (deployed["secrets"] / "agent_token").read_text(), mode=0o600)
     worker.sh(" ".join(spec.docker_run()))
     client = deployed["client"]
-    node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "worker")
-    node.update({**node.attrs["Spec"], "Labels": {**(node.attrs["Spec"].get("Labels") or {}), "gpuhub.gpu": "true"}})
+    rig.update_node("worker", labels={"gpuhub.gpu": "true"})
     try:
         [url] = swarm_view(client.api.nodes(), [], [], STACK).gpu_agents
         hub = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})[0]
@@ -321,9 +322,7 @@ def test_the_hub_reaches_a_workers_node_agent_found_on_the_swarm_with_the_stacks
         assert code == 0 and out.decode().strip().endswith("200"), out.decode()[-2000:]
     finally:
         worker.sh(f"docker rm -f {spec.name}", check=False)
-        node.reload()
-        labels = {k: v for k, v in (node.attrs["Spec"].get("Labels") or {}).items() if k != "gpuhub.gpu"}
-        node.update({**node.attrs["Spec"], "Labels": labels})
+        rig.update_node("worker", labels={"gpuhub.gpu": None})
 
 
 #: run in the hub's container: GET argv[1] with the stack's agent token, retried while the agent starts
@@ -338,3 +337,44 @@ for _ in range(60):
         print(e)
         time.sleep(1)
 """
+
+
+#: run on the user network (bash, no HTTP client needed): the hub API's status line by its alias
+HUB_API_CHECK = (f"exec 3<>/dev/tcp/{STACK}-hub/8081 && printf 'GET /hub/api HTTP/1.0\\r\\n\\r\\n' >&3 "
+                 "&& timeout 5 head -1 <&3")
+
+
+def test_a_server_on_a_worker_reaches_the_hub_api_again_after_the_hub_container_is_killed(deployed, rig):
+    """A user's server on a GPU worker asks the hub API (by the alias ``<stack>-hub`` on the user
+    network) to check every request's token: after swarm replaces a killed hub container, at a new
+    address, the running server must reach the new one, or its user is locked out of JupyterLab."""
+    client = deployed["client"]
+    service = client.services.create(
+        f"{rig.manager.ip}:5000/{PUSHED}", command=["sleep", "infinity"], name="hub-api-probe",
+        networks=[f"{STACK}_users"], constraints=["node.hostname==worker"], labels={"org.gpuhub.test": "probe"})
+    worker = rig.nodes["worker"].client(timeout=60)
+    try:
+        def probe() -> str:
+            found = worker.containers.list(filters={"label": "com.docker.swarm.service.name=hub-api-probe"})
+            if not found:
+                return "no probe container yet"
+            return found[0].exec_run(["bash", "-c", HUB_API_CHECK]).output.decode(errors="replace").strip()
+
+        assert wait_for(lambda: probe().startswith("HTTP/1.1 200"), 120, "the probe on the worker reaching the hub")
+        old = client.containers.list(filters={"label": f"com.docker.swarm.service.name={STACK}_hub"})[0]
+        old.kill()
+        wait_for(lambda: [c for c in client.containers.list(filters={
+            "label": f"com.docker.swarm.service.name={STACK}_hub", "health": "healthy"}) if c.id != old.id],
+            240, "swarm's new hub container healthy")
+        seen: list[str] = []
+        t0 = time.monotonic()
+        try:
+            wait_for(lambda: seen.append(probe()) or seen[-1].startswith("HTTP/1.1 200"), 60,
+                     "the worker's probe reaching the new hub")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the probe said: {seen[-3:]}") from None
+        print(f"the worker reached the new hub {time.monotonic() - t0:.1f}s after it was healthy, "
+              f"after {len(seen)} tries: {seen[:3]}")
+    finally:
+        service.remove()
+        worker.close()

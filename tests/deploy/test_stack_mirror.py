@@ -49,13 +49,7 @@ def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
         rig.wait_nodes_ready(["manager", WORKER])
         rig.load_image(stack.MIRROR_IMAGE, [WORKER])  # as for the node agent (runbook)
         worker.sh(f"docker volume rm -f {VOLUME}")  # an earlier run's store (the node's state persists)
-        client = rig.manager_client()
-        try:
-            node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == WORKER)
-            spec = node.attrs["Spec"]
-            node.update({**spec, "Labels": {**(spec.get("Labels") or {}), "gpuhub.gpu": "true"}})
-        finally:
-            client.close()
+        rig.update_node(WORKER, labels={"gpuhub.gpu": "true"})
         yield rig
     finally:
         rig.teardown()

@@ -17,6 +17,7 @@ PROFILES = [Profile("cpu", "CPU only", default=True), Profile("workshop", "Works
 
 def test_the_image_field_is_off_for_a_profile_with_its_own_image(browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     fragment = render_options_form(
         PROFILES, {}, {}, {}, images={"workshop": "workshop"}, default_image="singleuser",
@@ -36,5 +37,7 @@ def test_the_image_field_is_off_for_a_profile_with_its_own_image(browser, tmp_pa
 
     browser.find_element(By.CSS_SELECTOR, "input[name=profile][value=workshop]").click()
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # the click only starts the navigation: read the URL once the browser is on the next page
+    WebDriverWait(browser, 30).until(lambda d: "/sent.html" in d.current_url)
     sent = parse_qs(urlparse(browser.current_url).query)
     assert sent == {"profile": ["workshop"]}  # no image with a profile that runs its own

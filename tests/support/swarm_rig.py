@@ -329,6 +329,35 @@ class SwarmRig:
             finally:
                 client.close()
 
+    def update_node(self, hostnames: str | list[str], availability: str | None = None,
+                    labels: dict[str, str | None] | None = None, tries: int = 10) -> None:
+        """Set ``availability`` and ``labels`` (a None value removes that label) of the nodes named
+        ``hostnames`` on the manager.  Swarm refuses an update from a version that changed meanwhile
+        (a node's status moves on its own: "update out of sequence"); it is read again and retried."""
+        names = [hostnames] if isinstance(hostnames, str) else list(hostnames)
+        client = self.manager_client()
+        try:
+            for node in client.nodes.list():
+                if node.attrs["Description"]["Hostname"] not in names:
+                    continue
+                for attempt in range(tries):
+                    spec = dict(node.attrs["Spec"])
+                    if availability:
+                        spec["Availability"] = availability
+                    if labels is not None:
+                        merged = {**(spec.get("Labels") or {}), **labels}
+                        spec["Labels"] = {k: v for k, v in merged.items() if v is not None}
+                    try:
+                        node.update(spec)
+                        break
+                    except APIError as e:
+                        if "out of sequence" not in str(e) or attempt == tries - 1:
+                            raise
+                        time.sleep(0.2)
+                        node.reload()
+        finally:
+            client.close()
+
     def remove_node(self, name: str) -> None:
         node = self.nodes.pop(name, None)
         if node is not None:

@@ -144,14 +144,7 @@ def label_gpu_nodes(rig: SwarmRig, names: list[str]) -> None:
     as the runbook has an operator do before `gpuhub deploy` (the stack's tutorial mirror runs
     on those nodes; the culler and Prometheus find the node agents there)."""
     rig.load_image(AGENT_IMAGE, names)
-    client = rig.manager_client()
-    try:
-        for node in client.nodes.list():
-            if node.attrs["Description"]["Hostname"] in names:
-                spec = node.attrs["Spec"]
-                node.update({**spec, "Labels": {**(spec.get("Labels") or {}), "gpuhub.gpu": "true"}})
-    finally:
-        client.close()
+    rig.update_node(names, labels={"gpuhub.gpu": "true"})
 
 
 def start_node_agents(rig: SwarmRig, names: list[str], token: str, hub_id: str) -> list[str]:

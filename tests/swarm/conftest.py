@@ -39,11 +39,7 @@ def rig(docker_client: docker.DockerClient) -> Iterator[SwarmRig]:
             rig.join(rig.start_node(name, index, generic_resources=resources, labels=labels))
         rig.wait_nodes_ready(["manager", *WORKERS])
         # the manager only manages, as on a real cluster
-        client = rig.manager_client()
-        node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "manager")
-        spec = dict(node.attrs["Spec"], Availability="drain")
-        node.update(spec)
-        client.close()
+        rig.update_node("manager", availability="drain")
         rig.load_image(IMAGE, list(WORKERS))
         yield rig
     finally:

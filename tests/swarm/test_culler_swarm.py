@@ -53,15 +53,7 @@ TRAINING = "import time\nfor _ in range(3000):\n    time.sleep(0.1)\n"
 
 
 def _label_gpu_nodes(rig: SwarmRig, on: bool) -> None:
-    client = rig.manager_client()
-    try:
-        for node in client.nodes.list():
-            if node.attrs["Description"]["Hostname"] in WORKERS:
-                spec = dict(node.attrs["Spec"])
-                labels = {k: v for k, v in (spec.get("Labels") or {}).items() if k != "gpuhub.gpu"}
-                node.update(dict(spec, Labels={**labels, **({"gpuhub.gpu": "true"} if on else {})}))
-    finally:
-        client.close()
+    rig.update_node(list(WORKERS), labels={"gpuhub.gpu": "true" if on else None})
 
 
 @pytest.fixture(scope="module")

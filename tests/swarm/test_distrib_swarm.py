@@ -72,10 +72,7 @@ def rig(docker_client: docker.DockerClient, registry: Registry):
             node.sh(f"mkdir -p {STORE}")
             rig.join(node)
         rig.wait_nodes_ready(["manager", *WORKERS])
-        client = rig.manager_client()
-        node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == "manager")
-        node.update(dict(node.attrs["Spec"], Availability="drain"))  # the manager only manages
-        client.close()
+        rig.update_node("manager", availability="drain")  # the manager only manages
         rig.load_image(AGENT, list(WORKERS))  # `gpuhub node setup` installs the agent on GPU nodes
         rig.load_image(IMAGE, list(WORKERS))
         yield rig

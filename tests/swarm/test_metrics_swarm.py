@@ -125,19 +125,7 @@ def _put_json(node, path: str, doc: dict) -> None:
 
 
 def _label_gpu_nodes(rig: SwarmRig, names: list[str], on: bool) -> None:
-    client = rig.manager_client()
-    try:
-        for node in client.nodes.list():
-            if node.attrs["Description"]["Hostname"] in names:
-                spec = dict(node.attrs["Spec"])
-                labels = dict(spec.get("Labels") or {})
-                if on:
-                    labels["gpuhub.gpu"] = "true"
-                else:
-                    labels.pop("gpuhub.gpu", None)
-                node.update(dict(spec, Labels=labels))
-    finally:
-        client.close()
+    rig.update_node(names, labels={"gpuhub.gpu": "true" if on else None})
 
 
 def _agent_tasks(rig: SwarmRig) -> dict[str, dict]:

@@ -47,12 +47,7 @@ def two_mig_nodes(rig: SwarmRig):
 
 
 def _availability(rig: SwarmRig, host: str, value: str) -> None:
-    client = rig.manager_client()
-    try:
-        node = next(n for n in client.nodes.list() if n.attrs["Description"]["Hostname"] == host)
-        node.update(dict(node.attrs["Spec"], Availability=value))
-    finally:
-        client.close()
+    rig.update_node(host, availability=value)
 
 
 def _server(rig: SwarmRig, hub, user: str) -> tuple[str, dict, docker.models.containers.Container]:

@@ -406,7 +406,49 @@ def test_the_hub_container_is_killed_and_swarm_brings_it_back(stack, rig, report
     assert_each_unit_held_once(after)
     for u in list(after)[:5]:
         assert wait_for(lambda u=u: ready(people[u]), 60, f"{u} still ready after the hub came back")
-    report.phase("hub_killed", restarted_and_answering_s=round(took, 1), servers_kept=len(after), answered=back)
+    # every running server checks each request's token with the hub API (by its alias on the user
+    # network): each must reach the new hub, at its new address, or its user is locked out of
+    # JupyterLab ("Failed to connect to Hub API"); asked as the user asks it, through Caddy
+    reached: dict[str, float] = {}
+    for u, server in sorted(after.items()):
+        said: list[str] = []
+        token = own_token(people[u])
+        try:
+            wait_for(lambda u=u, token=token, said=said: said.append(server_status(stack, u, token)) or said[-1] == "200",
+                     120, f"{u}'s server on {server['node']} answering its user (the new hub checks the token)")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; it said: {said[-2:]}; from inside it: {hub_api_from(rig, server)}") from None
+        reached[u] = round(time.monotonic() - t0, 1)
+    report.phase("hub_killed", restarted_and_answering_s=round(took, 1), servers_kept=len(after), answered=back,
+                 servers_reached_new_hub_api_after_s=quantiles(list(reached.values())))
+
+
+#: run in a user's server: the hub API's status by the name servers are given, or why not
+HUB_API_FROM_SERVER = """
+import socket, urllib.request as u
+try:
+    print(u.urlopen("http://gpuhub-hub:8081/hub/api", timeout=5).status)
+except Exception as e:
+    try:
+        where = sorted({a[4][0] for a in socket.getaddrinfo("gpuhub-hub", 8081)})
+    except OSError as dns:
+        where = f"no address: {dns}"
+    print(f"{type(e).__name__}: {e} (gpuhub-hub is {where})")
+"""
+
+
+def server_status(stack, user: str, token: str) -> str:
+    """``/user/<user>/api/status`` through Caddy with the user's own token: "200", or what came."""
+    try:
+        r = requests.get(f"{stack.public_url}/user/{user}/api/status", headers={"Authorization": f"token {token}"},
+                         verify=stack.verify, timeout=15)
+    except requests.RequestException as e:
+        return f"{type(e).__name__}: {e}"[:200]
+    return "200" if r.status_code == 200 else f"{r.status_code}: {r.text[:200]}"
+
+
+def hub_api_from(rig: SwarmRig, server: dict) -> str:
+    return in_server(rig, server, f"python3 -c '{HUB_API_FROM_SERVER}'")
 
 
 def hub_container_id(rig: SwarmRig) -> str:
@@ -430,6 +472,14 @@ def healthy(stack) -> bool:
 # ---- late in the day: the culler reclaims an idle GPU server for the line ----------------------
 
 TRAINING = "import time\nfor _ in range(3000):\n    time.sleep(0.1)\n"  # a kernel at work, its tab closed
+
+
+def culler_log(rig: SwarmRig) -> str:
+    """The hub service's last lines about the culler and the node agents (the hub runs on the
+    manager: its log is read there, with a time limit)."""
+    code, out = rig.manager.sh("timeout 60 docker service logs --tail 400 gpuhub_hub 2>&1", check=False)
+    lines = [line for line in out.splitlines() if any(w in line.lower() for w in ("agent", "probe", "cull"))]
+    return "\n".join(lines[-40:])
 
 
 def own_token(person: Attendee) -> str:
@@ -504,7 +554,8 @@ def test_an_idle_gpu_server_is_warned_then_reclaimed_a_busy_kernel_survives_the_
             if seen[-1] and seen[-1][0] == action:
                 return decided
             time.sleep(1)
-        raise AssertionError(f"no {action} of {idler} within {timeout}s; its decisions: {seen}")
+        raise AssertionError(f"no {action} of {idler} within {timeout}s; its decisions: {seen[-3:]}; "
+                             f"the hub's log of the culler and the agents:\n{culler_log(rig)}")
 
     t0 = time.monotonic()
     warned = until("warn", 90)
