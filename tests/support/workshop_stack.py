@@ -235,9 +235,27 @@ def hub_state(rig: SwarmRig) -> dict[str, Any]:
     """Users, groups with their quota properties, memberships and usage rows of the stack's hub."""
     import json
 
-    code, out = hub_container(rig).exec_run(["python3", "-c", STATE_QUERY])
-    assert code == 0, out.decode(errors="replace")[-2000:]
-    return json.loads(out.decode().strip().splitlines()[-1])
+    from polling import wait_for
+
+    said: list[str] = []
+
+    def ask() -> dict[str, Any] | None:
+        # right after a deploy or a restore the hub's task may still be replaced: the engine
+        # then refuses the exec ("OCI runtime exec failed"), and the next container is asked
+        try:
+            code, out = hub_container(rig).exec_run(["python3", "-c", STATE_QUERY])
+        except (AssertionError, docker.errors.APIError) as e:
+            said.append(str(e)[-500:])
+            return None
+        if code != 0:
+            said.append(out.decode(errors="replace")[-2000:])
+            return None
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    try:
+        return wait_for(ask, 120, "the stack hub's users, groups and usage")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last: {said[-1:]}") from None
 
 
 def gpuhub_cli(rig: SwarmRig, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

@@ -213,8 +213,9 @@ def test_everyone_presses_start_and_each_unit_goes_to_exactly_one(stack, rig, re
         refused=len(refused), refusals=sorted({m for _s, m in refused.values()}),
         positions_first_told=sorted(in_line.values()),
         first_answer_rest_api=quantiles(times), first_answers_within_1s=sum(t < 1.0 for t in times),
-        first_answer_note="JupyterHub answers a POST that starts or waits in line after slow_spawn_timeout "
-                          "(10 s by default); refusals come at once",
+        first_answer_note="the stack's hub answers a POST that starts or waits in line after slow_spawn_timeout "
+                          "(0.5 s, gpuhub_spawner/deploy/inhub.py); the rest is 30 requests at once through Caddy "
+                          "and one hub process on a 2-core machine",
         first_answer_browser_s=round(browser_s, 3), browser_landed_on=landed.split("?")[0], browser_shown=shown,
         per_node={n: sum(1 for s in held.values() if s["node"] == n) for n in WORKERS},
     )
