@@ -120,14 +120,20 @@ def create_secrets(client: docker.DockerClient, stack_name: str, values: dict[st
 def create_config(client: docker.DockerClient, cfg: GPUHubConfig, dry_run: bool) -> str:
     """The hub's gpuhub.yaml as a swarm config (versioned by digest); returns the version."""
     text = yaml.safe_dump(stack.hub_config(cfg), sort_keys=True).encode()
-    version = secretstore.version(text)
-    name = f"{cfg.deploy.stack_name}_gpuhub_yaml_{version}"
+    return _swarm_config(client, cfg.deploy.stack_name, "gpuhub_yaml", text, "the hub's gpuhub.yaml", dry_run)
+
+
+def _swarm_config(client: docker.DockerClient, stack_name: str, name: str, data: bytes, what: str,
+                  dry_run: bool) -> str:
+    """Swarm config ``<stack>_<name>_<digest of data>``, created unless it exists; the digest."""
+    version = secretstore.version(data)
+    full = f"{stack_name}_{name}_{version}"
     try:
-        client.configs.get(name)
+        client.configs.get(full)
     except NotFound:
-        say(f"{'would create' if dry_run else 'creating'} swarm config {name} (the hub's gpuhub.yaml)")
+        say(f"{'would create' if dry_run else 'creating'} swarm config {full} ({what})")
         if not dry_run:
-            client.configs.create(name=name, data=text, labels={LABEL: cfg.deploy.stack_name})
+            client.configs.create(name=full, data=data, labels={LABEL: stack_name})
     return version
 
 
@@ -143,14 +149,7 @@ def create_file_configs(client: docker.DockerClient, cfg: GPUHubConfig, dry_run:
         except OSError as e:
             raise DeployError(f"cannot read {REPO / source} ({e.strerror}): run gpuhub deploy from gpuhub's "
                               "checkout, or set deploy.grafana_image to empty") from None
-        versions[name] = secretstore.version(data)
-        full = f"{cfg.deploy.stack_name}_{name}_{versions[name]}"
-        try:
-            client.configs.get(full)
-        except NotFound:
-            say(f"{'would create' if dry_run else 'creating'} swarm config {full} ({source})")
-            if not dry_run:
-                client.configs.create(name=full, data=data, labels={LABEL: cfg.deploy.stack_name})
+        versions[name] = _swarm_config(client, cfg.deploy.stack_name, name, data, source, dry_run)
     return versions
 
 

@@ -298,26 +298,26 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def upstream(client) -> Iterator[str]:
-    """The echo server on Docker's bridge gateway, where the caddy container reaches it."""
+def _echo_on_the_bridge(client) -> Iterator[str]:
+    """An echo server on Docker's bridge gateway, where a container reaches it: host:port."""
     gateway = next(c["Gateway"] for c in client.networks.get("bridge").attrs["IPAM"]["Config"] if c.get("Gateway"))
     server = http.server.ThreadingHTTPServer((gateway, 0), _Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"{gateway}:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def upstream(client) -> Iterator[str]:
+    """The hub's proxy behind Caddy (an echo server)."""
+    yield from _echo_on_the_bridge(client)
 
 
 @pytest.fixture(scope="module")
 def grafana_upstream(client) -> Iterator[str]:
     """A second echo server, standing in for Grafana behind Caddy's /grafana/ route."""
-    gateway = next(c["Gateway"] for c in client.networks.get("bridge").attrs["IPAM"]["Config"] if c.get("Gateway"))
-    server = http.server.ThreadingHTTPServer((gateway, 0), _Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"{gateway}:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield from _echo_on_the_bridge(client)
 
 
 @pytest.fixture(scope="module")
@@ -342,18 +342,22 @@ def _https(port: int, cert: Path) -> http.client.HTTPSConnection:
     return conn
 
 
-def test_caddy_serves_https_with_the_operators_certificate(start, upstream, operator_cert):
-    caddy = start("gpuhub/caddy:latest", 80, 443,
-                  environment={"GPUHUB_DOMAIN": DOMAIN, "GPUHUB_TLS": "files", "GPUHUB_UPSTREAM": upstream},
-                  volumes={str(operator_cert): {"bind": "/run/secrets", "mode": "ro"}})
-    tls_port, http_port = caddy.published[443], caddy.published[80]
-
+def _getter(tls_port: int, operator_cert: Path):
+    """GET a path from Caddy over HTTPS (trusting the operator's certificate): response, body."""
     def get(path: str) -> tuple[http.client.HTTPResponse, bytes]:
         conn = _https(tls_port, operator_cert / "tls_cert")
         conn.request("GET", path)
         response = conn.getresponse()
         return response, response.read()
+    return get
 
+
+def test_caddy_serves_https_with_the_operators_certificate(start, upstream, operator_cert):
+    caddy = start("gpuhub/caddy:latest", 80, 443,
+                  environment={"GPUHUB_DOMAIN": DOMAIN, "GPUHUB_TLS": "files", "GPUHUB_UPSTREAM": upstream},
+                  volumes={str(operator_cert): {"bind": "/run/secrets", "mode": "ro"}})
+    tls_port, http_port = caddy.published[443], caddy.published[80]
+    get = _getter(tls_port, operator_cert)
     response, body = until(lambda: get("/hub/health"), caddy, "caddy over HTTPS")
     assert response.status == 200, body
     seen = {k.lower(): v for k, v in json.loads(body).items()}
@@ -385,14 +389,7 @@ def test_caddy_serves_grafana_under_its_sub_path_and_the_hub_everywhere_else(sta
                   environment={"GPUHUB_DOMAIN": DOMAIN, "GPUHUB_TLS": "files", "GPUHUB_UPSTREAM": upstream,
                                "GPUHUB_GRAFANA_UPSTREAM": grafana_upstream},
                   volumes={str(operator_cert): {"bind": "/run/secrets", "mode": "ro"}})
-    tls_port = caddy.published[443]
-
-    def get(path: str) -> tuple[http.client.HTTPResponse, bytes]:
-        conn = _https(tls_port, operator_cert / "tls_cert")
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response, response.read()
-
+    get = _getter(caddy.published[443], operator_cert)
     response, body = until(lambda: get("/hub/health"), caddy, "caddy over HTTPS")
     assert response.status == 200 and json.loads(body)["x-echo-port"] == upstream.rsplit(":", 1)[1]
     response, body = get("/grafana/api/health")
