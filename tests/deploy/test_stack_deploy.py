@@ -242,6 +242,27 @@ def test_a_worker_pulls_the_pushed_image_from_the_stacks_registry(deployed, rig)
     assert not [c for c in deployed["client"].containers.list(all=True) if "registry-push" in c.name]
 
 
+def test_a_dry_run_with_grafana_names_its_provisioning_configs_and_creates_nothing(deployed, rig):
+    """`deploy.grafana_image` on the documented command: Grafana's files of deploy/grafana become
+    swarm configs named by digest beside the hub's gpuhub.yaml (Grafana itself is never pulled
+    here: no registry is reachable, so only the dry run goes to the engine)."""
+    from gpuhub_spawner.deploy import grafana
+
+    doc = yaml.safe_load(deployed["config"].read_text())
+    doc["deploy"]["grafana_image"] = "grafana/grafana-oss:11.3.0"
+    config = deployed["config"].with_name("gpuhub-grafana.yaml")
+    config.write_text(yaml.safe_dump(doc))
+    client = deployed["client"]
+    configs = sorted(c.name for c in client.configs.list())
+    done = deploy(config, rig, "--dry-run")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name, (source, _target) in grafana.FILES.items():
+        assert f"would create swarm config {STACK}_{name}_" in done.stdout and f"({source})" in done.stdout, name
+    assert f"would create swarm secret {STACK}_{grafana.SECRET}_" in done.stdout
+    assert sorted(c.name for c in client.configs.list()) == configs  # a dry run creates nothing
+    assert not [s for s in client.services.list() if s.name == f"{STACK}_grafana"]
+
+
 def test_second_deploy_changes_nothing(deployed, rig):
     client = deployed["client"]
     secrets = sorted(s.name for s in client.secrets.list())
