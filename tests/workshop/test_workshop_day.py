@@ -42,7 +42,7 @@ from workshop import (
     quantiles,
     start_node_agents,
 )
-from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack
+from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack, stack_logs
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
 
@@ -476,9 +476,8 @@ TRAINING = "import time\nfor _ in range(3000):\n    time.sleep(0.1)\n"  # a kern
 
 
 def culler_log(rig: SwarmRig) -> str:
-    """The hub service's last lines about the culler and the node agents (the hub runs on the
-    manager: its log is read there, with a time limit)."""
-    code, out = rig.manager.sh("timeout 60 docker service logs --tail 400 gpuhub_hub 2>&1", check=False)
+    """The hub service's last lines about the culler and the node agents."""
+    out = stack_logs(rig, tail=400, services=("gpuhub_hub",))
     lines = [line for line in out.splitlines() if any(w in line.lower() for w in ("agent", "probe", "cull"))]
     return "\n".join(lines[-40:])
 
