@@ -331,9 +331,7 @@ def test_the_hub_reaches_a_workers_node_agent_found_on_the_swarm_with_the_stacks
     worker, image = rig.nodes["worker"], os.environ.get("GPUHUB_AGENT_IMAGE", "gpuhub/node-agent:latest")
     rig.load_image(image, ["worker"])
     spec = AgentContainer(image=image, runtime="")  # the rig's nodes have no NVIDIA runtime
-    worker.sh("mkdir -p /etc/gpuhub")
-    worker.put_file(spec.token_file, (deployed["secrets"] / "agent_token").read_text(), mode=0o600)
-    worker.sh(" ".join(spec.docker_run()))
+    rig.run_node_agent(["worker"], spec, (deployed["secrets"] / "agent_token").read_text())
     client = deployed["client"]
     rig.update_node("worker", labels={"gpuhub.gpu": "true"})
     try:

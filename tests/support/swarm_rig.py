@@ -329,6 +329,20 @@ class SwarmRig:
             finally:
                 client.close()
 
+    def run_node_agent(self, names: list[str], spec: Any, token: str) -> list[str]:
+        """Start the node agent on each of ``names`` with the ``docker run`` line that
+        `gpuhub node agent install` runs (``spec``: its AgentContainer, without the NVIDIA
+        runtime here: the rig's nodes have none), its token in a root-only file on the node.
+        A container of that name from before is replaced.  Returns each agent's activity URL."""
+        import shlex
+
+        for name in names:
+            node = self.nodes[name]
+            node.sh("mkdir -p /etc/gpuhub")
+            node.put_file(spec.token_file, token.strip() + "\n", mode=0o600)
+            node.sh(f"docker rm -f {spec.name} >/dev/null 2>&1; " + shlex.join(spec.docker_run()))
+        return [f"http://{self.nodes[name].ip}:{spec.port}/api/activity" for name in names]
+
     def update_node(self, hostnames: str | list[str], availability: str | None = None,
                     labels: dict[str, str | None] | None = None, tries: int = 10) -> None:
         """Set ``availability`` and ``labels`` (a None value removes that label) of the nodes named

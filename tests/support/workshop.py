@@ -151,17 +151,9 @@ def start_node_agents(rig: SwarmRig, names: list[str], token: str, hub_id: str) 
     """The node agent on each of ``names`` as `gpuhub node agent install` starts it (its
     ``docker run``, less the NVIDIA runtime: the rig's nodes have no GPU); its token in a
     root-only file on the node.  Returns each agent's activity URL."""
-    import shlex
-
     from gpuhub_spawner.node.agent_install import AgentContainer
 
-    spec = AgentContainer(image=AGENT_IMAGE, runtime="", hub_id=hub_id)
-    for name in names:
-        node = rig.nodes[name]
-        node.sh("mkdir -p /etc/gpuhub")
-        node.put_file(spec.token_file, token + "\n", mode=0o600)
-        node.sh(f"docker rm -f {spec.name} >/dev/null 2>&1; " + shlex.join(spec.docker_run()))
-    return [f"http://{rig.nodes[name].ip}:{spec.port}/api/activity" for name in names]
+    return rig.run_node_agent(names, AgentContainer(image=AGENT_IMAGE, runtime="", hub_id=hub_id), token)
 
 
 # ---- attendees -------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,11 +70,7 @@ def agents(rig: SwarmRig, docker_client: docker.DockerClient, tmp_path_factory):
     rig.load_image(AGENT_IMAGE, WORKERS)
     spec = AgentContainer(image=AGENT_IMAGE, runtime="", name="gpuhub-node-agent-culler-test")
     try:
-        for name in WORKERS:
-            node = rig.nodes[name]
-            node.sh("mkdir -p /etc/gpuhub")
-            node.put_file(spec.token_file, token + "\n", mode=0o600)
-            node.sh(f"docker rm -f {spec.name} >/dev/null 2>&1; " + shlex.join(spec.docker_run()))
+        rig.run_node_agent(list(WORKERS), spec, token)
         _label_gpu_nodes(rig, on=True)
         for name in WORKERS:
             url = f"http://{rig.nodes[name].ip}:{AGENT_PORT}/api/activity"
