@@ -19,6 +19,7 @@ from pathlib import Path
 from gpuhub_spawner.core import dockerhost, hubconfig
 from gpuhub_spawner.core.config import ConfigFileError, file_settings, load_config
 from gpuhub_spawner.hub import managed_services
+from gpuhub_spawner.storage import dbping
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -77,6 +78,9 @@ c.JupyterHub.hub_port = cfg.hub.port
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{cfg.hub.proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
 c.JupyterHub.db_url = cfg.hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+# the hub's session checks a pooled connection when it sat idle, not before every transaction
+# (three round trips each on PostgreSQL, on the hub's event loop): gpuhub_spawner/storage/dbping.py
+dbping.use_for_jupyterhub()
 c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.cleanup_servers = False  # servers (and their GPUs) survive a hub restart
 

@@ -12,8 +12,9 @@
   the admin panel, the REST API or the roster import is put in the roster group, so it can sign
   in like any rostered user; delete it or take it off the roster to end its access. Users who
   got in through an org or team are not "existing users": they keep needing that membership;
-- **re-checked access**: at every refresh (``auth_refresh_age``, before a spawn) the user must
-  still be allowed, else the hub asks for a new login, which then fails with 403.
+- **re-checked access**: at every refresh (``auth_refresh_age``, and inside each spawn, before
+  anything is created) the user must still be allowed, else the hub asks for a new login,
+  which then fails with 403.
 
 Everything oauthenticator already does (``allowed_users``, ``allowed_organizations`` with
 ``org:team``, ``blocked_users``, ``admin_users``, deny by default) is unchanged.
@@ -32,6 +33,7 @@ bcrypt hash in the hub database; an admin approves each sign-up) plus:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,6 +144,61 @@ class GPUHubGitHubAuthenticator(GitHubOAuthenticator):
 
     # names of new users being signed in (not added by an admin), until add_user sees them
     _signing_in = Set(Unicode())
+
+    @default("refresh_pre_spawn")
+    def _default_refresh_pre_spawn(self) -> bool:
+        # oauthenticator turns it on with auth state: JupyterHub then asks GitHub (three or
+        # more requests) before it answers a Start at all. The same check runs in
+        # pre_spawn_start instead, inside the spawn, while the attendee sees its progress.
+        return False
+
+    async def pre_spawn_start(self, user, spawner) -> None:
+        """Before a server is made, ask GitHub again whether ``user`` may still use the hub.
+
+        JupyterHub's own ``refresh_pre_spawn`` does this before the Start request is answered,
+        so a burst of Starts waits for GitHub in line (three requests or more each, on the
+        hub's one event loop). Here it runs inside the spawn: the answer goes out at once and,
+        with a gpuhub spawner, the check runs beside the admission (a quick refusal stays
+        quick), which waits for it before anything is created. The refreshed teams and token
+        are stored as JupyterHub stores them (admission, beside the check, reads the groups as
+        they were: a team change GitHub reports now counts from the next spawn); someone GitHub
+        no longer lets in gets a failed
+        spawn that says to sign in again, whoever pressed Start (JupyterHub would let an
+        admin's or a token's spawn go on).
+        """
+        await maybe_future(super().pre_spawn_start(user, spawner))
+        if not (self.enable_auth_state and self.auth_refresh_age):
+            return
+        check = asyncio.ensure_future(self._still_allowed(user, getattr(spawner, "handler", None)))
+        defer = getattr(spawner, "defer_access_check", None)
+        if callable(defer):
+            defer(check)
+        else:
+            await check
+
+    async def _still_allowed(self, user, handler) -> None:
+        refreshed = await self.refresh_user(user, handler)
+        if not refreshed:
+            self.log.warning("%s may no longer use this hub: their spawn is refused", user.name)
+            raise web.HTTPError(
+                403, "GitHub no longer gives you access to this hub (organization, team or roster). "
+                "Sign in again; if that is refused too, ask the workshop's organizers."
+            )
+        if isinstance(refreshed, dict) and handler is not None and await self._changed(user, refreshed):
+            refreshed["name"] = user.name
+            refreshed.setdefault("auth_state", await user.get_auth_state())
+            await handler.auth_to_user(refreshed, user)  # teams, admin flag and token, as a refresh does
+
+    async def _changed(self, user, refreshed: dict[str, Any]) -> bool:
+        """Whether GitHub's fresh answer differs from what the hub has (else nothing is written:
+        a burst of Starts would rewrite every attendee's row to the same values)."""
+        if "auth_state" in refreshed and refreshed["auth_state"] != await user.get_auth_state():
+            return True
+        if refreshed.get("admin") is not None and refreshed["admin"] != user.admin:
+            return True
+        if self.manage_groups and set(refreshed.get("groups") or ()) != {g.name for g in user.groups}:
+            return True
+        return bool(self.manage_roles and refreshed.get("roles") is not None)
 
     @default("allow_existing_users")
     def _default_allow_existing_users(self) -> bool:

@@ -134,6 +134,31 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         allowed = (await self.quota_policy()).allowed_profiles
         return None if allowed is None else set(allowed)
 
+    # ---- the sign-in's re-check (auth.GPUHubGitHubAuthenticator.pre_spawn_start) --------
+
+    #: the authenticator's check that the user may still use the hub, running beside admission
+    _access_check: asyncio.Future | None = None
+
+    def defer_access_check(self, check: asyncio.Future) -> None:
+        """Take the authenticator's access check (already running): admission goes on beside
+        it, and :meth:`access_checked` waits for it before anything is created."""
+        check.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "not retrieved"
+        self._access_check = check
+
+    async def access_checked(self) -> None:
+        """Wait for the deferred access check (if any); its refusal is this spawn's refusal."""
+        check, self._access_check = self._access_check, None
+        if check is None:
+            return
+        if not check.done():
+            self._emit(5, "Checking with GitHub that you may still use this hub…")
+        await check
+
+    def _drop_access_check(self) -> None:
+        check, self._access_check = self._access_check, None
+        if check is not None and not check.done():
+            check.cancel()
+
     # ---- admission: one decision, before anything starts ------------------------------
 
     async def apply_gpu_options(self, user_options: Any) -> None:
@@ -155,6 +180,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         try:
             self.gpu_choice = await self.admit(user_options)
         except BaseException:
+            self._drop_access_check()  # refused anyway: GitHub's answer is not needed
             self._start_finished()  # refused: the answer tells them; no notice is left behind
             raise
 

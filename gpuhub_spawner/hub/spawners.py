@@ -113,6 +113,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         """DockerSpawner.start, with engine errors made readable and no unit left behind."""
         self._progress_init()
         try:
+            await self.access_checked()
             return await super().start()
         except web.HTTPError:  # our refusals (SpawnException) and dockerspawner's own 400s
             await self._undo_failed_start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from gpuhub_spawner.core.cluster import ClusterView, kind_of_pool
 from gpuhub_spawner.core.home_node import kind_on_node, split_line_key
@@ -29,6 +30,9 @@ class SwarmGate:
         self.inflight: dict[str, tuple[str, str]] = {}  # holder -> (pool, kind)
         self.view: ClusterView | None = None
         self.view_time = 0.0
+        #: the read of the swarm in flight (when it began), and the one queued behind it
+        self._reading: tuple[float, asyncio.Task[ClusterView]] | None = None
+        self._next: asyncio.Task[ClusterView] | None = None
         #: service name -> unit recorded in its labels (or just assigned by this hub)
         self.service_units: dict[str, str] = {}
 
@@ -51,6 +55,44 @@ class SwarmGate:
             if labels.pool and labels.user:  # a GPU server
                 self.line.owners[name] = labels.user
         self.view, self.view_time = view, time.monotonic()
+        # a spawn let through counts as in flight until a read shows its task holding its unit:
+        # a read begun before swarm assigned it (and shared, see shared_view) does not count it
+        for holder in [h for h in self.inflight if h in view.placements and view.placements[h].assigned]:
+            del self.inflight[holder]
+
+    async def shared_view(self, read: Callable[[], Awaitable[ClusterView]], max_age: float) -> ClusterView:
+        """The swarm as read at most ``max_age`` seconds before this call, with callers sharing reads.
+
+        A burst of Starts asks for the swarm dozens of times at once; each read lists every
+        service, task and node on the manager. A caller takes the last read if it is young
+        enough, or joins the read in flight if that began within ``max_age``; else it waits for
+        the one read queued to begin after the current one, which every later caller joins too.
+        So a caller never gets a read that began before its ``max_age`` (0: after the call), and
+        at most two reads are ever under way.
+        """
+        now = time.monotonic()
+        if self.view is not None and now - self.view_time <= max_age:
+            return self.view
+        loop = asyncio.get_running_loop()
+        reading = self._reading if self._reading and self._reading[1].get_loop() is loop else None
+        if reading and not reading[1].done() and reading[0] >= now - max_age:
+            return await asyncio.shield(reading[1])
+        if self._next is None or self._next.get_loop() is not loop or self._next.done():
+            self._next = loop.create_task(self._read_after(reading[1] if reading else None, read))
+        return await asyncio.shield(self._next)
+
+    async def _read_after(self, before: asyncio.Task[ClusterView] | None, read) -> ClusterView:
+        if before is not None and not before.done():
+            await asyncio.wait([before])  # its outcome is its callers'
+        self._next = None
+        started = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading = (started, task)
+        view = await read()
+        self.learn(view)
+        self.view_time = started  # as old as the moment the read began
+        return view
 
     def _free_kind(self, view: ClusterView, pool: str) -> str | None:
         # in flight: let through, and not yet counted by swarm (a task that has its unit is);
@@ -115,7 +157,10 @@ class SwarmGate:
         return await self.line.wait(ticket, max_wait, recheck, interval=1.0)
 
     def settled(self, holder: str) -> None:
-        """``holder``'s task has its unit (or its spawn ended): stop counting it in flight."""
+        """``holder``'s spawn ended (failed, cancelled or stopped): stop counting it in flight.
+
+        Not when its task got its unit: then :meth:`learn` stops counting it once a read of the
+        swarm shows that unit held, so no read begun earlier hands the unit out again."""
         if self.inflight.pop(holder, None) is not None:
             self.wake()
 

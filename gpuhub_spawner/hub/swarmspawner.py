@@ -95,13 +95,10 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         return self.hub_state.gate(self._engine_key(), SwarmGate)
 
     async def cluster_view(self, max_age: float | None = None) -> ClusterView:
-        gate = self._gate()
-        age = self.swarm_view_max_age if max_age is None else max_age
-        if gate.view is not None and time.monotonic() - gate.view_time <= age:
-            return gate.view
-        view = await asyncio.wrap_future(self.executor.submit(read_swarm, self.client, self.gpu_hub_id))
-        gate.learn(view)
-        return view
+        async def read() -> ClusterView:
+            return await asyncio.wrap_future(self.executor.submit(read_swarm, self.client, self.gpu_hub_id))
+
+        return await self._gate().shared_view(read, self.swarm_view_max_age if max_age is None else max_age)
 
     @property
     def gpu_inventory_resolved(self) -> Inventory:
@@ -153,6 +150,7 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         self._progress_init()
         self._start_failed = False
         try:
+            await self.access_checked()
             await self.cluster_view(max_age=0.0)
             return await super().start()
         except BaseException as e:
@@ -383,8 +381,6 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
                 self._still_pulling(self.image, await self._node_name(task.get("NodeID", "")))
             await asyncio.sleep(dt)
             dt = min(dt * 1.5, 1.5)
-        if "unit" not in noted:
-            self._gate().settled(self.object_name)
         await self.remember_home_of(task)
         self._emit(80, "Waiting for JupyterLab to answer…")
 
@@ -434,7 +430,6 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
                 unit = view.unit(named.get("Value", ""))
             elif entry.get("DiscreteResourceSpec", {}).get("Kind", "").startswith(SHARED_KIND_PREFIX):
                 unit = self._shared_slot(view, entry["DiscreteResourceSpec"]["Kind"])
-        self._gate().settled(self.object_name)
         if unit is None:
             self.log.warning("%s: unknown assignment %s", self._log_name, assigned_resources(task))
             return

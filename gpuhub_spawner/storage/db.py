@@ -48,6 +48,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from gpuhub_spawner.storage.dbping import ping_when_idle
+
 log = logging.getLogger(__name__)
 
 #: Alembic's version table for gpuhub's revisions (JupyterHub's own is ``alembic_version``).
@@ -119,8 +121,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
-    return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, connect_args={"options": "-c timezone=UTC"})
+    else:
+        engine = create_engine(parsed)
+    ping_when_idle(engine)
+    return engine
 
 
 def open_engine(url: str) -> Engine:

@@ -16,6 +16,7 @@ from jupyterhub import orm
 from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 
+from gpuhub_spawner.core.labels import LABEL_USER
 from gpuhub_spawner.hub.auth import GPUHubGitHubAuthenticator, GPUHubNativeAuthenticator, team_names
 
 
@@ -379,6 +380,27 @@ def test_hub_refresh_follows_teams_and_ends_access(hub, github):
     time.sleep(2.2)
     assert home(hub, s) == 302  # refresh_user said False: sign in again...
     assert hub_login(hub, github, "remy")[1].status_code == 403  # ...which is refused
+
+
+@pytest.mark.docker
+@pytest.mark.hub
+def test_hub_checks_github_inside_the_spawn_and_refuses_someone_no_longer_let_in(hub, github, docker_client):
+    github.add_user("gwen", teams={"acme:gpu"})
+    s, r = hub_login(hub, github, "gwen")
+    assert r.status_code == 302, r.text
+    github.users["gwen"].teams.clear()  # taken out of the team after signing in
+    xsrf = s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf") or ""
+    r = s.post(hub.url + "/hub/api/users/gwen/server", headers={"X-XSRFToken": xsrf}, json={}, timeout=60)
+    # the spawn ran JupyterHub's refresh (GitHub asked again) and failed before anything was made
+    if r.status_code == 202:  # answered before the check ended: the progress stream tells
+        events = s.get(hub.url + "/hub/api/users/gwen/server/progress", headers={"X-XSRFToken": xsrf},
+                       timeout=60).text
+        assert "GitHub no longer gives you access to this hub" in events, events[-2000:]
+    else:
+        assert r.status_code == 403 and "GitHub no longer gives you access" in r.json()["message"], r.text
+    assert not hub.user("gwen")["servers"]
+    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_USER}=gwen"})
+    assert "gwen may no longer use this hub: their spawn is refused" in hub.log_path.read_text()
 
 
 @pytest.mark.docker

@@ -14,7 +14,7 @@ from harness import fake_gpus
 
 from gpuhub_spawner.core.cluster import ClusterView
 from gpuhub_spawner.core.inventory import Inventory, units_from_gpus
-from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, OverLimit
+from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit
 from gpuhub_spawner.hub.swarmspawner import SwarmGate
 
 GPU_A = "GPU-aaaaaaaa-0000-4000-8000-000000000001"
@@ -202,3 +202,34 @@ def test_two_named_servers_at_once_one_gpu_one_403(docker_client, hub_factory, f
     mine = [c for c in hub.containers(docker_client) if c.labels.get("org.gpuhub.user") == "xena"]
     assert [c.labels["org.gpuhub.server"] for c in mine] == [accepted]
     assert refused not in hub.user("xena").get("servers", {})
+
+
+async def test_swarm_gate_a_read_begun_before_swarm_assigned_the_unit_does_not_hand_it_out_again():
+    nodes = [_node([f"NVIDIA_GPU={GPU_A}"])]  # one unit
+    tasks: list[dict] = []
+    names: dict[str, str] = {}
+    gate = SwarmGate()
+
+    async def read() -> ClusterView:
+        return ClusterView.read(nodes, list(tasks), dict(names))
+
+    async def fresh(max_age: float = 0.5) -> ClusterView:
+        return await gate.shared_view(read, 0.0)
+
+    assert await gate.admit("gpu", "hub-ann", fresh, 0, owner="ann") == "NVIDIA_GPU"
+    names["s-ann"] = "hub-ann"
+    tasks.append({"ServiceID": "s-ann", "NodeID": "", "DesiredState": "running", "Status": {"State": "pending"},
+                  "Spec": {"Resources": {"Reservations": {"GenericResources": []}}}})
+    stale = await read()  # begun while ann's task waited for swarm to assign it
+    tasks[0] = _running("s-ann", GPU_A)  # swarm gives ann the unit (the spawner notes it)
+    gate.learn(stale)  # ...and the read begun before lands after it
+
+    async def stale_view(max_age: float = 0.5) -> ClusterView:
+        return stale
+
+    with pytest.raises(NoUnitFree):  # ann's unit still counts: not handed to bob
+        await gate.admit("gpu", "hub-bob", stale_view, 0, owner="bob")
+    assert "hub-ann" in gate.inflight
+    with pytest.raises(NoUnitFree):  # a read showing ann's unit held: ann no longer in flight
+        await gate.admit("gpu", "hub-bob", fresh, 0, owner="bob")
+    assert "hub-ann" not in gate.inflight

@@ -105,6 +105,11 @@ class PostgresCluster:
         self._check("pg_ctl start", result)
         return self.url  # pragma: no cover - _check raised
 
+    def restart(self) -> None:
+        """Stop the server (fast: connections are cut) and start it on the same port and data."""
+        self._check("pg_ctl restart", self._run("pg_ctl", "restart", "-D", str(self.data), "-m", "fast", "-w",
+                                                "-t", "60", "-l", str(self.log_file)))
+
     def stop(self) -> None:
         try:
             if (self.data / "postmaster.pid").exists():
@@ -113,8 +118,8 @@ class PostgresCluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-def postgres_server() -> Iterator[str]:
-    """Start a cluster, yield its SQLAlchemy URL, stop and remove it afterwards."""
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """Start a cluster, yield it (its ``url``, ``restart()``, ``log_file``), stop and remove it afterwards."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         unavailable("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
@@ -123,9 +128,16 @@ def postgres_server() -> Iterator[str]:
         unavailable("no PostgreSQL driver: pip install 'psycopg[binary]'")
     cluster = PostgresCluster(bin_dir, driver_name)
     try:
-        yield cluster.start()
+        cluster.start()
+        yield cluster
     finally:
         cluster.stop()
+
+
+def postgres_server() -> Iterator[str]:
+    """Start a cluster, yield its SQLAlchemy URL, stop and remove it afterwards."""
+    for cluster in postgres_cluster():
+        yield cluster.url
 
 
 def postgres_fixture(name: str = "postgres_url", scope: str = "session") -> Callable[..., Iterator[str]]:

@@ -44,6 +44,8 @@ from workshop import (
 )
 from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack, stack_logs
 
+from gpuhub_spawner.deploy.inhub import FIRST_ANSWER_SECONDS
+
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
 
 state: dict = {}  # what later phases need from earlier ones (the module's phases run in order)
@@ -213,9 +215,10 @@ def test_everyone_presses_start_and_each_unit_goes_to_exactly_one(stack, rig, re
         refused=len(refused), refusals=sorted({m for _s, m in refused.values()}),
         positions_first_told=sorted(in_line.values()),
         first_answer_rest_api=quantiles(times), first_answers_within_1s=sum(t < 1.0 for t in times),
-        first_answer_note="the stack's hub answers a POST that starts or waits in line after slow_spawn_timeout "
-                          "(0.5 s, gpuhub_spawner/deploy/inhub.py); the rest is 30 requests at once through Caddy "
-                          "and one hub process on a 2-core machine",
+        first_answer_note=f"the stack's hub answers a POST that starts or waits in line after slow_spawn_timeout "
+                          f"({FIRST_ANSWER_SECONDS} s, gpuhub_spawner/deploy/inhub.py) and the GitHub re-check runs "
+                          "inside the spawn (hub/auth.py); the rest is 30 requests at once through Caddy and one hub "
+                          "process on a 2-core machine",
         first_answer_browser_s=round(browser_s, 3), browser_landed_on=landed.split("?")[0], browser_shown=shown,
         per_node={n: sum(1 for s in held.values() if s["node"] == n) for n in WORKERS},
     )
@@ -628,3 +631,4 @@ def test_upgrade_keeps_every_row(stack, rig, tmp_path, report):
     wait_for(lambda: healthy(stack), 300, "the upgraded hub answers through Caddy")
     assert hub_state(rig) == before
     report.phase("upgrade", said=[line for line in done.stdout.splitlines() if "kept" in line][:3])
+
