@@ -143,6 +143,8 @@ class Inventory(Section):
     gpus: list[dict[str, Any]] = []
     replicas_per_gpu: int = Field(1, ge=1, le=64)
     queue_max_wait: float = Field(300, ge=0, le=24 * 3600)
+    # fair share: hours after which past GPU use counts half in the line's order (0: first come first served)
+    fair_share_half_life: float = Field(24, ge=0, le=24 * 365)
     # shared slots: framework hints only, or CUDA MPS limits (`gpuhub node setup --mps`)
     shared_limit: Literal["hints", "mps"] = "hints"
 

@@ -56,6 +56,7 @@ inventory:
     - {uuid: GPU-00000000-0000-4000-8000-000000000000, name: NVIDIA A100 40GB, memory_mb: 40960}
   replicas_per_gpu: 1    # time-slicing: servers per non-MIG GPU (1-64)
   queue_max_wait: 300    # seconds a spawn waits in line for a GPU (0: refuse at once)
+  fair_share_half_life: 24  # hours: in line, less recent GPU use goes first, fading by half (0: off)
   shared_limit: hints    # time-sliced slots: hints (to frameworks) or mps (enforced: gpuhub node setup --mps)
 
 profiles:                # the choices on the spawn page; empty: one per pool + CPU only

@@ -325,6 +325,8 @@ ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("GPUHUB_GPU_INVENTORY", "inventory.gpus", lambda n, e: env_json(n, [], e)),
     ("GPUHUB_REPLICAS_PER_GPU", "inventory.replicas_per_gpu", lambda n, e: env_int(n, 1, 1, 64, e)),
     ("GPUHUB_QUEUE_MAX_WAIT", "inventory.queue_max_wait", lambda n, e: env_number(n, 300, 0, 24 * 3600, e)),
+    ("GPUHUB_FAIR_SHARE_HALF_LIFE", "inventory.fair_share_half_life",
+     lambda n, e: env_number(n, 24, 0, 24 * 365, e)),
     ("GPUHUB_PROFILES", "profiles", _profiles),
     ("GPUHUB_QUOTA_DEFAULTS", "quota_defaults", _quota),
     ("GPUHUB_ADMIN_USERS", "sign_in.admin_users", _names),

@@ -258,6 +258,7 @@ class Allocator:
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
+        use: float = 0.0,
     ) -> AsyncIterator[Unit]:
         """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
 
@@ -266,7 +267,8 @@ class Allocator:
         still being created: choose+create is atomic without serialising the creates
         themselves.  If the body raises (or is cancelled), the unit is released.  Raises
         :class:`NoUnitFree` when no unit comes free within ``max_wait`` seconds.  In line, a
-        higher ``priority`` goes ahead of lower ones; equal priorities keep their arrival order.
+        higher ``priority`` goes ahead of lower ones, then less recent GPU ``use`` (fair share);
+        equal ones keep their arrival order.
 
         ``owner`` (the user) may hold at most ``max_units`` units, counting those held, those
         reserved and those waited for in line by the owner's other holders, checked under the
@@ -274,7 +276,7 @@ class Allocator:
         already holds a unit whose object still exists on the engine, :class:`StillHeld`.
         """
         await self.ensure_synced()
-        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units)
+        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units, use)
         self._pending.add(holder)
         try:
             yield unit
@@ -293,6 +295,7 @@ class Allocator:
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
+        use: float = 0.0,
     ) -> Unit:
         async with self.lock:
             await self._drop_old_unit_locked(holder)
@@ -306,7 +309,7 @@ class Allocator:
                 return unit
             if max_wait <= 0 or not known:
                 raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position)
+            ticket = self.line.join(pool, holder, priority, owner, on_position, use)
         return await self.line.wait(ticket, max_wait, self._recheck, self.resync_interval, self._abandoned)
 
     async def _admitted_locked(self, fresh: bool) -> list[str]:

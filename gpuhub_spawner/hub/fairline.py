@@ -1,8 +1,10 @@
 """The one fair line in front of a pool of GPU units, shared by both spawners.
 
-A spawn that finds its pool full waits here: per pool, a higher ``priority`` goes ahead and equal
-priorities keep their arrival order, and every waiter is told its place ("#k of n in line")
-whenever the line moves.  The line does not know what is free; its owner does, and either
+A spawn that finds its pool full waits here: per pool, a higher ``priority`` goes ahead; within a
+priority, less recent GPU ``use`` goes ahead (fair share over time, :mod:`gpuhub_spawner.core.fairshare`:
+the spawners hand each waiter its user's decayed use, 0 when fair share is off); equal ones keep
+their arrival order. Every waiter is told its place ("#k of n in line") whenever the line moves,
+and :meth:`FairLine.why_ahead` says why those ahead of it are.  The line does not know what is free; its owner does, and either
 hands the first live waiter a value (:meth:`FairLine.grant`: the single-host allocator gives the
 unit itself) or nudges the waiters to look again (:meth:`FairLine.nudge`: the swarm gate, which
 can only re-read the swarm).  A waiter that gives up (it timed out, or its spawn was cancelled
@@ -60,6 +62,7 @@ class Ticket:
     priority: int = 0
     owner: str = ""
     on_position: OnPosition | None = None
+    use: float = 0.0  # the owner's decayed GPU-seconds (fair share), when it joined
     granted: asyncio.Future = field(default_factory=_future)
     nudged: asyncio.Future = field(default_factory=_future)
 
@@ -67,6 +70,16 @@ class Ticket:
     def live(self) -> bool:
         """Still waiting: not handed anything, not given up."""
         return not self.granted.done()
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """Why the waiters ahead of one are ahead: a higher priority, less recent GPU use, or they
+    asked first (with the same priority and no less use)."""
+
+    higher_priority: int = 0
+    less_use: int = 0
+    earlier: int = 0
 
 
 #: the owner's look at a ticket that was nudged or waited a while: a value to hand it, or None
@@ -86,11 +99,12 @@ class FairLine:
     # ---- the line ----------------------------------------------------------------------
 
     def join(self, pool: str, holder: str, priority: int = 0, owner: str = "",
-             on_position: OnPosition | None = None) -> Ticket:
-        """Queue ``holder``: behind everyone of equal or higher priority."""
-        ticket = Ticket(pool, holder, priority, owner, on_position)
+             on_position: OnPosition | None = None, use: float = 0.0) -> Ticket:
+        """Queue ``holder``: behind everyone of higher priority, and of equal priority with no
+        more recent ``use`` than its own."""
+        ticket = Ticket(pool, holder, priority, owner, on_position, use)
         line = self._lines.setdefault(pool, [])
-        index = next((i for i, t in enumerate(line) if t.priority < priority), len(line))
+        index = next((i for i, t in enumerate(line) if (-t.priority, t.use) > (-priority, use)), len(line))
         line.insert(index, ticket)
         self._notify(pool)
         return ticket
@@ -120,6 +134,18 @@ class FairLine:
     def position(self, ticket: Ticket) -> int | None:
         line = self._lines.get(ticket.pool, [])
         return line.index(ticket) + 1 if ticket in line else None
+
+    def why_ahead(self, pool: str, holder: str) -> Ahead | None:
+        """Why each waiter ahead of ``holder`` in ``pool``'s line is there (None: not in line)."""
+        line = self._lines.get(pool, [])
+        mine = next((i for i, t in enumerate(line) if t.holder == holder), None)
+        if mine is None:
+            return None
+        me, counts = line[mine], {"higher_priority": 0, "less_use": 0, "earlier": 0}
+        for t in line[:mine]:
+            key = "higher_priority" if t.priority > me.priority else "less_use" if t.use < me.use else "earlier"
+            counts[key] += 1
+        return Ahead(**counts)
 
     def length(self, pool: str) -> int:
         return len(self._lines.get(pool, ()))

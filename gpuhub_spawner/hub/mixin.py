@@ -21,7 +21,7 @@ from docker.types import Mount
 from tornado import web
 from traitlets import default
 
-from gpuhub_spawner.core import isolation, mps
+from gpuhub_spawner.core import fairshare, isolation, mps
 from gpuhub_spawner.core.inventory import (
     Inventory,
     InventoryError,
@@ -47,6 +47,7 @@ from gpuhub_spawner.hub import admission, forms, profile_image
 from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from gpuhub_spawner.hub.errors import quiet_refusal_tracebacks, spawn_error
+from gpuhub_spawner.hub.fairline import FairLine
 from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress
 from gpuhub_spawner.hub.settings import GPUSpawnerSettings
 from gpuhub_spawner.hub.state import HubState
@@ -284,7 +285,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         cannot both pass the admission); a refusal there has the admission's wording.
         """
         allocator = self.get_allocator()
-        on_position = self._start_reserving(choice.profile.pool)
+        use = await self.fair_share_use()
+        on_position = self._start_reserving(choice.profile.pool, allocator.line, choice.profile.pool, use)
         try:
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
@@ -297,6 +299,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
             priority=choice.policy.priority,
             owner=self.user.name,
             max_units=choice.policy.max_gpu_units,
+            use=use,
         )
 
     def reservation_error(self, err: Exception) -> Exception:
@@ -313,8 +316,9 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
     def still_held_error(self, log_message: str) -> Exception:
         return spawn_error(STILL_HELD, "engine-unavailable", log_message=log_message)
 
-    def _start_reserving(self, pool: str):
-        """Say a unit is being reserved; returns the callback that streams the place in line."""
+    def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = "", use: float = 0.0):
+        """Say a unit is being reserved; returns the callback that streams the place in line
+        (and, from ``line``, why those ahead are ahead)."""
         label = pool_label(pool)
         self._emit(10, f"Reserving a {label}…")
         loop = asyncio.get_running_loop()
@@ -322,11 +326,15 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
 
         def on_position(position: int, total: int) -> None:
             waited = int(loop.time() - started)
+            ahead = line.why_ahead(line_key or pool, self.object_name) if line is not None else None
+            why = fairshare.ahead_text(ahead.higher_priority, ahead.less_use, ahead.earlier, use,
+                                       float(self.gpu_fair_share_half_life)) if ahead else ""
             self._emit(
                 15,
                 f"All {label} units are in use. You are #{position} of {total} in line "
                 f"(waited {waited}s, at most {int(self.gpu_queue_max_wait)}s). "
-                "Or cancel and start a CPU-only server.",
+                + (why + " " if why else "")
+                + "Or cancel and start a CPU-only server.",
             )
 
         return on_position

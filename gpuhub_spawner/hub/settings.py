@@ -79,6 +79,18 @@ class GPUSpawnerSettings(LoggingConfigurable):
             c.GPUDockerSpawner.gpu_queue_max_wait = 120
         """,
     )
+    gpu_fair_share_half_life = Float(
+        24.0,
+        config=True,
+        help="""Hours after which past GPU use counts half in the line's order (fair share).
+
+        Within a priority, people who used less GPU time lately go ahead in a pool's line;
+        each GPU-hour fades by half every this many hours (needs the usage ledger). With no
+        history, or equal use, the line is first come, first served. 0 turns it off.
+
+            c.GPUDockerSpawner.gpu_fair_share_half_life = 72  # a course's week
+        """,
+    )
     gpu_hub_id = Unicode(
         "gpuhub",
         config=True,
@@ -258,6 +270,14 @@ class GPUSpawnerSettings(LoggingConfigurable):
         if proposal.value < 64:
             raise TraitError(
                 f"pids_limit={proposal.value!r} is too small for JupyterLab; use a whole number ≥ 64, e.g. 2048."
+            )
+        return proposal.value
+
+    @validate("gpu_fair_share_half_life")
+    def _check_half_life(self, proposal: Any) -> float:
+        if not 0 <= proposal.value <= 24 * 365:
+            raise TraitError(
+                f"gpu_fair_share_half_life={proposal.value!r} must be between 0 (off) and 8760 hours."
             )
         return proposal.value
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+from gpuhub_spawner.core import fairshare
 from gpuhub_spawner.core.inventory import Unit
 from gpuhub_spawner.core.quotas import QuotaError, QuotaPolicy, budget_since, budget_view, resolve_policy
 from gpuhub_spawner.hub.errors import spawn_error
@@ -126,9 +127,30 @@ class UsageRecords:
             return 0.0
         return await asyncio.to_thread(ledger.gpu_seconds, self.user.name, budget_since(policy, now), now)
 
-    async def _budget_notice(self, policy: QuotaPolicy) -> str:
-        """'GPU time left this week: 1.5 h', when the user has a GPU-hour budget."""
-        if policy.gpu_hours_per_period is None or self.usage_ledger is None:
-            return ""
+    async def fair_share_use(self) -> float:
+        """This user's GPU-seconds with past use fading (``gpu_fair_share_half_life``): their
+        place among equal priorities in a pool's line. 0 when fair share is off or there is no
+        ledger; a ledger that cannot be read orders them as new (logged): the line's order is a
+        preference, never a reason to refuse a start."""
+        half_life = float(self.gpu_fair_share_half_life) * 3600
+        ledger = self.usage_ledger
+        if half_life <= 0 or ledger is None:
+            return 0.0
         now = datetime.now(timezone.utc)
-        return budget_view(policy, await self.gpu_seconds_used(policy, now), now).notice()
+        try:
+            spans = await asyncio.to_thread(ledger.spans_of, self.user.name, fairshare.horizon(now, half_life), now)
+        except Exception as e:  # noqa: BLE001 - see above
+            self.log.warning("Could not read %s's past GPU use for the line's order: %s", self.user.name, e)
+            return 0.0
+        return fairshare.decayed_seconds(spans, now, half_life)
+
+    async def _budget_notice(self, policy: QuotaPolicy) -> str:
+        """The form's line: 'GPU time left this week: 1.5 h' (with a GPU-hour budget), and the
+        line's order under fair share."""
+        lines = []
+        if policy.gpu_hours_per_period is not None and self.usage_ledger is not None:
+            now = datetime.now(timezone.utc)
+            lines.append(budget_view(policy, await self.gpu_seconds_used(policy, now), now).notice())
+        if self.usage_ledger is not None:
+            lines.append(fairshare.form_note(await self.fair_share_use(), float(self.gpu_fair_share_half_life)))
+        return " ".join(line for line in lines if line)

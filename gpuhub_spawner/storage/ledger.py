@@ -290,6 +290,11 @@ class UsageLedger(UserNotices):
         since, now = as_utc(since), as_utc(now)
         return sum(_overlap_seconds(row, since, now) for row in self._overlapping(since, now, user))
 
+    def spans_of(self, user: str, since: datetime, now: datetime) -> list[tuple[datetime, datetime | None]]:
+        """(start, end or None while open) of ``user``'s intervals overlapping [since, now]."""
+        since, now = as_utc(since), as_utc(now)
+        return [(row.started_at, row.ended_at) for row in self._overlapping(since, now, user)]
+
     def usage_by_user(self, since: datetime, now: datetime) -> dict[str, float]:
         """GPU-seconds per user in [since, now], for users with any usage in it."""
         since, now = as_utc(since), as_utc(now)

@@ -206,6 +206,18 @@ class IndexPage(Base):
         )
 
 
+class ChartsPage(Base):
+    async def get(self) -> None:
+        pictures, error = await self.attempt(core.charts(self.ctx), {})
+        self.finish(self.render_page("gpuhub_admin_charts.html", title="Charts", tab="charts", message=error,
+                                     **pictures))
+
+
+class ApiCharts(ApiBase):
+    async def get(self) -> None:
+        await self.answer(core.charts(self.ctx))
+
+
 class QuotasPage(Base):
     async def get(self) -> None:
         await self.show()
@@ -283,9 +295,11 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (prefix + "quotas/users", UserQuotaForm),
         (prefix + "quotas/users/" + name + "(/delete)?", UserQuotaForm),
         (prefix + "roster", RosterPage),
+        (prefix + "charts", ChartsPage),
         (prefix + "servers/" + name + opt_server + "/stop", StopForm),
         (prefix + "api/allocations", ApiAllocations),
         (prefix + "api/usage", ApiUsage),
+        (prefix + "api/charts", ApiCharts),
         (prefix + "api/quotas", ApiQuotas),
         (prefix + "api/quotas/groups/" + name, ApiGroupQuota),
         (prefix + "api/quotas/users/" + name, ApiUserQuota),

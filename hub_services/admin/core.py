@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from gpuhub_spawner.core.quotas import (
     validate_quota_edit,
 )
 from gpuhub_spawner.storage.ledger import UsageLedger, UserQuota
+from hub_services.admin import charts as drawing
 from hub_services.admin.roster import USERNAME, parse_roster
 from hub_services.common.hubapi import HubAPIError, HubClient, seg
 
@@ -143,6 +145,28 @@ async def usage(ctx: Context, now: datetime | None = None) -> list[dict[str, Any
         )
         rows.append(row)
     return rows
+
+
+async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
+    """The charts page's pictures (SVG) from the ledger: units held per pool since midnight
+    UTC, and GPU-hours by group since Monday."""
+    now = now or utcnow()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    week = day - timedelta(days=day.weekday())
+    intervals = await asyncio.to_thread(ctx.ledger.intervals_since, week)
+    try:
+        users = await ctx.hub.users()
+    except HubAPIError as e:
+        raise _hub_error(e, "users") from None
+    groups_of = {u["name"]: u.get("groups") or [] for u in users}
+    held = drawing.held_over_time([i for i in intervals if (i.ended_at or now) > day], day, now)
+    by_group = drawing.hours_by_group(intervals, groups_of, week, now)
+    return {
+        "held_svg": drawing.steps_svg(held, day, now, f"GPU units held per pool since {day:%Y-%m-%d} 00:00 UTC"),
+        "groups_svg": drawing.bars_svg(by_group, f"GPU-hours by group since {week:%Y-%m-%d}"),
+        "day": f"{day:%Y-%m-%d}", "week": f"{week:%Y-%m-%d}",
+        "held": {s.pool: s.peak for s in held}, "by_group": {g: round(h, 3) for g, h in by_group.items()},
+    }
 
 
 def overrides(ctx: Context) -> dict[str, dict[str, Any]]:

@@ -236,6 +236,7 @@ ALL_VARIABLES = {
     "GPUHUB_GPU_INVENTORY": (json.dumps([GPU]), "inventory.gpus", [GPU]),
     "GPUHUB_REPLICAS_PER_GPU": ("4", "inventory.replicas_per_gpu", 4),
     "GPUHUB_QUEUE_MAX_WAIT": ("60", "inventory.queue_max_wait", 60),
+    "GPUHUB_FAIR_SHARE_HALF_LIFE": ("72", "inventory.fair_share_half_life", 72),
     "GPUHUB_PROFILES": ('[{"slug": "c", "pool": null}]', "profiles", None),
     "GPUHUB_QUOTA_DEFAULTS": ('{"max_gpu_units": 2}', "quota_defaults", {"max_gpu_units": 2}),
     "GPUHUB_ADMIN_USERS": ("prof, ta1", "sign_in.admin_users", ["prof", "ta1"]),

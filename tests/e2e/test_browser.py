@@ -94,21 +94,30 @@ def _progress_messages(browser, until: str, timeout: float = 120) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker_client, tmp_path, artifacts):
+def _sign_in(browser, hub: HubProcess, github: FakeGitHub, login: str):
+    """``login`` signs in with (the fake) GitHub and lands on the spawn form; the browser's wait."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
+
+    github.signed_in = login
+    wait = WebDriverWait(browser, 60)
+    browser.get(hub.url + "/hub/login")
+    wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile]")))
+    return wait
+
+
+def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker_client, tmp_path, artifacts):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
 
     github.add_user("ada", teams={"acme:staff"})
     hub = _hub(tmp_path, github, admin_teams={f"acme:staff={github.id_of('acme:staff')}"})
     hub.start()
     try:
         assert hub.api("POST", "/groups/students").status_code == 201
-        github.signed_in = "ada"
-        wait = WebDriverWait(browser, 60)
-        browser.get(hub.url + "/hub/login")
-        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile]")))
+        wait = _sign_in(browser, hub, github, "ada")
 
         # the Services menu leads admins to the GPU Hub page
         browser.get(hub.url + "/hub/home")
@@ -123,5 +132,34 @@ def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker
         browser.save_screenshot(str(artifacts / "4-gpu-hub-quotas.png"))
         form.find_element(By.TAG_NAME, "button").click()
         wait.until(lambda d: hub.api("GET", "/groups/students").json()["properties"].get("max_gpu_units") == 2)
+    finally:
+        hub.cleanup(docker_client)
+
+
+def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_client, tmp_path, artifacts):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    github.add_user("ada", teams={"acme:staff"})
+    hub = _hub(tmp_path, github, admin_teams={f"acme:staff={github.id_of('acme:staff')}"})
+    hub.start()
+    try:
+        hub.create_users(["ann"])
+        assert hub.api("POST", "/groups/students").status_code == 201
+        assert hub.api("POST", "/groups/students/users", json={"users": ["ann"]}).ok
+        assert hub.spawn("ann", {"profile": "gpu"}).status_code in (201, 202)
+        hub.wait_ready("ann")  # ann holds the whole GPU: the ledger has her interval
+
+        wait = _sign_in(browser, hub, github, "ada")
+        browser.get(hub.url + "/services/gpuhub-admin/charts")
+        held = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#chart-held svg")))
+        lines = held.find_elements(By.TAG_NAME, "polyline")
+        assert [line.find_element(By.TAG_NAME, "title").get_attribute("textContent") for line in lines] == [
+            "gpu: at most 1 held"]
+        bars = browser.find_elements(By.CSS_SELECTOR, "#chart-groups svg rect title")
+        # ann was added by an admin, so she is on the roster too: her GPU time counts in both groups
+        assert sorted(b.get_attribute("textContent").split(":")[0] for b in bars) == ["roster", "students"]
+        assert not browser.find_elements(By.CSS_SELECTOR, "script[src*='//']")  # nothing fetched from elsewhere
+        browser.save_screenshot(str(artifacts / "5-gpu-hub-charts.png"))
     finally:
         hub.cleanup(docker_client)

@@ -185,3 +185,36 @@ async def test_counts_and_the_limit_per_user():
     waiting.granted.cancel()  # a waiter that gave up is not counted any more
     assert line.counts("ann", engine_now) == (0, 0)
     line.leave(waiting)
+
+
+# ---- fair share: less recent GPU use goes ahead within a priority ---------------------------
+
+
+@pytest.mark.parametrize(
+    "entries, order",
+    [
+        ([("a1", 0, 0.0), ("b1", 0, 0.0), ("c1", 0, 0.0)], ["a1", "b1", "c1"]),  # no history: FIFO
+        ([("h1", 0, 900.0), ("l1", 0, 10.0), ("n1", 0, 0.0)], ["n1", "l1", "h1"]),  # lightest first
+        ([("l1", 0, 10.0), ("h1", 5, 9000.0)], ["h1", "l1"]),  # priority before use
+        ([("a1", 0, 50.0), ("b1", 0, 50.0), ("n1", 0, 0.0), ("c1", 0, 50.0)], ["n1", "a1", "b1", "c1"]),
+    ],
+    ids=["no-history-fifo", "lightest-first", "priority-first", "equal-use-fifo"],
+)
+async def test_fair_share_order(entries, order):
+    line = FairLine()
+    for holder, priority, use in entries:
+        line.join("gpu", holder, priority, owner=holder, use=use)
+    assert line.waiting("gpu") == order
+
+
+async def test_why_ahead_names_priority_use_and_arrival():
+    line = FairLine()
+    line.join("gpu", "early", 0, use=100.0)
+    line.join("gpu", "boss", 3, use=5000.0)
+    line.join("gpu", "light", 0, use=1.0)
+    line.join("gpu", "me", 0, use=100.0)
+    assert line.waiting("gpu") == ["boss", "light", "early", "me"]
+    ahead = line.why_ahead("gpu", "me")
+    assert (ahead.higher_priority, ahead.less_use, ahead.earlier) == (1, 1, 1)
+    assert line.why_ahead("gpu", "boss") == type(ahead)()  # nobody ahead
+    assert line.why_ahead("gpu", "stranger") is None

@@ -212,3 +212,49 @@ def test_engine_errors_are_reported_as_json(docker_client, hub_factory):
     assert "container engine is not answering" in message
     assert "Traceback" not in message and "nonexistent" not in message
     json.dumps(message)
+
+
+def _until_said(hub, user: str, words: str, timeout: float = 60) -> list[str]:
+    """``user``'s pending spawn's progress messages, read until one contains ``words``."""
+    messages: list[str] = []
+    with hub.api("GET", f"/users/{user}/server/progress", stream=True, timeout=timeout) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                messages.append(json.loads(line[5:]).get("message", ""))
+                if words in messages[-1]:
+                    return messages
+    raise AssertionError(f"{user} was never told {words!r}: {messages}")
+
+
+@pytest.mark.parametrize("half_life", [24, 0], ids=["fair-share", "off-first-come"])
+def test_in_line_less_recent_gpu_use_goes_first_and_is_told_why(docker_client, hub_factory, half_life):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, f"f{half_life}"), "gpu_queue_max_wait": 60,
+                       "gpu_fair_share_half_life": half_life})
+    hub.create_users(["heavy", "light", "first"])
+    hub.spawn("heavy", {"profile": "gpu"})  # heavy has used a GPU (the ledger has its interval)
+    hub.wait_ready("heavy")
+    hub.stop_server("heavy")
+    form = render_form(hub, "heavy")  # the form says how a full pool's line is ordered
+    assert ("people who used less GPU time lately go first in its line (yours: " in form) == bool(half_life), form
+    hub.spawn("first", {"profile": "gpu"})
+    hub.wait_ready("first")
+    unit = container_of(docker_client, hub, "first").labels["org.gpuhub.unit"]
+    with cf.ThreadPoolExecutor(2) as pool:
+        pool.submit(hub.spawn, "heavy", {"profile": "gpu"}, 60)
+        hub.wait_in_line("heavy")  # heavy asked first...
+        light_post = pool.submit(hub.spawn, "light", {"profile": "gpu"}, 60)
+        hub.wait_in_line("light")  # ...light, with no GPU time yet, asked second
+        if half_life:
+            told = _until_said(hub, "heavy", "who used less GPU time lately")
+            assert "You are #2 of 2 in line" in told[-1], told
+            assert "Ahead of you: 1 who used less GPU time lately. Yours: " in told[-1], told
+            assert "GPU-minute" in told[-1] and "(past use counts half after 24 h)" in told[-1], told
+        else:
+            told = _until_said(hub, "light", "who asked first")
+            assert "You are #2 of 2 in line" in told[-1] and "Ahead of you: 1 who asked first." in told[-1], told
+        hub.stop_server("first")
+        winner, waiter = ("light", "heavy") if half_life else ("heavy", "light")
+        hub.wait_ready(winner)
+        assert container_of(docker_client, hub, winner).labels["org.gpuhub.unit"] == unit
+        assert hub.user(waiter)["servers"][""]["pending"] == "spawn"  # still in line
+        light_post.result()

@@ -1,0 +1,64 @@
+"""The GPU Hub page's charts (hub_services/admin/charts.py): series from ledger intervals, and SVG."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gpuhub_spawner.storage.ledger import Interval
+from hub_services.admin.charts import NO_GROUP, bars_svg, held_over_time, hours_by_group, steps_svg
+
+DAY = datetime(2026, 11, 26, tzinfo=timezone.utc)
+NOW = DAY + timedelta(hours=12)
+
+
+def at(h: float) -> datetime:
+    return DAY + timedelta(hours=h)
+
+
+def iv(user: str, pool: str, start: float, end: float | None) -> Interval:
+    return Interval(user, "", f"u-{user}", pool, "n1", f"h-{user}-{start}", at(start), None if end is None else at(end))
+
+
+@pytest.mark.parametrize(
+    "intervals, expected",
+    [
+        ([], {}),
+        ([iv("a", "gpu", 9, 10)], {"gpu": [(0, 0), (9, 1), (10, 0), (12, 0)]}),
+        ([iv("a", "gpu", 9, 11), iv("b", "gpu", 10, None)], {"gpu": [(0, 0), (9, 1), (10, 2), (11, 1), (12, 1)]}),
+        ([iv("a", "gpu", -3, 1)], {"gpu": [(0, 0), (0, 1), (1, 0), (12, 0)]}),  # began yesterday: from midnight
+        ([iv("a", "gpu", 9, 10), iv("b", "gpu", 10, 11)], {"gpu": [(0, 0), (9, 1), (10, 1), (11, 0), (12, 0)]}),
+        ([iv("a", "gpu", 9, 10), iv("m", "mig-1g.10gb", 8, None)],
+         {"gpu": [(0, 0), (9, 1), (10, 0), (12, 0)], "mig-1g.10gb": [(0, 0), (8, 1), (12, 1)]}),
+        ([iv("a", "gpu", -5, -4)], {}),  # ended before the day
+    ],
+    ids=["none", "one", "overlap-and-open", "from-yesterday", "hand-over", "two-pools", "before"],
+)
+def test_units_held_over_the_day(intervals, expected):
+    series = held_over_time(intervals, DAY, NOW)
+    got = {s.pool: [((t - DAY).total_seconds() / 3600, n) for t, n in s.points] for s in series}
+    assert got == expected
+
+
+def test_gpu_hours_by_group_count_a_user_in_each_of_their_groups():
+    intervals = [iv("a", "gpu", 9, 11), iv("b", "gpu", 10, None), iv("c", "gpu", 8, 9)]
+    groups = {"a": ["acme:gpu", "course"], "b": ["course"]}
+    assert hours_by_group(intervals, groups, DAY, NOW) == {"course": 4.0, "acme:gpu": 2.0, NO_GROUP: 1.0}
+
+
+def test_svg_is_well_formed_and_escapes_names():
+    series = held_over_time([iv("a", "<b>pool</b>", 9, None)], DAY, NOW)
+    for svg in (steps_svg(series, DAY, NOW, "held & such"),
+                bars_svg({"<script>alert(1)</script>": 2.5, "course": 1.0}, "by group")):
+        root = ET.fromstring(svg)  # parses: every name was escaped
+        assert root.tag.endswith("svg")
+        assert "<script>" not in svg and "<b>" not in svg
+    texts = [t.text for t in ET.fromstring(bars_svg({"course": 1.25}, "x")).iter("{http://www.w3.org/2000/svg}text")]
+    assert texts == ["course", "1.2 GPU-hours"]
+
+
+def test_empty_charts_say_so():
+    assert "No GPU unit was held" in steps_svg([], DAY, NOW, "x")
+    assert "No GPU time was used" in bars_svg({}, "x")
