@@ -52,7 +52,8 @@ def hours_label(seconds: float) -> str:
     if seconds < 60:
         return "under a GPU-minute"
     if seconds < 3600:
-        return f"{int(seconds // 60)} GPU-minutes"
+        minutes = int(seconds // 60)
+        return f"{minutes} GPU-minute{'' if minutes == 1 else 's'}"
     hours = seconds / 3600
     return f"{hours:.1f} GPU-hours" if hours < 10 else f"{hours:.0f} GPU-hours"
 

@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from gpuhub_spawner.core.inventory import Inventory, Unit, spread_order
-from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket
+from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket, Use, use_now
 
 __all__ = ["Allocator", "HeldRecord", "Ledger", "NoUnitFree", "OverLimit", "StillHeld"]
 
@@ -258,7 +258,7 @@ class Allocator:
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
-        use: float = 0.0,
+        use: Use = 0.0,
     ) -> AsyncIterator[Unit]:
         """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
 
@@ -267,8 +267,9 @@ class Allocator:
         still being created: choose+create is atomic without serialising the creates
         themselves.  If the body raises (or is cancelled), the unit is released.  Raises
         :class:`NoUnitFree` when no unit comes free within ``max_wait`` seconds.  In line, a
-        higher ``priority`` goes ahead of lower ones, then less recent GPU ``use`` (fair share);
-        equal ones keep their arrival order.
+        higher ``priority`` goes ahead of lower ones, then less recent GPU ``use`` (fair share; a
+        callable is read only when the holder has to join the line); equal ones keep their
+        arrival order.
 
         ``owner`` (the user) may hold at most ``max_units`` units, counting those held, those
         reserved and those waited for in line by the owner's other holders, checked under the
@@ -295,7 +296,7 @@ class Allocator:
         priority: int = 0,
         owner: str = "",
         max_units: int | None = None,
-        use: float = 0.0,
+        use: Use = 0.0,
     ) -> Unit:
         async with self.lock:
             await self._drop_old_unit_locked(holder)
@@ -309,7 +310,7 @@ class Allocator:
                 return unit
             if max_wait <= 0 or not known:
                 raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position, use)
+            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use))
         return await self.line.wait(ticket, max_wait, self._recheck, self.resync_interval, self._abandoned)
 
     async def _admitted_locked(self, fresh: bool) -> list[str]:

@@ -80,6 +80,15 @@ class Ahead:
     higher_priority: int = 0
     less_use: int = 0
     earlier: int = 0
+    own_use: float = 0.0  # the waiter's own decayed use, as it joined
+
+
+#: a waiter's decayed use, or how to read it (read only if it has to join a line)
+Use = float | Callable[[], Awaitable[float]]
+
+
+async def use_now(use: Use) -> float:
+    return float(await use()) if callable(use) else float(use)
 
 
 #: the owner's look at a ticket that was nudged or waited a while: a value to hand it, or None
@@ -145,7 +154,7 @@ class FairLine:
         for t in line[:mine]:
             key = "higher_priority" if t.priority > me.priority else "less_use" if t.use < me.use else "earlier"
             counts[key] += 1
-        return Ahead(**counts)
+        return Ahead(**counts, own_use=me.use)
 
     def length(self, pool: str) -> int:
         return len(self._lines.get(pool, ()))

@@ -285,8 +285,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         cannot both pass the admission); a refusal there has the admission's wording.
         """
         allocator = self.get_allocator()
-        use = await self.fair_share_use()
-        on_position = self._start_reserving(choice.profile.pool, allocator.line, choice.profile.pool, use)
+        on_position = self._start_reserving(choice.profile.pool, allocator.line)
         try:
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
@@ -299,7 +298,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
             priority=choice.policy.priority,
             owner=self.user.name,
             max_units=choice.policy.max_gpu_units,
-            use=use,
+            use=self.fair_share_use,  # read only if the spawn has to wait in line
         )
 
     def reservation_error(self, err: Exception) -> Exception:
@@ -316,7 +315,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
     def still_held_error(self, log_message: str) -> Exception:
         return spawn_error(STILL_HELD, "engine-unavailable", log_message=log_message)
 
-    def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = "", use: float = 0.0):
+    def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = ""):
         """Say a unit is being reserved; returns the callback that streams the place in line
         (and, from ``line``, why those ahead are ahead)."""
         label = pool_label(pool)
@@ -327,7 +326,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
         def on_position(position: int, total: int) -> None:
             waited = int(loop.time() - started)
             ahead = line.why_ahead(line_key or pool, self.object_name) if line is not None else None
-            why = fairshare.ahead_text(ahead.higher_priority, ahead.less_use, ahead.earlier, use,
+            why = fairshare.ahead_text(ahead.higher_priority, ahead.less_use, ahead.earlier, ahead.own_use,
                                        float(self.gpu_fair_share_half_life)) if ahead else ""
             self._emit(
                 15,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from gpuhub_spawner.core.cluster import ClusterView, kind_of_pool
 from gpuhub_spawner.core.home_node import kind_on_node, split_line_key
-from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, Ticket
+from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, Ticket, Use, use_now
 
 
 class SwarmGate:
@@ -124,7 +124,7 @@ class SwarmGate:
 
     async def admit(self, pool: str, holder: str, read_view, max_wait: float,
                     on_position: OnPosition | None = None, priority: int = 0, owner: str = "",
-                    max_units: int | None = None, use: float = 0.0) -> str:
+                    max_units: int | None = None, use: Use = 0.0) -> str:
         """Let ``holder`` create its service: returns the generic-resource kind to request.
 
         ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
@@ -145,7 +145,7 @@ class SwarmGate:
                 return kind
             if max_wait <= 0:
                 raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position, use)
+            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use))
 
         async def recheck(ticket: Ticket) -> str | None:
             async with self.lock:

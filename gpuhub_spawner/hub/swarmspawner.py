@@ -198,13 +198,13 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
     async def _through_the_gate(self, choice: Choice) -> str:
         """Wait for the gate to let a GPU server of ``choice``'s pool through: the kind to request."""
         pool, gate = choice.profile.pool, self._gate()
-        line_key, use = self.placement_line(pool), await self.fair_share_use()
-        on_position = self.reserving_at_home(pool) or self._start_reserving(pool, gate.line, line_key, use)
+        line_key = self.placement_line(pool)
+        on_position = self.reserving_at_home(pool) or self._start_reserving(pool, gate.line, line_key)
         try:
             kind = await gate.admit(
                 line_key, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
                 on_position, priority=choice.policy.priority, owner=self.user.name,
-                max_units=choice.policy.max_gpu_units, use=use,
+                max_units=choice.policy.max_gpu_units, use=self.fair_share_use,  # read only to wait in line
             )
         except (NoUnitFree, OverLimit) as e:
             raise (self.home_wait_error(e) or self.reservation_error(e)) from None

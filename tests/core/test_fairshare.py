@@ -55,7 +55,7 @@ def test_horizon_reaches_back_ten_half_lives():
 
 @pytest.mark.parametrize(
     "seconds, label",
-    [(0, "no GPU time"), (20, "under a GPU-minute"), (150, "2 GPU-minutes"), (3600 * 2.26, "2.3 GPU-hours"),
+    [(0, "no GPU time"), (20, "under a GPU-minute"), (90, "1 GPU-minute"), (150, "2 GPU-minutes"), (3600 * 2.26, "2.3 GPU-hours"),
      (3600 * 31.4, "31 GPU-hours")],
 )
 def test_hours_label(seconds, label):

@@ -215,6 +215,20 @@ async def test_why_ahead_names_priority_use_and_arrival():
     line.join("gpu", "me", 0, use=100.0)
     assert line.waiting("gpu") == ["boss", "light", "early", "me"]
     ahead = line.why_ahead("gpu", "me")
-    assert (ahead.higher_priority, ahead.less_use, ahead.earlier) == (1, 1, 1)
-    assert line.why_ahead("gpu", "boss") == type(ahead)()  # nobody ahead
+    assert (ahead.higher_priority, ahead.less_use, ahead.earlier, ahead.own_use) == (1, 1, 1, 100.0)
+    boss = line.why_ahead("gpu", "boss")
+    assert (boss.higher_priority, boss.less_use, boss.earlier) == (0, 0, 0)  # nobody ahead
     assert line.why_ahead("gpu", "stranger") is None
+
+
+async def test_a_use_given_as_a_callable_is_read_only_by_those_who_join_the_line():
+    from gpuhub_spawner.hub.fairline import use_now
+
+    reads = []
+
+    async def read() -> float:
+        reads.append(1)
+        return 42.0
+
+    assert await use_now(7) == 7.0 and not reads
+    assert await use_now(read) == 42.0 and reads == [1]
