@@ -128,7 +128,7 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
-            self.profiles, view.free_counts(), sizes, waiting, allowed, await self._budget_notice(policy),
+            self.profiles, view.free_counts(), sizes, waiting, allowed, await self._form_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
             limit_notes=self.shared_limit_notes(), home=self.home_form(view),
         )

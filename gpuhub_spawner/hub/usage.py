@@ -144,7 +144,7 @@ class UsageRecords:
             return 0.0
         return fairshare.decayed_seconds(spans, now, half_life)
 
-    async def _budget_notice(self, policy: QuotaPolicy) -> str:
+    async def _form_notice(self, policy: QuotaPolicy) -> str:
         """The form's line: 'GPU time left this week: 1.5 h' (with a GPU-hour budget), and the
         line's order under fair share."""
         lines = []

@@ -159,7 +159,7 @@ async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     except HubAPIError as e:
         raise _hub_error(e, "users") from None
     groups_of = {u["name"]: u.get("groups") or [] for u in users}
-    held = drawing.held_over_time([i for i in intervals if (i.ended_at or now) > day], day, now)
+    held = drawing.held_over_time(intervals, day, now)  # it clips the week's intervals to the day
     by_group = drawing.hours_by_group(intervals, groups_of, week, now)
     return {
         "held_svg": drawing.steps_svg(held, day, now, f"GPU units held per pool since {day:%Y-%m-%d} 00:00 UTC"),

@@ -70,6 +70,10 @@ BAD_SETTINGS = [
         {"GPUHUB_QUEUE_MAX_WAIT": "-5"}, ["GPUHUB_QUEUE_MAX_WAIT='-5' is out of range"], id="queue-wait"
     ),
     pytest.param(
+        {"GPUHUB_FAIR_SHARE_HALF_LIFE": "-1"}, ["GPUHUB_FAIR_SHARE_HALF_LIFE='-1' is out of range"],
+        id="fair-share-half-life",
+    ),
+    pytest.param(
         {"GPUHUB_PROMETHEUS_TOKEN_FILE": "/nonexistent/prometheus-token"},
         [
             "GPUHUB_PROMETHEUS_TOKEN_FILE: cannot read the token file /nonexistent/prometheus-token",
