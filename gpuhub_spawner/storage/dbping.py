@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: seconds a pooled connection may sit unused and still be taken without a check
 IDLE_BEFORE_PING = 5.0
 _LAST_USED = "gpuhub_last_used"
+#: JupyterHub's own ``register_ping_connection`` once :func:`use_for_jupyterhub` replaced it
+#: (None before): loading the hub's config file replaces it for the whole process
+jupyterhubs_check: Any = None
 
 
 def ping_when_idle(engine: Engine, idle: float = IDLE_BEFORE_PING) -> None:
@@ -67,5 +70,8 @@ def use_for_jupyterhub() -> bool:
     if not callable(getattr(orm, "register_ping_connection", None)):
         log.warning("jupyterhub.orm.register_ping_connection is gone: JupyterHub keeps its own connection check")
         return False
-    orm.register_ping_connection = ping_when_idle
+    global jupyterhubs_check
+    if orm.register_ping_connection is not ping_when_idle:  # a second config load keeps the first original
+        jupyterhubs_check = orm.register_ping_connection
+        orm.register_ping_connection = ping_when_idle
     return True

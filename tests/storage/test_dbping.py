@@ -48,13 +48,19 @@ def hub_transactions(url: str, n: int) -> None:
 
 
 def test_the_hubs_session_does_not_check_a_connection_it_used_a_moment_ago(cluster, monkeypatch):
-    # JupyterHub's own check, for comparison: one SELECT 1 before every transaction
+    # JupyterHub's own check, for comparison: one SELECT 1 before every transaction. Another test
+    # in this process may have loaded jupyterhub_config.py, which replaced it for the process.
+    monkeypatch.setattr(orm, "register_ping_connection", dbping.jupyterhubs_check or orm.register_ping_connection)
+    monkeypatch.setattr(dbping, "jupyterhubs_check", None)
+    assert orm.register_ping_connection is not dbping.ping_when_idle
     offset = cluster.log_file.stat().st_size
     hub_transactions(cluster.url, 10)
     assert checks_after(cluster, offset) >= 10, "JupyterHub's own check no longer runs per transaction"
 
-    monkeypatch.setattr(orm, "register_ping_connection", orm.register_ping_connection)  # undone after
     assert dbping.use_for_jupyterhub()
+    own = dbping.jupyterhubs_check
+    assert dbping.use_for_jupyterhub()  # a second load of the config keeps JupyterHub's check to hand
+    assert dbping.jupyterhubs_check is own is not dbping.ping_when_idle
     engine = create_engine(cluster.url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text("DELETE FROM groups"))
