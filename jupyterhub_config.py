@@ -136,8 +136,13 @@ if os.environ.get("GPUHUB_STACK") and cfg.deploy is not None:
 admin_service, admin_role = managed_services.admin(cfg.services.admin_port, c.GPUDockerSpawner, from_file, service_env)
 c.JupyterHub.services.append(admin_service)
 c.JupyterHub.load_roles.append(admin_role)
+# instructors open attendees' servers from its Help tab (JupyterHub sharing; off with group "")
+c.JupyterHub.load_roles.extend(managed_services.instructor_help(admin_service, cfg.instructors))
 c.GPUDockerSpawner.http_timeout = 120
 c.Spawner.default_url = "/lab"
+# a server re-asks the hub who may use it every 30 s (JupyterHub's default: 5 min), so an ended
+# instructor help, a blocked user or a revoked token stops working within 30 s
+c.Spawner.args = ["--HubOAuth.cache_max_age=30"]
 
 
 def _token_file(key: str, path: str) -> str:

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from gpuhub_spawner.core import sizes
-from gpuhub_spawner.core.deployconfig import Deploy, deploy_problems
+from gpuhub_spawner.core.deployconfig import Deploy, Storage, deploy_problems
 from gpuhub_spawner.core.hubconfig import UPSTREAM, env_overlay, plain_username
 from gpuhub_spawner.core.inventory import InventoryError, units_from_gpus
 from gpuhub_spawner.core.isolation import DEFAULT_CPU_LIMIT, DEFAULT_MEM_LIMIT, DEFAULT_PIDS_LIMIT
@@ -268,28 +268,19 @@ class Services(Section):
 
 
 
-class NFSStorage(Section):
-    """An NFS export with one directory per user (``<export_root>/<user>/scratch``, ``.../tutorials-copy``)."""
+class Instructors(Section):
+    """Instructor help: members of ``group`` open an attendee's running server from the GPU Hub
+    page's Help tab (a JupyterHub share of that server, audited, shown to the attendee)."""
 
-    server: str = Field(min_length=1)  # host name or address of the NFS server
-    export_root: str = Field(min_length=1)  # e.g. /export/gpuhub
-    options: str = "nfsvers=4.1"  # mount options besides addr= and rw
+    group: str = "instructors"  # a hub group (e.g. filled by the roster); "" turns help off
+    access: Literal["full"] = "full"  # full: the helper may do what the attendee can in the server
 
-    @field_validator("server", "export_root", "options")
+    @field_validator("group")
     @classmethod
-    def _mountable(cls, value: str, info: Any) -> str:
-        if info.field_name == "export_root" and (not value.startswith("/") or ".." in value.split("/")):
-            raise ValueError(f"{value[:60]!r} is not an absolute path: write the exported directory, e.g. /export/gpuhub")
-        if any(c.isspace() or (info.field_name == "server" and c in ",=") for c in value):
-            raise ValueError(f"{value[:60]!r}: write a host name or address, and options as a,b=c")
+    def _group(cls, value: str) -> str:
+        if value and (len(value) > 255 or any(ord(ch) < 32 for ch in value) or "/" in value):
+            raise ValueError(f"{value[:40]!r} is not a group name: write a hub group's name, or \"\" to turn help off")
         return value
-
-
-class Storage(Section):
-    """Users' ~/scratch and ~/my-tutorials: node-local volumes (on a swarm a user's next server goes
-    to the node holding them), or on NFS (they follow users everywhere)."""
-
-    nfs: NFSStorage | None = None
 
 
 class GPUHubConfig(Section):
@@ -306,6 +297,7 @@ class GPUHubConfig(Section):
     tutorials: Tutorials = Tutorials()
     metrics: Metrics = Metrics()
     services: Services = Services()
+    instructors: Instructors = Instructors()
     deploy: Deploy | None = None  # the stack `gpuhub deploy` runs (core/deployconfig.py)
     storage: Storage = Storage()
 

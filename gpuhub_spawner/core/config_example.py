@@ -117,6 +117,11 @@ metrics:
 services:
   admin_port: 8766       # the "GPU Hub" admin service
 
+instructors:             # instructor help: the GPU Hub page's Help tab
+  group: instructors     # its members open an attendee's running server (a JupyterHub share of it,
+                         # logged, shown to the attendee); "" turns help off
+  access: full           # full: the helper can do in the server what the attendee can
+
 deploy:                  # the stack `gpuhub deploy` runs on a swarm manager (deploy/stack/README.md)
   public_url: https://workshop.example.org   # what attendees open (Caddy: HTTPS on 443)
   tls:

@@ -1,4 +1,5 @@
-"""The ``deploy:`` section of ``gpuhub.yaml``: how ``gpuhub deploy`` runs the stack (pure).
+"""The ``deploy:`` and ``storage:`` sections of ``gpuhub.yaml``: how ``gpuhub deploy`` runs the
+stack, and where users' volumes live (pure).
 
 Kept apart from :mod:`gpuhub_spawner.core.config` (which holds it as ``GPUHubConfig.deploy``)
 so that model stays small; the errors read like every other section's (key path, value, fix).
@@ -128,3 +129,27 @@ def deploy_problems(cfg: Any) -> Iterator[tuple[str, str]]:
         yield "hub.docker_host", (
             f"{cfg.hub.docker_host!r}, but the deployed hub uses its manager's Docker socket: remove hub.docker_host"
         )
+
+
+class NFSStorage(_Section):
+    """An NFS export with one directory per user (``<export_root>/<user>/scratch``, ``.../tutorials-copy``)."""
+
+    server: str = Field(min_length=1)  # host name or address of the NFS server
+    export_root: str = Field(min_length=1)  # e.g. /export/gpuhub
+    options: str = "nfsvers=4.1"  # mount options besides addr= and rw
+
+    @field_validator("server", "export_root", "options")
+    @classmethod
+    def _mountable(cls, value: str, info: Any) -> str:
+        if info.field_name == "export_root" and (not value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(f"{value[:60]!r} is not an absolute path: write the exported directory, e.g. /export/gpuhub")
+        if any(c.isspace() or (info.field_name == "server" and c in ",=") for c in value):
+            raise ValueError(f"{value[:60]!r}: write a host name or address, and options as a,b=c")
+        return value
+
+
+class Storage(_Section):
+    """Users' ~/scratch and ~/my-tutorials: node-local volumes (on a swarm a user's next server goes
+    to the node holding them), or on NFS (they follow users everywhere)."""
+
+    nfs: NFSStorage | None = None

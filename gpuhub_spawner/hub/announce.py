@@ -58,9 +58,31 @@ def hub_announcement(url: str, keepalive_url: str = "", fallback: Any = "", ttl:
         rows = cache.rows_of(user.name)
         # a notice about a server that runs again (adopted after a crash, or started) is old news
         notices = [(srv, text) for srv, text in cache.notices.get(user.name, []) if not _active(user, srv)]
-        return announcement_html(rows, time.time(), keepalive_url, notices) + extra
+        return announcement_html(rows, time.time(), keepalive_url, notices) + shared_html(user) + extra
 
     return announcement
+
+
+def shared_html(user: Any) -> str:
+    """Who else may open this user's servers: the shares JupyterHub holds for them (instructor
+    help grants one: ``hub_services/admin/instructor_help.py``).  Read from the hub's own database session,
+    as JupyterHub's pages read the user (one small query when the session has no fresh copy)."""
+    orm_user = getattr(user, "orm_user", None)
+    try:
+        shares = list(getattr(orm_user, "shares", None) or [])
+    except Exception as e:  # noqa: BLE001 - a page still renders; the next one tries again
+        log.warning("Could not read who may open %s's servers: %s", getattr(user, "name", "?"), e)
+        return ""
+    parts = []
+    for share in shares:
+        who = share.user.name if share.user is not None else f"members of {share.group.name}" if share.group else "?"
+        server = f"your server <b>{html.escape(share.spawner.name)}</b>" if share.spawner.name else "your server"
+        since = share.created_at.strftime("%H:%M UTC on %d %b") if share.created_at else "a while"
+        parts.append(
+            f'<div class="gpuhub-shared">Help: <b>{html.escape(who)}</b> can open {server} and work in it as you can'
+            f" (since {since}). It ends when they close it; ask them or a hub admin to end it sooner.</div>"
+        )
+    return "".join(parts)
 
 
 def _active(user: Any, server: str) -> bool:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gpuhub_spawner.core.config import CULLER_TIMINGS, Culler, GPUHubConfig, service_settings
+from gpuhub_spawner.core.config import CULLER_TIMINGS, Culler, GPUHubConfig, Instructors, service_settings
 from gpuhub_spawner.core.hubconfig import UPSTREAM
 
 Spec = dict[str, Any]
@@ -133,6 +133,27 @@ def admin(port: int, spawner: Any, from_file: Mapping[str, Any], wiring: Mapping
     # narrower scope for and which includes every user's auth state (GitHub tokens).
     role = _role("gpuhub-admin", ["list:users", "read:users", "read:servers", "list:groups", "read:groups"])
     return service, role
+
+
+def instructor_help(admin_service: Spec, instructors: Instructors) -> list[Spec]:
+    """Instructor help on the GPU Hub page (``hub_services/admin/instructor_help.py``): tells the admin
+    service the group, and returns the roles to load (none when help is off).
+
+    - the instructors' group may sign in to the admin service (which lets them reach the Help
+      tab only: every other route still wants an admin);
+    - the service's own token may share a server (``shares``), grant what a share holds
+      (``access:servers``: JupyterHub lets a token grant only scopes it has) and list what is
+      shared with a helper (``read:users:shares``).  An instructor holds none of these: the
+      service decides, per request, that the caller is a helper and the server an attendee's.
+    """
+    admin_service["command"] += [f"--instructors-group={instructors.group}", f"--help-access={instructors.access}"]
+    if not instructors.group:
+        return []
+    return [
+        _role("gpuhub-admin-help", ["shares", "access:servers", "read:users:shares"], admin_service["name"]),
+        {"name": "gpuhub-instructors", "scopes": [f"access:services!service={admin_service['name']}"],
+         "groups": [instructors.group]},
+    ]
 
 
 def tutorial_sync(

@@ -10,12 +10,16 @@ Runs as a hub-managed service (``python -m hub_services.admin``), under its pref
 ``PUT|DELETE api/quotas/users/{user}``           set or remove a user's override
 ``POST api/roster``                              import ``github_username,group`` rows
 ``POST api/servers/{user}[/{server}]/stop``      stop a server
-``GET  ``, ``quotas``, ``roster``                the HTML pages; their forms POST to the same
-                                                 paths without ``api/``
+``GET  api/help``                                instructor help: attendees' running servers
+``POST|DELETE api/help/{user}[/{server}]``       open an attendee's server to the caller, or close it
+``GET  ``, ``quotas``, ``roster``, ``charts``    the HTML pages; their forms POST to the same
+``GET  help``, ``POST help/open|close/...``      paths without ``api/`` (help: open|close)
 ==============================================  ==============================================
 
 Every route needs a hub user whose hub model says ``admin: true`` (HubOAuth: browser cookie
-after the OAuth flow, or ``Authorization: token ...``); anyone else gets 403.  Forms carry an
+after the OAuth flow, or ``Authorization: token ...``); anyone else gets 403.  The help routes
+(:mod:`hub_services.admin.instructor_help`) also let in members of the instructors group, and nothing else
+does.  Forms carry an
 ``_xsrf`` token; API calls authenticated by a token header are exempt.  The service reads with
 its own token (a read-only role); every change is made with the admin's own token: the one in
 the request's header, or the OAuth token the hub gave the admin's browser for this service
@@ -38,7 +42,7 @@ from traitlets import List, Unicode
 
 from gpuhub_spawner.core.quotas import FIELDS
 from gpuhub_spawner.storage.ledger import UsageLedger
-from hub_services.admin import core, pages
+from hub_services.admin import core, instructor_help, pages
 from hub_services.common.base import UsageService
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 
 class Base(HubOAuthenticated, web.RequestHandler):
     api = False
+    #: instructors (not only admins) may use this route
+    for_helpers = False
 
     @property
     def ctx(self) -> core.Context:
@@ -61,12 +67,19 @@ class Base(HubOAuthenticated, web.RequestHandler):
     def prefix(self) -> str:
         return self.settings["admin_prefix"]
 
+    @property
+    def policy(self) -> instructor_help.HelpPolicy:
+        return self.settings["help_policy"]
+
     def check_hub_user(self, model: dict[str, Any]) -> dict[str, Any]:
         model = super().check_hub_user(model)  # the token may access this service at all
-        if model.get("kind", "user") != "user" or model.get("admin") is not True:
-            log.warning("Refused %s %s: not a hub admin", model.get("kind", "user"), model.get("name"))
-            raise UserNotAllowed(model)
-        return model
+        if model.get("kind", "user") == "user" and model.get("admin") is True:
+            return model
+        if self.for_helpers and self.policy.may_help(model):
+            return model
+        log.warning("Refused %s %s: not a hub admin%s", model.get("kind", "user"), model.get("name"),
+                    " or instructor" if self.for_helpers else "")
+        raise UserNotAllowed(model)
 
     def check_xsrf_cookie(self) -> None:
         # Tornado checks before we know how the request is authenticated; with a token header
@@ -116,7 +129,8 @@ class Base(HubOAuthenticated, web.RequestHandler):
         """One admin page inside the hub's page.html, for the signed-in admin (see pages.py)."""
         xsrf = self.xsrf_form_html() if self.current_user else ""
         token = self.xsrf_token.decode() if self.current_user else ""
-        return self.settings["admin_pages"].render(name, self.current_user, token, xsrf, **context)
+        return self.settings["admin_pages"].render(name, self.current_user, token, xsrf,
+                                                   help_on=self.policy.on, **context)
 
 
 class ApiBase(Base):
@@ -285,6 +299,56 @@ class StopForm(Base):
         self.redirect(self.prefix)
 
 
+class HelpPage(Base):
+    for_helpers = True
+
+    async def get(self) -> None:
+        await self.show()
+
+    async def show(self, message: str = "", status: int = 200) -> None:
+        data, error = await self.attempt(instructor_help.overview(self.ctx, self.policy, self.current_user["name"]), None)
+        self.set_status(status)
+        self.finish(self.render_page("gpuhub_admin_help.html", title="Help an attendee", tab="help",
+                                     message=message or error, help=data))
+
+
+class HelpForm(HelpPage):
+    async def get(self, *_args: Any) -> None:  # type: ignore[override]
+        self.redirect(self.prefix + "help")
+
+    async def post(self, verb: str, user: str, server: str | None) -> None:
+        user, server = core.check_name(user, "user name"), server or ""
+        act = instructor_help.start if verb == "open" else instructor_help.end
+        try:
+            await act(self.ctx, self.policy, self.current_user["name"], user, server)
+        except core.AdminError as e:
+            await self.show(e.message, e.status)
+            return
+        if verb == "open":
+            self.redirect(instructor_help.server_url(self.settings["base_url"], user, server), status=303)
+        else:
+            self.redirect(self.prefix + "help", status=303)
+
+
+class ApiHelp(ApiBase):
+    for_helpers = True
+
+    async def get(self) -> None:
+        await self.answer(instructor_help.overview(self.ctx, self.policy, self.current_user["name"]))
+
+
+class ApiHelpServer(ApiBase):
+    for_helpers = True
+
+    async def post(self, user: str, server: str | None) -> None:
+        user = core.check_name(user, "user name")
+        await self.answer(instructor_help.start(self.ctx, self.policy, self.current_user["name"], user, server or ""))
+
+    async def delete(self, user: str, server: str | None) -> None:
+        user = core.check_name(user, "user name")
+        await self.answer(instructor_help.end(self.ctx, self.policy, self.current_user["name"], user, server or ""))
+
+
 def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
     name, opt_server = r"([^/]+)", r"(?:/([^/]+))?"
     return [
@@ -297,6 +361,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (prefix + "roster", RosterPage),
         (prefix + "charts", ChartsPage),
         (prefix + "servers/" + name + opt_server + "/stop", StopForm),
+        (prefix + "help", HelpPage),
+        (prefix + "help/(open|close)/" + name + opt_server, HelpForm),
         (prefix + "api/allocations", ApiAllocations),
         (prefix + "api/usage", ApiUsage),
         (prefix + "api/charts", ApiCharts),
@@ -305,6 +371,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (prefix + "api/quotas/users/" + name, ApiUserQuota),
         (prefix + "api/roster", ApiRoster),
         (prefix + "api/servers/" + name + opt_server + "/stop", ApiStop),
+        (prefix + "api/help", ApiHelp),
+        (prefix + "api/help/" + name + opt_server, ApiHelpServer),
     ]
 
 
@@ -323,7 +391,17 @@ class AdminServiceApp(UsageService):
         'e.g. c.AdminServiceApp.template_paths = ["/etc/gpuhub/templates"].',
     )
 
+    instructors_group = Unicode(
+        "instructors",
+        config=True,
+        help="Members of this hub group may open attendees' running servers from the Help tab "
+        "(instructors.group in gpuhub.yaml; the hub passes it). Empty: instructor help is off.",
+    )
+    help_access = Unicode("full", config=True, help="What a helper may do in the server: full.")
+
     aliases = {
+        "instructors-group": "AdminServiceApp.instructors_group",
+        "help-access": "AdminServiceApp.help_access",
         "usage-db-url": "AdminServiceApp.usage_db_url",
         "hub-timeout": "AdminServiceApp.hub_timeout",
         "url": "AdminServiceApp.service_url",
@@ -354,6 +432,8 @@ class AdminServiceApp(UsageService):
             admin_context=ctx,
             admin_prefix=prefix,
             admin_pages=self.make_pages(prefix),
+            help_policy=instructor_help.HelpPolicy(self.instructors_group, self.help_access),
+            base_url=self.base_url,
             cookie_secret=secrets.token_bytes(32),
             xsrf_cookies=True,
         )

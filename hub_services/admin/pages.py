@@ -33,6 +33,8 @@ PAGES = (
     "gpuhub_admin_index.html",
     "gpuhub_admin_quotas.html",
     "gpuhub_admin_roster.html",
+    "gpuhub_admin_charts.html",
+    "gpuhub_admin_help.html",
     "gpuhub_admin_error.html",
 )
 

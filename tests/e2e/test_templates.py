@@ -109,7 +109,7 @@ def test_the_spawn_form_and_admin_page_in_a_browser_look_like_the_hub(hub, brows
     wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "GPU Hub"))
     _hub_navigation_is_shown(browser)
     tabs = [a.text for a in browser.find_elements(By.CSS_SELECTOR, ".gpuhub-admin .nav-tabs .nav-link")]
-    assert tabs == ["Allocations & usage", "Quotas", "Roster", "Charts"]
+    assert tabs == ["Allocations & usage", "Quotas", "Roster", "Charts", "Help"]
     assert browser.find_element(By.ID, "site-footer").is_displayed()
     browser.save_screenshot(str(artifacts / "2-gpu-hub-admin.png"))
 

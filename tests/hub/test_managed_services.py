@@ -23,6 +23,22 @@ def test_roles_hold_only_the_scopes_each_service_uses() -> None:
     assert prometheus == {"name": "gpuhub-prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}
 
 
+def test_instructor_help_roles_and_the_admin_service_options() -> None:
+    service, _ = managed_services.admin(8766, {}, {}, {})
+    roles = managed_services.instructor_help(service, config.Instructors(group="tas"))
+    assert service["command"][-2:] == ["--instructors-group=tas", "--help-access=full"]
+    assert roles == [
+        # the service grants shares; JupyterHub lets it grant only access it holds
+        {"name": "gpuhub-admin-help", "scopes": ["shares", "access:servers", "read:users:shares"],
+         "services": ["gpuhub-admin"]},
+        # instructors reach the admin service (its Help tab alone), nothing more
+        {"name": "gpuhub-instructors", "scopes": ["access:services!service=gpuhub-admin"], "groups": ["tas"]},
+    ]
+    service, _ = managed_services.admin(8766, {}, {}, {})
+    assert managed_services.instructor_help(service, config.Instructors(group="")) == []  # off: no scope at all
+    assert "--instructors-group=" in service["command"]
+
+
 TUTORIALS = {"repo": "https://git.example/t.git", "branch": "live", "port": 9765,
              "poll_interval": 30, "max_total_size": "2G", "max_files": 10}
 

@@ -102,6 +102,12 @@ ROUTES = [
     ("POST", "api/roster"),
     ("POST", "api/servers/pleb/stop"),
     ("POST", "api/servers/pleb/named/stop"),
+    ("GET", "help"),  # the help routes also let in instructors (tests/hub_services/test_admin_help.py)
+    ("POST", "help/open/pleb"),
+    ("POST", "help/close/pleb/named"),
+    ("GET", "api/help"),
+    ("POST", "api/help/pleb"),
+    ("DELETE", "api/help/pleb/named"),
 ]
 
 
@@ -342,7 +348,9 @@ WRITES = [
 
 
 def test_service_token_only_reads(hub):
-    """The role holds no write scope: every change goes through an admin's own token."""
+    """The role holds no write scope on users, groups, servers or tokens: every such change goes
+    through an admin's own token.  (With instructor help on, it may share a server: its only
+    other scopes are ``shares`` and ``access:servers``, tests/hub_services/test_admin_help.py.)"""
     token = _service_token(hub)
     hub.api("POST", "/groups/quota-g")
 
@@ -351,7 +359,9 @@ def test_service_token_only_reads(hub):
                                 headers={"Authorization": f"token {token}"})
 
     scopes = set(as_service("GET", "/user").json()["scopes"])
-    assert not {s for s in scopes if s.startswith(("admin:", "users", "groups", "delete:", "tokens"))}, scopes
+    sharing = {"shares", "users:shares", "groups:shares", "access:servers"}  # 'shares' and what it holds
+    assert not {s for s in scopes - sharing if s.startswith(("admin:", "users", "groups", "delete:", "tokens", "servers"))}
+    assert {s for s in scopes if not s.startswith(("read:", "list:"))} == sharing, scopes
     for method, path, body in WRITES:
         assert as_service(method, path, body).status_code in (403, 404), (method, path)
     assert "pleb" in {u["name"] for u in as_service("GET", "/users").json()}  # it still reads
