@@ -135,6 +135,7 @@ class FollowingStorage(LoggingConfigurable):
         if placed is None or not placed.constraints:
             return None
         label, node = pool_label(pool), placed.node
+        self._line_wait = None  # one node's line: the pool's holds do not tell its wait
         self._emit(10, f"Reserving a {label} on node {node}, where your files are…")
         started = time.monotonic()
 

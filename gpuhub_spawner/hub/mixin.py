@@ -52,6 +52,7 @@ from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress
 from gpuhub_spawner.hub.settings import GPUSpawnerSettings
 from gpuhub_spawner.hub.state import HubState
 from gpuhub_spawner.hub.usage import UsageRecords
+from gpuhub_spawner.hub.waitestimate import LineWait
 from gpuhub_spawner.node.nvml import discover_or_none
 
 # resolved once per process: NVML discovery and config parsing are not redone per spawner
@@ -303,6 +304,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
 
     def reservation_error(self, err: Exception) -> Exception:
         """The user's message for a reservation the allocator (or swarm gate) refused."""
+        self.wait_over("refused")
         if isinstance(err, NoUnitFree):
             return self.no_unit_error(err)
         if isinstance(err, OverLimit):
@@ -317,26 +319,42 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
 
     def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = ""):
         """Say a unit is being reserved; returns the callback that streams the place in line
-        (and, from ``line``, why those ahead are ahead)."""
+        (and, from ``line``, why those ahead are ahead, and the likely wait)."""
         label = pool_label(pool)
         self._emit(10, f"Reserving a {label}…")
         loop = asyncio.get_running_loop()
         started = loop.time()
+        last: list[int] = []  # the place told last: told again once the likely wait is known
 
         def on_position(position: int, total: int) -> None:
+            last[:] = [position, total]
             waited = int(loop.time() - started)
             ahead = line.why_ahead(line_key or pool, self.object_name) if line is not None else None
             why = fairshare.ahead_text(ahead.higher_priority, ahead.less_use, ahead.earlier, ahead.own_use,
                                        float(self.gpu_fair_share_half_life)) if ahead else ""
+            likely = self._line_wait.sentence(position) if self._line_wait is not None else ""
             self._emit(
                 15,
                 f"All {label} units are in use. You are #{position} of {total} in line "
                 f"(waited {waited}s, at most {int(self.gpu_queue_max_wait)}s). "
-                + (why + " " if why else "")
+                + "".join(part + " " for part in (likely, why) if part)
                 + "Or cancel and start a CPU-only server.",
             )
 
+        who = self.user.name + (f"/{self.name}" if self.name else "")
+        wait = LineWait(who, pool, float(self.gpu_queue_max_wait), lambda: self.pool_holds(pool),
+                        lambda: on_position(*last) if last and self._line_wait is wait else None, self.log)
+        self._line_wait = wait
         return on_position
+
+    #: the wait in line of the spawn under way (see _start_reserving)
+    _line_wait: LineWait | None = None
+
+    def wait_over(self, outcome: str) -> None:
+        """The spawn's wait for a unit ended ("unit" or "refused"): log it against its estimate."""
+        wait, self._line_wait = self._line_wait, None
+        if wait is not None:
+            wait.over(outcome)
 
     def _pool_size(self, pool: str) -> int:
         return self.gpu_inventory_resolved.pool_size(pool)

@@ -223,6 +223,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
         reservation = await self.reserve_unit(choice)
         try:
             async with reservation as unit:
+                self.wait_over("unit")
                 self.gpu_unit_id = unit.id
                 await self.prepare_shared_slot(unit)  # MPS client, or refused: see mixin.use_mps
                 short = unit.device_id[:12]

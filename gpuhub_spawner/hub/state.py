@@ -55,6 +55,9 @@ class HubState:
         self.ledgers_reconciled: set[tuple[str, str]] = set()
         #: object id -> the task still retrying its removal (a stop that failed left it running)
         self.leftovers: dict[str, asyncio.Future] = {}
+        #: (ledger url, pool) -> (when begun, the read) of the pool's holds that waiters in its
+        #: line share (hub/usage.py: one ledger read per pool while fresh, not one per waiter)
+        self.pool_hold_reads: dict[tuple[str, str], tuple[float, asyncio.Future]] = {}
         self._ledgers: dict[str, UsageLedger] = {}
         self._ledgers_lock = threading.Lock()  # ledgers are opened from worker threads
         self._notice_writer: ThreadPoolExecutor | None = None

@@ -7,14 +7,18 @@ event loop.  The ledger itself (one per database URL and hub) lives in the hub's
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 
 from gpuhub_spawner.core import fairshare
 from gpuhub_spawner.core.inventory import Unit
 from gpuhub_spawner.core.quotas import QuotaError, QuotaPolicy, budget_since, budget_view, resolve_policy
 from gpuhub_spawner.hub.errors import spawn_error
 from gpuhub_spawner.hub.progress import PROCESS_ID
-from gpuhub_spawner.storage.ledger import UsageLedger
+from gpuhub_spawner.storage.ledger import PoolHolds, UsageLedger
+
+#: how far back past holds count for wait estimates
+WAIT_HISTORY = timedelta(days=14)
 
 
 class UsageRecords:
@@ -143,6 +147,27 @@ class UsageRecords:
             self.log.warning("Could not read %s's past GPU use for the line's order: %s", self.user.name, e)
             return 0.0
         return fairshare.decayed_seconds(spans, now, half_life)
+
+    async def pool_holds(self, pool: str, fresh: float = 2.0) -> PoolHolds | None:
+        """``pool``'s holds now and recently, for a wait estimate (None without a ledger).
+
+        Everyone in the pool's line shares one read begun less than ``fresh`` seconds ago: a
+        burst of 20 waiters reads the ledger once, not 20 times, while the hub answers Starts."""
+        if not self.usage_db_url:
+            return None
+        key, now = (self.usage_db_url, pool), time.monotonic()
+        begun = self.hub_state.pool_hold_reads.get(key)
+        if begun is None or now - begun[0] > fresh:
+            begun = (now, asyncio.ensure_future(self._read_pool_holds(pool)))
+            self.hub_state.pool_hold_reads[key] = begun
+        return await asyncio.shield(begun[1])
+
+    async def _read_pool_holds(self, pool: str) -> PoolHolds | None:
+        ledger = await self.ledger_in_thread()
+        if ledger is None:
+            return None
+        since = datetime.now(timezone.utc) - WAIT_HISTORY
+        return await asyncio.to_thread(ledger.pool_holds, pool, since)
 
     async def _form_notice(self, policy: QuotaPolicy) -> str:
         """The form's line: 'GPU time left this week: 1.5 h' (with a GPU-hour budget), and the

@@ -45,7 +45,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from gpuhub_spawner.storage.db import Base, UTCDateTime, as_utc, open_engine, utcnow
-from gpuhub_spawner.storage.notices import UserNotices
+from gpuhub_spawner.storage.notices import UserNotices, WarningRow
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,17 @@ def usage_seconds_by_user(intervals: Iterable[Interval], since: datetime, now: d
         if row.started_at < now and (row.ended_at is None or row.ended_at > since):
             usage[row.user] = usage.get(row.user, 0.0) + _overlap_seconds(row, since, now)
     return usage
+
+
+class PoolHolds(NamedTuple):
+    """A pool's holds, for wait estimates (:mod:`gpuhub_spawner.core.waits`)."""
+
+    #: (user, server, started_at) of each unit held now
+    open: list[tuple[str, str, datetime]]
+    #: seconds each recent finished hold lasted, newest first
+    past: list[float]
+    #: (user, server) -> when an announced cull stops that server (epoch seconds)
+    culls: dict[tuple[str, str], float]
 
 
 class UsageLedger(UserNotices):
@@ -308,6 +319,24 @@ class UsageLedger(UserNotices):
         query = select(UsageInterval.id).where(UsageInterval.holder == holder, UsageInterval.ended_at.is_(None))
         with self._session() as session:
             return session.execute(query.limit(1)).first() is not None
+
+    def pool_holds(self, pool: str, since: datetime, limit: int = 500) -> PoolHolds:
+        """``pool``'s open holds, the durations of at most ``limit`` holds that ended after
+        ``since`` (newest first), and the culls announced now (the culler's warnings)."""
+        since = as_utc(since)
+        opened = select(UsageInterval.user, UsageInterval.server, UsageInterval.started_at).where(
+            UsageInterval.pool == pool, UsageInterval.ended_at.is_(None))
+        ended = (select(UsageInterval.started_at, UsageInterval.ended_at)
+                 .where(UsageInterval.pool == pool, UsageInterval.ended_at > since)
+                 .order_by(UsageInterval.ended_at.desc()).limit(limit))
+        culls = select(WarningRow.user, WarningRow.server, WarningRow.cull_at)
+        self._settle()
+        with self._session() as session:
+            return PoolHolds(
+                [(u, srv, as_utc(at)) for u, srv, at in session.execute(opened)],
+                [(as_utc(end) - as_utc(start)).total_seconds() for start, end in session.execute(ended)],
+                {(u, srv): float(at) for u, srv, at in session.execute(culls)},
+            )
 
     def open_allocations(self) -> list[dict[str, Any]]:
         """The open intervals, oldest first: user, server, unit_id, pool, node, holder, started_at."""

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import re
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from harness import container_of, fake_gpus, fake_mig_gpu, render_form, server_env
+
+from gpuhub_spawner.storage.ledger import UsageLedger
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -258,3 +262,42 @@ def test_in_line_less_recent_gpu_use_goes_first_and_is_told_why(docker_client, h
         assert container_of(docker_client, hub, winner).labels["org.gpuhub.unit"] == unit
         assert hub.user(waiter)["servers"][""]["pending"] == "spawn"  # still in line
         light_post.result()
+
+
+def test_in_line_the_likely_wait_comes_from_past_holds_and_the_log_compares_it(docker_client, hub_factory):
+    """With too few finished holds the line says it has no estimate; with the pool's past holds
+    (ten of 10..100 min, written to the ledger as the hub writes them) it gives the rule's range
+    (gpuhub_spawner/core/waits.py); each wait ends with a wait-estimate log line."""
+    hub, _unit = _one_gpu_held(docker_client, hub_factory, "w1", 60, "first", "second")
+    hub.create_users(["third"])
+    ledger = UsageLedger(f"sqlite:///{hub.data_dir / 'gpuhub-usage.sqlite'}")
+    try:
+        (held,) = ledger.open_allocations()
+        with cf.ThreadPoolExecutor(2) as pool:
+            pool.submit(hub.spawn, "second", {"profile": "gpu"}, 30)
+            hub.wait_in_line("second")
+            told = _until_said(hub, "second", "No wait estimate yet")
+            told_at = time.monotonic()
+            assert "You are #1 of 1 in line" in told[-1], told
+            hub.stop_server("second")  # cancelled in line
+
+            start = datetime.now(timezone.utc) - timedelta(days=2)
+            for i, minutes in enumerate(range(10, 110, 10)):
+                ledger.start(f"past{i}", "", held["unit_id"], held["pool"], f"past-{i}", now=start + timedelta(hours=2 * i))
+                ledger.end(f"past-{i}", now=start + timedelta(hours=2 * i, minutes=minutes))
+            time.sleep(max(0.0, told_at + 2.5 - time.monotonic()))  # past the window in which waiters share a read
+            post = pool.submit(hub.spawn, "third", {"profile": "gpu"}, 30)
+            hub.wait_in_line("third")
+            told = _until_said(hub, "third", "Likely wait:")
+            # first's hold began moments ago: the quartiles of all ten holds (32.5 and 77.5 min) less
+            # the time first has held its unit
+            assert re.search(r"Likely wait: about 3[12]–7[78] minutes \(from 10 recent servers' hold times\)\.",
+                             told[-1]), told
+            hub.stop_server("first")
+            hub.wait_ready("third")
+            post.result()
+    finally:
+        ledger.dispose()
+    log = hub.log_path.read_text()
+    assert re.search(r"wait-estimate user=third pool=\S+ place=1 told=1[89]\d\d-46\d\d holds=10 waited=\d+ outcome=unit",
+                     log), [line for line in log.splitlines() if "wait-estimate" in line]

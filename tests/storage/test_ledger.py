@@ -361,3 +361,26 @@ def test_starts_cut_off_by_a_dead_hub_become_notices_and_a_new_start_answers_the
     assert ledger.notices() == {"bob": [("big", "Start big again")]}
     ledger.set_notice("cy", "", "x" * 5000)
     assert len(ledger.notices()["cy"][0][1]) == 1000
+
+
+def test_pool_holds_for_wait_estimates(ledger: UsageLedger, ledger_url: str) -> None:
+    from gpuhub_spawner.storage.notices import NoticeStore
+
+    t0 = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    for i, minutes in enumerate([10, 20, 30]):  # three finished holds of pool a, one of pool b
+        ledger.start(f"u{i}", "", f"U{i}", "a", f"h{i}", now=t0 + timedelta(minutes=i))
+        ledger.end(f"h{i}", now=t0 + timedelta(minutes=i + minutes))
+    ledger.start("old", "", "U9", "a", "h9", now=t0 - timedelta(days=30))
+    ledger.end("h9", now=t0 - timedelta(days=29))  # ended before `since`: not counted
+    ledger.start("v", "", "V0", "b", "hb", now=t0)
+    ledger.end("hb", now=t0 + timedelta(minutes=5))
+    ledger.start("ann", "gpu", "U1", "a", "ha", now=t0 + timedelta(hours=1))  # held now
+    holds = ledger.pool_holds("a", since=t0 - timedelta(days=14))
+    assert holds.open == [("ann", "gpu", t0 + timedelta(hours=1))]
+    assert holds.past == [30 * 60.0, 20 * 60.0, 10 * 60.0]  # newest end first
+    assert holds.culls == {}
+    assert ledger.pool_holds("a", since=t0 - timedelta(days=14), limit=1).past == [30 * 60.0]
+    store = NoticeStore(ledger_url)  # the culler's warnings, in the same database
+    store.set_warning("ann", "gpu", "idle", 1.0, 1234.5, "idle")
+    assert ledger.pool_holds("a", since=t0).culls == {("ann", "gpu"): 1234.5}
+    store.dispose()

@@ -310,6 +310,37 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
             "max_s": round(ordered[-1], 3)}
 
 
+WAIT_LINE = re.compile(r"wait-estimate user=(\S+) pool=(\S+) place=(\d+) told=(none|(\d+)-(\d*)) holds=(\d+) "
+                       r"waited=(\d+) outcome=(\w+)")
+
+
+def wait_estimates(hub_log: str) -> dict[str, Any]:
+    """What each spawn that waited in line was told (its first likely-wait range) against how
+    long it waited, from the hub's ``wait-estimate`` log lines (gpuhub_spawner/hub/waitestimate.py).
+
+    A wait inside the range has error 0; outside, the distance to the nearer end; a range with no
+    upper end ("more than ...") misses only when the wait was shorter."""
+    entries = []
+    for m in WAIT_LINE.finditer(hub_log):
+        low = int(m[5]) if m[5] else None
+        high = int(m[6]) if m[6] else None
+        waited = int(m[8])
+        error = None
+        if low is not None:
+            error = max(0, low - waited) + (max(0, waited - high) if high is not None else 0)
+        entries.append({"user": m[1], "pool": m[2], "place": int(m[3]), "told_low_s": low, "told_high_s": high,
+                        "holds": int(m[7]), "waited_s": waited, "outcome": m[9], "error_s": error})
+    ranged = [e for e in entries if e["told_low_s"] is not None]
+    return {
+        "waits": len(entries),
+        "told_no_estimate": len(entries) - len(ranged),
+        "told_a_range": len(ranged),
+        "inside_the_range": sum(1 for e in ranged if e["error_s"] == 0),
+        "error_outside_range": quantiles([float(e["error_s"]) for e in ranged if e["error_s"]]),
+        "entries": entries,
+    }
+
+
 # ---- the report --------------------------------------------------------------------------
 
 

@@ -41,8 +41,9 @@ from workshop import (
     press_all,
     quantiles,
     start_node_agents,
+    wait_estimates,
 )
-from workshop_stack import deploy, gpuhub_cli, hub_container, hub_state, remove_stack, stack_logs
+from workshop_stack import STACK, deploy, gpuhub_cli, hub_container, hub_state, remove_stack, stack_logs
 
 from gpuhub_spawner.deploy.inhub import FIRST_ANSWER_SECONDS
 
@@ -598,6 +599,20 @@ def test_an_idle_gpu_server_is_warned_then_reclaimed_a_busy_kernel_survives_the_
                  notice=notice.strip()[:200], busy_kernel_kept={trainer: busy},
                  others_kept=len(others), freed_unit_to_first_in_line=first, second_in_line_now=now_at,
                  timings=dict(CULLER, note="no timed passes; each pass asked for with an admin's token"))
+
+
+def test_the_likely_waits_told_in_line_against_the_waits_people_had(stack, rig, report):
+    """Issue 15's wait estimates, measured: each spawn that waited in line today logged the range
+    it was first told and how long it waited (all hub containers of the day: the service's log)."""
+    _code, hub_log = rig.manager.sh(f"timeout 60 docker service logs --raw {STACK}_hub 2>&1", check=False)
+    measured = wait_estimates(hub_log)
+    served = [e for e in measured["entries"] if e["outcome"] == "unit"]
+    # the first in line of the culler phase waited and was given the idle server's unit
+    assert served, {k: v for k, v in measured.items() if k != "entries"}
+    assert all(e["waited_s"] >= 0 and e["place"] >= 1 for e in measured["entries"]), measured["entries"]
+    report.phase("wait_estimates", **measured,
+                 note="the stack is new this morning: until servers of a pool have finished (5 holds), the line "
+                      "says it has no estimate rather than inventing one; waits here follow the test's steps")
 
 
 # ---- the evening: backup, a fresh stack, restore; upgrade --------------------------------------

@@ -1,0 +1,89 @@
+"""One spawn's wait in a pool's line: the "likely wait" sentence of its queue message, and a log
+line comparing what it was told with what it waited (the rule: :mod:`gpuhub_spawner.core.waits`).
+
+The pool's holds are read from the usage ledger in a worker thread when the spawn first hears its
+place, and again when the reading is older than :data:`FRESH` seconds; the message goes out at
+once without the sentence, and again with it when the reading arrives.  A ledger that cannot be
+read gives no sentence at all (the place in line is still told): an estimate is never invented.
+
+Each spawn that waited logs one ``wait-estimate`` line when its wait ends (a unit, or refused),
+so the estimates' error can be measured from the hub's log (the workshop-day test does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+from gpuhub_spawner.core import waits
+from gpuhub_spawner.storage.ledger import PoolHolds
+
+#: used when no logger is given (the spawners give theirs: JupyterHub's, which the hub's log shows)
+default_log = logging.getLogger("gpuhub.waits")
+
+#: seconds a reading of the pool's holds is used before another is taken
+FRESH = 30.0
+
+
+class LineWait:
+    """``load()`` reads the pool's holds (None: unreadable); ``changed()`` re-sends the message."""
+
+    def __init__(self, who: str, pool: str, max_wait: float,
+                 load: Callable[[], Awaitable[PoolHolds | None]], changed: Callable[[], None],
+                 log: logging.Logger | logging.LoggerAdapter = default_log):
+        self.who, self.pool, self.max_wait, self.log = who, pool, max_wait, log
+        self._load, self._changed = load, changed
+        self._holds: PoolHolds | None = None
+        self._read_at = float("-inf")
+        self._task: asyncio.Task | None = None
+        self.joined_at: float | None = None
+        #: (place, estimate) when the spawn was first given a sentence
+        self.first: tuple[int, waits.Estimate | None] | None = None
+
+    def sentence(self, position: int) -> str:
+        """The likely-wait sentence for ``position`` ("" until the holds are read)."""
+        if self.joined_at is None:
+            self.joined_at = time.monotonic()
+        if time.monotonic() - self._read_at > FRESH and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._read())
+        if self._holds is None:
+            return ""
+        est = waits.estimate(position, self._holdings(), self._holds.past)
+        if self.first is None:
+            self.first = (position, est)
+        return waits.wait_text(est, self.max_wait)
+
+    def _holdings(self) -> list[waits.Holding]:
+        now, wall = datetime.now(timezone.utc), time.time()
+        holds = self._holds
+        return [waits.Holding(max(0.0, (now - started).total_seconds()),
+                              holds.culls[(user, server)] - wall if (user, server) in holds.culls else None)
+                for user, server, started in holds.open]
+
+    async def _read(self) -> None:
+        self._read_at = time.monotonic()
+        try:
+            holds = await self._load()
+        except Exception as e:  # noqa: BLE001 - no sentence rather than a failed spawn
+            self.log.warning("Could not read the holds of pool %s for a wait estimate: %s", self.pool, e)
+            return
+        if holds is not None:
+            fresh = self._holds is None
+            self._holds = holds
+            if fresh:
+                self._changed()
+
+    def over(self, outcome: str) -> None:
+        """The wait ended (``outcome``: "unit" or "refused"): log what was told against what happened."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.joined_at is None:
+            return  # never waited in line
+        waited = time.monotonic() - self.joined_at
+        place, est = self.first if self.first is not None else (0, None)
+        told = "none" if est is None else f"{est.low:.0f}-{'' if est.high is None else f'{est.high:.0f}'}"
+        self.log.info("wait-estimate user=%s pool=%s place=%d told=%s holds=%d waited=%.0f outcome=%s",
+                 self.who, self.pool, place, told, est.holds if est else 0, waited, outcome)
