@@ -343,7 +343,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
 
         who = self.user.name + (f"/{self.name}" if self.name else "")
         wait = LineWait(who, pool, float(self.gpu_queue_max_wait), lambda: self.pool_holds(pool),
-                        lambda: on_position(*last) if last and self._line_wait is wait else None, self.log)
+                        lambda: on_position(*last) if last and self._line_wait is wait else None, self.log,
+                        self.keep_wait)
         self._line_wait = wait
         return on_position
 

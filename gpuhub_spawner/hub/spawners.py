@@ -231,6 +231,9 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                 obj = await self._create_shielded()
         except (NoUnitFree, OverLimit, StillHeld) as e:
             raise self.reservation_error(e) from None
+        except asyncio.CancelledError:  # stopped (or timed out) while in line
+            self.wait_over("cancelled")
+            raise
         await self.record_usage(unit, self.object_name)
         return obj
 

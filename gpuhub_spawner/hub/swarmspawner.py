@@ -208,6 +208,9 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
             )
         except (NoUnitFree, OverLimit) as e:
             raise (self.home_wait_error(e) or self.reservation_error(e)) from None
+        except asyncio.CancelledError:  # stopped (or timed out) while in line
+            self.wait_over("cancelled")
+            raise
         self.wait_over("unit")
         self._emit(30, f"A {pool_label(pool)} is free in the swarm. Creating your server…")
         return kind

@@ -15,7 +15,7 @@ from gpuhub_spawner.core.inventory import Unit
 from gpuhub_spawner.core.quotas import QuotaError, QuotaPolicy, budget_since, budget_view, resolve_policy
 from gpuhub_spawner.hub.errors import spawn_error
 from gpuhub_spawner.hub.progress import PROCESS_ID
-from gpuhub_spawner.storage.ledger import PoolHolds, UsageLedger
+from gpuhub_spawner.storage.ledger import PoolHolds, UsageLedger, WaitRecord
 
 #: how far back past holds count for wait estimates
 WAIT_HISTORY = timedelta(days=14)
@@ -168,6 +168,23 @@ class UsageRecords:
             return None
         since = datetime.now(timezone.utc) - WAIT_HISTORY
         return await asyncio.to_thread(ledger.pool_holds, pool, since)
+
+    def keep_wait(self, record: WaitRecord) -> None:
+        """Write a finished wait in line to the ledger, in the notice writer's thread (never
+        holding the spawn; a record lost is logged)."""
+        if not self.usage_db_url:
+            return
+
+        def write() -> None:
+            try:
+                self.usage_ledger.record_wait(record)
+            except Exception as e:  # noqa: BLE001 - see above
+                self.log.warning("Could not record %s's wait in line: %s", record.user, e)
+
+        try:
+            asyncio.get_running_loop().run_in_executor(self.hub_state.notice_writer, write)
+        except RuntimeError:  # no event loop: nothing to record
+            pass
 
     async def _form_notice(self, policy: QuotaPolicy) -> str:
         """The form's line: 'GPU time left this week: 1.5 h' (with a GPU-hour budget), and the

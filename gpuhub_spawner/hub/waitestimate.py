@@ -16,10 +16,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from gpuhub_spawner.core import waits
-from gpuhub_spawner.storage.ledger import PoolHolds
+from gpuhub_spawner.storage.ledger import PoolHolds, WaitRecord
 
 #: used when no logger is given (the spawners give theirs: JupyterHub's, which the hub's log shows)
 default_log = logging.getLogger("gpuhub.waits")
@@ -33,8 +33,9 @@ class LineWait:
 
     def __init__(self, who: str, pool: str, max_wait: float,
                  load: Callable[[], Awaitable[PoolHolds | None]], changed: Callable[[], None],
-                 log: logging.Logger | logging.LoggerAdapter = default_log):
-        self.who, self.pool, self.max_wait, self.log = who, pool, max_wait, log
+                 log: logging.Logger | logging.LoggerAdapter = default_log,
+                 keep: Callable[[WaitRecord], None] = lambda record: None):
+        self.who, self.pool, self.max_wait, self.log, self.keep = who, pool, max_wait, log, keep
         self._load, self._changed = load, changed
         self._holds: PoolHolds | None = None
         self._read_at = float("-inf")
@@ -47,6 +48,7 @@ class LineWait:
         """The likely-wait sentence for ``position`` ("" until the holds are read)."""
         if self.joined_at is None:
             self.joined_at = time.monotonic()
+            self.joined_wall = datetime.now(timezone.utc)
         if time.monotonic() - self._read_at > FRESH and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._read())
         if self._holds is None:
@@ -77,7 +79,8 @@ class LineWait:
                 self._changed()
 
     def over(self, outcome: str) -> None:
-        """The wait ended (``outcome``: "unit" or "refused"): log what was told against what happened."""
+        """The wait ended (``outcome``: "unit", "refused" or "cancelled"): log what was told against
+        what happened, and ``keep`` it (the usage database's record of waits)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self.joined_at is None:
@@ -86,4 +89,8 @@ class LineWait:
         place, est = self.first if self.first is not None else (0, None)
         told = "none" if est is None else f"{est.low:.0f}-{'' if est.high is None else f'{est.high:.0f}'}"
         self.log.info("wait-estimate user=%s pool=%s place=%d told=%s holds=%d waited=%.0f outcome=%s",
-                 self.who, self.pool, place, told, est.holds if est else 0, waited, outcome)
+                      self.who, self.pool, place, told, est.holds if est else 0, waited, outcome)
+        user, _, server = self.who.partition("/")
+        self.keep(WaitRecord(user, server, self.pool, self.joined_wall, self.joined_wall + timedelta(seconds=waited),
+                             outcome, place, est.low if est else None, est.high if est else None,
+                             est.holds if est else 0))

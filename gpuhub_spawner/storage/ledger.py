@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Index, Integer, String, Text, select, text, update
+from sqlalchemy import Float, Index, Integer, String, Text, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -90,6 +90,40 @@ class UserQuota(Base):
     values: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+class LineWaitRow(Base):
+    """One spawn's finished wait in a pool's line (``outcome``: unit, refused or cancelled), with
+    the place and likely-wait range (seconds; None: none told) it was first told."""
+
+    __tablename__ = "gpuhub_line_wait"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255))
+    pool: Mapped[str] = mapped_column(String(255))
+    joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    place: Mapped[int] = mapped_column(Integer)
+    told_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    told_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    holds: Mapped[int] = mapped_column(Integer)
+
+
+class WaitRecord(NamedTuple):
+    """A finished wait as plain values."""
+
+    user: str
+    server: str
+    pool: str
+    joined_at: datetime
+    ended_at: datetime
+    outcome: str
+    place: int
+    told_low: float | None
+    told_high: float | None
+    holds: int
 
 
 def _overlap_seconds(row: UsageInterval | Interval, since: datetime, now: datetime) -> float:
@@ -337,6 +371,19 @@ class UsageLedger(UserNotices):
                 [(as_utc(end) - as_utc(start)).total_seconds() for start, end in session.execute(ended)],
                 {(u, srv): float(at) for u, srv, at in session.execute(culls)},
             )
+
+    def record_wait(self, wait: WaitRecord) -> None:
+        """Keep a finished wait in line (the queue chart and the estimates' error)."""
+        with self._session.begin() as session:
+            session.add(LineWaitRow(**{**wait._asdict(), "joined_at": as_utc(wait.joined_at),
+                                       "ended_at": as_utc(wait.ended_at)}))
+
+    def waits_since(self, since: datetime) -> list[WaitRecord]:
+        """The waits that ended after ``since``, oldest end first."""
+        query = select(*(getattr(LineWaitRow, name) for name in WaitRecord._fields)).where(
+            LineWaitRow.ended_at > as_utc(since)).order_by(LineWaitRow.ended_at, LineWaitRow.id)
+        with self._session() as session:
+            return [WaitRecord(*row[:3], as_utc(row[3]), as_utc(row[4]), *row[5:]) for row in session.execute(query)]
 
     def open_allocations(self) -> list[dict[str, Any]]:
         """The open intervals, oldest first: user, server, unit_id, pool, node, holder, started_at."""

@@ -6,7 +6,10 @@ has none) and in any browser. Two pictures so far:
 - **GPU units held over the day**, per pool: a step line of how many units were held at each
   moment since midnight (UTC), from the ledger's intervals;
 - **GPU-hours by group** in the week so far: each user's GPU time counted in every group they
-  are in (a user in no group under "(no group)").
+  are in (a user in no group under "(no group)");
+- **people waiting in line over the day**, per pool, from the finished waits the hub records
+  (a wait still under way shows once it ends), and how good the likely-wait ranges told in
+  line were this week (:func:`estimate_quality`).
 
 Pure functions: the series from the intervals, and the SVG from the series.
 """
@@ -17,9 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import escape
+from typing import Any
 
 from gpuhub_spawner.core.fairshare import hours_label
-from gpuhub_spawner.storage.ledger import Interval, usage_seconds_by_user
+from gpuhub_spawner.storage.ledger import Interval, WaitRecord, usage_seconds_by_user
 
 NO_GROUP = "(no group)"
 #: one colour per pool, in order (distinct in light and dark mode)
@@ -39,14 +43,25 @@ class Steps:
 
 
 def held_over_time(intervals: Iterable[Interval], start: datetime, end: datetime) -> list[Steps]:
-    """Per pool, the number of units held at every moment in [start, end]: the count changes
-    only where an interval begins or ends, so those moments are the points."""
+    """Per pool, the number of units held at every moment in [start, end]."""
+    return count_over_time(((row.pool, row.started_at, row.ended_at) for row in intervals), start, end)
+
+
+def waiting_over_time(waits: Iterable[WaitRecord], start: datetime, end: datetime) -> list[Steps]:
+    """Per pool, the number of spawns waiting in line at every moment in [start, end]."""
+    return count_over_time(((w.pool, w.joined_at, w.ended_at) for w in waits), start, end)
+
+
+def count_over_time(spans: Iterable[tuple[str, datetime, datetime | None]], start: datetime,
+                    end: datetime) -> list[Steps]:
+    """Per pool, how many ``(pool, began, ended or None)`` spans cover each moment in
+    [start, end]: the count changes only where a span begins or ends, so those are the points."""
     changes: dict[str, dict[datetime, int]] = {}
-    for row in intervals:
-        began, ended = max(row.started_at, start), min(row.ended_at or end, end)
+    for pool_name, began, ended in spans:
+        began, ended = max(began, start), min(ended or end, end)
         if ended <= began:
             continue
-        pool = changes.setdefault(row.pool or "?", {})
+        pool = changes.setdefault(pool_name or "?", {})
         pool[began] = pool.get(began, 0) + 1
         if ended < end:
             pool[ended] = pool.get(ended, 0) - 1
@@ -71,6 +86,27 @@ def hours_by_group(intervals: Iterable[Interval], groups_of: Mapping[str, Iterab
     return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
+def estimate_quality(waits: Iterable[WaitRecord]) -> dict[str, Any]:
+    """How the likely-wait ranges told in line compared with the waits that followed (waits
+    cancelled by their owner are left out: how long they would have waited is not known).  A wait
+    inside its range misses by 0; outside, by its distance to the nearer end."""
+    done = [w for w in waits if w.outcome != "cancelled"]
+    ranged = [w for w in done if w.told_low is not None]
+    misses = []
+    for w in ranged:
+        waited = (w.ended_at - w.joined_at).total_seconds()
+        high = w.told_high if w.told_high is not None else float("inf")
+        misses.append(max(0.0, w.told_low - waited, waited - high))
+    outside = sorted(m for m in misses if m > 0)
+    return {
+        "waits": len(done),
+        "no_estimate": len(done) - len(ranged),
+        "told_a_range": len(ranged),
+        "inside": len(ranged) - len(outside),
+        "median_miss_s": outside[len(outside) // 2] if outside else None,
+    }
+
+
 # ---- drawing -------------------------------------------------------------------------------
 
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 240, 44, 28, 12
@@ -82,8 +118,10 @@ def _svg(body: list[str], label: str, height: int = HEIGHT) -> str:
             f'font-family="sans-serif" font-size="11">' + "".join(body) + "</svg>")
 
 
-def steps_svg(series: list[Steps], start: datetime, end: datetime, label: str) -> str:
-    """A step line per pool, the hours along the bottom, units up the side, a legend."""
+def steps_svg(series: list[Steps], start: datetime, end: datetime, label: str, counted: str = "held",
+              empty: str = "No GPU unit was held in this time.") -> str:
+    """A step line per pool, the hours along the bottom, the count (of units ``counted``, e.g.
+    "held") up the side, a legend; ``empty``: what an empty picture says."""
     span = max((end - start).total_seconds(), 1.0)
     top = max([s.peak for s in series] + [1])
     plot_w, plot_h = WIDTH - LEFT - 10, HEIGHT - BOTTOM - TOP
@@ -114,12 +152,12 @@ def steps_svg(series: list[Steps], start: datetime, end: datetime, label: str) -
             path.append(f"{x(moment):.1f},{y(held):.1f}")
             last = held
         body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(path)}">'
-                    f"<title>{escape(steps.pool)}: at most {steps.peak} held</title></polyline>")
+                    f"<title>{escape(steps.pool)}: at most {steps.peak} {escape(counted)}</title></polyline>")
         body.append(f'<text x="{LEFT + 8 + 150 * i}" y="{TOP + 10}" fill="{colour}">'
                     f"■ {escape(steps.pool)} (peak {steps.peak})</text>")
     if not series:
         body.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" fill="currentColor">'
-                    "No GPU unit was held in this time.</text>")
+                    f"{escape(empty)}</text>")
     return _svg(body, label)
 
 
@@ -131,7 +169,7 @@ def bars_svg(values: Mapping[str, float], label: str) -> str:
     body = []
     for i, (name, value) in enumerate(values.items()):
         top = TOP + row * i
-        length = (WIDTH - name_w - 90) * value / most
+        length = (WIDTH - name_w - 130) * value / most  # room for the figure after it
         body.append(f'<text x="{name_w - 6}" y="{top + 14}" text-anchor="end" fill="currentColor">'
                     f"{escape(name)}</text>")
         body.append(f'<rect x="{name_w}" y="{top + 3}" width="{length:.1f}" height="{row - 6}" '

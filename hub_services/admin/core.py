@@ -148,12 +148,14 @@ async def usage(ctx: Context, now: datetime | None = None) -> list[dict[str, Any
 
 
 async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
-    """The charts page's pictures (SVG) from the ledger: units held per pool since midnight
-    UTC, and GPU-hours by group since Monday."""
+    """The charts page's pictures (SVG) from the ledger: units held and people waiting in line
+    per pool since midnight UTC, GPU-hours by group since Monday, and how good this week's
+    likely-wait ranges were."""
     now = now or utcnow()
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     week = day - timedelta(days=day.weekday())
     intervals = await asyncio.to_thread(ctx.ledger.intervals_since, week)
+    waits = await asyncio.to_thread(ctx.ledger.waits_since, week)
     try:
         users = await ctx.hub.users()
     except HubAPIError as e:
@@ -161,11 +163,15 @@ async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     groups_of = {u["name"]: u.get("groups") or [] for u in users}
     held = drawing.held_over_time(intervals, day, now)  # it clips the week's intervals to the day
     by_group = drawing.hours_by_group(intervals, groups_of, week, now)
+    waiting = drawing.waiting_over_time(waits, day, now)
     return {
         "held_svg": drawing.steps_svg(held, day, now, f"GPU units held per pool since {day:%Y-%m-%d} 00:00 UTC"),
         "groups_svg": drawing.bars_svg(by_group, f"GPU-hours by group since {week:%Y-%m-%d}"),
         "day": f"{day:%Y-%m-%d}", "week": f"{week:%Y-%m-%d}",
+        "waiting_svg": drawing.steps_svg(waiting, day, now, f"People waiting in line per pool since {day:%Y-%m-%d} 00:00 UTC",
+                                         "waiting", "Nobody's wait in line ended in this time."),
         "held": {s.pool: s.peak for s in held}, "by_group": {g: round(h, 3) for g, h in by_group.items()},
+        "waiting": {s.pool: s.peak for s in waiting}, "estimates": drawing.estimate_quality(waits),
     }
 
 

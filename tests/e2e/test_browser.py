@@ -7,6 +7,7 @@ JupyterLab are real.
 from __future__ import annotations
 
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,12 @@ def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_cli
         assert hub.api("POST", "/groups/students/users", json={"users": ["ann"]}).ok
         assert hub.spawn("ann", {"profile": "gpu"}).status_code in (201, 202)
         hub.wait_ready("ann")  # ann holds the whole GPU: the ledger has her interval
+        hub.create_users(["ben"])
+        with ThreadPoolExecutor(1) as pool:  # ben waits in line for it until ann stops
+            pool.submit(hub.spawn, "ben", {"profile": "gpu"}, 30)
+            hub.wait_in_line("ben")
+            hub.stop_server("ann")
+            hub.wait_ready("ben")  # his finished wait is recorded: the waiting chart has it
 
         wait = _sign_in(browser, hub, github, "ada")
         browser.get(hub.url + "/services/gpuhub-admin/charts")
@@ -159,7 +166,13 @@ def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_cli
         bars = browser.find_elements(By.CSS_SELECTOR, "#chart-groups svg rect title")
         # ann was added by an admin, so she is on the roster too: her GPU time counts in both groups
         assert sorted(b.get_attribute("textContent").split(":")[0] for b in bars) == ["roster", "students"]
+        waiting = browser.find_elements(By.CSS_SELECTOR, "#chart-waiting svg polyline title")
+        assert [w.get_attribute("textContent") for w in waiting] == ["gpu: at most 1 waiting"]
+        told = browser.find_element(By.ID, "wait-estimates").text
+        assert "Waits ended: 1" in told and "Told a range: 0" in told and "no estimate yet: 1" in told, told
         assert not browser.find_elements(By.CSS_SELECTOR, "script[src*='//']")  # nothing fetched from elsewhere
         browser.save_screenshot(str(artifacts / "5-gpu-hub-charts.png"))
+        browser.set_window_size(1280, 1500)  # the whole page: the waiting chart and the estimates' line
+        browser.save_screenshot(str(artifacts / "6-gpu-hub-charts-whole-page.png"))
     finally:
         hub.cleanup(docker_client)

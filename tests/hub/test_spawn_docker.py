@@ -296,6 +296,12 @@ def test_in_line_the_likely_wait_comes_from_past_holds_and_the_log_compares_it(d
             hub.stop_server("first")
             hub.wait_ready("third")
             post.result()
+        # each finished wait is kept for the admin page: second's cancelled, third's served
+        deadline = time.monotonic() + 30
+        while len(kept := ledger.waits_since(start)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [(w.user, w.outcome, w.place, w.told_low is None, w.holds) for w in kept] == [
+            ("second", "cancelled", 1, True, 0), ("third", "unit", 1, False, 10)], kept
     finally:
         ledger.dispose()
     log = hub.log_path.read_text()

@@ -7,8 +7,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from gpuhub_spawner.storage.ledger import Interval
-from hub_services.admin.charts import NO_GROUP, bars_svg, held_over_time, hours_by_group, steps_svg
+from gpuhub_spawner.storage.ledger import Interval, WaitRecord
+from hub_services.admin.charts import (
+    NO_GROUP,
+    bars_svg,
+    estimate_quality,
+    held_over_time,
+    hours_by_group,
+    steps_svg,
+    waiting_over_time,
+)
 
 DAY = datetime(2026, 11, 26, tzinfo=timezone.utc)
 NOW = DAY + timedelta(hours=12)
@@ -62,3 +70,32 @@ def test_svg_is_well_formed_and_escapes_names():
 def test_empty_charts_say_so():
     assert "No GPU unit was held" in steps_svg([], DAY, NOW, "x")
     assert "No GPU time was used" in bars_svg({}, "x")
+
+
+def wt(user: str, start: float, end: float, outcome: str = "unit", low: float | None = None,
+       high: float | None = None, pool: str = "gpu") -> WaitRecord:
+    return WaitRecord(user, "", pool, at(start), at(end), outcome, 1, low, high, 10 if low is not None else 0)
+
+
+def test_people_waiting_over_the_day_from_the_finished_waits():
+    waits = [wt("a", 9, 10), wt("b", 9.5, 10.5, "refused"), wt("c", -2, 0.5, "cancelled")]
+    series = waiting_over_time(waits, DAY, NOW)
+    got = {s.pool: [((t - DAY).total_seconds() / 3600, n) for t, n in s.points] for s in series}
+    assert got == {"gpu": [(0, 0), (0, 1), (0.5, 0), (9, 1), (9.5, 2), (10, 1), (10.5, 0), (12, 0)]}
+    svg = steps_svg(series, DAY, NOW, "waiting", "waiting", "Nobody waited.")
+    assert "at most 2 waiting" in svg and "Nobody waited." in steps_svg([], DAY, NOW, "x", "waiting", "Nobody waited.")
+
+
+def test_estimate_quality_counts_hits_and_measures_misses():
+    hour = 3600.0
+    waits = [
+        wt("in", 9, 10, low=0.5 * hour, high=2 * hour),       # waited 1 h, told 0.5-2 h: inside
+        wt("short", 9, 9.25, low=0.5 * hour, high=1 * hour),  # waited 15 min: 15 min short of the range
+        wt("long", 9, 12, low=1 * hour, high=2 * hour),       # waited 3 h: 1 h past it
+        wt("open", 9, 11, low=1 * hour, high=None),           # "more than 1 h", waited 2 h: inside
+        wt("none", 9, 10, "refused"),                         # no estimate told
+        wt("gone", 9, 9.1, "cancelled", low=hour, high=hour),  # cancelled: not known how long it would wait
+    ]
+    assert estimate_quality(waits) == {"waits": 5, "no_estimate": 1, "told_a_range": 4, "inside": 2,
+                                       "median_miss_s": 3600.0}
+    assert estimate_quality([])["median_miss_s"] is None

@@ -384,3 +384,15 @@ def test_pool_holds_for_wait_estimates(ledger: UsageLedger, ledger_url: str) -> 
     store.set_warning("ann", "gpu", "idle", 1.0, 1234.5, "idle")
     assert ledger.pool_holds("a", since=t0).culls == {("ann", "gpu"): 1234.5}
     store.dispose()
+
+
+def test_finished_waits_are_kept_and_read_back_by_when_they_ended(ledger: UsageLedger) -> None:
+    from gpuhub_spawner.storage.ledger import WaitRecord
+
+    t0 = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+    early = WaitRecord("ann", "", "gpu", t0, t0 + timedelta(minutes=3), "unit", 2, 60.0, 240.0, 12)
+    late = WaitRecord("bob", "x", "gpu", t0, t0 + timedelta(minutes=9), "refused", 5, None, None, 0)
+    ledger.record_wait(late)
+    ledger.record_wait(early)
+    assert ledger.waits_since(t0) == [early, late]  # oldest end first, every value as written
+    assert ledger.waits_since(t0 + timedelta(minutes=5)) == [late]
