@@ -176,3 +176,50 @@ def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_cli
         browser.save_screenshot(str(artifacts / "6-gpu-hub-charts-whole-page.png"))
     finally:
         hub.cleanup(docker_client)
+
+
+def test_an_instructor_opens_an_attendees_server_and_the_attendee_sees_it(browser, github, docker_client,
+                                                                          tmp_path, artifacts):
+    """The Help tab as a teaching assistant uses it: open ann's running server, press JupyterHub's
+    Authorize, land in ann's JupyterLab; then ann, signed in, reads who can open her server."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    github.add_user("tina", teams={"acme:gpu"})
+    hub = _hub(tmp_path, github)
+    hub.start()
+    try:
+        hub.create_users(["ann", "tina"])
+        assert hub.api("POST", "/groups/instructors/users", json={"users": ["tina"]}).ok  # e.g. by the roster
+        assert hub.spawn("ann", {"profile": "cpu"}).status_code in (201, 202)
+        hub.wait_ready("ann")
+
+        wait = _sign_in(browser, hub, github, "tina")
+        browser.get(hub.url + "/services/gpuhub-admin/help")
+        row = wait.until(ec.presence_of_element_located((By.XPATH, "//table[@id='help-servers']//tr[td[1]='ann']")))
+        tabs = [a.text for a in browser.find_elements(By.CSS_SELECTOR, ".gpuhub-admin .nav-tabs .nav-link")]
+        assert tabs == ["Help"], tabs  # an instructor sees only this tab
+        browser.save_screenshot(str(artifacts / "1-help-tab.png"))
+        row.find_element(By.XPATH, ".//button[normalize-space()='open']").click()
+
+        # JupyterHub asks before letting anyone into another user's server
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Authorize']")))
+        assert "ann" in browser.page_source
+        browser.save_screenshot(str(artifacts / "2-authorize.png"))
+        browser.find_element(By.XPATH, "//button[normalize-space()='Authorize']").click()
+        WebDriverWait(browser, 120).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
+        assert "/user/ann/" in browser.current_url
+        browser.save_screenshot(str(artifacts / "3-in-anns-jupyterlab.png"))
+
+        browser.get(hub.url + "/hub/logout")  # tina signs out
+        github.signed_in = "ann"  # ann signs in: her server runs, so she lands in it, not on the form
+        browser.get(hub.url + "/hub/login")
+        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+        wait.until(lambda b: "/hub/login" not in b.current_url and "oauth" not in b.current_url)
+        browser.get(hub.url + "/hub/home")
+        shared = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".gpuhub-shared")))
+        assert shared.text.startswith("Help: tina can open your server and work in it as you can"), shared.text
+        browser.save_screenshot(str(artifacts / "4-ann-sees-who-can-open-her-server.png"))
+    finally:
+        hub.cleanup(docker_client)
