@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -48,6 +50,9 @@ from gpuhub_spawner.storage.db import Base, UTCDateTime, as_utc, open_engine, ut
 from gpuhub_spawner.storage.notices import UserNotices, WarningRow
 
 log = logging.getLogger(__name__)
+
+#: tries of a start that lost a race for its holder's open interval
+START_ATTEMPTS = 12
 
 
 class UsageInterval(Base):
@@ -203,7 +208,7 @@ class UsageLedger(UserNotices):
         """
         when = as_utc(now or utcnow())
         self.retry_pending()
-        for attempt in range(5):
+        for attempt in range(START_ATTEMPTS):
             row = UsageInterval(
                 user=user,
                 server=server,
@@ -220,9 +225,11 @@ class UsageLedger(UserNotices):
                 self._forget_pending(holder, stopped)
                 break
             except IntegrityError:
-                # another thread or hub opened one for this holder meanwhile: close it too
-                if attempt == 4:
+                # another thread or hub opened one for this holder meanwhile: close it too (on
+                # sqlite each of n racing starts may lose to the others, so up to n - 1 times)
+                if attempt == START_ATTEMPTS - 1:
                     raise
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         log.info("GPU usage started: %s/%s holds %s (%s) as %s", user, server, unit_id, pool, holder)
         return row.id
 

@@ -23,6 +23,9 @@ CONTEXT = {
     "gpuhub_admin_index.html": {"title": "GPU Hub", "tab": "", "allocs": [], "usage": []},
     "gpuhub_admin_quotas.html": {"title": "Quotas", "tab": "quotas", "data": DATA},
     "gpuhub_admin_roster.html": {"title": "Roster import", "tab": "roster"},
+    "gpuhub_admin_charts.html": {"title": "Charts", "tab": "charts"},
+    "gpuhub_admin_help.html": {"title": "Help an attendee", "tab": "help", "help_on": True,
+                               "help": {"access": "full", "servers": [], "helping": []}},
     "gpuhub_admin_error.html": {"title": "Error 404", "message": "No such user."},
 }
 
@@ -53,6 +56,19 @@ def test_every_page_is_inside_the_hubs_page_html(name):
     if tab is not None:
         assert f'<a class="nav-link active" href="/jh/services/gpuhub-admin/{tab}">' in html
         assert html.count("nav-link active") == 1
+
+
+def test_an_instructor_sees_the_help_tab_alone_and_names_are_escaped():
+    help_data = {"access": "full", "helping": [{"user": EVIL, "server": ""}],
+                 "servers": [{"user": "a/b", "server": EVIL, "started": "2026-11-26T09:05:00Z", "helping": True}]}
+    html = render("gpuhub_admin_help.html", user={"name": "tina", "admin": False}, help=help_data)
+    tabs = re.findall(r'class="nav-link[^"]*" href="/jh/services/gpuhub-admin/([^"]*)"', html)
+    assert tabs == ["help"]
+    assert "<img src=x" not in html and "&lt;img src=x" in html
+    assert 'action="/jh/services/gpuhub-admin/help/open/a%2Fb/%3Cimg' in html and "09:05 UTC" in html
+    assert "help/close/a%2Fb/" in html  # held open: it can be closed
+    # help off: no Help tab, even for an admin
+    assert "/help" not in render("gpuhub_admin_index.html", help_on=False).split("<h1>")[0]
 
 
 def test_an_error_page_before_sign_in_has_no_admin_tabs_and_offers_login():

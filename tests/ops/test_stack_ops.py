@@ -71,6 +71,17 @@ def in_hub(client: docker.DockerClient, script: str) -> dict:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+#: run by today's hub image: take gpuhub's tables back to revision {target} (what v0.1.0 knows)
+DOWNGRADE = """
+import json
+from alembic import command
+from gpuhub_spawner.storage import db
+url = "postgresql+psycopg://gpuhub:%s@db:5432/gpuhub" % open("/run/secrets/db_password").read().strip()
+command.downgrade(db.alembic_config(url), {target!r})
+print(json.dumps({{"at": {target!r}}}))
+"""
+
+
 def fill_with_previous_release(client: docker.DockerClient, rig: SwarmRig) -> None:
     """Rows written into the stack's database by v0.1.0's code: its hub image, run by a one-off
     service of the stack (the database's network and password secret) while the hub runs."""
@@ -86,6 +97,13 @@ def fill_with_previous_release(client: docker.DockerClient, rig: SwarmRig) -> No
               "url = 'postgresql+psycopg://gpuhub:%s@db:5432/gpuhub' % open('/run/secrets/db_password').read().strip()\n"
               "fill_hub(url)\nfill_usage(url)\nprint(json.dumps({'gpuhub': version('gpuhub')}))\n")
     with ops_container(client, STACK, PREVIOUS_IMAGE) as container:
+        # today's hub, deployed first, migrated gpuhub's tables past what v0.1.0 knows (it would
+        # refuse them): take them back to its newest revision, as a v0.1.0 stack's database is
+        code, out = container.exec_run(
+            ["python", "-c", "from gpuhub_spawner.storage.db import head_revision; print(head_revision())"])
+        assert code == 0, out.decode(errors="replace")[-2000:]
+        old_head = out.decode().strip().splitlines()[-1]
+        assert in_hub(client, DOWNGRADE.format(target=old_head)) == {"at": old_head}
         code, out = container.exec_run(["python", "-c", script])
     assert code == 0, out.decode(errors="replace")[-2000:]
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"gpuhub": "0.1.0"}

@@ -342,3 +342,24 @@ def test_open_intervals_are_found_by_index_in_sqlite(tmp_path):
         assert plans and not any(plan.startswith("SCAN gpuhub_usage") for plan in plans), plans
     finally:
         ledger.dispose()
+
+
+def test_a_database_taken_back_to_the_previous_revision_upgrades_again(db_url):
+    """What tests/ops/test_stack_ops.py does before v0.1.0's code writes its rows: Alembic's
+    downgrade to that release's newest revision, then today's code opens it and upgrades."""
+    from alembic import command
+
+    from gpuhub_spawner.storage.ledger import WaitRecord
+
+    ledger = UsageLedger(db_url)
+    ledger.start("ada", "", "GPU-0", "gpu", "h1", now=T0)
+    ledger.record_wait(WaitRecord("ada", "", "gpu", T0, T0, "unit", 1, None, None, 0))
+    ledger.dispose()
+    command.downgrade(db.alembic_config(db_url), "0002_usage_ended_at_index")
+    assert revision_rows(db_url) == ["0002_usage_ended_at_index"] and "gpuhub_line_wait" not in dump(db_url)
+    ledger = UsageLedger(db_url)  # upgraded again: the usage row kept, the waits' table back, empty
+    try:
+        assert revision_rows(db_url) == [db.head_revision()]
+        assert len(ledger.open_allocations()) == 1 and ledger.waits_since(T0 - timedelta(days=1)) == []
+    finally:
+        ledger.dispose()

@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,7 @@ class Browser:
     def sign_in(self, hub_url: str, github, login: str) -> str:
         """Signed in to GitHub as ``login`` (GitHub's session cookie), then "Sign in with GitHub"
         on the hub; returns the page's text where it lands."""
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
@@ -414,8 +416,18 @@ class Browser:
         d.get(github.url + "/")
         for name, value in github.session_cookie(login).items():
             d.add_cookie({"name": name, "value": value, "path": "/"})
-        d.get(hub_url.rstrip("/") + "/hub/login")
-        WebDriverWait(d, 60).until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+        shown = ""
+        for attempt in (1, 2):  # a person reloads a page that did not come: once, and it is reported
+            d.get(hub_url.rstrip("/") + "/hub/login")
+            try:
+                WebDriverWait(d, 60).until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+                break
+            except TimeoutException:  # say what the browser shows instead (an error page, another page)
+                shown = f"{d.current_url}: {d.find_element(By.TAG_NAME, 'body').text[:800]!r}"
+                if attempt == 2:
+                    raise AssertionError(f"no 'Sign in with GitHub' within 60 s, twice; last on {shown}") from None
+                warnings.warn(f"{login}'s browser: no 'Sign in with GitHub' within 60 s on {shown}; reloading once",
+                              stacklevel=1)
         WebDriverWait(d, 60).until(lambda d: "/hub/" in d.current_url and "/login" not in d.current_url)
         return d.find_element(By.TAG_NAME, "body").text
 
