@@ -320,21 +320,24 @@ def wait_estimates(hub_log: str) -> dict[str, Any]:
     long it waited, from the hub's ``wait-estimate`` log lines (gpuhub_spawner/hub/waitestimate.py).
 
     A wait inside the range has error 0; outside, the distance to the nearer end; a range with no
-    upper end ("more than ...") misses only when the wait was shorter."""
+    upper end ("more than ...") misses only when the wait was shorter.  Cancelled waits are listed
+    but not scored: how long they would have waited is not known."""
     entries = []
     for m in WAIT_LINE.finditer(hub_log):
         low = int(m[5]) if m[5] else None
         high = int(m[6]) if m[6] else None
         waited = int(m[8])
         error = None
-        if low is not None:
+        if low is not None and m[9] != "cancelled":
             error = max(0, low - waited) + (max(0, waited - high) if high is not None else 0)
         entries.append({"user": m[1], "pool": m[2], "place": int(m[3]), "told_low_s": low, "told_high_s": high,
                         "holds": int(m[7]), "waited_s": waited, "outcome": m[9], "error_s": error})
-    ranged = [e for e in entries if e["told_low_s"] is not None]
+    scored = [e for e in entries if e["outcome"] != "cancelled"]
+    ranged = [e for e in scored if e["told_low_s"] is not None]
     return {
         "waits": len(entries),
-        "told_no_estimate": len(entries) - len(ranged),
+        "cancelled": len(entries) - len(scored),
+        "told_no_estimate": len(scored) - len(ranged),
         "told_a_range": len(ranged),
         "inside_the_range": sum(1 for e in ranged if e["error_s"] == 0),
         "error_outside_range": quantiles([float(e["error_s"]) for e in ranged if e["error_s"]]),
