@@ -434,6 +434,26 @@ class Browser:
         WebDriverWait(d, 60).until(lambda d: "/hub/" in d.current_url and "/login" not in d.current_url)
         return d.find_element(By.TAG_NAME, "body").text
 
+    def open_page(self, url: str, locator: tuple[str, str], what: str, timeout: float = 60) -> Any:
+        """Load ``url`` and wait for ``locator``; a page that does not come in ``timeout`` s is
+        reloaded once (as a person would), with a warning naming what was shown instead."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        d = self.driver
+        for attempt in (1, 2):
+            d.get(url)
+            try:
+                return WebDriverWait(d, timeout).until(ec.presence_of_element_located(locator))
+            except TimeoutException:
+                shown = f"{d.current_url}: {d.find_element(By.TAG_NAME, 'body').text[:800]!r}"
+                if attempt == 2:
+                    raise AssertionError(f"no {what} within {timeout:.0f} s, twice; last on {shown}") from None
+                warnings.warn(f"no {what} within {timeout:.0f} s on {shown}; reloading once", stacklevel=2)
+        raise AssertionError("unreachable")
+
     def cookies_for(self, attendee: Attendee) -> None:
         """Hand this browser's hub cookies to ``attendee``'s REST session (the same person)."""
         for c in self.driver.get_cookies():

@@ -308,16 +308,12 @@ def test_a_new_node_serves_the_queue_and_a_drained_nodes_users_are_told(stack, r
 def test_an_admin_raises_a_group_quota_on_the_gpu_hub_page_and_the_next_spawn_gets_it(stack, rig, github,
                                                                                        browsers, report):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
     from workshop import TEAM
 
     browser = browsers()
     browser.sign_in(stack.public_url, github, INSTRUCTOR)
-    d = browser.driver
-    d.get(stack.public_url + "/services/gpuhub-admin/quotas")
-    form = WebDriverWait(d, 60).until(
-        ec.presence_of_element_located((By.XPATH, f"//h3[text()='{TEAM}']/following-sibling::form[1]")))
+    form = browser.open_page(stack.public_url + "/services/gpuhub-admin/quotas",
+                             (By.XPATH, f"//h3[text()='{TEAM}']/following-sibling::form[1]"), f"the quota form of {TEAM}")
     field = form.find_element(By.NAME, "mem_limit")
     field.clear()
     field.send_keys("2G")
