@@ -47,7 +47,7 @@ from workshop_stack import STACK, deploy, gpuhub_cli, hub_container, hub_state, 
 
 from gpuhub_spawner.deploy.inhub import FIRST_ANSWER_SECONDS
 
-pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
+pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm, pytest.mark.alone]
 
 state: dict = {}  # what later phases need from earlier ones (the module's phases run in order)
 
