@@ -58,6 +58,11 @@ class HelpPolicy:
         return [f"access:servers!server={user}/{server}"]
 
 
+def _require_on(policy: HelpPolicy) -> None:
+    if not policy.on:
+        raise AdminError(404, "Instructor help is off on this hub (instructors.group is empty).")
+
+
 def _server_path(user: str, server: str) -> str:
     return f"/shares/{seg(user)}/{seg(server)}"
 
@@ -80,8 +85,7 @@ async def _my_shares(ctx: Context, me: str) -> set[tuple[str, str]]:
 
 async def overview(ctx: Context, policy: HelpPolicy, me: str) -> dict[str, Any]:
     """Attendees' running servers, and which of them ``me`` holds open."""
-    if not policy.on:
-        raise AdminError(404, "Instructor help is off on this hub (instructors.group is empty).")
+    _require_on(policy)
     try:
         users = await ctx.hub.users(state="active")
         mine = await _my_shares(ctx, me)
@@ -104,8 +108,9 @@ async def _attendee_server(ctx: Context, policy: HelpPolicy, me: str, user: str,
     try:
         model = await ctx.hub.user(user)
     except HubAPIError as e:
-        raise AdminError(404 if e.status == 404 else 502, f"user '{user[:60]}' does not exist"
-                         if e.status == 404 else f"the hub refused: {e.message}") from None
+        if e.status == 404:
+            raise AdminError(404, f"user '{user[:60]}' does not exist") from None
+        raise AdminError(502, f"the hub refused: {e.message}") from None
     if user == me or not policy.is_attendee(model):
         raise AdminError(403, f"'{user[:60]}' is an admin or an instructor: only attendees' servers can be opened for help.")
     found = (model.get("servers") or {}).get(server)
@@ -121,8 +126,7 @@ def _name(user: str, server: str) -> str:
 
 async def start(ctx: Context, policy: HelpPolicy, me: str, user: str, server: str) -> dict[str, Any]:
     """Share ``user``'s running ``server`` with the helper ``me``."""
-    if not policy.on:
-        raise AdminError(404, "Instructor help is off on this hub (instructors.group is empty).")
+    _require_on(policy)
     await _attendee_server(ctx, policy, me, user, server)
     body = {"user": me, "scopes": policy.scopes(user, server)}
     try:
@@ -135,8 +139,7 @@ async def start(ctx: Context, policy: HelpPolicy, me: str, user: str, server: st
 
 async def end(ctx: Context, policy: HelpPolicy, me: str, user: str, server: str) -> dict[str, Any]:
     """Revoke the share of ``user``'s ``server`` with ``me`` (ending no help is not an error)."""
-    if not policy.on:
-        raise AdminError(404, "Instructor help is off on this hub (instructors.group is empty).")
+    _require_on(policy)
     try:
         await ctx.hub.request("PATCH", _server_path(user, server), {"user": me})
     except HubAPIError as e:
