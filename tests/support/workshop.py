@@ -311,27 +311,25 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
             "max_s": round(ordered[-1], 3)}
 
 
-WAIT_LINE = re.compile(r"wait-estimate user=(\S+) pool=(\S+) place=(\d+) told=(none|(\d+)-(\d*)) holds=(\d+) "
-                       r"waited=(\d+) outcome=(\w+)")
-
-
-def wait_estimates(hub_log: str) -> dict[str, Any]:
+def wait_estimates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What each spawn that waited in line was told (its first likely-wait range) against how
-    long it waited, from the hub's ``wait-estimate`` log lines (gpuhub_spawner/hub/waitestimate.py).
+    long it waited, from the rows the hub keeps of finished waits (table ``gpuhub_line_wait``,
+    written by gpuhub_spawner/hub/waitestimate.py): user, pool, place, told_low, told_high,
+    holds, waited_s, outcome.
 
     A wait inside the range has error 0; outside, the distance to the nearer end; a range with no
     upper end ("more than ...") misses only when the wait was shorter.  Cancelled waits are listed
     but not scored: how long they would have waited is not known."""
     entries = []
-    for m in WAIT_LINE.finditer(hub_log):
-        low = int(m[5]) if m[5] else None
-        high = int(m[6]) if m[6] else None
-        waited = int(m[8])
+    for row in rows:
+        low, high, waited = row["told_low"], row["told_high"], round(row["waited_s"])
         error = None
-        if low is not None and m[9] != "cancelled":
-            error = max(0, low - waited) + (max(0, waited - high) if high is not None else 0)
-        entries.append({"user": m[1], "pool": m[2], "place": int(m[3]), "told_low_s": low, "told_high_s": high,
-                        "holds": int(m[7]), "waited_s": waited, "outcome": m[9], "error_s": error})
+        if low is not None and row["outcome"] != "cancelled":
+            error = max(0, round(low) - waited) + (max(0, waited - round(high)) if high is not None else 0)
+        entries.append({"user": row["user"], "pool": row["pool"], "place": row["place"],
+                        "told_low_s": None if low is None else round(low),
+                        "told_high_s": None if high is None else round(high),
+                        "holds": row["holds"], "waited_s": waited, "outcome": row["outcome"], "error_s": error})
     scored = [e for e in entries if e["outcome"] != "cancelled"]
     ranged = [e for e in scored if e["told_low_s"] is not None]
     return {
@@ -388,7 +386,15 @@ class Report:
 class Browser:
     """One attendee's Chromium (headless, its own profile).  The test CA is not in Chromium's
     store (no NSS tools here), so Chromium is told to accept exactly the leaf keys the test
-    made (``--ignore-certificate-errors-spki-list``), nothing else."""
+    made (``--ignore-certificate-errors-spki-list``), nothing else.
+
+    It speaks HTTP/1.1 (``--disable-http2``): this browser runs on the Docker host itself, and
+    Chromium on Linux closes every HTTP/2 connection, with the requests on it ("Your connection
+    was interrupted", ERR_NETWORK_CHANGED), whenever a network interface of the host changes,
+    which Docker does for each network the other test lane creates.  Measured here: 8-second
+    HTTPS page loads through Caddy while a loop created a network and a container on it, 6 of 6
+    lost with HTTP/2 (to the host's address and to 127.0.0.1 alike), 0 of 6 with HTTP/1.1.  An
+    attendee's browser is on another machine and never sees the hub host's interfaces."""
 
     def __init__(self, profile: Path, spki: list[str], hosts: dict[str, str] | None = None):
         import shutil
@@ -398,7 +404,7 @@ class Browser:
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium") or "chromium"
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     "--disable-background-networking", "--window-size=1280,900", f"--user-data-dir={profile}",
+                     "--disable-background-networking", "--disable-http2", "--window-size=1280,900", f"--user-data-dir={profile}",
                      "--ignore-certificate-errors-spki-list=" + ",".join(spki)):
             options.add_argument(flag)
         if hosts:  # the public name's DNS record, for this browser only

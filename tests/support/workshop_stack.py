@@ -237,31 +237,53 @@ with create_engine(url).connect() as c:
 """
 
 
-def hub_state(rig: SwarmRig) -> dict[str, Any]:
-    """Users, groups with their quota properties, memberships and usage rows of the stack's hub."""
+WAITS_QUERY = """
+import json
+from sqlalchemy import create_engine, text
+url = "postgresql+psycopg://gpuhub:%s@db:5432/gpuhub" % open("/run/secrets/db_password").read().strip()
+with create_engine(url).connect() as c:
+    rows = c.execute(text("select \\"user\\", pool, place, told_low, told_high, holds, outcome, "
+                          "extract(epoch from ended_at - joined_at) from gpuhub_line_wait order by ended_at")).all()
+names = ("user", "pool", "place", "told_low", "told_high", "holds", "outcome", "waited_s")
+print(json.dumps([dict(zip(names, [float(v) if i == 7 else v for i, v in enumerate(r)])) for r in rows]))
+"""
+
+
+def in_hub(rig: SwarmRig, script: str, what: str) -> Any:
+    """The JSON that ``script`` prints last, run by python3 in the stack's hub container."""
     import json
 
     from polling import wait_for
 
     said: list[str] = []
 
-    def ask() -> dict[str, Any] | None:
+    def ask() -> Any:
         # right after a deploy or a restore the hub's task may still be replaced: the engine
         # then refuses the exec ("OCI runtime exec failed"), and the next container is asked
         try:
-            code, out = hub_container(rig).exec_run(["python3", "-c", STATE_QUERY])
+            code, out = hub_container(rig).exec_run(["python3", "-c", script])
         except (AssertionError, docker.errors.APIError) as e:
             said.append(str(e)[-500:])
             return None
         if code != 0:
             said.append(out.decode(errors="replace")[-2000:])
             return None
-        return json.loads(out.decode().strip().splitlines()[-1])
+        return [json.loads(out.decode().strip().splitlines()[-1])]
 
     try:
-        return wait_for(ask, 120, "the stack hub's users, groups and usage")
+        return wait_for(ask, 120, what)[0]
     except AssertionError as e:
         raise AssertionError(f"{e}; last: {said[-1:]}") from None
+
+
+def line_waits(rig: SwarmRig) -> list[dict[str, Any]]:
+    """The finished waits in line the stack's hub kept (table ``gpuhub_line_wait``), oldest first."""
+    return in_hub(rig, WAITS_QUERY, "the stack hub's finished waits in line")
+
+
+def hub_state(rig: SwarmRig) -> dict[str, Any]:
+    """Users, groups with their quota properties, memberships and usage rows of the stack's hub."""
+    return in_hub(rig, STATE_QUERY, "the stack hub's users, groups and usage")
 
 
 def gpuhub_cli(rig: SwarmRig, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
