@@ -264,7 +264,8 @@ POSITION = re.compile(r"You are #(\d+) of (\d+) in line")
 
 def latest_position(attendee: Attendee, quiet: float = 2.0) -> tuple[int, int] | None:
     """``attendee``'s place in line now: the last "#k of n" of their spawn's progress (the
-    stream replays what was said, then goes quiet while the line does not move)."""
+    stream replays what was said, then goes quiet while the line does not move); None once a
+    later message says the spawn moved on (given a unit and being created, ready, or failed)."""
     last = None
     try:
         with attendee.api("GET", f"/users/{attendee.login}/server/progress", stream=True,
@@ -273,7 +274,7 @@ def latest_position(attendee: Attendee, quiet: float = 2.0) -> tuple[int, int] |
                 if line and line.startswith("data:"):
                     event = json.loads(line[5:])
                     m = POSITION.search(event.get("message", ""))
-                    last = (int(m[1]), int(m[2])) if m else last
+                    last = (int(m[1]), int(m[2])) if m else None
                     if event.get("ready") or event.get("failed"):
                         return None
     except requests.RequestException:

@@ -507,17 +507,22 @@ def agent_answers(url: str, token: str) -> bool:
 def join_the_line(people: dict[str, Attendee], candidates: list[str], n: int) -> list[str]:
     """Candidates press Start one after the other until ``n`` of them wait in line (a free unit
     goes to whoever presses first; "anywhere": one whose files are on a full node takes any
-    unit); returns those in line, first in line first."""
-    waiting = []
+    unit); returns those in line, first in line first (the line's own order: fair share).
+
+    Who waits is read again from everyone's progress after each press: one seen in line a
+    moment ago may have been given a unit coming free since (it is then waited for, ready)."""
+    pressed: list[str] = []
     for login in candidates:
         r = people[login].press_start({"profile": "mig", "placement": "anywhere"})
         assert r.status in (201, 202), (login, r.status, r.message)
-        if latest_position(people[login]):
-            waiting.append(login)
-        else:
-            wait_for(lambda login=login: ready(people[login]), 180, f"{login} given a free unit")
-        if len(waiting) == n:
-            return waiting
+        pressed.append(login)
+        line = {u: place for u in pressed if (place := latest_position(people[u]))}
+        for u in pressed:
+            if u not in line:
+                wait_for(lambda u=u: ready(people[u]), 180, f"{u} given a free unit")
+        if len(line) == n:
+            assert sorted(line.values()) == [(k, n) for k in range(1, n + 1)], line  # one line, only them
+            return sorted(line, key=lambda u: line[u][0])
     raise AssertionError(f"fewer than {n} of {candidates} wait in line")
 
 
@@ -581,11 +586,9 @@ def test_an_idle_gpu_server_is_warned_then_reclaimed_a_busy_kernel_survives_the_
     wait_for(lambda: not people[idler].api("GET", f"/users/{idler}").json().get("servers"), 120,
              f"{idler}'s idle server stopped")
     reclaimed = time.monotonic() - t0
-    # the freed unit goes to the first in line, the second waits on, now first; the line puts the
-    # one with less use this week ahead (fair share), so who is first is read from the line itself
+    # the freed unit goes to the first in line, the second waits on, now first
     places = {u: latest_position(people[u]) for u in waiting}
-    assert all(places.values()) and sorted(p[0] for p in places.values()) == [1, 2], places
-    first, second = sorted(waiting, key=lambda u: places[u][0])
+    first, second = waiting
     try:
         wait_for(lambda: ready(people[first]), 180, f"{first} (first in line) given the freed unit")
     except AssertionError as e:
