@@ -19,6 +19,7 @@ LABEL_UNIT = LABEL_PREFIX + "unit"
 LABEL_POOL = LABEL_PREFIX + "pool"
 LABEL_PROFILE = LABEL_PREFIX + "profile"
 LABEL_NODE = LABEL_PREFIX + "node"  # swarm: the node a server's task runs on
+LABEL_GROUP = LABEL_PREFIX + "share-group"  # the group whose guaranteed share its unit counts for
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ServerLabels:
     pool: str = ""
     profile: str = ""
     node: str = ""
+    group: str = ""
 
     @classmethod
     def from_labels(cls, labels: Mapping[str, str] | None) -> ServerLabels:
@@ -49,6 +51,7 @@ class ServerLabels:
             pool=labels.get(LABEL_POOL) or "",
             profile=labels.get(LABEL_PROFILE) or "",
             node=labels.get(LABEL_NODE) or "",
+            group=labels.get(LABEL_GROUP) or "",
         )
 
     @property

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from gpuhub_spawner.core.inventory import Inventory, Unit, spread_order
+from gpuhub_spawner.core.shares import FULL, PoolShares
 from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, OverLimit, Ticket, Use, use_now
 
 __all__ = ["Allocator", "HeldRecord", "Ledger", "NoUnitFree", "OverLimit", "StillHeld"]
@@ -154,6 +155,7 @@ class HeldRecord:
     object_id: str = ""
     ours: bool = True  # created by this hub (same hub id label)
     user: str = ""  # the user label: whose quota the unit counts against
+    group: str = ""  # the share-group label: whose guaranteed share it counts for (core/shares.py)
 
 
 class StillHeld(Exception):
@@ -215,6 +217,8 @@ class Allocator:
                 continue
             if rec.user and rec.ours:  # another hub's users are not ours to count
                 self.line.owners[rec.holder] = rec.user
+            if rec.ours and rec.holder not in self._pending:
+                self.line.groups[rec.holder] = rec.group
             if rec.unit_id not in self.inventory.by_id:
                 log.warning("%s holds unit %s, which is not in the inventory", rec.holder, rec.unit_id)
                 continue
@@ -259,6 +263,7 @@ class Allocator:
         owner: str = "",
         max_units: int | None = None,
         use: Use = 0.0,
+        share: PoolShares | None = None,
     ) -> AsyncIterator[Unit]:
         """Reserve a unit of ``pool`` for ``holder``; the body creates the object.
 
@@ -275,9 +280,12 @@ class Allocator:
         reserved and those waited for in line by the owner's other holders, checked under the
         lock together with the reservation: :class:`OverLimit` otherwise.  If ``holder``
         already holds a unit whose object still exists on the engine, :class:`StillHeld`.
+        ``share`` (the groups' guaranteed shares and bursts of the pool, core/shares.py) may keep
+        a free unit from it: it then waits in line for one it may take.
         """
         await self.ensure_synced()
-        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units, use)
+        unit = await self._take_or_wait(pool, holder, max_wait, on_position, priority, owner, max_units, use,
+                                        share)
         self._pending.add(holder)
         try:
             yield unit
@@ -297,21 +305,49 @@ class Allocator:
         owner: str = "",
         max_units: int | None = None,
         use: Use = 0.0,
+        share: PoolShares | None = None,
     ) -> Unit:
         async with self.lock:
             await self._drop_old_unit_locked(holder)
             await self.line.count_in(owner, holder, max_units, self._admitted_locked)
+            self.line.groups[holder] = share.group if share is not None else ""
             known = pool in self.inventory.pools
-            unit = None if self.line.length(pool) else self.ledger.take(pool, holder)
+            unit = self._take_if_first(pool, holder, share)
             if unit is None and known and not self.line.length(pool):
-                await self._sync_locked()
-                unit = self.ledger.take(pool, holder)
+                await self._sync_locked()  # the engine may have freed units behind our back
+                unit = self._take_if_first(pool, holder, share)
             if unit is not None:
                 return unit
             if max_wait <= 0 or not known:
                 raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use))
+            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use), share,
+                                    self._verdict(pool, share) or FULL)
         return await self.line.wait(ticket, max_wait, self._recheck, self.resync_interval, self._abandoned)
+
+    def _verdict(self, pool: str, share: PoolShares | None) -> str | None:
+        """None when a spawn with ``share`` may take a free unit of ``pool`` now, else why not."""
+        free = self.ledger.free_count(pool)
+        if share is None:
+            return None if free > 0 else FULL
+        return share.verdict(self.held_by_group(pool), free)
+
+    def held_by_group(self, pool: str) -> dict[str, int]:
+        """group -> units of ``pool`` held or reserved for it ("": for no group)."""
+        held: dict[str, int] = {}
+        for holder, unit_id in self.ledger.holders().items():
+            if self.inventory.by_id[unit_id].pool == pool:
+                group = self.line.groups.get(holder, "")
+                held[group] = held.get(group, 0) + 1
+        return held
+
+    def _held_back(self, ticket: Ticket) -> str | None:
+        return self._verdict(ticket.pool, ticket.share)
+
+    def _take_if_first(self, pool: str, holder: str, share: PoolShares | None) -> Unit | None:
+        """A unit for ``holder`` if no waiter that may take one is ahead and its share lets it."""
+        if self.line.first(pool, self._held_back) is not None or self._verdict(pool, share) is not None:
+            return None
+        return self.ledger.take(pool, holder)
 
     async def _admitted_locked(self, fresh: bool) -> list[str]:
         """Holders of a unit (held or reserved); ``fresh``: after a re-read of the engine."""
@@ -325,6 +361,8 @@ class Allocator:
         async with self.lock:
             if ticket.live:
                 await self._sync_locked()
+            if ticket.live and self.ledger.free_count(ticket.pool):
+                self._serve(ticket.pool)
 
     def _abandoned(self, ticket: Ticket) -> None:
         """A unit was handed to a waiter just as it gave up: pass it on."""
@@ -350,17 +388,20 @@ class Allocator:
         return self.line.counts(owner, self.ledger.holders(), exclude)
 
     def _hand_off(self, unit: Unit) -> None:
-        """Give a just-freed unit to the first live waiter of its pool, if any."""
-        ticket = self.line.head(unit.pool)
-        if ticket is None:
-            return
-        given = self.ledger.take(unit.pool, ticket.holder)
-        if given is None:  # pragma: no cover - invariant: the unit was just freed
-            return
-        # pending from now: a re-read of the engine before the waiter wakes up must
-        # not free the unit (its object does not exist yet)
-        self._pending.add(ticket.holder)
-        self.line.grant(ticket, given)
+        """Give a just-freed unit to the first live waiter of its pool that may take it."""
+        self._serve(unit.pool)
+
+    def _serve(self, pool: str) -> None:
+        """Hand free units of ``pool`` to its live waiters that may take one, first in line first
+        (a group's guarantee or burst may pass over some; with no shares, the head of the line)."""
+        while (ticket := self.line.first(pool, self._held_back)) is not None:
+            given = self.ledger.take(pool, ticket.holder)
+            if given is None:  # pragma: no cover - invariant: the verdict saw a free unit
+                return
+            # pending from now: a re-read of the engine before the waiter wakes up must
+            # not free the unit (its object does not exist yet)
+            self._pending.add(ticket.holder)
+            self.line.grant(ticket, given)
 
     def _release_now(self, holder: str) -> Unit | None:
         self.line.forget(holder)

@@ -51,11 +51,15 @@ def literal(value: Any) -> Any:
     return value
 
 
-def server_labels(hub_id: str, user: str, server: str, profile: str, unit: Unit | None) -> dict[str, str]:
+def server_labels(hub_id: str, user: str, server: str, profile: str, unit: Unit | None,
+                  group: str = "") -> dict[str, str]:
+    """``group``: whose guaranteed share of the pool the server's unit counts for (core/shares.py)."""
     labels = {L.LABEL_HUB: hub_id, L.LABEL_USER: user, L.LABEL_SERVER: server, L.LABEL_PROFILE: profile}
     if unit is not None:
         labels[L.LABEL_UNIT] = unit.id
         labels[L.LABEL_POOL] = unit.pool
+    if group:
+        labels[L.LABEL_GROUP] = group
     return labels
 
 

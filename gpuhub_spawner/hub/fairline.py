@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuhub_spawner.core.shares import PoolShares
+
 log = logging.getLogger(__name__)
 
 OnPosition = Callable[[int, int], None]
@@ -63,6 +65,10 @@ class Ticket:
     owner: str = ""
     on_position: OnPosition | None = None
     use: float = 0.0  # the owner's decayed GPU-seconds (fair share), when it joined
+    #: the groups' shares of the pool and the group this spawn counts for (None: no shares)
+    share: PoolShares | None = None
+    #: why it may not take a free unit, as last judged (core/shares.py: "kept", "burst"; "" full)
+    held_back: str = ""
     granted: asyncio.Future = field(default_factory=_future)
     nudged: asyncio.Future = field(default_factory=_future)
 
@@ -104,14 +110,17 @@ class FairLine:
         self._lines: dict[str, list[Ticket]] = {}
         #: holder -> user whose ``max_gpu_units`` its unit (held, in flight or awaited) counts against
         self.owners: dict[str, str] = {}
+        #: holder -> the group whose share of the pool its unit counts for (core/shares.py)
+        self.groups: dict[str, str] = {}
 
     # ---- the line ----------------------------------------------------------------------
 
     def join(self, pool: str, holder: str, priority: int = 0, owner: str = "",
-             on_position: OnPosition | None = None, use: float = 0.0) -> Ticket:
+             on_position: OnPosition | None = None, use: float = 0.0,
+             share: PoolShares | None = None, held_back: str = "") -> Ticket:
         """Queue ``holder``: behind everyone of higher priority, and of equal priority with no
         more recent ``use`` than its own."""
-        ticket = Ticket(pool, holder, priority, owner, on_position, use)
+        ticket = Ticket(pool, holder, priority, owner, on_position, use, share, held_back)
         line = self._lines.setdefault(pool, [])
         index = next((i for i, t in enumerate(line) if (-t.priority, t.use) > (-priority, use)), len(line))
         line.insert(index, ticket)
@@ -127,6 +136,22 @@ class FairLine:
     def head(self, pool: str) -> Ticket | None:
         """The first waiter of ``pool`` that still waits."""
         return next((t for t in self._lines.get(pool, ()) if t.live), None)
+
+    def first(self, pool: str, held_back: Callable[[Ticket], str | None]) -> Ticket | None:
+        """The first live waiter of ``pool`` that may take a unit now: ``held_back(ticket)`` is
+        None for it (each waiter passed over keeps the reason it was given, for its message)."""
+        for ticket in self._lines.get(pool, ()):
+            if ticket.live:
+                reason = held_back(ticket)
+                if reason is None:
+                    return ticket
+                ticket.held_back = reason
+        return None
+
+    def held_back(self, pool: str, holder: str) -> tuple[str, PoolShares | None]:
+        """Why ``holder``'s spawn waits though units may be free (its reason, its shares)."""
+        ticket = next((t for t in self._lines.get(pool, ()) if t.holder == holder), None)
+        return (ticket.held_back, ticket.share) if ticket is not None else ("", None)
 
     def grant(self, ticket: Ticket, value: Any) -> None:
         """Hand ``value`` to ``ticket`` (it leaves the line; the others move up)."""
@@ -241,3 +266,4 @@ class FairLine:
     def forget(self, holder: str) -> None:
         """``holder`` holds nothing and waits for nothing any more."""
         self.owners.pop(holder, None)
+        self.groups.pop(holder, None)

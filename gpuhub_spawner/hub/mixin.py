@@ -48,6 +48,7 @@ from gpuhub_spawner.hub.admission import Choice
 from gpuhub_spawner.hub.allocator import Allocator, HeldRecord, NoUnitFree, OverLimit, StillHeld
 from gpuhub_spawner.hub.errors import quiet_refusal_tracebacks, spawn_error
 from gpuhub_spawner.hub.fairline import FairLine
+from gpuhub_spawner.hub.groupshare import GroupShares
 from gpuhub_spawner.hub.progress import PROCESS_ID, SpawnProgress
 from gpuhub_spawner.hub.settings import GPUSpawnerSettings
 from gpuhub_spawner.hub.state import HubState
@@ -84,7 +85,7 @@ def resolve_inventory(gpus: list, discovery: str, replicas: int) -> Inventory:
     return _INVENTORY_CACHE[key]
 
 
-class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, GPUSpawnerSettings):
+class GPUSpawnerMixin(SpawnProgress, UsageRecords, GroupShares, profile_image.ProfileImages, GPUSpawnerSettings):
     """What the Docker and Swarm GPU spawners share: profiles, admission, allocation, limits."""
 
     @default("start_timeout")
@@ -291,8 +292,9 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
+        pool = choice.profile.pool
         return allocator.reserve(
-            choice.profile.pool,
+            pool,
             self.object_name,
             self.gpu_queue_max_wait,
             on_position,
@@ -300,6 +302,7 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
             owner=self.user.name,
             max_units=choice.policy.max_gpu_units,
             use=self.fair_share_use,  # read only if the spawn has to wait in line
+            share=self.pool_share(pool, allocator.held_by_group(pool)),
         )
 
     def reservation_error(self, err: Exception) -> Exception:
@@ -333,9 +336,11 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, profile_image.ProfileImages, 
             why = fairshare.ahead_text(ahead.higher_priority, ahead.less_use, ahead.earlier, ahead.own_use,
                                        float(self.gpu_fair_share_half_life)) if ahead else ""
             likely = self._line_wait.sentence(position) if self._line_wait is not None else ""
+            reason, share = line.held_back(line_key or pool, self.object_name) if line is not None else ("", None)
+            held_back = share.why(reason, label) if share is not None else ""
             self._emit(
                 15,
-                f"All {label} units are in use. You are #{position} of {total} in line "
+                f"{held_back or f'All {label} units are in use.'} You are #{position} of {total} in line "
                 f"(waited {waited}s, at most {int(self.gpu_queue_max_wait)}s). "
                 + "".join(part + " " for part in (likely, why) if part)
                 + "Or cancel and start a CPU-only server.",

@@ -100,6 +100,7 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
                     object_id=c.get("Id", ""),
                     ours=labels.hub == self.gpu_hub_id,
                     user=labels.user,
+                    group=labels.group,
                 )
             )
         return records
@@ -366,7 +367,8 @@ class GPUDockerSpawner(GPUSpawnerMixin, DockerSpawner):
     def gpu_create_kwargs(self, configured: dict[str, Any]) -> dict[str, Any]:
         """``extra_create_kwargs`` additions: the labels (the engine's record of who holds what)."""
         labels = docker_create.server_labels(
-            self.gpu_hub_id, self.user.name, self.name or "", self.gpu_profile_slug, self.gpu_unit
+            self.gpu_hub_id, self.user.name, self.name or "", self.gpu_profile_slug, self.gpu_unit,
+            self.gpu_share_group if self.gpu_unit is not None else "",
         )
         added = {"labels": {**(configured.get("labels") or {}), **docker_create.literal(labels)}}
         if self.gpu_mps_limits is not None:

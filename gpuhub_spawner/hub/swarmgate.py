@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from gpuhub_spawner.core.cluster import ClusterView, kind_of_pool
 from gpuhub_spawner.core.home_node import kind_on_node, split_line_key
+from gpuhub_spawner.core.shares import FULL, PoolShares
 from gpuhub_spawner.hub.fairline import FairLine, NoUnitFree, OnPosition, Ticket, Use, use_now
 
 
@@ -113,7 +114,35 @@ class SwarmGate:
             counts[k] = counts.get(k, 0) + 1
         return view.best_shared_kind(exclude=counts)
 
-    def _let_through(self, view: ClusterView, pool: str, holder: str) -> str | None:
+    def _flying(self, view: ClusterView, pool: str) -> list[str]:
+        """Holders let through for ``pool`` (any of its nodes' lines) whose task has no unit yet."""
+        return [holder for holder, (p, _) in self.inflight.items()
+                if split_line_key(p)[0] == pool and not (holder in view.placements and view.placements[holder].assigned)]
+
+    def held_by_group(self, view: ClusterView, pool: str) -> dict[str, int]:
+        """group -> this hub's GPU servers of ``pool`` counted for it: those in ``view`` by their
+        labels, and those let through that it does not show yet by the group they were given."""
+        held: dict[str, int] = {}
+        groups = [labels.group for name, labels in view.labels.items() if labels.pool == pool and name in view.placements]
+        groups += [self.line.groups.get(holder, "") for holder, (p, _) in self.inflight.items()
+                   if split_line_key(p)[0] == pool and holder not in view.placements]
+        for group in groups:
+            held[group] = held.get(group, 0) + 1
+        return held
+
+    def _held_back(self, view: ClusterView, pool: str, share: PoolShares | None) -> str | None:
+        """None when a spawn for ``pool`` (a pool, or one node's line) with ``share`` may be let
+        through now; else why not (core/shares.py)."""
+        kind = self._free_kind(view, pool)
+        if share is None:
+            return None if kind is not None else FULL
+        base = split_line_key(pool)[0]
+        free = view.free_count(base) - len(self._flying(view, base)) if kind is not None else 0
+        return share.verdict(self.held_by_group(view, base), free)
+
+    def _let_through(self, view: ClusterView, pool: str, holder: str, share: PoolShares | None = None) -> str | None:
+        if self._held_back(view, pool, share) is not None:
+            return None
         kind = self._free_kind(view, pool)
         if kind is not None:
             self.inflight[holder] = (pool, kind)
@@ -124,11 +153,13 @@ class SwarmGate:
 
     async def admit(self, pool: str, holder: str, read_view, max_wait: float,
                     on_position: OnPosition | None = None, priority: int = 0, owner: str = "",
-                    max_units: int | None = None, use: Use = 0.0) -> str:
+                    max_units: int | None = None, use: Use = 0.0, share: PoolShares | None = None) -> str:
         """Let ``holder`` create its service: returns the generic-resource kind to request.
 
         ``owner`` may have at most ``max_units`` GPU servers: those live, let through and in
         line count, checked under the gate's lock with the admission (:class:`OverLimit`).
+        ``share`` (groups' guaranteed shares and bursts, core/shares.py) may hold it back from a
+        free unit: it then waits until it may take one, and those behind it that may go first.
         """
         async with self.lock:
             # spawns arriving together share a read made within 0.5 s: what this hub let
@@ -140,18 +171,22 @@ class SwarmGate:
                 return [*seen.placements, *self.inflight]
 
             await self.line.count_in(owner, holder, max_units, admitted)
-            kind = None if self.line.length(pool) else self._let_through(view, pool, holder)
+            self.line.groups[holder] = share.group if share is not None else ""
+            ahead = self.line.first(pool, lambda t: self._held_back(view, pool, t.share))
+            kind = None if ahead is not None else self._let_through(view, pool, holder, share)
             if kind is not None:
                 return kind
             if max_wait <= 0:
                 raise NoUnitFree(pool)
-            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use))
+            ticket = self.line.join(pool, holder, priority, owner, on_position, await use_now(use), share,
+                                    self._held_back(view, pool, share) or FULL)
 
         async def recheck(ticket: Ticket) -> str | None:
             async with self.lock:
-                if self.line.head(pool) is not ticket:
+                seen = await read_view(max_age=0.5)
+                if self.line.first(pool, lambda t: self._held_back(seen, pool, t.share)) is not ticket:
                     return None
-                return self._let_through(await read_view(max_age=0.5), pool, holder)
+                return self._let_through(seen, pool, holder, ticket.share)
 
         # releases by this hub nudge the line at once; anything else shows in a read within 1 s
         return await self.line.wait(ticket, max_wait, recheck, interval=1.0)

@@ -35,7 +35,7 @@ from gpuhub_spawner.core.cluster import (
     read_swarm,
 )
 from gpuhub_spawner.core.inventory import Inventory, Profile, Unit, pool_label, profiles_from_config
-from gpuhub_spawner.core.labels import LABEL_NODE, LABEL_POOL, LABEL_UNIT
+from gpuhub_spawner.core.labels import LABEL_GROUP, LABEL_NODE, LABEL_POOL, LABEL_UNIT
 from gpuhub_spawner.core.mig_profiles import memory_isolated, profile_of_kind_suffix
 from gpuhub_spawner.core.volumes import build_mounts
 from gpuhub_spawner.hub.admission import Choice
@@ -205,6 +205,7 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
                 line_key, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
                 on_position, priority=choice.policy.priority, owner=self.user.name,
                 max_units=choice.policy.max_gpu_units, use=self.fair_share_use,  # read only to wait in line
+                share=self.pool_share(pool, gate.held_by_group(gate.view or ClusterView(), pool)),
             )
         except (NoUnitFree, OverLimit) as e:
             raise (self.home_wait_error(e) or self.reservation_error(e)) from None
@@ -246,6 +247,8 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
             await self.prepare_swarm_slot(kind)
         if kind:
             labels[LABEL_POOL] = choice.profile.pool or ""
+            if self.gpu_share_group:
+                labels[LABEL_GROUP] = self.gpu_share_group
         container = ContainerSpec(**{
             "image": self.image, "env": self.get_env(), "args": await self.get_command(), "mounts": self.mounts,
             **self.extra_container_spec,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +20,8 @@ from gpuhub_spawner.core.quotas import (
     resolve_policy,
     validate_quota_edit,
 )
+from gpuhub_spawner.core.shares import PROPERTY as SHARE
+from gpuhub_spawner.core.shares import ShareError, parse_shares
 from gpuhub_spawner.storage.ledger import UsageLedger, UserQuota
 from hub_services.admin import charts as drawing
 from hub_services.admin.roster import USERNAME, parse_roster
@@ -184,12 +187,27 @@ def overrides(ctx: Context) -> dict[str, dict[str, Any]]:
 async def quotas(ctx: Context) -> dict[str, Any]:
     props = await _group_props(ctx)
     groups = {name: {k: v for k, v in p.items() if k in FIELDS} for name, p in sorted(props.items())}
-    return {"fields": list(FIELDS), "defaults": ctx.defaults, "groups": groups, "overrides": overrides(ctx)}
+    shares = {name: p[SHARE] for name, p in sorted(props.items()) if p.get(SHARE) is not None}
+    return {"fields": list(FIELDS), "defaults": ctx.defaults, "groups": groups, "shares": shares,
+            "overrides": overrides(ctx)}
+
+
+def check_share(value: Any) -> dict[str, Any] | None:
+    """A group's ``gpu_share`` as stored (pool -> guaranteed, burst), None to remove it; 400 if unreadable."""
+    try:
+        shares = parse_shares(value, "this group")
+    except ShareError as e:
+        raise AdminError(400, str(e), SHARE) from None
+    return {pool: {"guaranteed": s.guaranteed, "burst": s.burst} for pool, s in shares.items()} or None
 
 
 async def edit_group_quota(ctx: Context, group: str, body: Any) -> dict[str, Any]:
     """Merge the quota fields of ``body`` into the group's properties; a blank field is removed."""
-    values = check_quota_body(body)
+    has_share = isinstance(body, Mapping) and SHARE in body
+    share = check_share(body[SHARE]) if has_share else None
+    values = check_quota_body({k: v for k, v in body.items() if k != SHARE} if has_share else body)
+    if share is not None:
+        values[SHARE] = share
     try:
         current = (await ctx.hub.group(group)).get("properties") or {}
         merged = {k: v for k, v in current.items() if k not in body}

@@ -104,10 +104,13 @@ def test_quotas_escapes_and_shows_values():
         **DATA,
         "defaults": {"x": EVIL},
         "groups": {EVIL: {"max_gpu_units": None}},
+        "shares": {EVIL: {"gpu'>" + EVIL: {"guaranteed": 1, "burst": None}}},
         "overrides": {"u/v": {"allowed_profiles": ["a", EVIL]}},
     }
     html = render("gpuhub_admin_quotas.html", data=data)
     assert "<img src=x" not in html
+    # the share as JSON in a single-quoted attribute: a quote or a tag in a pool name stays inside it
+    assert "name=\"gpu_share\"" in html and "value='{\"gpu\\u0027\\u003e\\u003cimg src=x" in html
     assert "<h3>&lt;img src=x onerror=&#34;alert(1)&#34;&gt;</h3>" in html
     assert (
         'action="/jh/services/gpuhub-admin/quotas/groups/%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E"'

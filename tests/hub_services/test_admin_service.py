@@ -209,6 +209,27 @@ def test_group_quota_edit_merges_into_properties(hub):
     assert call(hub, "PUT", "api/quotas/groups/no-such-group", json={}).status_code == 404
 
 
+def test_a_groups_gpu_share_is_set_checked_and_removed_from_the_quota_form(hub):
+    assert hub.api("POST", "/groups/share-g").status_code in (201, 409)
+    # as the Quotas page's form sends it: JSON text in one field, beside the quota fields
+    r = call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_share": '{"gpu": 2, "mig-1g.10gb": {"burst": "3"}}',
+                                                            "max_gpu_units": "1"})
+    assert r.status_code == 200, r.text
+    props = hub.api("GET", "/groups/share-g").json()["properties"]
+    assert props == {"max_gpu_units": 1, "gpu_share": {"gpu": {"guaranteed": 2, "burst": None},
+                                                       "mig-1g.10gb": {"guaranteed": 0, "burst": 3}}}
+    assert call(hub, "GET", "api/quotas").json()["shares"]["share-g"] == props["gpu_share"]
+    r = call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_share": {"gpu": {"guaranteed": 3, "burst": 1}}})
+    assert r.status_code == 400 and r.json()["field"] == "gpu_share", r.text
+    assert "burst 1 is below guaranteed 3" in r.json()["error"]
+    assert hub.api("GET", "/groups/share-g").json()["properties"] == props  # a refused edit changes nothing
+    assert call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_share": ""}).status_code == 200
+    assert hub.api("GET", "/groups/share-g").json()["properties"] == {"max_gpu_units": 1}
+    # a share is a group's: a user's override has no such field
+    r = call(hub, "PUT", "api/quotas/users/boss", json={"gpu_share": {"gpu": 1}})
+    assert r.status_code == 400 and r.json()["field"] == "gpu_share"
+
+
 def test_user_override_round_trip_and_usage(hub):
     ledger = UsageLedger(hub.usage_db)
     holder = "test-" + secrets.token_hex(3)

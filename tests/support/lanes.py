@@ -29,6 +29,7 @@ RIG_FILES = frozenset({
     "tests/swarm/test_swarm_quota_race.py",
     "tests/swarm/test_swarm_security.py",
     "tests/swarm/test_swarm_service_spec.py",
+    "tests/swarm/test_swarm_shares.py",
     "tests/swarm/test_swarm_spawner.py",
     "tests/workshop/test_workshop_day.py",
 })

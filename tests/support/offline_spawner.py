@@ -22,6 +22,14 @@ class FakeUser:
         self.spawners: dict = {}
         self.url = f"/user/{name}/"
         self.id = 1
+        #: every group of the fake hub (``db.query(orm.Group)``): the user's, unless a test sets others
+        self.hub_groups: list | None = None
+        self.db = self
+
+    def query(self, model: Any) -> list:
+        """The one database read a spawner makes through its user: the hub's groups."""
+        assert model.__name__ == "Group", model
+        return list(self.groups if self.hub_groups is None else self.hub_groups)
 
 
 def offline_spawner(cls: type, user: str = "ann", **config: Any) -> Any:

@@ -1,0 +1,112 @@
+"""Guaranteed shares and bursts (core/shares.py): the pure rules, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuhub_spawner.core.shares import (
+    BURST,
+    FULL,
+    KEPT,
+    PoolShares,
+    Share,
+    ShareError,
+    choose_group,
+    overcommitted,
+    parse_shares,
+    pool_shares,
+)
+
+COURSE, LAB = "course", "lab"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, {}),
+    ("", {}),
+    ({"mig-1g.10gb": {"guaranteed": 4, "burst": 8}}, {"mig-1g.10gb": Share(4, 8)}),
+    ('{"gpu": {"guaranteed": "2"}}', {"gpu": Share(2, None)}),  # typed in the admin panel: JSON text
+    ({"gpu": 3}, {"gpu": Share(3, None)}),  # a bare number is the guarantee
+    ({"gpu": {"guaranteed": 1, "burst": "unlimited"}}, {"gpu": Share(1, None)}),
+    ({"gpu": {"burst": 2}}, {"gpu": Share(0, 2)}),  # no guarantee, a cap only
+    ({"gpu": {"guaranteed": 2.0, "burst": 2}}, {"gpu": Share(2, 2)}),
+])
+def test_a_share_is_read_as_written(raw, expected):
+    assert parse_shares(raw, "group 'course'") == expected
+
+
+@pytest.mark.parametrize("raw, says", [
+    ("{gpu: 1}", "is not JSON"),
+    ([1, 2], "must map pools to shares"),
+    ({"gpu": {"guaranteed": 4, "burst": 2}}, "burst 2 is below guaranteed 4"),
+    ({"gpu": {"guaranteed": -1}}, "not a whole number of units from 0 to 1000"),
+    ({"gpu": {"guaranteed": 1.5}}, "not a whole number"),
+    ({"gpu": {"guaranteed": True}}, "not a whole number"),
+    ({"gpu": {"guaranteed": 5000}}, "from 0 to 1000"),
+    ({"gpu": {"guarantee": 1}}, "guarantee is not guaranteed or burst"),  # a typo is not "no share"
+])
+def test_a_share_that_cannot_be_used_is_refused_naming_the_group_and_pool(raw, says):
+    with pytest.raises(ShareError) as e:
+        parse_shares(raw, "group 'course'")
+    assert says in str(e.value) and "course" in str(e.value)
+
+
+# a pool of 6: the course is guaranteed 2 and may burst to 4; the lab is guaranteed 2, no cap
+SHARES = {COURSE: Share(2, 4), LAB: Share(2, None)}
+
+
+@pytest.mark.parametrize("group, held, free, verdict", [
+    # within its guarantee a member takes any free unit, even the last
+    (COURSE, {}, 6, None),
+    (COURSE, {LAB: 2, "": 2, COURSE: 1}, 1, None),
+    # past its guarantee: only units the other guarantees leave (lab's 2 unused keep 2 of 3 free)
+    (COURSE, {COURSE: 2, "": 1}, 3, None),
+    (COURSE, {COURSE: 2, "": 2}, 2, KEPT),
+    (COURSE, {COURSE: 2, LAB: 1, "": 2}, 1, KEPT),  # lab still has 1 unused: the last unit is kept
+    (COURSE, {COURSE: 2, LAB: 2, "": 1}, 1, None),  # lab's guarantee is used: the unit may go
+    # the course's burst caps it, however many are free
+    (COURSE, {COURSE: 4}, 2, BURST),
+    (COURSE, {COURSE: 4, "": 2}, 0, BURST),  # said when the pool is full too: a unit freed would not be its
+    # no one takes from an empty pool
+    (COURSE, {COURSE: 0, "": 6}, 0, FULL),
+    # outsiders (no group with a share): every unused guarantee is kept from them
+    ("", {}, 6, None),
+    ("", {"": 2}, 4, KEPT),
+    ("", {"": 2, COURSE: 2}, 2, KEPT),
+    ("", {"": 2, COURSE: 2, LAB: 1}, 1, KEPT),
+    ("", {"": 1, COURSE: 2, LAB: 2}, 1, None),
+    # the lab has no cap: past its guarantee it takes what the course's guarantee leaves
+    (LAB, {LAB: 3, COURSE: 2}, 1, None),
+    (LAB, {LAB: 3}, 1, KEPT),  # the course has used none of its 2
+    (LAB, {LAB: 3}, 2, KEPT),
+])
+def test_who_may_take_a_free_unit(group, held, free, verdict):
+    assert PoolShares(SHARES, group).verdict(held, free) == verdict
+
+
+@pytest.mark.parametrize("member_of, held, counted_for", [
+    ([COURSE, LAB], {}, LAB),  # equal guarantee left: the most burst room (the lab has no cap)
+    ([COURSE, "lab2"], {}, COURSE),  # equal in both: the first by name
+    ([COURSE, LAB], {COURSE: 1}, LAB),  # the most guarantee left
+    ([COURSE, LAB], {COURSE: 2, LAB: 2}, LAB),  # none left: the most burst room (the lab has no cap)
+    ([COURSE], {COURSE: 9}, COURSE),  # its only group, even at its burst (it waits)
+    (["students"], {}, ""),  # no group with a share of the pool
+    ([], {}, ""),
+])
+def test_the_group_a_unit_counts_for(member_of, held, counted_for):
+    assert choose_group(member_of, {**SHARES, "lab2": Share(2, 4)}, held) == counted_for
+
+
+def test_shares_of_one_pool_and_guarantees_beyond_it():
+    groups = {COURSE: {"gpu": Share(3), "mig-1g.10gb": Share(1)}, LAB: {"gpu": Share(2, 2)}, "x": {}}
+    assert pool_shares(groups, "gpu") == {COURSE: Share(3), LAB: Share(2, 2)}
+    assert pool_shares(groups, "mig-1g.10gb") == {COURSE: Share(1)}
+    assert overcommitted(pool_shares(groups, "gpu"), 4) == 1
+    assert overcommitted(pool_shares(groups, "gpu"), 8) == 0
+
+
+def test_a_held_back_spawn_is_told_why_in_words():
+    assert "Your group course holds 4 GPU units, the most it may hold at once (its guaranteed share is 2)" in \
+        PoolShares(SHARES, COURSE).why(BURST, "GPU")
+    assert "holds 1 GPU unit, the most" in PoolShares({COURSE: Share(0, 1)}, COURSE).why(BURST, "GPU")
+    assert "kept for groups with a guaranteed share" in PoolShares(SHARES, "").why(KEPT, "GPU")
+    assert PoolShares(SHARES, "").why(FULL, "GPU") == ""
