@@ -94,6 +94,7 @@ c.GPUDockerSpawner.gpu_replicas_per_gpu = cfg.inventory.replicas_per_gpu
 c.GPUDockerSpawner.gpu_profiles = [p.spawner_entry() for p in cfg.profiles]
 c.GPUDockerSpawner.gpu_queue_max_wait = cfg.inventory.queue_max_wait
 c.GPUDockerSpawner.gpu_fair_share_half_life = cfg.inventory.fair_share_half_life
+c.GPUDockerSpawner.gpu_reservation_grace = cfg.inventory.reservation_grace_minutes
 c.GPUDockerSpawner.gpu_shared_limit = cfg.inventory.shared_limit
 c.GPUDockerSpawner.tutorials_source = cfg.tutorials.source or "gpuhub-tutorials"
 c.GPUDockerSpawner.usage_db_url = cfg.hub.usage_db_url or f"sqlite:///{data_dir / 'gpuhub-usage.sqlite'}"

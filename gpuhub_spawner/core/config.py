@@ -145,6 +145,8 @@ class Inventory(Section):
     queue_max_wait: float = Field(300, ge=0, le=24 * 3600)
     # fair share: hours after which past GPU use counts half in the line's order (0: first come first served)
     fair_share_half_life: float = Field(24, ge=0, le=24 * 365)
+    # reservations (group property gpu_reservations): minutes their unclaimed units stay kept
+    reservation_grace_minutes: float = Field(10, ge=0, le=24 * 60)
     # shared slots: framework hints only, or CUDA MPS limits (`gpuhub node setup --mps`)
     shared_limit: Literal["hints", "mps"] = "hints"
 

@@ -57,6 +57,7 @@ inventory:
   replicas_per_gpu: 1    # time-slicing: servers per non-MIG GPU (1-64)
   queue_max_wait: 300    # seconds a spawn waits in line for a GPU (0: refuse at once)
   fair_share_half_life: 24  # hours: in line, less recent GPU use goes first, fading by half (0: off)
+  reservation_grace_minutes: 10  # a group's reserved units stay kept this long into the window, then are lent
   shared_limit: hints    # time-sliced slots: hints (to frameworks) or mps (enforced: gpuhub node setup --mps)
 
 profiles:                # the choices on the spawn page; empty: one per pool + CPU only

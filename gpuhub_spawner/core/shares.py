@@ -49,6 +49,9 @@ class Share:
     guaranteed: int = 0
     #: None: no cap of the group's own (it may use any unit no guarantee keeps)
     burst: int | None = None
+    #: units its members take before anyone else in line, none kept for them (a reservation lent
+    #: out after its grace period, core/reservations.py); at least ``guaranteed`` counts so too
+    claim: int = 0
 
 
 def _count(value: Any, what: str) -> int:
@@ -124,6 +127,12 @@ class PoolShares:
 
     shares: Mapping[str, Share]
     group: str = ""
+
+    def first_served(self, held: Mapping[str, int]) -> bool:
+        """Its group holds fewer units than its guarantee or claim: the spawn goes before those in
+        line who have neither, for any unit it may take."""
+        share = self.shares.get(self.group)
+        return share is not None and held.get(self.group, 0) < max(share.guaranteed, share.claim)
 
     def kept_for_others(self, held: Mapping[str, int]) -> int:
         """Free units the other groups' unused guarantees keep from this spawn."""

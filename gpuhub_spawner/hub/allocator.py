@@ -343,9 +343,18 @@ class Allocator:
     def _held_back(self, ticket: Ticket) -> str | None:
         return self._verdict(ticket.pool, ticket.share)
 
+    def _served_first(self, ticket: Ticket) -> bool:
+        return ticket.share is not None and ticket.share.first_served(self.held_by_group(ticket.pool))
+
+    def _first(self, pool: str) -> Ticket | None:
+        return self.line.first(pool, self._held_back, self._served_first)
+
     def _take_if_first(self, pool: str, holder: str, share: PoolShares | None) -> Unit | None:
-        """A unit for ``holder`` if no waiter that may take one is ahead and its share lets it."""
-        if self.line.first(pool, self._held_back) is not None or self._verdict(pool, share) is not None:
+        """A unit for ``holder`` if its share lets it and no waiter that may take one goes before
+        it (one of a group within its guarantee or reservation goes before the rest)."""
+        if self._verdict(pool, share) is not None:
+            return None
+        if not (share is not None and share.first_served(self.held_by_group(pool))) and self._first(pool) is not None:
             return None
         return self.ledger.take(pool, holder)
 
@@ -394,7 +403,7 @@ class Allocator:
     def _serve(self, pool: str) -> None:
         """Hand free units of ``pool`` to its live waiters that may take one, first in line first
         (a group's guarantee or burst may pass over some; with no shares, the head of the line)."""
-        while (ticket := self.line.first(pool, self._held_back)) is not None:
+        while (ticket := self._first(pool)) is not None:
             given = self.ledger.take(pool, ticket.holder)
             if given is None:  # pragma: no cover - invariant: the verdict saw a free unit
                 return

@@ -137,16 +137,22 @@ class FairLine:
         """The first waiter of ``pool`` that still waits."""
         return next((t for t in self._lines.get(pool, ()) if t.live), None)
 
-    def first(self, pool: str, held_back: Callable[[Ticket], str | None]) -> Ticket | None:
+    def first(self, pool: str, held_back: Callable[[Ticket], str | None],
+              served_first: Callable[[Ticket], bool] = lambda ticket: False) -> Ticket | None:
         """The first live waiter of ``pool`` that may take a unit now: ``held_back(ticket)`` is
-        None for it (each waiter passed over keeps the reason it was given, for its message)."""
+        None for it (each waiter passed over keeps the reason it was given, for its message);
+        among those, one that ``served_first`` (a group's guarantee or reservation) before the rest."""
+        found = None
         for ticket in self._lines.get(pool, ()):
             if ticket.live:
                 reason = held_back(ticket)
-                if reason is None:
+                if reason is not None:
+                    ticket.held_back = reason
+                elif served_first(ticket):
                     return ticket
-                ticket.held_back = reason
-        return None
+                elif found is None:
+                    found = ticket
+        return found
 
     def held_back(self, pool: str, holder: str) -> tuple[str, PoolShares | None]:
         """Why ``holder``'s spawn waits though units may be free (its reason, its shares)."""

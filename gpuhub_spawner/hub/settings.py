@@ -91,6 +91,13 @@ class GPUSpawnerSettings(LoggingConfigurable):
             c.GPUDockerSpawner.gpu_fair_share_half_life = 72  # a course's week
         """,
     )
+    gpu_reservation_grace = Float(
+        10.0,
+        config=True,
+        help="""Minutes a group's reserved units (group property ``gpu_reservations``) stay kept
+        for it from the start of each window; after that the ones its members have not taken are
+        lent to others, and its members still go first in line (core/reservations.py).""",
+    )
     gpu_hub_id = Unicode(
         "gpuhub",
         config=True,

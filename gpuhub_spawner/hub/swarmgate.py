@@ -140,6 +140,14 @@ class SwarmGate:
         free = view.free_count(base) - len(self._flying(view, base)) if kind is not None else 0
         return share.verdict(self.held_by_group(view, base), free)
 
+    def _served_first(self, view: ClusterView, pool: str, share: PoolShares | None) -> bool:
+        return share is not None and share.first_served(self.held_by_group(view, split_line_key(pool)[0]))
+
+    def _first(self, view: ClusterView, pool: str) -> Ticket | None:
+        """The first waiter of ``pool``'s line that may be let through now (core/shares.py)."""
+        return self.line.first(pool, lambda t: self._held_back(view, pool, t.share),
+                               lambda t: self._served_first(view, pool, t.share))
+
     def _let_through(self, view: ClusterView, pool: str, holder: str, share: PoolShares | None = None) -> str | None:
         if self._held_back(view, pool, share) is not None:
             return None
@@ -172,7 +180,7 @@ class SwarmGate:
 
             await self.line.count_in(owner, holder, max_units, admitted)
             self.line.groups[holder] = share.group if share is not None else ""
-            ahead = self.line.first(pool, lambda t: self._held_back(view, pool, t.share))
+            ahead = None if self._served_first(view, pool, share) else self._first(view, pool)
             kind = None if ahead is not None else self._let_through(view, pool, holder, share)
             if kind is not None:
                 return kind
@@ -184,7 +192,7 @@ class SwarmGate:
         async def recheck(ticket: Ticket) -> str | None:
             async with self.lock:
                 seen = await read_view(max_age=0.5)
-                if self.line.first(pool, lambda t: self._held_back(seen, pool, t.share)) is not ticket:
+                if self._first(seen, pool) is not ticket:
                     return None
                 return self._let_through(seen, pool, holder, ticket.share)
 

@@ -6,7 +6,8 @@ Runs as a hub-managed service (``python -m hub_services.admin``), under its pref
 ``GET  api/allocations``                         open GPU allocations from the usage ledger
 ``GET  api/usage``                               per user: GPU-seconds this period, budget left
 ``GET  api/quotas``                              defaults, group quota fields, user overrides
-``PUT  api/quotas/groups/{group}``               merge quota fields (and ``gpu_share``) into the group's properties
+``PUT  api/quotas/groups/{group}``               merge quota fields, ``gpu_share`` and ``gpu_reservations`` into
+                                                  the group's properties
 ``PUT|DELETE api/quotas/users/{user}``           set or remove a user's override
 ``POST api/roster``                              import ``github_username,group`` rows
 ``POST api/servers/{user}[/{server}]/stop``      stop a server
@@ -261,8 +262,8 @@ class QuotasPage(Base):
 
 class GroupQuotaForm(QuotasPage):
     async def post(self, group: str) -> None:
-        share = self.get_body_argument(core.SHARE, None)
-        fields = {**self.form_fields(), **({core.SHARE: share} if share is not None else {})}
+        extra = {k: v for k in core.GROUP_ONLY if (v := self.get_body_argument(k, None)) is not None}
+        fields = {**self.form_fields(), **extra}
         await self.apply(
             core.edit_group_quota(self.ctx, core.check_name(group, "group name"), fields)
         )

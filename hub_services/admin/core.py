@@ -20,6 +20,8 @@ from gpuhub_spawner.core.quotas import (
     resolve_policy,
     validate_quota_edit,
 )
+from gpuhub_spawner.core.reservations import PROPERTY as RESERVATIONS
+from gpuhub_spawner.core.reservations import ReservationError, as_stored, parse_reservations
 from gpuhub_spawner.core.shares import PROPERTY as SHARE
 from gpuhub_spawner.core.shares import ShareError, parse_shares
 from gpuhub_spawner.storage.ledger import UsageLedger, UserQuota
@@ -188,8 +190,9 @@ async def quotas(ctx: Context) -> dict[str, Any]:
     props = await _group_props(ctx)
     groups = {name: {k: v for k, v in p.items() if k in FIELDS} for name, p in sorted(props.items())}
     shares = {name: p[SHARE] for name, p in sorted(props.items()) if p.get(SHARE) is not None}
+    reserved = {name: p[RESERVATIONS] for name, p in sorted(props.items()) if p.get(RESERVATIONS) is not None}
     return {"fields": list(FIELDS), "defaults": ctx.defaults, "groups": groups, "shares": shares,
-            "overrides": overrides(ctx)}
+            "reservations": reserved, "overrides": overrides(ctx)}
 
 
 def check_share(value: Any) -> dict[str, Any] | None:
@@ -201,13 +204,23 @@ def check_share(value: Any) -> dict[str, Any] | None:
     return {pool: {"guaranteed": s.guaranteed, "burst": s.burst} for pool, s in shares.items()} or None
 
 
+def check_reservations(value: Any) -> list[dict[str, Any]] | None:
+    """A group's ``gpu_reservations`` as stored, None to remove them; 400 if unreadable."""
+    try:
+        return as_stored(parse_reservations(value, "this group")) or None
+    except ReservationError as e:
+        raise AdminError(400, str(e), RESERVATIONS) from None
+
+
+#: the group properties besides the quota fields that the Quotas page and API edit, and their checks
+GROUP_ONLY = {SHARE: check_share, RESERVATIONS: check_reservations}
+
+
 async def edit_group_quota(ctx: Context, group: str, body: Any) -> dict[str, Any]:
     """Merge the quota fields of ``body`` into the group's properties; a blank field is removed."""
-    has_share = isinstance(body, Mapping) and SHARE in body
-    share = check_share(body[SHARE]) if has_share else None
-    values = check_quota_body({k: v for k, v in body.items() if k != SHARE} if has_share else body)
-    if share is not None:
-        values[SHARE] = share
+    extra = {k: check(body[k]) for k, check in GROUP_ONLY.items() if k in body} if isinstance(body, Mapping) else {}
+    values = check_quota_body({k: v for k, v in body.items() if k not in extra} if extra else body)
+    values.update({k: v for k, v in extra.items() if v is not None})
     try:
         current = (await ctx.hub.group(group)).get("properties") or {}
         merged = {k: v for k, v in current.items() if k not in body}

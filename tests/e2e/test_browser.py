@@ -6,6 +6,7 @@ JupyterLab are real.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,9 +131,21 @@ def test_admin_changes_a_group_quota_on_the_gpu_hub_page(browser, github, docker
         field = form.find_element(By.NAME, "max_gpu_units")
         field.clear()
         field.send_keys("2")
+        # and a weekly reservation for the course's lab session, typed as the placeholder shows
+        form.find_element(By.NAME, "gpu_reservations").send_keys('[{"pool": "gpu", "units": 2, "weekly": "tue 9:00-12:00"}]')
+        save = form.find_element(By.TAG_NAME, "button")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", save)  # the page is long
         browser.save_screenshot(str(artifacts / "4-gpu-hub-quotas.png"))
-        form.find_element(By.TAG_NAME, "button").click()
-        wait.until(lambda d: hub.api("GET", "/groups/students").json()["properties"].get("max_gpu_units") == 2)
+        form.screenshot(str(artifacts / "4-gpu-hub-quotas-students-form.png"))
+        save.click()
+        stored = [{"pool": "gpu", "units": 2, "tz": "UTC", "weekly": "Tue 09:00-12:00"}]
+        wait.until(lambda d: hub.api("GET", "/groups/students").json()["properties"] ==
+                   {"max_gpu_units": 2, "gpu_reservations": stored})
+        # the page it comes back to shows what was saved
+        form = wait.until(
+            ec.presence_of_element_located((By.XPATH, "//h3[text()='students']/following-sibling::form[1]"))
+        )
+        assert json.loads(form.find_element(By.NAME, "gpu_reservations").get_attribute("value")) == stored
     finally:
         hub.cleanup(docker_client)
 

@@ -123,3 +123,22 @@ async def test_without_shares_the_line_is_first_come_first_served_as_before():
     await asyncio.wait_for(first, 5)
     assert not second.done()
     second.cancel()
+
+
+async def test_a_lent_reservation_keeps_nothing_but_its_members_go_first_in_line():
+    # after its grace period a reservation of 2 is a claim: nothing kept, members served first
+    lent = {"course": Share(0, None, 2)}
+    member, outsider = PoolShares(lent, "course"), PoolShares(lent, "")
+    engine = FakeEngine()
+    alloc = allocator(engine)
+    for i in range(4):  # the unclaimed units were lent: outsiders hold the whole pool
+        await spawn(alloc, engine, f"out{i}", "gpu", share=outsider)
+    early = asyncio.ensure_future(spawn(alloc, engine, "out4", "gpu", share=outsider, max_wait=30))
+    await until(lambda: alloc.queue_length("gpu") == 1)
+    late = asyncio.ensure_future(spawn(alloc, engine, "member0", "gpu", share=member, max_wait=30))
+    await until(lambda: alloc.queue_length("gpu") == 2)
+    engine.vanish("out0")
+    await alloc.release("out0")
+    await asyncio.wait_for(late, 5)  # the member, though it asked after out4
+    assert not early.done() and alloc.held_by_group("gpu") == {"": 3, "course": 1}
+    early.cancel()

@@ -53,7 +53,29 @@ def test_an_unreadable_share_stops_gpu_spawns_with_a_message_for_the_admin(docke
     assert r.status_code == 200, r.text
     outcome = hub.watch_spawn("ana", {"profile": "gpu"})
     told = outcome.refusal or " ".join(outcome.messages)
-    assert "A GPU share set on one of the hub's groups cannot be read" in told, outcome
+    assert "A GPU share or reservation set on one of the hub's groups cannot be read" in told, outcome
     assert "Traceback" not in told
     assert not holders(docker_client, hub)
     assert "guarantee is not guaranteed or burst" in hub.log_tail(200)
+
+
+def test_a_reservation_in_its_window_keeps_units_for_the_group(docker_client, hub_factory):
+    from datetime import datetime, timedelta, timezone
+
+    hub = hub_factory({"gpu_inventory": fake_gpus(2, "resv"), "gpu_queue_max_wait": 120})
+    hub.create_users(["cam", "otto", "olga"])
+    now = datetime.now(timezone.utc)
+    window = {"pool": "gpu", "units": 1, "start": (now - timedelta(minutes=1)).isoformat(),
+              "end": (now + timedelta(hours=1)).isoformat()}
+    assert hub.api("POST", "/groups/course", json={"users": ["cam"]}).status_code == 201
+    assert hub.api("PUT", "/groups/course/properties", json={"gpu_reservations": [window]}).status_code == 200
+    # two GPUs, one reserved for the course (in its first 10 minutes: kept)
+    assert hub.spawn("otto", {"profile": "gpu"}).status_code in (201, 202)
+    hub.wait_ready("otto")
+    assert hub.spawn("olga", {"profile": "gpu"}, timeout=90).status_code in (201, 202)
+    said = hub.wait_in_line("olga")
+    assert KEPT_TOLD in said[-1], said
+    assert hub.spawn("cam", {"profile": "gpu"}).status_code in (201, 202)
+    hub.wait_ready("cam", timeout=120)
+    assert holders(docker_client, hub) == {"otto": "", "cam": "course"}
+    hub.stop_server("olga")

@@ -209,7 +209,7 @@ def test_group_quota_edit_merges_into_properties(hub):
     assert call(hub, "PUT", "api/quotas/groups/no-such-group", json={}).status_code == 404
 
 
-def test_a_groups_gpu_share_is_set_checked_and_removed_from_the_quota_form(hub):
+def test_a_groups_gpu_share_and_reservations_are_set_checked_and_removed_from_the_quota_form(hub):
     assert hub.api("POST", "/groups/share-g").status_code in (201, 409)
     # as the Quotas page's form sends it: JSON text in one field, beside the quota fields
     r = call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_share": '{"gpu": 2, "mig-1g.10gb": {"burst": "3"}}',
@@ -224,6 +224,18 @@ def test_a_groups_gpu_share_is_set_checked_and_removed_from_the_quota_form(hub):
     assert "burst 1 is below guaranteed 3" in r.json()["error"]
     assert hub.api("GET", "/groups/share-g").json()["properties"] == props  # a refused edit changes nothing
     assert call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_share": ""}).status_code == 200
+    assert hub.api("GET", "/groups/share-g").json()["properties"] == {"max_gpu_units": 1}
+    # reservations: JSON text from the form, stored as read back; a bad one is a 400 naming it
+    r = call(hub, "PUT", "api/quotas/groups/share-g",
+             json={"gpu_reservations": '[{"pool": "gpu", "units": 2, "weekly": "tue 9:00-12:00", "tz": "Europe/Berlin"}]'})
+    assert r.status_code == 200, r.text
+    stored = [{"pool": "gpu", "units": 2, "tz": "Europe/Berlin", "weekly": "Tue 09:00-12:00"}]
+    assert hub.api("GET", "/groups/share-g").json()["properties"]["gpu_reservations"] == stored
+    assert call(hub, "GET", "api/quotas").json()["reservations"]["share-g"] == stored
+    r = call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_reservations": [{"pool": "gpu", "units": 1}]})
+    assert r.status_code == 400 and r.json()["field"] == "gpu_reservations", r.text
+    assert "give either weekly, or start and end" in r.json()["error"]
+    assert call(hub, "PUT", "api/quotas/groups/share-g", json={"gpu_reservations": ""}).status_code == 200
     assert hub.api("GET", "/groups/share-g").json()["properties"] == {"max_gpu_units": 1}
     # a share is a group's: a user's override has no such field
     r = call(hub, "PUT", "api/quotas/users/boss", json={"gpu_share": {"gpu": 1}})
