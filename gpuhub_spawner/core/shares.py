@@ -134,6 +134,13 @@ class PoolShares:
         share = self.shares.get(self.group)
         return share is not None and held.get(self.group, 0) < max(share.guaranteed, share.claim)
 
+    def available(self, held: Mapping[str, int], free: int) -> int:
+        """Of ``free`` units, how many this spawn's user could take: those no other group's
+        unused guarantee keeps, at most its group's burst room (what the spawn form shows)."""
+        share = self.shares.get(self.group)
+        room = free if share is None or share.burst is None else share.burst - held.get(self.group, 0)
+        return max(0, min(free - self.kept_for_others(held), room))
+
     def kept_for_others(self, held: Mapping[str, int]) -> int:
         """Free units the other groups' unused guarantees keep from this spawn."""
         return sum(max(0, s.guaranteed - held.get(g, 0)) for g, s in self.shares.items() if g != self.group)

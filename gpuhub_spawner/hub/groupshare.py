@@ -9,7 +9,7 @@ dropped (the group would lose it) nor taken as "no limit".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 
 from gpuhub_spawner.core.reservations import PROPERTY as RESERVATIONS
@@ -40,33 +40,53 @@ class GroupShares:
     gpu_share: PoolShares | None = None
 
     def all_group_shares(self) -> tuple[dict[str, dict[str, Share]], dict[str, list[Reservation]]]:
-        """group -> pool -> share, and group -> reservations, for every group of the hub that sets them."""
+        """group -> pool -> share, and group -> reservations, for every group of the hub that sets
+        them; :class:`ShareError` or :class:`ReservationError` naming the group when one cannot be read."""
         from jupyterhub import orm
 
         shares, reservations = {}, {}
         for group in self.user.db.query(orm.Group):
             props = group.properties or {}
-            try:
-                if props.get(PROPERTY) is not None:
-                    shares[group.name] = parse_shares(props[PROPERTY], f"group '{group.name}'")
-                if props.get(RESERVATIONS) is not None:
-                    reservations[group.name] = parse_reservations(props[RESERVATIONS], f"group '{group.name}'")
-            except (ShareError, ReservationError) as e:
-                raise spawn_error(UNREADABLE, "config-error", log_message=f"{self.user.name}: {e}") from None
+            if props.get(PROPERTY) is not None:
+                shares[group.name] = parse_shares(props[PROPERTY], f"group '{group.name}'")
+            if props.get(RESERVATIONS) is not None:
+                reservations[group.name] = parse_reservations(props[RESERVATIONS], f"group '{group.name}'")
         return shares, reservations
 
     def pool_share(self, pool: str, held: Mapping[str, int]) -> PoolShares | None:
         """The shares of ``pool`` now (reservations in their window included) and the group this
         spawn counts for, given the units ``held`` by each group; None when no group has a share
         or a reservation of the pool now (no rule applies)."""
-        shares, reservations = self.all_group_shares()
+        try:
+            groups = self.all_group_shares()
+        except (ShareError, ReservationError) as e:
+            raise spawn_error(UNREADABLE, "config-error", log_message=f"{self.user.name}: {e}") from None
+        self.gpu_share = self._shares_now(pool, held, *groups)
+        return self.gpu_share
+
+    def _shares_now(self, pool: str, held: Mapping[str, int], shares: Mapping[str, Mapping[str, Share]],
+                    reservations: Mapping[str, list[Reservation]]) -> PoolShares | None:
         now_shares = with_reservations(shares, reservations, pool, datetime.now(timezone.utc),
                                        float(self.gpu_reservation_grace) * 60)
-        self.gpu_share = None
-        if now_shares:
-            group = choose_group((g.name for g in self.user.groups), now_shares, held)
-            self.gpu_share = PoolShares(now_shares, group)
-        return self.gpu_share
+        if not now_shares:
+            return None
+        return PoolShares(now_shares, choose_group((g.name for g in self.user.groups), now_shares, held))
+
+    def free_for_me(self, free: Mapping[str, int], held: Callable[[str], Mapping[str, int]]) -> dict[str, int]:
+        """The free counts the spawn form shows this user: per pool, the free units they could
+        take now (a group's unused guarantee keeps some from others; a burst caps its members).
+        With a share that cannot be read, the pools' own counts (the Start then says why not)."""
+        try:
+            groups = self.all_group_shares()
+        except (ShareError, ReservationError):
+            return dict(free)
+        out = dict(free)
+        for pool, count in free.items():
+            held_now = held(pool)
+            mine = self._shares_now(pool, held_now, *groups)
+            if mine is not None:
+                out[pool] = mine.available(held_now, count)
+        return out
 
     @property
     def gpu_share_group(self) -> str:

@@ -268,7 +268,8 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GroupShares, profile_image.Pr
         policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
         return forms.render_options_form(
-            self.profiles, allocator.free_counts(), sizes, waiting, allowed, await self._form_notice(policy),
+            self.profiles, self.free_for_me(allocator.free_counts(), allocator.held_by_group), sizes, waiting,
+            allowed, await self._form_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
             limit_notes=self.shared_limit_notes(),
         )

@@ -127,8 +127,9 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         waiting = {pool: gate.queue_length(pool) for pool in pools}
         policy = await self.quota_policy()
         allowed = None if policy.allowed_profiles is None else set(policy.allowed_profiles)
+        free = self.free_for_me(view.free_counts(), lambda pool: gate.held_by_group(view, pool))
         return forms.render_options_form(
-            self.profiles, view.free_counts(), sizes, waiting, allowed, await self._form_notice(policy),
+            self.profiles, free, sizes, waiting, allowed, await self._form_notice(policy),
             template_paths=self.hub_template_paths, **self.image_form_fields(),
             limit_notes=self.shared_limit_notes(), home=self.home_form(view),
         )
@@ -247,8 +248,7 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
             await self.prepare_swarm_slot(kind)
         if kind:
             labels[LABEL_POOL] = choice.profile.pool or ""
-            if self.gpu_share_group:
-                labels[LABEL_GROUP] = self.gpu_share_group
+            labels.update({LABEL_GROUP: self.gpu_share_group} if self.gpu_share_group else {})
         container = ContainerSpec(**{
             "image": self.image, "env": self.get_env(), "args": await self.get_command(), "mounts": self.mounts,
             **self.extra_container_spec,

@@ -83,6 +83,19 @@ def test_who_may_take_a_free_unit(group, held, free, verdict):
     assert PoolShares(SHARES, group).verdict(held, free) == verdict
 
 
+@pytest.mark.parametrize("group, held, free, available", [
+    (COURSE, {}, 6, 4),  # the lab's unused 2 keep 2 of 6
+    (COURSE, {}, 3, 1),  # its own kept units are free for it, the lab's are not
+    (COURSE, {COURSE: 3}, 3, 1),  # one under its burst
+    (COURSE, {COURSE: 4}, 2, 0),
+    ("", {}, 6, 2),  # an outsider: only what no guarantee keeps
+    ("", {COURSE: 2, LAB: 2}, 2, 2),
+    (LAB, {}, 3, 1),
+])
+def test_the_free_units_a_spawn_form_counts_for_each(group, held, free, available):
+    assert PoolShares(SHARES, group).available(held, free) == available
+
+
 @pytest.mark.parametrize("member_of, held, counted_for", [
     ([COURSE, LAB], {}, LAB),  # equal guarantee left: the most burst room (the lab has no cap)
     ([COURSE, "lab2"], {}, COURSE),  # equal in both: the first by name

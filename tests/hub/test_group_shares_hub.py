@@ -5,7 +5,7 @@ members get the units it keeps while an outsider waits, told why."""
 from __future__ import annotations
 
 import pytest
-from harness import fake_gpus
+from harness import fake_gpus, render_form
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub]
 
@@ -25,6 +25,9 @@ def test_a_groups_guarantee_keeps_units_for_its_members_and_an_outsider_waits_to
     r = hub.api("PUT", "/groups/course/properties", json={"gpu_share": {"gpu": {"guaranteed": 2, "burst": 2}}})
     assert r.status_code == 200, r.text
 
+    # the spawn form counts for each person what they could take: two for a member (the course's
+    # burst), one for others (two are kept for the course)
+    assert "2 of 3 free" in render_form(hub, "cam") and "1 of 3 free" in render_form(hub, "otto")
     # three GPUs, two kept for the course: one outsider gets the third, the next waits, told why
     assert hub.spawn("otto", {"profile": "gpu"}).status_code in (201, 202)
     hub.wait_ready("otto")
