@@ -5,8 +5,9 @@ priority, less recent GPU ``use`` goes ahead (fair share over time, :mod:`gpuhub
 the spawners hand each waiter its user's decayed use, 0 when fair share is off); equal ones keep
 their arrival order. Every waiter is told its place ("#k of n in line") whenever the line moves,
 and :meth:`FairLine.why_ahead` says why those ahead of it are.  The line does not know what is free; its owner does, and either
-hands the first live waiter a value (:meth:`FairLine.grant`: the single-host allocator gives the
-unit itself) or nudges the waiters to look again (:meth:`FairLine.nudge`: the swarm gate, which
+hands the first live waiter that may take a unit a value (:meth:`FairLine.first`: a group's
+guaranteed share or reservation may hold some back and let others go first, core/shares.py;
+:meth:`FairLine.grant`: the single-host allocator gives the unit itself) or nudges the waiters to look again (:meth:`FairLine.nudge`: the swarm gate, which
 can only re-read the swarm).  A waiter that gives up (it timed out, or its spawn was cancelled
 or stopped) leaves at once, and a value handed to it as it gave up is passed back to the owner.
 
