@@ -6,7 +6,7 @@ culler, with the same probe (:mod:`.kernel_probe`: the script asks the server wi
 own token; neither the culler's nor the agent's token ever reaches the server)::
 
     POST   /api/servers/<container id>/probe    -> {"node", "user", "server", "output"}
-    PUT    /api/servers/<container id>/notice   {"text": "..."}  -> {"written": true}
+    PUT    /api/servers/<container id>/notice   {"text": "...", "card": "{...}"}  -> {"written": true}
     DELETE /api/servers/<container id>/notice   -> {"removed": true}
 
 Every request carries the agent's token (the agent's ``_Handler``).  Only containers on this
@@ -150,19 +150,20 @@ class NoticeHandler(_ServerHandler):
         self.answer({verb: True})
 
     async def put(self, container_id: str) -> None:
-        text = None
+        text, card = None, None
         if len(self.request.body) <= MAX_NOTICE:
             try:
-                text = json.loads(self.request.body)["text"]
-            except (ValueError, TypeError, KeyError):
+                doc = json.loads(self.request.body)
+                text, card = doc["text"], doc.get("card", "")
+            except (ValueError, TypeError, KeyError, AttributeError):
                 pass
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not isinstance(card, str):
             too_big = len(self.request.body) > MAX_NOTICE
             self.refuse(Refused(413, f"a notice is at most {MAX_NOTICE} bytes") if too_big
-                        else Refused(400, 'send {"text": "..."}'))
+                        else Refused(400, 'send {"text": "...", "card": "<JSON, optional>"}'))
             return
         path = self.servers.notice_path
-        await self._do(container_id, "written", lambda api, cid: kernel_probe.write_notice(api, cid, text, path))
+        await self._do(container_id, "written", lambda api, cid: kernel_probe.write_notice(api, cid, text, path, card))
 
     async def delete(self, container_id: str) -> None:
         path = self.servers.notice_path

@@ -15,6 +15,7 @@ clean exit.  Reading the JSON is the culler's (``hub_services/culler/probe.py``)
 
 from __future__ import annotations
 
+import posixpath
 import time
 from typing import Any
 
@@ -48,11 +49,23 @@ PROBE_COMMAND = (
     'else exec python3 -c "$GPUHUB_PROBE"; fi'
 )
 
-#: writes ``$GPUHUB_NOTICE`` to ``$GPUHUB_NOTICE_PATH`` atomically (a reader never sees half)
+#: the notice's machine-readable twin, beside it: JSON ``{"reason", "message", "cull_at"}`` read
+#: by the single-user image's JupyterLab extension (``images/singleuser/gpuhub_labnotices.py``)
+CARD_NAME = ".gpuhub-notice.json"
+
+#: writes ``$GPUHUB_NOTICE`` to ``$GPUHUB_NOTICE_PATH`` (and ``$GPUHUB_CARD`` to ``$GPUHUB_CARD_PATH``
+#: when set) atomically: a reader never sees half of either
 WRITE_NOTICE = (
     'printf "%s" "$GPUHUB_NOTICE" > "$GPUHUB_NOTICE_PATH.tmp" && mv -f "$GPUHUB_NOTICE_PATH.tmp" "$GPUHUB_NOTICE_PATH"'
+    ' && if [ -n "$GPUHUB_CARD_PATH" ]; then printf "%s" "$GPUHUB_CARD" > "$GPUHUB_CARD_PATH.tmp"'
+    ' && mv -f "$GPUHUB_CARD_PATH.tmp" "$GPUHUB_CARD_PATH"; fi'
 )
-REMOVE_NOTICE = 'rm -f "$GPUHUB_NOTICE_PATH"'
+REMOVE_NOTICE = 'rm -f "$GPUHUB_NOTICE_PATH" "$GPUHUB_CARD_PATH"'
+
+
+def card_path(path: str) -> str:
+    """Where the card of the notice file ``path`` goes: the same directory."""
+    return posixpath.join(posixpath.dirname(path), CARD_NAME)
 
 
 def run_script(api: Any, container_id: str, script: str, env: dict[str, str]) -> bool:
@@ -62,12 +75,16 @@ def run_script(api: Any, container_id: str, script: str, env: dict[str, str]) ->
     return int(api.exec_inspect(result["Id"]).get("ExitCode") or 0) == 0
 
 
-def write_notice(api: Any, container_id: str, text: str, path: str = NOTICE_PATH) -> bool:
-    return run_script(api, container_id, WRITE_NOTICE, {"GPUHUB_NOTICE": text, "GPUHUB_NOTICE_PATH": path})
+def write_notice(api: Any, container_id: str, text: str, path: str = NOTICE_PATH, card: str = "") -> bool:
+    """Write the notice ``text`` (for people) and, when given, its ``card`` (JSON, for JupyterLab)."""
+    env = {"GPUHUB_NOTICE": text, "GPUHUB_NOTICE_PATH": path}
+    if card:
+        env.update(GPUHUB_CARD=card, GPUHUB_CARD_PATH=card_path(path))
+    return run_script(api, container_id, WRITE_NOTICE, env)
 
 
 def remove_notice(api: Any, container_id: str, path: str = NOTICE_PATH) -> bool:
-    return run_script(api, container_id, REMOVE_NOTICE, {"GPUHUB_NOTICE_PATH": path})
+    return run_script(api, container_id, REMOVE_NOTICE, {"GPUHUB_NOTICE_PATH": path, "GPUHUB_CARD_PATH": card_path(path)})
 
 
 def run_probe(api: Any, container_id: str, deadline: float | None = None) -> bytes | None:

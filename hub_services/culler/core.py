@@ -22,7 +22,7 @@ from hub_services.common.hubapi import BoundedHTTP, HubAPIError, HubClient
 from hub_services.common.hubtime import parse_time
 from hub_services.culler import decide as d
 from hub_services.culler.metrics import CullerMetrics
-from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_text
+from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_card, notice_text
 from hub_services.culler.probe import parse_probe
 from hub_services.culler.signals import AgentView, ContainerInfo, Containers, read_agents
 
@@ -303,8 +303,10 @@ async def act(
                 decision.cull_at or state.now, message,
             ))
         if ctx.containers is not None and info is not None:
-            text = notice_text(user, server, message, decision.cull_at or state.now, settings.keepalive_command)
-            ok = await _step(ctx, "notice", ctx.containers.notice(info, text))
+            cull_at = decision.cull_at or state.now
+            text = notice_text(user, server, message, cull_at, settings.keepalive_command)
+            card = notice_card(decision.reason, message, cull_at)
+            ok = await _step(ctx, "notice", ctx.containers.notice(info, text, card))
             if ok is False:
                 ctx.metrics.errors.labels("notice").inc()
                 log.warning("Could not write the cull notice into %s's server", name)

@@ -1,5 +1,9 @@
 """The cull notice written into a user's server, and the keep-alive command it offers.
 
+The notice goes in twice: a text file for people (:func:`notice_text`) and its JSON card
+(:func:`notice_card`), which the single-user image's JupyterLab extension shows as a
+notification with a "Keep my server" button (``images/singleuser/gpuhub_labnotices.py``).
+
 The culler's warnings and keep-alives are stored in gpuhub's database
 (:class:`gpuhub_spawner.storage.notices.NoticeStore`); the hub shows them on its pages
 (:mod:`gpuhub_spawner.hub.announce`).  Users answer a warning with a keep-alive:
@@ -9,6 +13,7 @@ the culler counts as activity.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 #: What the notice tells users to run in a terminal of their server to keep it: it posts the
@@ -42,3 +47,9 @@ def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_
             "(A stop for session length or GPU-hour budget is a quota limit: activity does not lift it.)",
         ]
     return "\n".join(lines) + "\n"
+
+
+def notice_card(reason: str, message: str, cull_at: float) -> str:
+    """The notice's JSON card for JupyterLab: why (``idle`` can be kept, quota limits cannot),
+    what to tell the user, and when (epoch seconds)."""
+    return json.dumps({"reason": reason, "message": message, "cull_at": cull_at})

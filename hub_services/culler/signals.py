@@ -161,9 +161,9 @@ class Containers:
         """The swarm's GPU nodes' agents (``gpu_agent_urls`` left empty on a swarm)."""
         return (await asyncio.to_thread(self.swarm.read, self.client.api)).gpu_agents
 
-    async def write_notice(self, container_id: str, text: str) -> bool:
+    async def write_notice(self, container_id: str, text: str, card: str = "") -> bool:
         return await asyncio.to_thread(kernel_probe.write_notice, self.client.api, container_id, text,
-                                       self.notice_path)
+                                       self.notice_path, card)
 
     async def probe(self, container_id: str) -> bytes | None:
         """The probe's raw output (untrusted, at most ``MAX_OUTPUT`` bytes), or None if it failed."""
@@ -179,10 +179,11 @@ class Containers:
             return await self.agents.probe(info, key)
         return await self.probe(info.id)
 
-    async def notice(self, info: ContainerInfo, text: str) -> bool:
+    async def notice(self, info: ContainerInfo, text: str, card: str = "") -> bool:
+        """Write the notice file (and its JSON card, for JupyterLab) into the server's container."""
         if info.agent:
-            return await self.agents.write_notice(info, text)
-        return await self.write_notice(info.id, text)
+            return await self.agents.write_notice(info, text, card)
+        return await self.write_notice(info.id, text, card)
 
     async def unnotice(self, info: ContainerInfo) -> bool:
         if info.agent:

@@ -120,8 +120,8 @@ class AgentCalls:
             return None
         return doc["output"].encode("utf-8", "replace")
 
-    async def write_notice(self, info: ContainerInfo, text: str) -> bool:
-        return await self._call(info, "notice", "PUT", {"text": text}) is not None
+    async def write_notice(self, info: ContainerInfo, text: str, card: str = "") -> bool:
+        return await self._call(info, "notice", "PUT", {"text": text, "card": card}) is not None
 
     async def remove_notice(self, info: ContainerInfo) -> bool:
         return await self._call(info, "notice", "DELETE") is not None

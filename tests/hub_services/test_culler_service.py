@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,14 @@ def notice(docker_client, hub, name: str) -> str | None:
 
 
 
+def lab_notices(hub, name: str) -> list[dict]:
+    """What ``name``'s JupyterLab is shown: the image's server extension (``GET gpuhub/notices``)."""
+    r = requests.get(f"{hub.url}/user/{name}/gpuhub/notices",
+                     headers={"Authorization": f"token {user_token(hub, name)}"}, timeout=20)
+    assert r.ok, r.text
+    return r.json()["notices"]
+
+
 def metric(hub, line_start: str) -> float:
     text = requests.get(hub.culler + "metrics", headers={"Authorization": f"token {hub.token}"}, timeout=10).text
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
@@ -250,6 +259,9 @@ def test_max_age_is_warned_in_the_server_and_the_hub_then_stopped(hub, users, do
         assert pass_until(hub, maxi, "warn") == ("warn", "max-age")
         text = notice(docker_client, hub, maxi)
         assert text is not None and "longest session" in text
+        # JupyterLab's extension reads the card: a quota limit, offered no "keep" button
+        (card,) = lab_notices(hub, maxi)
+        assert card["reason"] == "max-age" and card["keepable"] is False and "longest session" in card["message"]
         page = home_until(hub, maxi, lambda p: "gpuhub-cull-warning" in p)
         assert "longest session" in page and "time left" in page
         # activity does not lift a max-age warning
@@ -287,8 +299,11 @@ def test_out_of_gpu_hours_stops_the_gpu_server_and_cpu_stays_available(hub, user
 def test_keepalive_cancels_an_idle_warning(hub, users, docker_client):
     kit, other = users("kit", "kat")
     spawn(hub, kit, "cpu-short")  # a profile with its own (short) idle timeout
+    assert lab_notices(hub, kit) == []
     assert pass_until(hub, kit, "warn") == ("warn", "idle")
     assert notice(docker_client, hub, kit) is not None
+    (card,) = lab_notices(hub, kit)  # the card JupyterLab's extension shows, with its keep button
+    assert card["reason"] == "idle" and card["keepable"] is True and "idle" in card["message"]
     # someone else cannot keep kit's server (they run none: refused); kit can, with any of their tokens
     r = requests.post(hub.culler + "api/keepalive", headers={"Authorization": f"token {user_token(hub, other)}"},
                       timeout=20)
@@ -305,7 +320,30 @@ def test_keepalive_cancels_an_idle_warning(hub, users, docker_client):
     assert r.ok and r.json() == {"user": kit, "server": "", "kept": True}
     assert decision(hub, kit) == ("cancel", "activity")
     assert notice(docker_client, hub, kit) is None
+    assert lab_notices(hub, kit) == []  # card removed with the notice: the notification is lifted
     assert requests.post(hub.culler + "api/keepalive", timeout=20).status_code == 403
+
+
+def test_jupyterlabs_keep_button_posts_the_servers_activity_with_its_own_token(hub, users, docker_client):
+    """What "Keep my server" in JupyterLab calls: the image's server extension posts the server's
+    activity to the hub with the server's own token; the culler then lifts the idle warning."""
+    kip, kat = users("kip", "kat2")
+    spawn(hub, kip, "cpu-short")
+    assert pass_until(hub, kip, "warn") == ("warn", "idle")
+    keep = f"{hub.url}/user/{kip}/gpuhub/keep"
+    # only kip (or someone kip's server is shared with) reaches the button's endpoint
+    r = requests.post(keep, headers={"Authorization": f"token {user_token(hub, kat)}"}, timeout=20)
+    assert r.status_code == 403, r.text
+    assert decision(hub, kip) == ("warn", "idle")
+    before = time.time()
+    r = requests.post(keep, headers={"Authorization": f"token {user_token(hub, kip)}"}, timeout=30)
+    assert r.ok and r.json()["kept"] is True, r.text
+    logs = container_of(docker_client, hub, kip).logs().decode(errors="replace")
+    assert "gpuhub: keep-alive posted to the hub" in logs
+    server = hub.api("GET", f"/users/{kip}").json()["servers"][""]
+    assert datetime.fromisoformat(server["last_activity"].replace("Z", "+00:00")).timestamp() >= before - 1
+    assert decision(hub, kip) == ("cancel", "activity")
+    assert lab_notices(hub, kip) == [] and notice(docker_client, hub, kip) is None
 
 
 def test_pass_trigger_needs_admin_or_service_access(hub, users):

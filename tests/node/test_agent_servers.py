@@ -9,7 +9,9 @@ refuse whatever the token.  No NVML is involved (the routes never sample it).
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from gpuhub_spawner.node.agent import NodeAgent
 from gpuhub_spawner.node.agent_servers import MAX_NOTICE, ServerExec
 from gpuhub_spawner.node.cgroup import ProcReader
 from gpuhub_spawner.node.containers import ContainerDirectory
+from gpuhub_spawner.node.kernel_probe import CARD_NAME
 from hub_services.culler.probe import parse_probe
 
 pytestmark = [pytest.mark.docker]
@@ -146,6 +149,13 @@ def test_notice_is_written_and_removed_in_the_server_only(agent_url, containers)
     assert _call("PUT", url, json={"text": "x" * (MAX_NOTICE + 1)}).status_code == 413
     assert _call("PUT", url, json={"nottext": 1}).status_code == 400
     assert _file(server, NOTICE) == text
+    # with its JSON card for JupyterLab, beside the notice; both go on DELETE
+    card = json.dumps({"reason": "idle", "message": "Stop at 12:00 'x' $HOME", "cull_at": 1.5e9})
+    r = _call("PUT", url, json={"text": text, "card": card})
+    assert r.status_code == 200, r.text
+    card_file = posixpath.join(posixpath.dirname(NOTICE), CARD_NAME)
+    assert _file(server, card_file) == card and _file(server, NOTICE) == text
+    assert _call("PUT", url, json={"text": text, "card": {"not": "a string"}}).status_code == 400
     r = _call("DELETE", url)
     assert r.status_code == 200 and r.json()["removed"] is True, r.text
-    assert _file(server, NOTICE) is None
+    assert _file(server, NOTICE) is None and _file(server, card_file) is None

@@ -1,0 +1,119 @@
+"""A cull warning inside JupyterLab, in a real browser: the notification, "Keep my server", and the
+warning lifted.
+
+Real hub, proxy, culler (a hub-managed service, passes triggered by the test), single-user
+container with gpuhub's JupyterLab extension (built from the npm registry into the image) and
+Chromium; GitHub is the only fake.  An open, visible JupyterLab is activity in itself, so the
+attendee is away (another page) when the server goes idle and the culler warns, as happens when
+someone leaves their tab; the warning is waiting in JupyterLab when they come back.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from cullerpass import decision, pass_until
+from fakes.fake_github import FakeGitHub
+from harness import HubProcess, container_of, exec_as_user, fake_gpus
+
+pytestmark = [pytest.mark.docker, pytest.mark.hub]
+
+IDLE = 40  # seconds the "cpu" profile may be idle: warned after IDLE - WARN seconds
+WARN = 30  # seconds between the warning and the cull (less than IDLE: a kept server is not warned again at once)
+
+
+@pytest.fixture
+def github():
+    with FakeGitHub() as gh:
+        gh.add_user("ann", teams={"acme:gpu"})
+        yield gh
+
+
+def _hub(tmp_path: Path, github: FakeGitHub) -> HubProcess:
+    extra = textwrap.dedent(
+        f"""
+        import os
+        c.JupyterHub.authenticator_class = "gpuhub-github"
+        c.Authenticator.allow_all = False
+        c.GPUHubGitHubAuthenticator.github_url = {github.url!r}
+        c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
+        c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
+        c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
+        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
+        c.JupyterHub.last_activity_interval = 2
+        """
+    )
+    hub = HubProcess(tmp_path / "hub", {"gpu_inventory": fake_gpus(1, "ln")}, extra=extra)
+    hub.culler_config = tmp_path / "culler.json"
+    hub.culler_config.write_text(json.dumps({"CullerApp": {
+        "every": 0, "profile_idle_timeouts": {"cpu": IDLE}, "idle_cpu_timeout": 600, "warn_seconds": WARN,
+    }}))
+    hub.culler = hub.url + "/services/gpuhub-culler/"
+    return hub
+
+
+def _toast(browser, text: str, timeout: float = 60):
+    """The JupyterLab notification (toast) whose text has ``text``."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    xpath = f"//*[contains(@class, 'Toastify__toast') and contains(normalize-space(.), {text!r})]"
+    try:
+        return WebDriverWait(browser, timeout).until(lambda b: b.find_element(By.XPATH, xpath))
+    except TimeoutException:
+        shown = [t.text for t in browser.find_elements(By.CSS_SELECTOR, ".Toastify__toast")]
+        console = [entry.get("message") for entry in browser.get_log("browser")]
+        raise AssertionError(f"no notification with {text!r} in {timeout}s; shown: {shown}; console: {console}") from None
+
+
+def test_a_cull_warning_appears_in_jupyterlab_and_keep_my_server_lifts_it(browser, github, docker_client,
+                                                                         tmp_path, artifacts):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hub = _hub(tmp_path, github)
+    github.signed_in = "ann"
+    hub.start(env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(hub.culler_config)})
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(hub.url + "/hub/login")
+        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile][value='cpu']"))).click()
+        browser.find_element(By.CSS_SELECTOR, "form input[type=submit], form button[type=submit]").click()
+        WebDriverWait(browser, 180).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
+
+        # ann walks away; her server goes idle and the culler warns (the file and the card)
+        browser.get("about:blank")
+        assert pass_until(hub, "ann", "warn", timeout=90) == ("warn", "idle")
+        server = container_of(docker_client, hub, "ann")
+        code, text = exec_as_user(server, "cat /home/jovyan/CULL-WARNING.txt")
+        assert code == 0 and "about to be stopped" in text  # the fallback stays
+
+        # she comes back: the warning waits in JupyterLab, with the button
+        browser.get(hub.url + "/user/ann/lab")
+        toast = _toast(browser, "Still working?")
+        assert "GPU Hub: your server is idle and stops at" in toast.text and "left" in toast.text, toast.text
+        browser.save_screenshot(str(artifacts / "1-warning-in-jupyterlab.png"))
+        pressed = time.time()
+        toast.find_element(By.XPATH, ".//button[normalize-space()='Keep my server']").click()
+
+        # the button acted: the server's own token posted its activity to the hub
+        _toast(browser, "GPU Hub: kept.", timeout=30)
+        browser.save_screenshot(str(artifacts / "2-kept.png"))
+        logs = server.logs(since=int(pressed) - 1).decode(errors="replace")
+        assert "gpuhub: keep-alive posted to the hub" in logs, logs[-2000:]
+
+        # the culler's next pass lifts the warning; JupyterLab says so at its next look
+        assert decision(hub, "ann") == ("cancel", "activity")
+        _toast(browser, "the stop warning is lifted", timeout=40)
+        browser.save_screenshot(str(artifacts / "3-warning-lifted.png"))
+        assert exec_as_user(server, "test -e /home/jovyan/CULL-WARNING.txt")[0] != 0
+        assert hub.api("GET", "/users/ann").json()["servers"][""]["ready"] is True
+    finally:
+        hub.cleanup(docker_client)
