@@ -302,6 +302,12 @@ if cfg.culler.enabled:
     culler_service, culler_role = managed_services.culler(cfg.culler, c.GPUDockerSpawner, from_file, culler_env)
     c.JupyterHub.services.append(culler_service)
     c.JupyterHub.load_roles.append(culler_role)
+    # what the lines want back (hub/lines.py): the culler reclaims over-share and lent units
+    from gpuhub_spawner.hub import lines as gpu_lines
+
+    c.JupyterHub.extra_handlers = [*(c.JupyterHub.get("extra_handlers") or []),
+                                   (r"/api/gpuhub/lines", gpu_lines.handler())]
+    c.JupyterHub.custom_scopes = {**(c.JupyterHub.get("custom_scopes") or {}), **gpu_lines.SCOPE_SPEC}
 # ---- end of culler -------------------------------------------------------------------------
 
 # ---- what each user is told on the hub's pages: their cull warnings (time left) and notices ----

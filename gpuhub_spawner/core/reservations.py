@@ -13,8 +13,8 @@ Inside its window a reservation is a guarantee of ``units`` for the group (core/
 the first ``grace`` seconds, free units up to those the group does not hold yet are *kept* from
 everyone else; after that the unclaimed ones are *lent*: others may take them, and the group's
 members still go first, taking any unit that comes free before anyone else in line.  Outside
-its windows a reservation holds nothing.  (Not yet: a borrower is not culled to give a unit
-back; the member waits, first in line.)
+its windows a reservation holds nothing.  A member waiting past the culler's ``reclaim_after``
+gets a lent unit back: a borrower is warned and stopped (``hub_services/culler/reclaim.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,25 @@ class Reservation:
             if start <= now < end:
                 return start, end
         return None
+
+    def windows(self, since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
+        """Its windows that overlap [since, until), oldest first (for the admin's chart)."""
+        if self.weekly is None:
+            assert self.start is not None and self.end is not None
+            return [(self.start, self.end)] if self.start < until and self.end > since else []
+        day, begins, ends = self.weekly
+        zone = ZoneInfo(self.tz)
+        first, last = since.astimezone(zone).date() - timedelta(days=1), until.astimezone(zone).date()
+        found = []
+        for n in range((last - first).days + 1):
+            date = first + timedelta(days=n)
+            if date.weekday() != day:
+                continue
+            start = datetime.combine(date, begins, zone)
+            end = datetime.combine(date + timedelta(days=1 if ends <= begins else 0), ends, zone)
+            if start < until and end > since:
+                found.append((start, end))
+        return found
 
 
 def _zone(value: Any, where: str) -> str:

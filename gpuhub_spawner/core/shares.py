@@ -132,7 +132,7 @@ class PoolShares:
         """Its group holds fewer units than its guarantee or claim: the spawn goes before those in
         line who have neither, for any unit it may take."""
         share = self.shares.get(self.group)
-        return share is not None and held.get(self.group, 0) < max(share.guaranteed, share.claim)
+        return share is not None and held.get(self.group, 0) < entitled(share)
 
     def available(self, held: Mapping[str, int], free: int) -> int:
         """Of ``free`` units, how many this spawn's user could take: those no other group's
@@ -172,3 +172,47 @@ class PoolShares:
             return (f"The free {pool_label} units are kept for groups with a guaranteed share that have not "
                     "used it yet; you get one when a unit comes free beyond those.")
         return ""
+
+
+def entitled(share: Share | None) -> int:
+    """Units a group's members may hold before anyone else's claim: its guarantee or claim."""
+    return 0 if share is None else max(share.guaranteed, share.claim)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a pool's line wants back from servers over their share (:func:`wanted_back`).
+
+    ``units``: units that spawns waiting within their group's guarantee or claim lack;
+    ``reserved_waits``: seconds each of those that a *reservation* entitles (a claim) has waited,
+    longest first (the culler takes a lent unit back, busy or not, past its bound);
+    ``over``: the groups holding more than they are entitled to ("": units of users in no group
+    with a share), whose servers give units back, the idle ones first.
+    """
+
+    units: int = 0
+    reserved_waits: tuple[float, ...] = ()
+    over: frozenset[str] = frozenset()
+
+
+def wanted_back(shares: Mapping[str, Share], held: Mapping[str, int], waiting: Iterable[tuple[str, float]],
+                now: float) -> Wanted:
+    """What the line of one pool wants back, given every group's share, the units ``held`` by
+    each group and ``waiting``: (group, joined at) of each spawn in line, in any order.
+
+    A spawn counts when its group holds (with those of its group ahead of it) fewer units than
+    its guarantee or claim; one that only waits for a free unit beyond that wants nothing back.
+    """
+    units, reserved, counted = 0, [], dict(held)
+    for group, joined in sorted(waiting, key=lambda w: w[1]):
+        share = shares.get(group)
+        if counted.get(group, 0) >= entitled(share):
+            continue
+        counted[group] = counted.get(group, 0) + 1
+        units += 1
+        if share is not None and counted[group] <= share.claim:
+            reserved.append(max(0.0, now - joined))
+    if not units:
+        return Wanted()
+    over = frozenset(g for g, n in held.items() if n > entitled(shares.get(g)))
+    return Wanted(units, tuple(sorted(reserved, reverse=True)), over)

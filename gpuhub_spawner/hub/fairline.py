@@ -70,6 +70,8 @@ class Ticket:
     share: PoolShares | None = None
     #: why it may not take a free unit, as last judged (core/shares.py: "kept", "burst"; "" full)
     held_back: str = ""
+    #: when it joined (epoch seconds): how long a reservation's member has waited (hub/lines.py)
+    joined: float = field(default_factory=time.time)
     granted: asyncio.Future = field(default_factory=_future)
     nudged: asyncio.Future = field(default_factory=_future)
 
@@ -194,6 +196,10 @@ class FairLine:
     def lengths(self) -> dict[str, int]:
         """pool -> spawns waiting in line now (the ``gpuhub_queue_length`` gauge)."""
         return {pool: len(line) for pool, line in self._lines.items()}
+
+    def tickets(self) -> dict[str, list[Ticket]]:
+        """Every line's live waiters, by line key (a pool, or one node's line of it), first first."""
+        return {key: [t for t in line if t.live] for key, line in self._lines.items()}
 
     def waiting(self, pool: str) -> list[str]:
         """The holders waiting for ``pool``, first first."""

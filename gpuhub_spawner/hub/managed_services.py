@@ -253,8 +253,9 @@ def culler(
     # users with servers, their activity and groups; group quotas; stop servers. No
     # access:servers: its token never goes to a user's server (kernels are asked from
     # inside the container with the server's own token). It cannot create, change or
-    # delete users or groups.
+    # delete users or groups. It reads what the hub's GPU lines want back.
     role = _role("gpuhub-culler", [
         "list:users", "read:users:activity", "read:users:groups", "read:servers", "read:groups", "delete:servers",
+        "custom:gpuhub-lines:read",  # what the GPU lines want back (hub/lines.py)
     ])
     return service, role

@@ -1,7 +1,7 @@
 """Pictures for admins: what the GPU Hub page draws from the usage ledger, as inline SVG.
 
 No script and no chart library: the page renders with no internet (a workshop's network often
-has none) and in any browser. Two pictures so far:
+has none) and in any browser:
 
 - **GPU units held over the day**, per pool: a step line of how many units were held at each
   moment since midnight (UTC), from the ledger's intervals;
@@ -9,7 +9,9 @@ has none) and in any browser. Two pictures so far:
   are in (a user in no group under "(no group)");
 - **people waiting in line over the day**, per pool, from the finished waits the hub records
   (a wait still under way shows once it ends), and how good the likely-wait ranges told in
-  line were this week (:func:`estimate_quality`).
+  line were this week (:func:`estimate_quality`);
+- **reservation use** today, per group and pool with a window: the units reserved at each moment
+  beside the units the group's members held (:func:`reservation_use`).
 
 Pure functions: the series from the intervals, and the SVG from the series.
 """
@@ -23,6 +25,7 @@ from html import escape
 from typing import Any
 
 from gpuhub_spawner.core.fairshare import hours_label
+from gpuhub_spawner.core.reservations import Reservation
 from gpuhub_spawner.storage.ledger import Interval, WaitRecord, usage_seconds_by_user
 
 NO_GROUP = "(no group)"
@@ -180,3 +183,29 @@ def bars_svg(values: Mapping[str, float], label: str) -> str:
         body.append(f'<text x="{WIDTH / 2}" y="{TOP + 14}" text-anchor="middle" fill="currentColor">'
                     "No GPU time was used in this time.</text>")
     return _svg(body, label, height)
+
+
+# ---- reservation use -----------------------------------------------------------------------
+
+
+def reservation_use(reserved: Mapping[str, Iterable[Reservation]], groups_of: Mapping[str, Iterable[str]],
+                    intervals: Iterable[Interval], start: datetime, end: datetime) -> list[tuple[str, list[Steps]]]:
+    """Per group and pool with a reservation window in [start, end]: the units reserved at each
+    moment, and the units its members held in that pool (what they used of it, and beyond)."""
+    intervals = list(intervals)
+    out = []
+    for group in sorted(reserved):
+        by_pool: dict[str, list[tuple[str, datetime, datetime | None]]] = {}
+        for r in reserved[group]:
+            for began, ended in r.windows(start, end):
+                by_pool.setdefault(r.pool, []).extend([(r.pool, began, ended)] * r.units)
+        members = {user for user, groups in groups_of.items() if group in set(groups)}
+        for pool in sorted(by_pool):
+            kept = count_over_time(by_pool[pool], start, end)
+            held = count_over_time(((pool, row.started_at, row.ended_at) for row in intervals
+                                    if row.pool == pool and row.user in members), start, end)
+            series = [Steps("reserved", s.points) for s in kept]
+            series += [Steps("held by members", s.points) for s in held]
+            if series:
+                out.append((f"{group} — {pool}", series))
+    return out

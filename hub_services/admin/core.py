@@ -166,6 +166,7 @@ async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     except HubAPIError as e:
         raise _hub_error(e, "users") from None
     groups_of = {u["name"]: u.get("groups") or [] for u in users}
+    reserved = _readable_reservations(await _group_props(ctx))
     held = drawing.held_over_time(intervals, day, now)  # it clips the week's intervals to the day
     by_group = drawing.hours_by_group(intervals, groups_of, week, now)
     waiting = drawing.waiting_over_time(waits, day, now)
@@ -177,7 +178,24 @@ async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
                                          "waiting", "Nobody's wait in line ended in this time."),
         "held": {s.pool: s.peak for s in held}, "by_group": {g: round(h, 3) for g, h in by_group.items()},
         "waiting": {s.pool: s.peak for s in waiting}, "estimates": drawing.estimate_quality(waits),
+        "reservations": [
+            {"title": title, "peaks": {s.pool: s.peak for s in series},
+             "svg": drawing.steps_svg(series, day, now, f"Reservation use of {title} since {day:%Y-%m-%d} 00:00 UTC",
+                                      "units", "")}
+            for title, series in drawing.reservation_use(reserved, groups_of, intervals, day, now)
+        ],
     }
+
+
+def _readable_reservations(props: Mapping[str, Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """group -> its reservations; one that cannot be read is left out (the Quotas tab says why)."""
+    found = {}
+    for group, p in props.items():
+        try:
+            found[group] = parse_reservations(p.get(RESERVATIONS), group)
+        except ReservationError as e:
+            log.warning("Charts: %s", e)
+    return {g: rs for g, rs in found.items() if rs}
 
 
 def overrides(ctx: Context) -> dict[str, dict[str, Any]]:

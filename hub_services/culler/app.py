@@ -157,6 +157,20 @@ class CullerApp(UsageService):
         300, config=True,
         help="""Seconds between the warning (hub pages, notice file) and the cull; 0 culls without one.""",
     )
+    reclaim_idle_timeout = Float(
+        600, config=True,
+        help="""Seconds a GPU server may be idle while it holds a unit beyond its group's share (or
+        belongs to no group with a share) and members of a group with a guaranteed share or a
+        reservation wait in that pool's line (the hub's GET /hub/api/gpuhub/lines).  Such servers
+        are reclaimed first; a busy one is kept.  Keep it above warn_seconds: the warning comes
+        warn_seconds before the end of it.""",
+    )
+    reclaim_after = Float(
+        600, config=True,
+        help="""Seconds a member of a group with a reservation waits for a unit of it lent to
+        someone else before one borrower (the most recently started) is warned and stopped, busy
+        or not.  The member waits at most this plus warn_seconds plus a start.""",
+    )
     # quota_defaults and usage_db_url (which also holds warnings and keep-alives): UsageService
 
     # ---- GPU signal -----------------------------------------------------------------------
@@ -221,6 +235,8 @@ class CullerApp(UsageService):
         "idle-cpu-timeout": "CullerApp.idle_cpu_timeout",
         "idle-gpu-timeout": "CullerApp.idle_gpu_timeout",
         "warn-seconds": "CullerApp.warn_seconds",
+        "reclaim-idle-timeout": "CullerApp.reclaim_idle_timeout",
+        "reclaim-after": "CullerApp.reclaim_after",
         "gpu-agent-url": "CullerApp.gpu_agent_urls",
         "concurrency": "CullerApp.concurrency",
         "usage-db-url": "CullerApp.usage_db_url",
@@ -248,6 +264,8 @@ class CullerApp(UsageService):
             gpu_thresholds=GPUThresholds(self.gpu_utilization_threshold, int(self.gpu_memory_threshold_mb * 1024**2)),
             idle_without_probe=self.idle_without_probe,
             dry_run=self.dry_run,
+            reclaim_idle_seconds=self.reclaim_idle_timeout,
+            reclaim_after_seconds=self.reclaim_after,
         )
 
     def context(self) -> core.Context:

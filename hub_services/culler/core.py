@@ -21,9 +21,11 @@ from gpuhub_spawner.storage.notices import NoticeStore
 from hub_services.common.hubapi import BoundedHTTP, HubAPIError, HubClient
 from hub_services.common.hubtime import parse_time
 from hub_services.culler import decide as d
+from hub_services.culler import reclaim
 from hub_services.culler.metrics import CullerMetrics
 from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_card, notice_text
 from hub_services.culler.probe import parse_probe
+from hub_services.culler.reclaim import Reclaims
 from hub_services.culler.signals import AgentView, ContainerInfo, Containers, read_agents
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,10 @@ class Settings:
     keepalive_command: str = KEEPALIVE_COMMAND
     idle_without_probe: bool = False
     dry_run: bool = False
+    #: idle timeout of a server over its group's share while the line wants units back (reclaim.py)
+    reclaim_idle_seconds: float = 600
+    #: how long a reservation's member waits before a lent unit is taken back, busy or not
+    reclaim_after_seconds: float = 600
 
 
 @dataclass
@@ -76,6 +82,7 @@ class PassState:
     usage: dict[str, dict[str, float]] = field(default_factory=dict)
     groups: dict[str, asyncio.Future] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
+    reclaims: Reclaims = field(default_factory=Reclaims)
 
 
 async def _safely(ctx: Context, stage: str, coro: Any, default: Any) -> Any:
@@ -203,6 +210,8 @@ async def handle_server(
         max_age_seconds=policy.max_session_hours * 3600 if policy and policy.max_session_hours else None,
         gpu_seconds_left=await _gpu_left(ctx, state, user["name"], policy) if policy and holds_gpu else None,
         gpu_servers_of_user=max(1, gpu_servers),
+        reclaim_idle_seconds=settings.reclaim_idle_seconds if key in state.reclaims.over_share else None,
+        reclaim_at=state.now if key in state.reclaims.taken_back else None,
     )
     reading, unknown = _gpu_signal(state, key, holds_gpu, info)
     if reading is not None and d.gpu_works(reading, settings.gpu_thresholds):
@@ -355,6 +364,23 @@ async def _handle_safely(ctx: Context, settings: Settings, state: PassState, use
     return {"user": user.get("name"), "server": name, "action": "error", "reason": reason}
 
 
+def _reclaims(state: PassState, users: list[dict[str, Any]], wants: dict[str, Any],
+              settings: Settings) -> reclaim.Reclaims:
+    """The GPU servers the lines want units back from (reclaim.py), from this pass's reads."""
+    if not wants or not state.containers:
+        return reclaim.Reclaims()
+    servers = {}
+    for user in users:
+        for name, server in (user.get("servers") or {}).items():
+            info = state.containers.get((user["name"], name))
+            if info is not None and info.unit and info.pool:
+                servers[(user["name"], name)] = (info.pool, parse_time(server.get("started")) or state.now)
+    found = reclaim.plan(wants, servers, settings.reclaim_after_seconds)
+    if found.taken_back:
+        log.info("Taking lent units back for reservations from %s", ", ".join("/".join(k) for k in sorted(found.taken_back)))
+    return found
+
+
 async def run_once(ctx: Context, settings: Settings) -> list[dict[str, Any]]:
     """One pass over every running server; returns one record per server.
 
@@ -375,18 +401,21 @@ async def run_once(ctx: Context, settings: Settings) -> list[dict[str, Any]]:
 
 async def _run(ctx: Context, settings: Settings) -> list[dict[str, Any]]:
     state = await _pass_state(ctx)
-    tasks: list[asyncio.Task] = []
+    wants = asyncio.ensure_future(reclaim.read_wants(ctx.hub))
+    users: list[dict[str, Any]] = []
     try:
         async for page in ctx.hub.pages("/users", state="active"):
-            for user in page:
-                for name, server in (user.get("servers") or {}).items():
-                    tasks.append(asyncio.ensure_future(_handle_safely(ctx, settings, state, user, name, server)))
+            users.extend(page)
     except HubAPIError as e:
         ctx.metrics.errors.labels("hub-api").inc()
         log.warning("Culler pass: listing users failed: %s", e)
-        await asyncio.gather(*tasks)
+        wants.cancel()
         raise
-    results = list(await asyncio.gather(*tasks))
+    state.reclaims = _reclaims(state, users, await wants, settings)
+    results = list(await asyncio.gather(*(
+        _handle_safely(ctx, settings, state, user, name, server)
+        for user in users for name, server in (user.get("servers") or {}).items()
+    )))
     # forget warnings, keep-alives and GPU times of servers that are gone (stopped by their users)
     for key in set(state.warnings) - state.seen:
         if ctx.notices is not None:

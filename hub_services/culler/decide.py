@@ -44,7 +44,7 @@ KEEP_REASONS = (
     "within-limits",
 )
 #: why a server is warned about or culled
-CULL_REASONS = ("idle", "max-age", "gpu-budget")
+CULL_REASONS = ("idle", "max-age", "gpu-budget", "over-share", "reclaim")
 ERROR_REASONS = ("hub-api", "internal")
 REASONS = KEEP_REASONS + CULL_REASONS + ("activity",) + ERROR_REASONS
 
@@ -106,6 +106,10 @@ class Limits:
     max_age_seconds: float | None = None
     gpu_seconds_left: float | None = None
     gpu_servers_of_user: int = 1
+    #: over its group's share while the line wants units back: this shorter idle timeout too
+    reclaim_idle_seconds: float | None = None
+    #: a lent reserved unit taken back: stopped (after the warning) from this time, busy or not
+    reclaim_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,11 +184,19 @@ def activity(
 # ---- the decision -----------------------------------------------------------------------
 
 
+#: warnings that activity (or a keep-alive) lifts; the others are limits
+LIFTED_BY_ACTIVITY = frozenset({"idle", "over-share"})
+
+
 def deadlines(signals: Signals, limits: Limits, busy: str | None, last_active: float, now: float) -> list[tuple[float, str]]:
     """(time, reason) of every limit that applies, earliest first."""
     found = []
     if busy is None and limits.idle_seconds is not None:
         found.append((last_active + limits.idle_seconds, "idle"))
+    if busy is None and limits.reclaim_idle_seconds is not None:
+        found.append((last_active + limits.reclaim_idle_seconds, "over-share"))
+    if limits.reclaim_at is not None:
+        found.append((limits.reclaim_at, "reclaim"))
     if limits.max_age_seconds is not None:
         found.append((signals.started + limits.max_age_seconds, "max-age"))
     if signals.holds_gpu and limits.gpu_seconds_left is not None:
@@ -215,7 +227,7 @@ def decide(
         return Decision("keep", "pending")
     busy, last_active, source = activity(signals, now, gpu_thresholds)
     cancelled = ""
-    if warning is not None and warning.reason == "idle" and (busy or last_active > warning.warned_at):
+    if warning is not None and warning.reason in LIFTED_BY_ACTIVITY and (busy or last_active > warning.warned_at):
         cancelled, warning = busy or source, None
     found = deadlines(signals, limits, busy, last_active, now)
     due = [(when, reason) for when, reason in found if when <= now + warn_seconds]
@@ -255,5 +267,9 @@ def describe(reason: str, cull_at: float) -> str:
         "idle": "it has been idle (no browser, kernel or GPU activity)",
         "max-age": "it has reached the longest session your quota allows",
         "gpu-budget": "your GPU-hour budget for this period is used up (a CPU-only server stays available)",
+        "over-share": ("it has been idle while it holds a unit beyond your group's share and members of a group "
+                       "with a guaranteed share or reservation wait for one"),
+        "reclaim": ("the unit it holds was lent from a group's reservation, and a member of that group has "
+                    "waited for it longer than the hub allows"),
     }[reason]
     return f"Your server will be stopped at {when} because {why}."

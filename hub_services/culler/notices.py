@@ -44,7 +44,7 @@ def notice_text(user: str, server: str, message: str, cull_at: float, keepalive_
         lines += [
             "Still working? Use the server (an idle-timeout stop is then called off), or run this in a terminal of it:",
             f"  {keepalive_command}",
-            "(A stop for session length or GPU-hour budget is a quota limit: activity does not lift it.)",
+            "(A stop for session length, GPU-hour budget or a reserved unit taken back is a limit: activity does not lift it.)",
         ]
     return "\n".join(lines) + "\n"
 

@@ -113,6 +113,7 @@ class ContainerInfo:
     profile: str
     unit: str
     agent: str = ""  # a swarm task on another node: that node's agent URL; '' on the local engine
+    pool: str = ""  # the pool of its GPU unit ('' for a CPU-only server)
 
 
 class Containers:
@@ -148,7 +149,7 @@ class Containers:
         found = {}
         for c in self.client.api.containers(filters={"label": f"{LABEL_HUB}={self.hub_id}"}):
             labels = ServerLabels.from_labels(c.get("Labels"))
-            found[labels.key] = ContainerInfo(c["Id"], labels.profile, labels.unit)
+            found[labels.key] = ContainerInfo(c["Id"], labels.profile, labels.unit, pool=labels.pool)
         if self.swarm is not None:
             for key, info in self.swarm.read(self.client.api).servers.items():
                 found.setdefault(key, info)  # one this engine runs itself is asked here

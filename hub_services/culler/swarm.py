@@ -71,7 +71,7 @@ def swarm_view(nodes: list[Mapping[str, Any]], services: list[Mapping[str, Any]]
         if parsed is None or status.get("State") != "running" or t.get("DesiredState") != "running":
             continue
         if cid and url:
-            servers[parsed.key] = ContainerInfo(cid, parsed.profile, parsed.unit, agent=url)
+            servers[parsed.key] = ContainerInfo(cid, parsed.profile, parsed.unit, agent=url, pool=parsed.pool)
     return SwarmView(servers, gpu_agents)
 
 

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 NOTICE_JSON = os.path.join(os.path.expanduser("~"), ".gpuhub-notice.json")
 #: bytes of the notice file read at most (the culler writes a few hundred)
 MAX_NOTICE = 64 * 1024
-#: the warning reasons activity can lift (the culler's ``decide``: only "idle")
-KEEPABLE = {"idle"}
+#: the warning reasons activity can lift (the culler's ``decide.LIFTED_BY_ACTIVITY``)
+KEEPABLE = {"idle", "over-share"}
 HUB_TIMEOUT = 20.0
 
 

@@ -11,10 +11,13 @@ from gpuhub_spawner.core.shares import (
     PoolShares,
     Share,
     ShareError,
+    Wanted,
     choose_group,
+    entitled,
     overcommitted,
     parse_shares,
     pool_shares,
+    wanted_back,
 )
 
 COURSE, LAB = "course", "lab"
@@ -123,3 +126,39 @@ def test_a_held_back_spawn_is_told_why_in_words():
     assert "holds 1 GPU unit, the most" in PoolShares({COURSE: Share(0, 1)}, COURSE).why(BURST, "GPU")
     assert "kept for groups with a guaranteed share" in PoolShares(SHARES, "").why(KEPT, "GPU")
     assert PoolShares(SHARES, "").why(FULL, "GPU") == ""
+
+
+# ---- what a line wants back from servers over their share -------------------------------
+
+LAB_SHARE, COURSE_SHARE = Share(guaranteed=1), Share(guaranteed=0, claim=2)  # a guarantee; a reservation lent out
+NOW = 10_000.0
+
+
+@pytest.mark.parametrize(
+    ("held", "waiting", "expected"),
+    [
+        # nobody waits: nothing wanted
+        ({"": 2}, [], Wanted()),
+        # a lab member waits within the lab's guarantee while outsiders hold the pool
+        ({"": 2}, [("lab", NOW - 30)], Wanted(1, (), frozenset({""}))),
+        # the lab holds its guarantee: its next member waits for a free unit, wants nothing back
+        ({"lab": 1, "": 1}, [("lab", NOW - 30)], Wanted()),
+        # three lab members wait: the guarantee lacks one unit, not three
+        ({"": 2}, [("lab", NOW - 9), ("lab", NOW - 8), ("lab", NOW - 7)], Wanted(1, (), frozenset({""}))),
+        # the course's reservation (a claim): each waiting member's wait is told, longest first
+        ({"lab": 2}, [("course", NOW - 100), ("course", NOW - 700)],
+         Wanted(2, (700.0, 100.0), frozenset({"lab"}))),
+        # only groups over their entitlement give back: the lab at its guarantee does not
+        ({"lab": 1, "": 1}, [("course", NOW - 5)], Wanted(1, (5.0,), frozenset({""}))),
+        # a user in no group with a share is entitled to nothing: waiting wants nothing back
+        ({"lab": 2}, [("", NOW - 900)], Wanted()),
+        # a group with no share of this pool is like no group
+        ({"": 2}, [("other", NOW - 900)], Wanted()),
+    ],
+)
+def test_what_a_line_wants_back(held, waiting, expected):
+    assert wanted_back({"lab": LAB_SHARE, "course": COURSE_SHARE}, held, waiting, NOW) == expected
+
+
+def test_entitled_is_the_larger_of_guarantee_and_claim():
+    assert [entitled(s) for s in (None, Share(), Share(2), Share(1, None, 3), Share(4, 5, 2))] == [0, 0, 2, 3, 4]

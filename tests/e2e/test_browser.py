@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,10 @@ def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_cli
             hub.wait_in_line("ben")
             hub.stop_server("ann")
             hub.wait_ready("ben")  # his finished wait is recorded: the waiting chart has it
+        # the students reserve the GPU for today (set now: kept for them, it would not have gone to ben)
+        day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        window = {"pool": "gpu", "units": 1, "start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
+        assert hub.api("PUT", "/groups/students/properties", json={"gpu_reservations": [window]}).ok
 
         wait = _sign_in(browser, hub, github, "ada")
         browser.get(hub.url + "/services/gpuhub-admin/charts")
@@ -183,9 +188,12 @@ def test_admin_sees_gpu_charts_drawn_from_the_ledger(browser, github, docker_cli
         assert [w.get_attribute("textContent") for w in waiting] == ["gpu: at most 1 waiting"]
         told = browser.find_element(By.ID, "wait-estimates").text
         assert "Waits ended: 1" in told and "Told a range: 0" in told and "no estimate yet: 1" in told, told
+        reservation = browser.find_elements(By.CSS_SELECTOR, ".gpuhub-chart-reservation svg polyline title")
+        assert [t.get_attribute("textContent") for t in reservation] == [
+            "reserved: at most 1 units", "held by members: at most 1 units"]  # ann, a student, held it
         assert not browser.find_elements(By.CSS_SELECTOR, "script[src*='//']")  # nothing fetched from elsewhere
         browser.save_screenshot(str(artifacts / "5-gpu-hub-charts.png"))
-        browser.set_window_size(1280, 1500)  # the whole page: the waiting chart and the estimates' line
+        browser.set_window_size(1280, 2000)  # the whole page: waiting, estimates and reservation use
         browser.save_screenshot(str(artifacts / "6-gpu-hub-charts-whole-page.png"))
     finally:
         hub.cleanup(docker_client)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from gpuhub_spawner.core.reservations import parse_reservations
 from gpuhub_spawner.storage.ledger import Interval, WaitRecord
 from hub_services.admin.charts import (
     NO_GROUP,
@@ -14,6 +15,7 @@ from hub_services.admin.charts import (
     estimate_quality,
     held_over_time,
     hours_by_group,
+    reservation_use,
     steps_svg,
     waiting_over_time,
 )
@@ -99,3 +101,40 @@ def test_estimate_quality_counts_hits_and_measures_misses():
     assert estimate_quality(waits) == {"waits": 5, "no_estimate": 1, "told_a_range": 4, "inside": 2,
                                        "median_miss_s": 3600.0}
     assert estimate_quality([])["median_miss_s"] is None
+
+
+# ---- reservation use -------------------------------------------------------------------------
+
+
+def hours(series) -> dict[str, list[tuple[float, int]]]:
+    return {s.pool: [((t - DAY).total_seconds() / 3600, n) for t, n in s.points] for s in series}
+
+
+def test_reservation_use_sets_reserved_units_beside_what_members_held():
+    # 2026-11-26 is a Thursday: the weekly window today, 09:00-11:00 UTC, and a one-off 10:00-14:00
+    reserved = {
+        "course": parse_reservations([{"pool": "gpu", "units": 2, "weekly": "Thu 09:00-11:00"},
+                                      {"pool": "gpu", "units": 1, "start": "2026-11-26T10:00",
+                                       "end": "2026-11-26T14:00"}], "course"),
+        "lab": parse_reservations([{"pool": "gpu", "units": 1, "weekly": "Mon 09:00-11:00"}], "lab"),  # not today
+    }
+    groups = {"ann": ["course"], "bob": ["course", "lab"], "out": []}
+    intervals = [iv("ann", "gpu", 9.5, 10.5), iv("bob", "gpu", 10, None), iv("out", "gpu", 8, None),
+                 iv("ann", "mig", 9, 10)]  # another pool: not this reservation's
+    ((title, series),) = reservation_use(reserved, groups, intervals, DAY, NOW)
+    assert title == "course — gpu"
+    assert hours(series) == {
+        "reserved": [(0, 0), (9, 2), (10, 3), (11, 1), (12, 1)],  # the one-off runs past "now"
+        "held by members": [(0, 0), (9.5, 1), (10, 2), (10.5, 1), (12, 1)],
+    }
+    svg = steps_svg(series, DAY, NOW, title, "units", "")
+    ET.fromstring(svg)  # well formed
+    assert "reserved (peak 3)" in svg and "held by members (peak 2)" in svg
+
+
+def test_weekly_windows_in_a_time_zone_and_past_midnight():
+    (r,) = parse_reservations([{"pool": "gpu", "units": 1, "weekly": "Wed 22:00-02:00", "tz": "Europe/Berlin"}])
+    # Wednesday 22:00 Berlin (21:00 UTC) until Thursday 02:00 Berlin (01:00 UTC): it reaches into today
+    ((start, end),) = r.windows(DAY, NOW)
+    assert (start.astimezone(timezone.utc), end.astimezone(timezone.utc)) == (at(-3), at(1))
+    assert r.windows(at(2), NOW) == []

@@ -160,3 +160,35 @@ def test_gpu_works(reading, busy):
 )
 def test_idle_timeout(profile, gpu, expected):
     assert idle_timeout(profile, gpu, {"a100": 300, "never": 0}, 1200, 3600) == expected
+
+
+# ---- units wanted back: over share (idle first), a reservation's lent unit (taken back) -----
+
+LONG_IDLE = Limits(idle_seconds=7200)  # the usual GPU idle timeout is far off
+OVER = Limits(idle_seconds=7200, reclaim_idle_seconds=600)
+TAKEN = Limits(idle_seconds=7200, reclaim_at=NOW)
+
+
+@pytest.mark.parametrize(
+    ("signals", "limits", "warning", "expected"),
+    [
+        # idle an hour: within the usual timeout, past the over-share one
+        (sig(), LONG_IDLE, None, ("keep", "within-limits")),
+        (sig(), OVER, None, ("warn", "over-share")),
+        # busy: a guarantee never stops a busy server
+        (sig(kernels=BUSY), OVER, None, ("keep", "kernel-busy")),
+        # activity after the warning lifts it, as for an idle warning
+        (sig(hub_activity=NOW - 5), OVER, CullWarning("over-share", NOW - 30, NOW + 270), ("cancel", "activity")),
+        # its time came: stopped
+        (sig(), OVER, CullWarning("over-share", NOW - 400, NOW - 100), ("cull", "over-share")),
+        # a lent reserved unit taken back: warned even though busy, stopped after the warning
+        (sig(kernels=BUSY), TAKEN, None, ("warn", "reclaim")),
+        (sig(kernels=BUSY, hub_activity=NOW - 1), TAKEN, CullWarning("reclaim", NOW - 400, NOW - 100),
+         ("cull", "reclaim")),
+        # the line no longer wants it (the member got a unit): the warning is lifted
+        (sig(kernels=BUSY), LONG_IDLE, CullWarning("reclaim", NOW - 30, NOW + 270), ("cancel", "activity")),
+    ],
+)
+def test_units_wanted_back(signals, limits, warning, expected):
+    got = decide(signals, limits, NOW, 300, warning)
+    assert (got.action, got.reason) == expected, got

@@ -368,6 +368,12 @@ def test_the_culler_token_holds_only_what_it_needs(hub, users):
     assert call("GET", "/users?state=active").status_code == 200
     assert call("GET", f"/users/{victim}").status_code == 200
     assert "auth_state" not in call("GET", f"/users/{victim}").json()
+    assert call("GET", "/gpuhub/lines").json() == {"pools": {}}  # what the GPU lines want back
+    # the lines name users: a user's token does not read them, nor the test's own service token,
+    # which may list users and start and stop their servers (a custom scope only the culler holds)
+    for token_ in (user_token(hub, victim), hub.token):
+        r = requests.get(api + "/gpuhub/lines", headers={"Authorization": f"token {token_}"}, timeout=20)
+        assert r.status_code == 403 and "custom:gpuhub-lines:read" in r.text, r.text
     # what it must not do
     forbidden = [
         ("POST", "/users", {"json": {"usernames": ["intruder"]}}),

@@ -1,9 +1,16 @@
 """Two groups compete for the rig's two whole GPUs, each with a ``gpu_share`` set as the admin
-panel sets it: each gets what the rules promise (core/shares.py), on a real swarm."""
+panel sets it: each gets what the rules promise (core/shares.py), on a real swarm.  And a
+reservation (core/reservations.py) keeps, lends and takes back its unit there, the culler
+(hub_services/culler/reclaim.py) stopping the borrower."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
 import pytest
+from cullerpass import pass_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.hub, pytest.mark.swarm]
 
@@ -58,3 +65,49 @@ def test_a_guarantee_a_burst_and_a_line_that_serves_who_may_go(rig, swarm_hub):
     hub.stop_server("course1")
     hub.wait_ready("course2", timeout=240)
     assert share_groups(rig, hub) == {"lab2": "lab", "course2": "course"}
+
+
+def test_a_reservation_keeps_then_lends_then_takes_back_its_unit(rig, swarm_hub, tmp_path):
+    """The course reserves one of the two whole GPUs from now on.  For the grace period the unit
+    is kept: a member gets it while an outsider, the pool otherwise full, waits.  After the grace
+    period an unclaimed unit is lent; when a member then waits past the culler's reclaim_after,
+    the borrower is warned and stopped (busy or not) and the member gets the unit."""
+    grace = 75  # seconds the reserved unit is kept from the window's start
+    culler = tmp_path / "culler.json"
+    culler.write_text(json.dumps({"CullerApp": {"every": 0, "warn_seconds": 3, "reclaim_after": 10,
+                                                "idle_gpu_timeout": 3600, "hub_timeout": 10}}))
+    hub = swarm_hub({"gpu_profiles": PROFILES, "gpu_queue_max_wait": 300, "gpu_reservation_grace": grace / 60},
+                    "c.JupyterHub.last_activity_interval = 2\n",
+                    env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(culler)})
+    hub.culler = hub.url + "/services/gpuhub-culler/"
+    hub.create_users(["out1", "out2", "cole"])
+    start = datetime.now(timezone.utc)
+    window = {"pool": "gpu", "units": 1, "start": start.isoformat(timespec="seconds"),
+              "end": (start + timedelta(hours=1)).isoformat(timespec="seconds")}
+    assert hub.api("POST", "/groups/course", json={"users": ["cole"]}).status_code == 201
+    assert hub.api("PUT", "/groups/course/properties", json={"gpu_reservations": [window]}).ok
+
+    # kept: out1 takes the unreserved GPU; out2 waits, told why; cole takes the reserved one at once
+    assert hub.spawn("out1", {"profile": "gpu"}, timeout=120).status_code in (201, 202)
+    hub.wait_ready("out1", timeout=240)
+    assert hub.spawn("out2", {"profile": "gpu"}, timeout=120).status_code in (201, 202)
+    said = hub.wait_in_line("out2")
+    assert "kept for groups with a guaranteed share" in said[-1], said
+    assert hub.spawn("cole", {"profile": "gpu"}, timeout=120).status_code in (201, 202)
+    hub.wait_ready("cole", timeout=240)
+    assert share_groups(rig, hub) == {"out1": "", "cole": "course"}
+    hub.stop_server("out2")  # gives up waiting
+    hub.stop_server("cole")
+
+    # lent: past the grace period nobody keeps the unit; out2 takes it
+    time.sleep(max(0.0, grace - (datetime.now(timezone.utc) - start).total_seconds()) + 1)
+    assert hub.spawn("out2", {"profile": "gpu"}, timeout=120).status_code in (201, 202)
+    hub.wait_ready("out2", timeout=240)
+    # cole comes back and waits first in line (for any node: the answer to "your files are on
+    # w-gpu, which has no free GPU"); past reclaim_after the most recent borrower goes
+    assert hub.spawn("cole", {"profile": "gpu", "placement": "anywhere"}, timeout=120).status_code in (201, 202)
+    hub.wait_in_line("cole")
+    assert pass_until(hub, "out2", "warn", timeout=60) == ("warn", "reclaim")
+    assert pass_until(hub, "out2", "cull", timeout=60) == ("cull", "reclaim")
+    hub.wait_ready("cole", timeout=240)
+    assert share_groups(rig, hub) == {"out1": "", "cole": "course"}

@@ -39,7 +39,9 @@ function timeLeft(cullAt) {
 const WHY = {
   idle: 'your server is idle and stops',
   'max-age': 'your session reaches its longest allowed length; your server stops',
-  'gpu-budget': 'your GPU-hour budget runs out; your GPU server stops'
+  'gpu-budget': 'your GPU-hour budget runs out; your GPU server stops',
+  'over-share': 'your idle server holds a unit beyond your group\'s share that others wait for; it stops',
+  reclaim: 'the unit your server holds was lent from a reservation and is needed back; your server stops'
 };
 
 function warningText(notice) {
