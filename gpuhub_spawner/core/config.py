@@ -202,7 +202,8 @@ class Limits(Section):
 
 
 #: the culler's timings: set here, they win over the culler's own config_file
-CULLER_TIMINGS = ("every", "idle_cpu_timeout", "idle_gpu_timeout", "warn_seconds", "reclaim_idle_timeout", "reclaim_after")
+CULLER_TIMINGS = ("every", "idle_cpu_timeout", "idle_gpu_timeout", "warn_seconds", "budget_warn_seconds",
+                  "reclaim_idle_timeout", "reclaim_after")
 
 
 class Culler(Section):
@@ -218,6 +219,7 @@ class Culler(Section):
     idle_cpu_timeout: float | None = Field(None, ge=0)
     idle_gpu_timeout: float | None = Field(None, ge=0)
     warn_seconds: float | None = Field(None, ge=0)
+    budget_warn_seconds: float | None = Field(None, ge=0)  # "budget running low", before it runs out
     # units others are entitled to (a group's guarantee or reservation) and wait for: the idle
     # timeout of servers over their group's share, and how long a reservation's member waits
     # before a lent unit is taken back, busy or not (then warn_seconds more)

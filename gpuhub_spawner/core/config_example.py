@@ -97,6 +97,7 @@ culler:
   idle_cpu_timeout: 3600 # seconds a CPU-only server may be idle (0: never culled for idleness)
   idle_gpu_timeout: 1200 # seconds a GPU server may be idle
   warn_seconds: 300      # the warning comes this long before a server is stopped
+  budget_warn_seconds: 1800  # a GPU-hour budget running out is told this long before
   reclaim_idle_timeout: 600  # idle timeout of GPU servers over their group's share while
                          # members of a group with a guarantee or reservation wait for the pool
                          # (more than warn_seconds: the warning comes that long before)

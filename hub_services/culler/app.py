@@ -157,6 +157,11 @@ class CullerApp(UsageService):
         300, config=True,
         help="""Seconds between the warning (hub pages, notice file) and the cull; 0 culls without one.""",
     )
+    budget_warn_seconds = Float(
+        1800, config=True,
+        help="""Seconds before a GPU-hour budget runs out that its user is told ("budget running
+        low": hub pages, JupyterLab, the notice file); warn_seconds when that is longer.""",
+    )
     reclaim_idle_timeout = Float(
         600, config=True,
         help="""Seconds a GPU server may be idle while it holds a unit beyond its group's share (or
@@ -237,6 +242,7 @@ class CullerApp(UsageService):
         "warn-seconds": "CullerApp.warn_seconds",
         "reclaim-idle-timeout": "CullerApp.reclaim_idle_timeout",
         "reclaim-after": "CullerApp.reclaim_after",
+        "budget-warn-seconds": "CullerApp.budget_warn_seconds",
         "gpu-agent-url": "CullerApp.gpu_agent_urls",
         "concurrency": "CullerApp.concurrency",
         "usage-db-url": "CullerApp.usage_db_url",
@@ -266,6 +272,7 @@ class CullerApp(UsageService):
             dry_run=self.dry_run,
             reclaim_idle_seconds=self.reclaim_idle_timeout,
             reclaim_after_seconds=self.reclaim_after,
+            budget_warn_seconds=self.budget_warn_seconds,
         )
 
     def context(self) -> core.Context:

@@ -50,6 +50,8 @@ class Settings:
     reclaim_idle_seconds: float = 600
     #: how long a reservation's member waits before a lent unit is taken back, busy or not
     reclaim_after_seconds: float = 600
+    #: a GPU-hour budget running out is announced this long before (when above warn_seconds)
+    budget_warn_seconds: float = 1800
 
 
 @dataclass
@@ -212,6 +214,7 @@ async def handle_server(
         gpu_servers_of_user=max(1, gpu_servers),
         reclaim_idle_seconds=settings.reclaim_idle_seconds if key in state.reclaims.over_share else None,
         reclaim_at=state.now if key in state.reclaims.taken_back else None,
+        budget_lead_seconds=settings.budget_warn_seconds,
     )
     reading, unknown = _gpu_signal(state, key, holds_gpu, info)
     if reading is not None and d.gpu_works(reading, settings.gpu_thresholds):

@@ -15,7 +15,8 @@ Three limits can end a server; the earliest wins:
 ``gpu-budget``  now + the GPU-seconds left this period (GPU servers only), shared by the
                 user's running GPU servers
 
-Every cull is announced first: a warning with ``cull_at`` at least ``warn_seconds`` ahead.
+Every cull is announced first: a warning with ``cull_at`` at least ``warn_seconds`` ahead (a
+GPU-hour budget running out: ``budget_lead_seconds`` ahead, when longer).
 Activity or a keep-alive after an *idle* warning cancels it; ``max-age`` and ``gpu-budget``
 are hard limits that activity does not lift (raising the quota does).
 """
@@ -110,6 +111,9 @@ class Limits:
     reclaim_idle_seconds: float | None = None
     #: a lent reserved unit taken back: stopped (after the warning) from this time, busy or not
     reclaim_at: float | None = None
+    #: the GPU-hour budget is announced this long before it runs out ("budget running low"),
+    #: when longer than the usual warning
+    budget_lead_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,8 @@ def decide(
     if warning is not None and warning.reason in LIFTED_BY_ACTIVITY and (busy or last_active > warning.warned_at):
         cancelled, warning = busy or source, None
     found = deadlines(signals, limits, busy, last_active, now)
-    due = [(when, reason) for when, reason in found if when <= now + warn_seconds]
+    due = [(when, reason) for when, reason in found
+           if when <= now + max(warn_seconds, limits.budget_lead_seconds if reason == "gpu-budget" else 0.0)]
     if not due:
         if cancelled or warning is not None:
             # activity, or a limit that was raised, lifted the warning
@@ -266,7 +271,7 @@ def describe(reason: str, cull_at: float) -> str:
     why = {
         "idle": "it has been idle (no browser, kernel or GPU activity)",
         "max-age": "it has reached the longest session your quota allows",
-        "gpu-budget": "your GPU-hour budget for this period is used up (a CPU-only server stays available)",
+        "gpu-budget": "your GPU-hour budget for this period runs out then (a CPU-only server stays available)",
         "over-share": ("it has been idle while it holds a unit beyond your group's share and members of a group "
                        "with a guaranteed share or reservation wait for one"),
         "reclaim": ("the unit it holds was lent from a group's reservation, and a member of that group has "

@@ -192,3 +192,29 @@ TAKEN = Limits(idle_seconds=7200, reclaim_at=NOW)
 def test_units_wanted_back(signals, limits, warning, expected):
     got = decide(signals, limits, NOW, 300, warning)
     assert (got.action, got.reason) == expected, got
+
+
+# ---- "budget running low": the budget's warning comes budget_lead_seconds ahead ----------------
+
+BUDGET_20_MIN = Limits(idle_seconds=None, gpu_seconds_left=1200, budget_lead_seconds=1800)
+TRAINING = sig(holds_gpu=True, kernels=BUSY)
+
+
+@pytest.mark.parametrize(
+    ("signals", "limits", "expected"),
+    [
+        # 20 min of GPU time left, told 30 min ahead: warned now (busy or not), stopped when it runs out
+        (TRAINING, BUDGET_20_MIN, ("warn", "gpu-budget", NOW + 1200)),
+        # an hour left: not yet
+        (TRAINING, Limits(idle_seconds=None, gpu_seconds_left=3600, budget_lead_seconds=1800),
+         ("keep", "kernel-busy", None)),
+        # the lead is only the budget's: an idle deadline 20 min off is not warned yet
+        (sig(hub_activity=NOW - 600), Limits(idle_seconds=1800, budget_lead_seconds=1800),
+         ("keep", "hub-activity", None)),
+        # no lead (0): the usual warning window
+        (TRAINING, Limits(idle_seconds=None, gpu_seconds_left=1200), ("keep", "kernel-busy", None)),
+    ],
+)
+def test_a_budget_running_low_is_told_ahead(signals, limits, expected):
+    got = decide(signals, limits, NOW, 300)
+    assert (got.action, got.reason, got.cull_at) == expected, got
