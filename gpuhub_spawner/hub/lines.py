@@ -11,6 +11,8 @@ is idle.  So the hub answers, per pool whose line wants units back (:func:`~gpuh
 - ``over``: users whose servers of the pool count for a group holding more than its share
   (or for no group with a share): the culler reclaims their idle servers first, and, once a
   reservation's member has waited past its bound, one of them busy or not (``hub_services/culler``).
+  On a swarm, when those who want units wait only for their home node (their files are there),
+  only the servers on those nodes are named.
 
 The route needs :data:`LINES_SCOPE`, a custom scope only the culler's role holds (no user,
 not even an admin, holds it; it names users, so it is not public).
@@ -73,14 +75,23 @@ def gate_wants(gate: Any, now: float) -> dict[str, dict[str, Any]]:
         by_pool.setdefault(split_line_key(key)[0], []).extend(tickets)
     out = {}
     for pool, tickets in by_pool.items():
+        # those waiting for their home node only (their files are there) want a unit back there
+        nodes = {split_line_key(t.pool)[1] for t in tickets if t.share is not None}
+        anywhere = "" in nodes
         holders = [(labels.user, labels.group) for name, labels in view.labels.items()
-                   if labels.pool == pool and name in view.placements]
+                   if labels.pool == pool and name in view.placements
+                   and (anywhere or _hostname(view, name) in nodes)]
         holders += [(gate.line.owners.get(h, ""), gate.line.groups.get(h, "")) for h, (key, _) in gate.inflight.items()
-                    if split_line_key(key)[0] == pool and h not in view.placements]
+                    if anywhere and split_line_key(key)[0] == pool and h not in view.placements]
         entry = pool_wants(tickets, gate.held_by_group(view, pool), holders, now)
         if entry:
             out[pool] = entry
     return out
+
+
+def _hostname(view: Any, service: str) -> str:
+    node = view.nodes.get(view.placements[service].node_id)
+    return node.hostname if node is not None else ""
 
 
 def hub_wants(states: Iterable[Any], now: float | None = None) -> dict[str, Any]:

@@ -8,9 +8,12 @@ import time
 
 from allocator_fakes import FakeEngine, make_inventory, spawn, until
 
+from gpuhub_spawner.core.cluster import ClusterView
+from gpuhub_spawner.core.labels import ServerLabels
 from gpuhub_spawner.core.shares import PoolShares, Share
 from gpuhub_spawner.hub.allocator import Allocator
-from gpuhub_spawner.hub.lines import allocator_wants, hub_wants
+from gpuhub_spawner.hub.lines import allocator_wants, gate_wants, hub_wants
+from gpuhub_spawner.hub.swarmgate import SwarmGate
 
 # 2 whole GPUs: the lab is guaranteed 1; the course's reservation was lent out (a claim of 1)
 SHARES = {"lab": Share(1), "course": Share(0, None, 1)}
@@ -51,3 +54,31 @@ async def test_a_member_within_a_guarantee_waiting_wants_the_outsiders_units_bac
     for task in (out, lab, course):
         task.cancel()
     await asyncio.gather(out, lab, course, return_exceptions=True)
+
+
+def _two_node_view(running: dict[str, str]) -> ClusterView:
+    """A FAKE swarm read: w-gpu and w-b with one GPU each; ``running``: service -> its node's hostname."""
+    gpus = {"w-gpu": "GPU-00000000-0000-4000-8000-000000000001", "w-b": "GPU-00000000-0000-4000-8000-000000000002"}
+    nodes = [{"ID": host, "Status": {"State": "ready", "Addr": "10.0.0.1"},
+              "Spec": {"Availability": "active", "Role": "worker"},
+              "Description": {"Hostname": host, "Engine": {"Labels": {}}, "Resources": {"GenericResources": [
+                  {"NamedResourceSpec": {"Kind": "NVIDIA_GPU", "Value": gpu}}]}}} for host, gpu in gpus.items()]
+    tasks = [{"ServiceID": name, "NodeID": host, "DesiredState": "running", "Status": {"State": "running"},
+              "GenericResources": [{"NamedResourceSpec": {"Kind": "NVIDIA_GPU", "Value": gpus[host]}}],
+              "Spec": {"Resources": {"Reservations": {"GenericResources": []}}}} for name, host in running.items()]
+    view = ClusterView.read(nodes, tasks, {name: name for name in running})
+    view.labels = {name: ServerLabels(user=name, pool="gpu") for name in running}
+    return view
+
+
+async def test_on_a_swarm_a_member_waiting_for_their_home_node_wants_a_unit_back_there():
+    gate = SwarmGate()
+    gate.learn(_two_node_view({"ola": "w-gpu", "oto": "w-b"}))  # outsiders on both nodes
+    course = PoolShares({"course": Share(0, None, 1)}, "course")
+    gate.line.join("gpu@w-gpu", "cole-server", owner="cole", share=course)  # cole's files are on w-gpu
+    want = gate_wants(gate, time.time() + 60)["gpu"]
+    assert want["units"] == 1 and want["over"] == ["ola"] and 59 <= want["reserved_waits"][0] <= 61
+    gate.line.join("gpu", "cara-server", owner="cara", share=course)  # cara waits for any node
+    assert gate_wants(gate, time.time())["gpu"]["over"] == ["ola", "oto"]
+    for ticket in [t for line in gate.line.tickets().values() for t in line]:
+        ticket.granted.cancel()
