@@ -135,6 +135,8 @@ if os.environ.get("GPUHUB_STACK") and cfg.deploy is not None:
 
 # ---- the "GPU Hub" admin service: hub admins only, a page and a JSON API ---------------
 admin_service, admin_role = managed_services.admin(cfg.services.admin_port, c.GPUDockerSpawner, from_file, service_env)
+if cfg.metrics.prometheus_url:  # the charts' units held and people waiting come from it
+    admin_service["command"].append(f"--prometheus-url={cfg.metrics.prometheus_url}")
 c.JupyterHub.services.append(admin_service)
 c.JupyterHub.load_roles.append(admin_role)
 # instructors open attendees' servers from its Help tab (JupyterHub sharing; off with group "")

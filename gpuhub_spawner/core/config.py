@@ -267,6 +267,7 @@ class Metrics(Section):
 
     exporter_port: Annotated[int | None, BeforeValidator(_port)] = None  # None: no exporter service
     prometheus_token_file: str = ""  # registers a read:metrics service for Prometheus
+    prometheus_url: str = ""  # the GPU Hub page's charts read it (e.g. http://prometheus:9090); "": the ledger
 
 
 

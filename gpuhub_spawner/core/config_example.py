@@ -120,6 +120,8 @@ tutorials:
 metrics:
   exporter_port: null    # a port runs the per-user metrics service; null: none
   prometheus_token_file: ""  # a file holding Prometheus's token (read:metrics only)
+  prometheus_url: ""     # e.g. http://prometheus:9090: the GPU Hub page's charts of units held
+                         # and people waiting come from it (empty: from the usage ledger)
 
 services:
   admin_port: 8766       # the "GPU Hub" admin service

@@ -346,6 +346,7 @@ ENVIRONMENT: tuple[tuple[str, str, Any], ...] = (
     ("GPUHUB_ADMIN_SERVICE_PORT", "services.admin_port", _port_reader(8766)),
     ("GPUHUB_EXPORTER_PORT", "metrics.exporter_port", _port_reader(8768)),
     ("GPUHUB_PROMETHEUS_TOKEN_FILE", "metrics.prometheus_token_file", _text),
+    ("GPUHUB_PROMETHEUS_URL", "metrics.prometheus_url", _text),
     ("GPUHUB_CULLER", "culler.enabled", _switch),
     ("GPUHUB_CULLER_PORT", "culler.port", _port_reader(8767)),
     ("GPUHUB_CULLER_CONFIG", "culler.config_file", _text),

@@ -401,10 +401,17 @@ class AdminServiceApp(UsageService):
         "(instructors.group in gpuhub.yaml; the hub passes it). Empty: instructor help is off.",
     )
     help_access = Unicode("full", config=True, help="What a helper may do in the server: full.")
+    prometheus_url = Unicode(
+        "", config=True,
+        help="""Prometheus (metrics.prometheus_url in gpuhub.yaml): the charts' units held and people
+        waiting come from it, sampled over the day (waits under way included); empty, or when it
+        does not answer (the page says so): from the usage ledger.""",
+    )
 
     aliases = {
         "instructors-group": "AdminServiceApp.instructors_group",
         "help-access": "AdminServiceApp.help_access",
+        "prometheus-url": "AdminServiceApp.prometheus_url",
         "usage-db-url": "AdminServiceApp.usage_db_url",
         "hub-timeout": "AdminServiceApp.hub_timeout",
         "url": "AdminServiceApp.service_url",
@@ -426,7 +433,8 @@ class AdminServiceApp(UsageService):
                 "gpuhub-admin: set GPUHUB_USAGE_DB_URL and run it as a hub service (JUPYTERHUB_API_TOKEN)"
             )
         defaults = self.checked_quota_defaults()
-        return core.Context(self.hub_client(), UsageLedger(self.usage_db_url), defaults)
+        return core.Context(self.hub_client(), UsageLedger(self.usage_db_url), defaults,
+                            prometheus_url=self.prometheus_url)
 
     def make_web_app(self, ctx: core.Context) -> web.Application:
         prefix = self.url_prefix

@@ -26,6 +26,7 @@ from gpuhub_spawner.core.shares import PROPERTY as SHARE
 from gpuhub_spawner.core.shares import ShareError, parse_shares
 from gpuhub_spawner.storage.ledger import UsageLedger, UserQuota
 from hub_services.admin import charts as drawing
+from hub_services.admin import promsource
 from hub_services.admin.roster import USERNAME, parse_roster
 from hub_services.common.hubapi import HubAPIError, HubClient, seg
 
@@ -58,6 +59,8 @@ class Context:
     ledger: UsageLedger
     defaults: dict[str, Any]
     actor: HubClient | None = None
+    #: Prometheus's URL: the charts' units held and people waiting come from it ("": the ledger)
+    prometheus_url: str = ""
 
     def as_admin(self) -> HubClient:
         if self.actor is None:
@@ -170,12 +173,26 @@ async def charts(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     held = drawing.held_over_time(intervals, day, now)  # it clips the week's intervals to the day
     by_group = drawing.hours_by_group(intervals, groups_of, week, now)
     waiting = drawing.waiting_over_time(waits, day, now)
+    source, note = "ledger", ""
+    if ctx.prometheus_url:
+        try:
+            held, waiting = await asyncio.gather(
+                promsource.day_series(ctx.prometheus_url, promsource.HELD, day, now),
+                promsource.day_series(ctx.prometheus_url, promsource.WAITING, day, now),
+            )
+            source = "prometheus"
+        except promsource.PrometheusError as e:
+            log.warning("Charts: Prometheus at %s did not answer (%s); drawing from the ledger", ctx.prometheus_url, e)
+            note = (f"Prometheus at {ctx.prometheus_url} did not answer ({e}): units held and people waiting "
+                    "are drawn from the usage ledger.")
     return {
+        "source": source, "note": note, "prometheus_url": ctx.prometheus_url,
         "held_svg": drawing.steps_svg(held, day, now, f"GPU units held per pool since {day:%Y-%m-%d} 00:00 UTC"),
         "groups_svg": drawing.bars_svg(by_group, f"GPU-hours by group since {week:%Y-%m-%d}"),
         "day": f"{day:%Y-%m-%d}", "week": f"{week:%Y-%m-%d}",
         "waiting_svg": drawing.steps_svg(waiting, day, now, f"People waiting in line per pool since {day:%Y-%m-%d} 00:00 UTC",
-                                         "waiting", "Nobody's wait in line ended in this time."),
+                                         "waiting", "Nobody waited in line in this time." if source == "prometheus"
+                                         else "Nobody's wait in line ended in this time."),
         "held": {s.pool: s.peak for s in held}, "by_group": {g: round(h, 3) for g, h in by_group.items()},
         "waiting": {s.pool: s.peak for s in waiting}, "estimates": drawing.estimate_quality(waits),
         "reservations": [

@@ -255,6 +255,7 @@ ALL_VARIABLES = {
     "GPUHUB_ADMIN_SERVICE_PORT": ("9766", "services.admin_port", 9766),
     "GPUHUB_EXPORTER_PORT": ("9768", "metrics.exporter_port", 9768),
     "GPUHUB_PROMETHEUS_TOKEN_FILE": ("/run/p", "metrics.prometheus_token_file", "/run/p"),
+    "GPUHUB_PROMETHEUS_URL": ("http://prometheus:9090", "metrics.prometheus_url", "http://prometheus:9090"),
     "GPUHUB_CULLER": ("off", "culler.enabled", False),
     "GPUHUB_CULLER_PORT": ("9767", "culler.port", 9767),
     "GPUHUB_CULLER_CONFIG": ("/etc/c.json", "culler.config_file", "/etc/c.json"),

@@ -65,6 +65,7 @@ def stack(docker_client, tmp_path_factory):
     token_file = work / "prometheus-token"
     token_file.write_text(os.urandom(16).hex() + "\n")
     exporter_port = free_port()
+    prom_port = free_port()  # known before the hub starts: the GPU Hub page's charts read it
     hub = HubProcess(work / "hub", {"gpu_inventory": [whole, mig_gpu], "gpu_queue_max_wait": 0})
     nvml_file = work / "nvml.json"
     jobs_dir = work / "jobs"
@@ -81,6 +82,8 @@ def stack(docker_client, tmp_path_factory):
                 "GPUHUB_EXPORTER_PORT": str(exporter_port),
                 "GPUHUB_PROMETHEUS_TOKEN_FILE": str(token_file),
                 "GPUHUB_QUOTA_DEFAULTS": '{"gpu_hours_per_period": 10, "period": "week"}',
+                "GPUHUB_PROMETHEUS_URL": f"http://127.0.0.1:{prom_port}",
+                "GPUHUB_ADMIN_USERS": "boss",
             }
         )
         s.agent_url = f"http://127.0.0.1:{free_port()}"
@@ -149,6 +152,7 @@ def stack(docker_client, tmp_path_factory):
                     **auth,
                 },
             ],
+            port=prom_port,
         )
         s.prom = prom
         _wait(
@@ -358,6 +362,37 @@ def test_exporter_reports_units_budgets_pools_and_joins_to_gpus(stack):
     refused = prom.query('gpuhub_spawn_refusals_total{reason="gpu-unavailable"}')
     assert refused and float(refused[0]["value"][1]) >= 1
     assert prom.query('gpuhub_queue_length{pool="mig-1g.10gb"}')
+
+
+def test_the_gpu_hub_charts_come_from_prometheus_when_configured(stack):
+    """metrics.prometheus_url (GPUHUB_PROMETHEUS_URL): the admin page's units held per pool are
+    Prometheus's samples of the exporter's gauge, as Prometheus itself answers them."""
+    hub = stack.hub
+    r = hub.api("POST", "/users/boss/tokens", json={"note": "charts"})
+    assert r.status_code == 201, r.text
+    headers = {"Authorization": f"token {r.json()['token']}"}
+    # the three servers' units, sampled by Prometheus (every second here)
+    _wait("Prometheus has the units held",
+          lambda: sum(float(x["value"][1]) for x in stack.prom.query("sum by (pool) (gpuhub_pool_held_units)")) == 3)
+
+    def charts():
+        r = requests.get(hub.url + "/services/gpuhub-admin/api/charts", headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    got = _wait("the charts drawn from Prometheus", lambda: (c := charts())["held"] == {
+        "gpu": 1, "mig-1g.10gb": 1, "mig-3g.40gb": 1} and c)
+    assert got["source"] == "prometheus" and not got["note"], got["note"]
+    assert f"Prometheus (http://127.0.0.1:{stack.prom.port})" in requests.get(
+        hub.url + "/services/gpuhub-admin/charts", headers=headers, timeout=30).text
+    # Prometheus gone: said on the page, drawn from the ledger (the same three units)
+    stack.prom.proc.send_signal(19)  # SIGSTOP: it does not answer within the charts' timeout
+    try:
+        got = charts()
+    finally:
+        stack.prom.proc.send_signal(18)  # SIGCONT
+    assert got["source"] == "ledger" and "did not answer" in got["note"], got
+    assert got["held"] == {"gpu": 1, "mig-1g.10gb": 1, "mig-3g.40gb": 1}
 
 
 def _exporter_token(hub: HubProcess) -> str:

@@ -23,9 +23,10 @@ class PrometheusServer:
     """Scrapes ``scrape_configs`` every second; ``query`` runs PromQL, ``targets`` lists targets."""
 
     def __init__(
-        self, workdir: Path, scrape_configs: list[dict], ready_timeout: float = 30, rule_files: list[str] = ()
+        self, workdir: Path, scrape_configs: list[dict], ready_timeout: float = 30, rule_files: list[str] = (),
+        port: int | None = None,
     ):
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": scrape_configs}
         if rule_files:
