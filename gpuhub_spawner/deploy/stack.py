@@ -128,6 +128,7 @@ def hub_config(cfg: GPUHubConfig) -> dict[str, Any]:
     metrics = raw.setdefault("metrics", {})
     metrics["prometheus_token_file"] = "/run/secrets/prometheus_token"
     metrics.setdefault("exporter_port", 8768)
+    metrics.setdefault("prometheus_url", "http://prometheus:9090")  # the stack's: the GPU Hub page's charts
     culler = raw.setdefault("culler", {})
     culler.setdefault("gpu_agent_token_file", "/run/secrets/agent_token")
     if cfg.tutorials.repo:
