@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 from urllib.parse import urlencode
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub_services.admin.charts import Steps
 
@@ -44,6 +44,6 @@ async def day_series(url: str, query: str, start: datetime, end: datetime, timeo
             points = [(start, 0)] + [(datetime.fromtimestamp(float(t), timezone.utc), round(float(v)))
                                      for t, v in result["values"]]
             series.append(Steps(result["metric"].get("pool") or "?", tuple(points + [(end, points[-1][1])])))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (HTTPClientError, OSError, ValueError, KeyError, TypeError) as e:  # a timeout is an HTTPClientError
         raise PrometheusError(str(e) or type(e).__name__) from None
     return sorted(series, key=lambda s: s.pool)

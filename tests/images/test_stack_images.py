@@ -24,6 +24,7 @@ import contextlib
 import http.client
 import http.server
 import io
+import ipaddress
 import json
 import os
 import socket
@@ -300,7 +301,10 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
 def _echo_on_the_bridge(client) -> Iterator[str]:
     """An echo server on Docker's bridge gateway, where a container reaches it: host:port."""
-    gateway = next(c["Gateway"] for c in client.networks.get("bridge").attrs["IPAM"]["Config"] if c.get("Gateway"))
+    # dockerd may list the default bridge without its gateway (seen in CI): then it is the
+    # subnet's first address, docker0's own
+    (config, *_) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    gateway = config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
     server = http.server.ThreadingHTTPServer((gateway, 0), _Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"{gateway}:{server.server_address[1]}"
