@@ -25,7 +25,6 @@ from hub_services.culler import reclaim
 from hub_services.culler.metrics import CullerMetrics
 from hub_services.culler.notices import KEEPALIVE_COMMAND, notice_card, notice_text
 from hub_services.culler.probe import parse_probe
-from hub_services.culler.reclaim import Reclaims
 from hub_services.culler.signals import AgentView, ContainerInfo, Containers, read_agents
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class PassState:
     usage: dict[str, dict[str, float]] = field(default_factory=dict)
     groups: dict[str, asyncio.Future] = field(default_factory=dict)
     seen: set[tuple[str, str]] = field(default_factory=set)
-    reclaims: Reclaims = field(default_factory=Reclaims)
+    reclaims: reclaim.Reclaims = field(default_factory=reclaim.Reclaims)
 
 
 async def _safely(ctx: Context, stage: str, coro: Any, default: Any) -> Any:
