@@ -48,3 +48,35 @@ def test_service_settings_use_the_service_trait_names() -> None:
         "gpu_discovery": "auto", "gpu_replicas_per_gpu": 1, "spawner": "docker",
         "branch": "main", "poll_interval": 60, "max_total_mb": 10240, "max_files": 100000,
     }
+
+
+NEW_TIMINGS = {"budget_warn_seconds": 900, "reclaim_idle_timeout": 480, "reclaim_after": 300}
+
+
+def test_the_culler_reads_budget_and_reclaim_timings_from_gpuhub_yaml(tmp_path, monkeypatch) -> None:
+    """culler.budget_warn_seconds, reclaim_idle_timeout and reclaim_after as the README documents them."""
+    from hub_services.culler.app import CullerApp
+
+    path = tmp_path / "gpuhub.yaml"
+    path.write_text("culler:\n" + "".join(f"  {k}: {v}\n" for k, v in NEW_TIMINGS.items()))
+    monkeypatch.setenv("GPUHUB_CONFIG", str(path))
+    app = CullerApp()
+    app.initialize([])
+    settings = app.settings()
+    assert (settings.budget_warn_seconds, settings.reclaim_idle_seconds, settings.reclaim_after_seconds) == (
+        900, 480, 300)
+
+
+def test_the_culler_takes_the_command_line_the_hub_gives_it(monkeypatch) -> None:
+    """Without a gpuhub.yaml file the hub passes the timings as options: each is one the culler knows."""
+    from gpuhub_spawner.hub import managed_services
+    from hub_services.culler.app import CullerApp
+
+    monkeypatch.delenv("GPUHUB_CONFIG", raising=False)
+    cfg = config.validate({"culler": NEW_TIMINGS})
+    spec, _ = managed_services.culler(cfg.culler, {}, {}, {})
+    options = [a for a in spec["command"] if a.startswith("--")]
+    assert sorted(options) == ["--budget-warn-seconds=900", "--reclaim-after=300", "--reclaim-idle-timeout=480"]
+    app = CullerApp()
+    app.initialize(options)
+    assert (app.budget_warn_seconds, app.reclaim_idle_timeout, app.reclaim_after) == (900, 480, 300)

@@ -7,7 +7,6 @@ JupyterLab are real.
 from __future__ import annotations
 
 import json
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,19 +25,7 @@ def github():
 
 
 def _hub(tmp_path: Path, github: FakeGitHub, admin_teams: set[str] | None = None) -> HubProcess:
-    extra = textwrap.dedent(
-        f"""
-        import os
-        c.JupyterHub.authenticator_class = "gpuhub-github"
-        c.Authenticator.allow_all = False
-        c.GPUHubGitHubAuthenticator.github_url = {github.url!r}
-        c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
-        c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
-        c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
-        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu", "acme:staff"}}
-        c.GPUHubGitHubAuthenticator.admin_teams = {admin_teams or set()!r}
-        """
-    )
+    extra = github.hub_config({"acme:gpu", "acme:staff"}, admin_teams or set())
     inventory = [fake_mig_gpu("br", ["1g.10gb", "1g.10gb"]), *fake_gpus(1, "br")]
     return HubProcess(tmp_path / "hub", {"gpu_inventory": inventory}, extra=extra)
 

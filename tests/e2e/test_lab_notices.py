@@ -11,7 +11,6 @@ someone leaves their tab; the warning is waiting in JupyterLab when they come ba
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
@@ -34,19 +33,7 @@ def github():
 
 
 def _hub(tmp_path: Path, github: FakeGitHub) -> HubProcess:
-    extra = textwrap.dedent(
-        f"""
-        import os
-        c.JupyterHub.authenticator_class = "gpuhub-github"
-        c.Authenticator.allow_all = False
-        c.GPUHubGitHubAuthenticator.github_url = {github.url!r}
-        c.GPUHubGitHubAuthenticator.client_id = {github.client_id!r}
-        c.GPUHubGitHubAuthenticator.client_secret = {github.client_secret!r}
-        c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"
-        c.GPUHubGitHubAuthenticator.allowed_organizations = {{"acme:gpu"}}
-        c.JupyterHub.last_activity_interval = 2
-        """
-    )
+    extra = github.hub_config({"acme:gpu"}) + "c.JupyterHub.last_activity_interval = 2\n"
     hub = HubProcess(tmp_path / "hub", {"gpu_inventory": fake_gpus(1, "ln")}, extra=extra)
     hub.culler_config = tmp_path / "culler.json"
     hub.culler_config.write_text(json.dumps({"CullerApp": {

@@ -81,6 +81,22 @@ class FakeGitHub:
         host, port = self._server.server_address[:2]
         return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
+    def hub_config(self, organizations: set[str], admin_teams: set[str] = frozenset()) -> str:
+        """Extra hub config (Python): gpuhub's GitHub sign-in against this fake, letting in members
+        of ``organizations`` (``org`` or ``org:team``); ``admin_teams`` as gpuhub.yaml gives them."""
+        return "\n".join([
+            "import os",
+            'c.JupyterHub.authenticator_class = "gpuhub-github"',
+            "c.Authenticator.allow_all = False",
+            f"c.GPUHubGitHubAuthenticator.github_url = {self.url!r}",
+            f"c.GPUHubGitHubAuthenticator.client_id = {self.client_id!r}",
+            f"c.GPUHubGitHubAuthenticator.client_secret = {self.client_secret!r}",
+            'c.GPUHubGitHubAuthenticator.oauth_callback_url = os.environ["GPUHUB_BIND_URL"] + "/hub/oauth_callback"',
+            f"c.GPUHubGitHubAuthenticator.allowed_organizations = {set(organizations)!r}",
+            f"c.GPUHubGitHubAuthenticator.admin_teams = {set(admin_teams)!r}",
+            "",
+        ])
+
     def add_user(self, login: str, orgs: set[str] = frozenset(), teams: set[str] = frozenset()) -> FakeUser:
         user = FakeUser(login, 1000 + len(self.users), set(orgs), set(teams))
         self.users[login.lower()] = user
