@@ -19,7 +19,7 @@ from pathlib import Path
 from gpuhub_spawner.core import dockerhost, hubconfig
 from gpuhub_spawner.core.config import ConfigFileError, file_settings, load_config
 from gpuhub_spawner.hub import managed_services
-from gpuhub_spawner.storage import dbping
+from gpuhub_spawner.storage import dbping, dbwait
 
 c = get_config()  # noqa: F821 - provided by JupyterHub
 
@@ -78,6 +78,10 @@ c.JupyterHub.hub_port = cfg.hub.port
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{cfg.hub.proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
 c.JupyterHub.db_url = cfg.hub.db_url or f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
+try:  # a PostgreSQL server starting beside the hub (the stack): wait for it, rather than exit
+    dbwait.wait_for_database(c.JupyterHub.db_url, say=lambda line: print(line, file=sys.stderr, flush=True))
+except dbwait.DatabaseUnavailable as e:
+    hubconfig.fail(str(e))
 # the hub's session checks a pooled connection when it sat idle, not before every transaction
 # (three round trips each on PostgreSQL, on the hub's event loop): gpuhub_spawner/storage/dbping.py
 dbping.use_for_jupyterhub()
@@ -241,6 +245,15 @@ else:
 extra = cfg.hub.extra_config
 if extra:
     load_subconfig(extra)  # noqa: F821 - provided by JupyterHub
+
+# several servers per person: each server's own token may also read its user's servers (its
+# JupyterLab says "your turn" when another one, waiting in line, is ready: images/singleuser/
+# gpuhub_labnotices.py); nothing more, and only where named servers are on
+if cfg.hub.named_servers:
+    c.JupyterHub.allow_named_servers = True
+if c.JupyterHub.get("allow_named_servers") and "server_token_scopes" not in c.Spawner:
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "read:servers!user"]
+
 
 def _listed(value: object) -> list:
     """A list setting as set so far: a list, or traitlets' lazy value after .append()."""

@@ -76,6 +76,7 @@ class Hub(Section):
     docker_host: str = ""  # swarm only: tcp://manager:2376 with mutual TLS
     user_network: str = "gpuhub-users"
     user_firewall: bool = True
+    named_servers: bool = False
     extra_config: str = ""
 
 

@@ -30,6 +30,8 @@ hub:
                          # DOCKER_CERT_PATH in the environment; deploy/swarm/make-tls.sh)
   user_network: gpuhub-users   # Docker network of user servers (no traffic between them)
   user_firewall: true    # false: you install the host firewall yourself (README)
+  named_servers: false   # true: people may run several servers (e.g. a CPU one while a GPU
+                         # one waits in line; quota max_named_servers caps them)
   extra_config: ""       # a Python config file loaded last, for anything else
 
 sign_in:

@@ -28,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gpuhub_spawner.core.shares import MOST, Share
+from gpuhub_spawner.core.waits import Keep
 
 PROPERTY = "gpu_reservations"
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -195,3 +196,34 @@ def with_reservations(shares: Mapping[str, Mapping[str, Share]], reservations: M
         burst = None if base.burst is None else max(base.burst, claimed)
         out[group] = Share(guaranteed, burst, claimed)
     return out
+
+
+#: seconds ahead a wait estimate looks for reservation windows that open
+KEEPS_AHEAD = 12 * 3600.0
+
+
+def keeps_from(shares: Mapping[str, Share], reservations: Mapping[str, Iterable[Reservation]], pool: str,
+               now: datetime, grace: float, mine: Iterable[str], held: Mapping[str, int],
+               ahead: float = KEEPS_AHEAD) -> list[Keep]:
+    """What the other groups keep of ``pool`` from a spawn of a member of ``mine``, for its wait
+    estimate (core/waits.py): each group's unused guaranteed share (``shares``: the groups'
+    ``gpu_share`` of the pool, before reservations), for good; each reservation's units beyond
+    that, from its window's start (now, or within ``ahead`` seconds) to the end of its grace
+    period.  ``held``: units each group holds now (a window that opens later is taken to find
+    them held still)."""
+    now = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
+    mine = set(mine)
+    keeps = []
+    for group in sorted((set(shares) | set(reservations)) - mine):
+        guaranteed, used = shares[group].guaranteed if group in shares else 0, held.get(group, 0)
+        if guaranteed > used:
+            keeps.append(Keep(guaranteed - used, 0.0, float("inf")))
+        for r in reservations.get(group, ()):
+            units = r.units - max(guaranteed, used)
+            if r.pool != pool or units <= 0:
+                continue
+            for start, end in r.windows(now, now + timedelta(seconds=ahead)):
+                kept_until = min(start + timedelta(seconds=grace), end)
+                if kept_until > now:
+                    keeps.append(Keep(units, (start - now).total_seconds(), (kept_until - now).total_seconds()))
+    return keeps

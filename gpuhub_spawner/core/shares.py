@@ -20,7 +20,8 @@ unit coming free goes to the first in line who *may* take it (:meth:`PoolShares.
 a member within its guarantee is not held behind an outsider waiting for an unkept unit.
 
 Guarantees that add up to more than the pool cannot all be met at once: the pool is shared
-first come between those groups (``overcommitted`` says so to the admin; nothing is refused).
+first come between those groups (``overcommitted``: the hub's log says so at the pool's next GPU
+spawn; nothing is refused).
 """
 
 from __future__ import annotations

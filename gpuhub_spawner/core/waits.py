@@ -15,9 +15,15 @@ by someone ahead comes free again after a whole typical hold.  The range is that
 with every holder at its lower quartile, and with every holder at its upper quartile: about half
 the holds of the past fall between them, so the range is a likely span, not a promise.
 
+Units kept from the place (:class:`Keep`: a group's unused guaranteed share, a reservation in
+its grace period, or one whose window opens while the place waits) are walked through the same
+releases: a unit that comes free while one of them keeps it is not the place's; it comes back
+when that keeping ends (a reservation's grace period), or never (a guarantee).  Units free now
+but kept (``free``) are releases at once that are kept so.
+
 Too little history (fewer than :data:`MIN_HOLDS` past holds) gives no range, unless every unit
-the place waits for is bounded by an announced cull; the message then says the hub has no basis
-yet, rather than inventing one.
+the place waits for is bounded by an announced cull or a grace period's end; the message then
+says the hub has no basis yet, rather than inventing one.
 """
 
 from __future__ import annotations
@@ -42,13 +48,26 @@ class Holding:
 
 
 @dataclass(frozen=True)
+class Keep:
+    """``units`` that come free from ``start`` until ``until`` (seconds from now; inf: no end)
+    are kept from the place for a group, and lent to it at ``until``."""
+
+    units: int
+    start: float
+    until: float
+
+
+@dataclass(frozen=True)
 class Estimate:
     """The likely wait in seconds: ``low`` to ``high`` (``high`` None: longer than the history
-    shows); ``holds``: how many past holds it rests on."""
+    shows); ``holds``: how many past holds it rests on; ``kept``: units kept for groups counted;
+    ``culled``: an announced cull counted."""
 
     low: float
     high: float | None
     holds: int
+    kept: bool = False
+    culled: bool = False
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -69,24 +88,44 @@ def _residual(age: float, ordered: Sequence[float]) -> tuple[float, float]:
     return quantile(longer, LOW_Q), quantile(longer, HIGH_Q)
 
 
-def _kth_release(frees: list[float], k: int, again: float) -> float:
-    """When the k-th unit comes free, each unit taken by someone ahead freed again ``again`` later."""
+def _kth_release(frees: list[float], k: int, again: float, keeps: Sequence[Keep] = ()) -> tuple[float, bool]:
+    """When the k-th unit comes free for the place, each unit taken by someone ahead freed again
+    ``again`` later, and a unit freed while a :class:`Keep` holds it back lent at its end; and
+    whether a keep held one back."""
     heap = list(frees)
     heapq.heapify(heap)
-    when = math.inf
-    for _ in range(k):
+    left = [keep.units for keep in keeps]
+    taken = 0
+    held_back = False
+    while heap:
         when = heapq.heappop(heap)
+        if not math.isfinite(when):
+            break
+        i = next((i for i, keep in enumerate(keeps) if left[i] > 0 and keep.start <= when < keep.until), None)
+        if i is not None:
+            left[i] -= 1
+            held_back = True
+            heapq.heappush(heap, keeps[i].until)
+            continue
+        taken += 1
+        if taken == k:
+            return when, held_back
         heapq.heappush(heap, when + again)
-    return when
+    return math.inf, held_back
 
 
-def estimate(position: int, holdings: Sequence[Holding], past: Sequence[float]) -> Estimate | None:
-    """The wait of the ``position``-th (1-based) in line, or None when there is no basis."""
-    if position < 1 or not holdings:
+def estimate(position: int, holdings: Sequence[Holding], past: Sequence[float],
+             keeps: Sequence[Keep] = (), free: int = 0) -> Estimate | None:
+    """The wait of the ``position``-th (1-based) in line, or None when there is no basis;
+    ``free``: units free now that ``keeps`` hold back from the place."""
+    if position < 1:
         return None
     ordered = sorted(d for d in past if d > 0 and math.isfinite(d))
     known = len(ordered) >= MIN_HOLDS
-    lows, highs = [], []
+    free = min(free, sum(k.units for k in keeps if k.start <= 0 < k.until))  # only those kept count
+    if not (holdings or free):
+        return None
+    lows, highs = [0.0] * free, [0.0] * free
     for h in holdings:
         low, high = _residual(h.age, ordered) if known else (math.inf, math.inf)
         if h.cull_in is not None:
@@ -96,11 +135,12 @@ def estimate(position: int, holdings: Sequence[Holding], past: Sequence[float]) 
         highs.append(high)
     again_low = quantile(ordered, LOW_Q) if known else math.inf
     again_high = quantile(ordered, HIGH_Q) if known else math.inf
-    low = _kth_release(lows, position, again_low)
+    low, kept_low = _kth_release(lows, position, again_low, keeps)
     if not math.isfinite(low):
         return None
-    high = _kth_release(highs, position, again_high)
-    return Estimate(low, high if math.isfinite(high) else None, len(ordered))
+    high, kept_high = _kth_release(highs, position, again_high, keeps)
+    return Estimate(low, high if math.isfinite(high) else None, len(ordered), kept_low or kept_high,
+                    any(h.cull_in is not None for h in holdings))
 
 
 def _range(low: float, high: float) -> str:
@@ -126,7 +166,12 @@ def wait_text(est: Estimate | None, max_wait: float) -> str:
     """The queue message's sentence about how long."""
     if est is None:
         return "No wait estimate yet: too few servers of this kind have finished for the hub to tell."
-    basis = f"from {est.holds} recent servers' hold times" if est.holds >= MIN_HOLDS else "from announced culls"
+    parts = [f"{est.holds} recent servers' hold times"] if est.holds >= MIN_HOLDS else []
+    if est.holds < MIN_HOLDS and (est.culled or not est.kept):
+        parts.append("announced culls")
+    if est.kept:
+        parts.append("the units kept for other groups' reservations and guaranteed shares")
+    basis = "from " + " and ".join(parts)
     if est.high is None:
         text = f"Likely wait: more than {_at_least(est.low)} ({basis})."
     else:

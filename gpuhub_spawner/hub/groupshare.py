@@ -16,6 +16,7 @@ from gpuhub_spawner.core.reservations import PROPERTY as RESERVATIONS
 from gpuhub_spawner.core.reservations import (
     Reservation,
     ReservationError,
+    keeps_from,
     parse_reservations,
     with_reservations,
 )
@@ -25,8 +26,11 @@ from gpuhub_spawner.core.shares import (
     Share,
     ShareError,
     choose_group,
+    overcommitted,
     parse_shares,
+    pool_shares,
 )
+from gpuhub_spawner.core.waits import Keep
 from gpuhub_spawner.hub.errors import spawn_error
 
 UNREADABLE = ("A GPU share or reservation set on one of the hub's groups cannot be read, so no GPU "
@@ -62,7 +66,25 @@ class GroupShares:
         except (ShareError, ReservationError) as e:
             raise spawn_error(UNREADABLE, "config-error", log_message=f"{self.user.name}: {e}") from None
         self.gpu_share = self._shares_now(pool, held, *groups)
+        if self.gpu_share is not None:
+            self._say_overcommitted(pool, self.gpu_share.shares)
         return self.gpu_share
+
+    #: (pool, units over, pool size) already logged by this hub process
+    _overcommit_said: set[tuple[str, int, int]] = set()
+
+    def _say_overcommitted(self, pool: str, shares: Mapping[str, Share]) -> None:
+        """Tell the admin (the hub's log, once per pool and excess) when the guarantees of
+        ``pool`` (reservations in their grace period included) add up to more than it holds."""
+        size = self._pool_size(pool)  # type: ignore[attr-defined]
+        over = overcommitted(shares, size) if size else 0
+        if over and (pool, over, size) not in self._overcommit_said:
+            self._overcommit_said.add((pool, over, size))
+            promised = ", ".join(f"{g} {s.guaranteed}" for g, s in sorted(shares.items()) if s.guaranteed)
+            self.log.warning(  # type: ignore[attr-defined]
+                "Pool %s is overcommitted: its groups are guaranteed %d units (%s) and it has %d; those groups "
+                "share it first come, and a guarantee may not be met. Lower a gpu_share or a reservation, "
+                "or add units.", pool, size + over, promised, size)
 
     def _shares_now(self, pool: str, held: Mapping[str, int], shares: Mapping[str, Mapping[str, Share]],
                     reservations: Mapping[str, list[Reservation]]) -> PoolShares | None:
@@ -71,6 +93,14 @@ class GroupShares:
         if not now_shares:
             return None
         return PoolShares(now_shares, choose_group((g.name for g in self.user.groups), now_shares, held))
+
+    def kept_from_me(self, pool: str, held: Mapping[str, int]) -> list[Keep]:
+        """What the other groups' guarantees and reservations keep of ``pool`` from this user
+        (for the wait estimate), given the units ``held`` by each group; raises as
+        :meth:`all_group_shares`."""
+        shares, reservations = self.all_group_shares()
+        return keeps_from(pool_shares(shares, pool), reservations, pool, datetime.now(timezone.utc),
+                          float(self.gpu_reservation_grace) * 60, (g.name for g in self.user.groups), held)
 
     def free_for_me(self, free: Mapping[str, int], held: Callable[[str], Mapping[str, int]]) -> dict[str, int]:
         """The free counts the spawn form shows this user: per pool, the free units they could

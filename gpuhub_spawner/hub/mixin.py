@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -288,12 +288,13 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GroupShares, profile_image.Pr
         cannot both pass the admission); a refusal there has the admission's wording.
         """
         allocator = self.get_allocator()
-        on_position = self._start_reserving(choice.profile.pool, allocator.line)
+        pool = choice.profile.pool
+        on_position = self._start_reserving(
+            pool, allocator.line, counts=lambda: (allocator.free_counts().get(pool, 0), allocator.held_by_group(pool)))
         try:
             await self.sync_allocations()
         except (DockerException, requests.RequestException) as e:
             raise self._engine_error(e) from None
-        pool = choice.profile.pool
         return allocator.reserve(
             pool,
             self.object_name,
@@ -321,9 +322,11 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GroupShares, profile_image.Pr
     def still_held_error(self, log_message: str) -> Exception:
         return spawn_error(STILL_HELD, "engine-unavailable", log_message=log_message)
 
-    def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = ""):
+    def _start_reserving(self, pool: str, line: FairLine | None = None, line_key: str = "",
+                         counts: Callable[[], tuple[int, Mapping[str, int]]] | None = None):
         """Say a unit is being reserved; returns the callback that streams the place in line
-        (and, from ``line``, why those ahead are ahead, and the likely wait)."""
+        (and, from ``line``, why those ahead are ahead, and the likely wait, with what other
+        groups keep given ``counts``: the pool's free units and the units each group holds)."""
         label = pool_label(pool)
         self._emit(10, f"Reserving a {label}…")
         loop = asyncio.get_running_loop()
@@ -348,9 +351,13 @@ class GPUSpawnerMixin(SpawnProgress, UsageRecords, GroupShares, profile_image.Pr
             )
 
         who = self.user.name + (f"/{self.name}" if self.name else "")
+        def kept() -> tuple[int, list]:
+            free, held = counts()  # type: ignore[misc]
+            return free, self.kept_from_me(pool, held)
+
         wait = LineWait(who, pool, float(self.gpu_queue_max_wait), lambda: self.pool_holds(pool),
                         lambda: on_position(*last) if last and self._line_wait is wait else None, self.log,
-                        self.keep_wait)
+                        self.keep_wait, kept if counts is not None else None)
         self._line_wait = wait
         return on_position
 

@@ -130,6 +130,12 @@ class SwarmGate:
             held[group] = held.get(group, 0) + 1
         return held
 
+    def pool_counts(self, pool: str) -> tuple[int, dict[str, int]]:
+        """``pool``'s free units in the last view (less those let through and not placed yet) and
+        the units each group holds (for a wait estimate)."""
+        view = self.view or ClusterView()
+        return max(0, view.free_count(pool) - len(self._flying(view, pool))), self.held_by_group(view, pool)
+
     def _held_back(self, view: ClusterView, pool: str, share: PoolShares | None) -> str | None:
         """None when a spawn for ``pool`` (a pool, or one node's line) with ``share`` may be let
         through now; else why not (core/shares.py)."""

@@ -200,14 +200,14 @@ class GPUSwarmSpawner(FollowingStorage, GPUSpawnerMixin, SwarmSpawner):
         """Wait for the gate to let a GPU server of ``choice``'s pool through: the kind to request."""
         pool, gate = choice.profile.pool, self._gate()
         line_key = self.placement_line(pool)
-        on_position = self.reserving_at_home(pool) or self._start_reserving(pool, gate.line, line_key)
+        on_position = self.reserving_at_home(pool) or self._start_reserving(
+            pool, gate.line, line_key, lambda: gate.pool_counts(pool))
         try:
             kind = await gate.admit(
                 line_key, self.object_name, self.cluster_view, self.gpu_queue_max_wait,
                 on_position, priority=choice.policy.priority, owner=self.user.name,
                 max_units=choice.policy.max_gpu_units, use=self.fair_share_use,  # read only to wait in line
-                share=self.pool_share(pool, gate.held_by_group(gate.view or ClusterView(), pool)),
-            )
+                share=self.pool_share(pool, gate.pool_counts(pool)[1]))
         except (NoUnitFree, OverLimit) as e:
             raise (self.home_wait_error(e) or self.reservation_error(e)) from None
         except asyncio.CancelledError:  # stopped (or timed out) while in line

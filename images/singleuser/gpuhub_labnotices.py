@@ -13,6 +13,15 @@ notification says the warning was lifted.
 Only an idle warning can be kept: a stop for session length or an exhausted GPU-hour budget is
 a quota limit, and its notification says so instead of offering the button.
 
+"Your turn": with named servers (``hub.named_servers``), someone working in one server may start
+another that waits in line for a GPU.  The hub then gives each server's token the scope
+``read:servers!user`` (its own user's servers, nothing else), and the notices poll reads the
+user's model from the hub (at most every :data:`HUB_READ_EVERY` seconds, only while a JupyterLab
+tab is visible); a server of the user that was seen waiting (pending a spawn) and is now ready
+gives a "your turn" notice for :data:`TURN_SHOWN` seconds, with a link to open it.  Without the
+scope the hub leaves the servers out of the user's model (or answers 403): the server stops
+asking.
+
 Enabled by ``jupyter_server_config.d/gpuhub_labnotices.json`` in the single-user image.
 """
 
@@ -39,6 +48,10 @@ MAX_NOTICE = 64 * 1024
 #: the warning reasons activity can lift (the culler's ``decide.LIFTED_BY_ACTIVITY``)
 KEEPABLE = {"idle", "over-share"}
 HUB_TIMEOUT = 20.0
+#: seconds between two reads of the user's servers from the hub (the tab polls every 10 s)
+HUB_READ_EVERY = 8.0
+#: seconds a "your turn" notice is shown after the server became ready
+TURN_SHOWN = 600.0
 
 
 def notice_path() -> str:
@@ -97,6 +110,82 @@ async def post_activity(env: dict[str, str] | None = None) -> str:
     return ""
 
 
+class Turns:
+    """The user's *other* servers, followed from the hub's user model: which were seen waiting
+    (a spawn pending) and are now ready: their "your turn" notices."""
+
+    def __init__(self, me: str = ""):
+        self.me = me  # this server's name ("" the default one)
+        self.waiting: set[str] = set()
+        self.ready_at: dict[str, tuple[float, str]] = {}  # server -> (when seen ready, its URL)
+
+    def see(self, model: dict[str, Any], now: float) -> None:
+        servers = model.get("servers") if isinstance(model, dict) else None
+        servers = servers if isinstance(servers, dict) else {}
+        for name, server in servers.items():
+            if name == self.me or not isinstance(server, dict):
+                continue
+            if server.get("pending") == "spawn":
+                self.waiting.add(name)
+                self.ready_at.pop(name, None)
+            elif server.get("ready") and name in self.waiting:
+                self.waiting.discard(name)
+                self.ready_at[name] = (now, str(server.get("url") or ""))
+        for name in list(self.ready_at):
+            gone = not (servers.get(name) or {}).get("ready")
+            if gone or now - self.ready_at[name][0] > TURN_SHOWN:
+                del self.ready_at[name]
+        self.waiting &= set(servers)
+
+    def notices(self) -> list[dict[str, Any]]:
+        return [{
+            "id": f"turn:{name}:{int(at)}",
+            "kind": "your-turn",
+            "reason": "your-turn",
+            "server": name,
+            "url": url,
+            "message": f"Your turn: your server \u201c{name}\u201d has what it waited for and is ready.",
+            "keepable": False,
+        } for name, (at, url) in sorted(self.ready_at.items())]
+
+
+class HubServers:
+    """Reads the user's model from the hub with this server's own token (scope
+    ``read:servers!user``), at most every :data:`HUB_READ_EVERY` seconds; stops asking on 403."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        env = dict(os.environ if env is None else env)
+        api, self.token, user = (env.get("JUPYTERHUB_API_URL", ""), env.get("JUPYTERHUB_API_TOKEN", ""),
+                                 env.get("JUPYTERHUB_USER", ""))
+        self.url = url_path_join(api, "users", user) if api and user else ""
+        self.turns = Turns(env.get("JUPYTERHUB_SERVER_NAME", ""))
+        self.allowed = bool(self.url and self.token)
+        self._read_at = float("-inf")
+
+    async def notices(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if self.allowed and now - self._read_at >= HUB_READ_EVERY:
+            self._read_at = now
+            request = HTTPRequest(self.url, request_timeout=HUB_TIMEOUT,
+                                  headers={"Authorization": f"token {self.token}"})
+            try:
+                response = await AsyncHTTPClient().fetch(request)
+                model = json.loads(response.body)
+                if not isinstance(model, dict) or "servers" not in model:
+                    self.allowed = False  # the token reads the user, not their servers: named servers are off
+                    log.info("gpuhub: the hub does not let this server read its user's servers")
+                self.turns.see(model, time.time())
+            except HTTPClientError as e:
+                if e.code in (401, 403, 404):
+                    self.allowed = False  # no read:servers!user: named servers are off at this hub
+                    log.info("gpuhub: the hub does not let this server read its user's servers (%s)", e.code)
+                else:
+                    log.warning("gpuhub: could not read this user's servers from the hub: %s", e)
+            except (OSError, ValueError) as e:
+                log.warning("gpuhub: could not read this user's servers from the hub: %s", e)
+        return self.turns.notices()
+
+
 class NoticesHandler(APIHandler):
     """``GET gpuhub/notices``: the warnings to show.  Polling it is not activity (it must not
     keep an idle server alive by itself)."""
@@ -104,8 +193,9 @@ class NoticesHandler(APIHandler):
     _track_activity = False
 
     @web.authenticated
-    def get(self) -> None:
-        self.finish({"notices": read_notices(notice_path()), "now": time.time()})
+    async def get(self) -> None:
+        hub = self.settings.setdefault("gpuhub_servers", HubServers())
+        self.finish({"notices": read_notices(notice_path()) + await hub.notices(), "now": time.time()})
 
 
 class KeepHandler(APIHandler):

@@ -9,10 +9,12 @@ import pytest
 from gpuhub_spawner.core.reservations import (
     ReservationError,
     as_stored,
+    keeps_from,
     parse_reservations,
     with_reservations,
 )
 from gpuhub_spawner.core.shares import KEPT, PoolShares, Share
+from gpuhub_spawner.core.waits import Keep
 
 UTC = timezone.utc
 WEEKLY = {"pool": "mig-1g.10gb", "units": 4, "weekly": "Tue 09:00-12:00"}
@@ -109,3 +111,31 @@ def test_in_the_window_members_take_reserved_units_an_outsider_does_not_until_th
     # a member still goes first in line, while the course holds fewer than its reservation
     assert PoolShares(lent, "course").first_served({"": 2}) and not PoolShares(lent, "").first_served({"": 2})
     assert not PoolShares(lent, "course").first_served({"course": 2})
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize("moment, shares, held, mine, expected", [
+    # in the grace period (09:00-09:10): the course's 4 units are kept from an outsider until 09:10
+    (at(1, 9, 4), {}, {}, [], [Keep(4, -240, 360)]),
+    # those the course holds already are not kept again
+    (at(1, 9, 4), {}, {"course": 3}, [], [Keep(1, -240, 360)]),
+    # a member waits: the course keeps nothing from its own members
+    (at(1, 9, 4), {}, {}, ["course"], []),
+    # lent after the grace period: nothing kept (members go first in line, they are in the place)
+    (at(1, 9, 30), {}, {}, [], []),
+    # an hour before: a window that opens while the place waits keeps its units from then
+    (at(1, 8), {}, {}, [], [Keep(4, 3600, 4200)]),
+    # the course's guaranteed share of 2 is kept for good; the reservation keeps the 2 beyond it
+    (at(1, 9, 4), {"course": Share(2)}, {}, [], [Keep(2, 0, INF), Keep(2, -240, 360)]),
+    # another group's unused guarantee, no reservation of its own
+    (at(2, 10), {"lab": Share(3)}, {"lab": 1}, [], [Keep(2, 0, INF)]),
+    # next Tuesday's window is past what an estimate looks ahead to (12 h)
+    (at(2, 10), {}, {}, [], []),
+])
+def test_what_other_groups_keep_from_a_place_in_line(moment, shares, held, mine, expected):
+    reservations = {"course": parse_reservations([WEEKLY], "course")}
+    assert keeps_from(shares, reservations, POOL, moment, GRACE, mine, held) == expected
+    assert keeps_from(shares, reservations, "gpu", moment, GRACE, mine, held) == [
+        k for k in expected if k.until == INF]  # another pool: only the guarantees given for it

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gpuhub_spawner.core.waits import MIN_HOLDS, Estimate, Holding, estimate, quantile, wait_text
+from gpuhub_spawner.core.waits import MIN_HOLDS, Estimate, Holding, Keep, estimate, quantile, wait_text
 
 MIN = 60.0
 #: ten past holds: 10, 20, ..., 100 minutes (quartiles 32.5 and 77.5 minutes)
@@ -49,7 +49,7 @@ def test_no_basis_no_range():
     # older than every past hold, no cull announced: no honest range
     assert estimate(1, [Holding(500 * MIN)], PAST) is None
     # with too little history a cull still bounds the wait for the unit it frees
-    assert estimate(1, [Holding(0, cull_in=120)], few) == Estimate(120, 120, len(few))
+    assert estimate(1, [Holding(0, cull_in=120)], few) == Estimate(120, 120, len(few), culled=True)
     assert estimate(2, [Holding(0, cull_in=120)], few) is None  # the one after that: unknown
 
 
@@ -72,6 +72,48 @@ def test_a_holder_past_all_history_leaves_only_a_lower_bound_for_the_places_behi
 ])
 def test_the_words(est, max_wait, text):
     assert wait_text(est, max_wait) == text
+
+
+INF = math.inf
+
+
+@pytest.mark.parametrize("position, holdings, keeps, free, expected, kept", [
+    # a unit free now but kept for a reservation's grace period (4 more minutes): lent then
+    (1, [], [Keep(1, -6 * MIN, 4 * MIN)], 1, (4 * MIN, 4 * MIN), True),
+    # free units nobody keeps are not waited for (the place waits for another reason): no basis
+    (1, [], [], 1, None, False),
+    # a unit that frees while a guarantee keeps it never comes to the place: the next one does
+    (1, [Holding(0, cull_in=2 * MIN), Holding(0, cull_in=9 * MIN)], [Keep(1, 0, INF)], 0, (9 * MIN, 9 * MIN), True),
+    # the kept unit comes back when the grace period ends, before the other holder's cull
+    (1, [Holding(0, cull_in=2 * MIN), Holding(0, cull_in=9 * MIN)], [Keep(1, 0, 5 * MIN)], 0, (5 * MIN, 5 * MIN), True),
+    # a window that opens in 3 min keeps what frees in it (the 4-min cull) until its grace ends at 13
+    (1, [Holding(0, cull_in=4 * MIN), Holding(0, cull_in=20 * MIN)], [Keep(1, 3 * MIN, 13 * MIN)], 0,
+     (13 * MIN, 13 * MIN), True),
+    # ... but not what frees before it opens
+    (1, [Holding(0, cull_in=2 * MIN)], [Keep(1, 3 * MIN, 13 * MIN)], 0, (2 * MIN, 2 * MIN), False),
+    # with hold times: the unit the guarantee keeps is skipped, the later release is the place's
+    (1, [Holding(0), Holding(50 * MIN)], [Keep(1, 0, INF)], 0, (32.5 * MIN, 77.5 * MIN), True),
+])
+def test_units_kept_for_other_groups_lengthen_the_wait(position, holdings, keeps, free, expected, kept):
+    few = PAST[: MIN_HOLDS - 1]
+    for past in (few, PAST) if all(h.cull_in is not None for h in holdings) else (PAST,):
+        est = estimate(position, holdings, past, keeps, free)
+        if expected is None:
+            assert est is None
+            continue
+        assert est is not None and (est.low, est.high) == pytest.approx(expected), (past, est)
+        assert est.kept is kept  # the sentence names what is kept only when a keep held a unit back
+
+
+def test_the_words_name_what_is_kept():
+    assert wait_text(Estimate(9 * MIN, 9 * MIN, 0, kept=True), 600) == (
+        "Likely wait: about 9 minutes (from the units kept for other groups' reservations and guaranteed shares).")
+    assert wait_text(Estimate(4 * MIN, 4 * MIN, 0, kept=True, culled=True), 600) == (
+        "Likely wait: about 4 minutes (from announced culls and the units kept for other groups' reservations "
+        "and guaranteed shares).")
+    assert wait_text(Estimate(3 * MIN, 6 * MIN, 12, kept=True), 600) == (
+        "Likely wait: about 3–6 minutes (from 12 recent servers' hold times and the units kept for other "
+        "groups' reservations and guaranteed shares).")
 
 
 def test_bad_history_values_are_ignored():

@@ -139,6 +139,18 @@ def test_deploy_says_what_to_do_next(deployed, rig):
     assert oct(deployed["secrets"].stat().st_mode & 0o777) == "0o700"
 
 
+def test_the_hub_waited_for_its_database_instead_of_failing_on_it(deployed):
+    """The hub and PostgreSQL start together: the hub waits for the database (storage/dbwait.py);
+    no hub task of the first deploy exited on "Failed to connect to db"."""
+    client = deployed["client"]
+    tasks = client.api.tasks(filters={"service": "gpuhub_hub"})
+    failed = [t["Status"].get("Err") or t["Status"]["State"] for t in tasks
+              if t["Status"]["State"] in ("failed", "rejected")]
+    assert not failed, failed
+    container = client.containers.list(filters={"label": "com.docker.swarm.service.name=gpuhub_hub"})[0]
+    assert "Failed to connect to db" not in container.logs().decode(errors="replace")
+
+
 def test_hub_answers_over_https_with_secure_cookies_and_http_redirects(deployed, rig):
     context = ssl.create_default_context(cafile=str(deployed["ca"].cert))
     response = _get(_To(rig.manager.ip, context), "/hub/login")

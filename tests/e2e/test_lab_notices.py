@@ -58,22 +58,37 @@ def _toast(browser, text: str, timeout: float = 60):
         raise AssertionError(f"no notification with {text!r} in {timeout}s; shown: {shown}; console: {console}") from None
 
 
-def test_a_cull_warning_appears_in_jupyterlab_and_keep_my_server_lifts_it(browser, github, docker_client,
-                                                                         tmp_path, artifacts):
+def read_as_server(server, path: str) -> tuple[int, str]:
+    """GET the hub's API ``path`` from inside ``server`` with the server's own token."""
+    return exec_as_user(server, "python -c \"import os, urllib.request as u; "
+                        f"r = u.Request(os.environ['JUPYTERHUB_API_URL'] + '{path}', "
+                        "headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']}); "
+                        "print(u.urlopen(r).read().decode())\"")
+
+
+def _into_cpu_lab(browser, hub: HubProcess) -> None:
+    """Sign in through the fake GitHub, start the CPU profile, land in JupyterLab."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(hub.url + "/hub/login")
+    wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile][value='cpu']"))).click()
+    browser.find_element(By.CSS_SELECTOR, "form input[type=submit], form button[type=submit]").click()
+    WebDriverWait(browser, 180).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
+
+
+def test_a_cull_warning_appears_in_jupyterlab_and_keep_my_server_lifts_it(browser, github, docker_client,
+                                                                         tmp_path, artifacts):
+    from selenium.webdriver.common.by import By
 
     hub = _hub(tmp_path, github)
     github.signed_in = "ann"
     hub.start(env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(hub.culler_config)})
     try:
-        wait = WebDriverWait(browser, 60)
-        browser.get(hub.url + "/hub/login")
-        wait.until(ec.element_to_be_clickable((By.PARTIAL_LINK_TEXT, "Sign in with GitHub"))).click()
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=profile][value='cpu']"))).click()
-        browser.find_element(By.CSS_SELECTOR, "form input[type=submit], form button[type=submit]").click()
-        WebDriverWait(browser, 180).until(ec.presence_of_element_located((By.ID, "jp-main-dock-panel")))
+        _into_cpu_lab(browser, hub)
 
         # ann walks away; her server goes idle and the culler warns (the file and the card)
         browser.get("about:blank")
@@ -81,6 +96,9 @@ def test_a_cull_warning_appears_in_jupyterlab_and_keep_my_server_lifts_it(browse
         server = container_of(docker_client, hub, "ann")
         code, text = exec_as_user(server, "cat /home/jovyan/CULL-WARNING.txt")
         assert code == 0 and "about to be stopped" in text  # the fallback stays
+        # named servers are off: the server's token reads ann's name and activity, not her servers
+        code, body = read_as_server(server, "/users/ann")
+        assert code == 0 and json.loads(body)["name"] == "ann" and "servers" not in json.loads(body), body
 
         # she comes back: the warning waits in JupyterLab, with the button
         browser.get(hub.url + "/user/ann/lab")
@@ -102,5 +120,58 @@ def test_a_cull_warning_appears_in_jupyterlab_and_keep_my_server_lifts_it(browse
         browser.save_screenshot(str(artifacts / "3-warning-lifted.png"))
         assert exec_as_user(server, "test -e /home/jovyan/CULL-WARNING.txt")[0] != 0
         assert hub.api("GET", "/users/ann").json()["servers"][""]["ready"] is True
+    finally:
+        hub.cleanup(docker_client)
+
+
+def test_your_turn_appears_in_jupyterlab_when_a_gpu_server_waiting_in_line_is_ready(browser, github, docker_client,
+                                                                                     tmp_path, artifacts):
+    """Named servers on (``hub.named_servers: true`` in gpuhub.yaml, as the README says): ann works
+    in her CPU server's JupyterLab while her GPU server "train" waits in line behind bob's; bob
+    stops, her GPU server starts, and her JupyterLab says it is her turn, with a link to it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    github.add_user("bob", teams={"acme:gpu"})
+    hub = _hub(tmp_path, github)
+    config = tmp_path / "gpuhub.yaml"
+    config.write_text("hub:\n  named_servers: true\n")
+    github.signed_in = "ann"
+    hub.start(env={"GPUHUB_CONFIG": str(config)})
+    try:
+        _into_cpu_lab(browser, hub)
+
+        # bob holds the one GPU; ann's named GPU server waits in line for it
+        hub.create_users(["bob"])
+        assert hub.spawn("bob", {"profile": "gpu"}).status_code in (201, 202)
+        hub.wait_ready("bob")
+        r = hub.api("POST", "/users/ann/servers/train", json={"profile": "gpu"}, timeout=60)
+        assert r.status_code == 202, r.text
+        assert hub.api("GET", "/users/ann").json()["servers"]["train"]["pending"] == "spawn"
+        time.sleep(12)  # her JupyterLab sees it waiting (it looks every 10 s while visible)
+        assert not browser.find_elements(By.XPATH, "//*[contains(@class,'Toastify__toast') and contains(., 'your turn')]")
+
+        hub.stop_server("bob")
+        deadline = time.monotonic() + 120
+        while not hub.api("GET", "/users/ann").json()["servers"]["train"]["ready"]:
+            assert time.monotonic() < deadline, hub.log_tail()
+            time.sleep(0.5)
+        toast = _toast(browser, "your turn", timeout=40)
+        assert "Your server \u201ctrain\u201d is ready" in toast.text, toast.text
+        time.sleep(1)  # the toast slides in: a still picture of it
+        browser.save_screenshot(str(artifacts / "4-your-turn.png"))
+        tabs = set(browser.window_handles)
+        toast.find_element(By.XPATH, ".//button[normalize-space()='Open it']").click()
+        WebDriverWait(browser, 30).until(lambda b: len(set(b.window_handles) - tabs) == 1)
+        browser.switch_to.window((set(browser.window_handles) - tabs).pop())
+        WebDriverWait(browser, 60).until(lambda b: "/user/ann/train/" in b.current_url)
+
+        # the scope that made it possible is ann's own servers' read, nothing more
+        (server,) = [c for c in hub.containers(docker_client)
+                     if c.labels.get("org.gpuhub.user") == "ann" and not c.labels.get("org.gpuhub.server")]
+        code, body = read_as_server(server, "/users/ann")
+        assert code == 0 and json.loads(body)["servers"]["train"]["ready"] is True, body
+        code, out = read_as_server(server, "/users/bob")  # JupyterHub hides whom a token may not read: 404
+        assert code != 0 and "HTTP Error 404" in out, out
     finally:
         hub.cleanup(docker_client)

@@ -4,6 +4,8 @@ members get the units it keeps while an outsider waits, told why."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from harness import fake_gpus, render_form
 
@@ -78,7 +80,27 @@ def test_a_reservation_in_its_window_keeps_units_for_the_group(docker_client, hu
     assert hub.spawn("olga", {"profile": "gpu"}, timeout=90).status_code in (201, 202)
     said = hub.wait_in_line("olga")
     assert KEPT_TOLD in said[-1], said
+    # her likely wait: the kept unit is lent when the grace period ends, about 9 minutes from now
+    # (no server has finished yet: no hold times, and otto's has no cull announced)
+    told = hub.until_said("olga", "Likely wait:")
+    assert re.search(r"Likely wait: about [89] minutes \(from the units kept for other groups' reservations "
+                     r"and guaranteed shares\)", told[-1]), told
     assert hub.spawn("cam", {"profile": "gpu"}).status_code in (201, 202)
     hub.wait_ready("cam", timeout=120)
     assert holders(docker_client, hub) == {"otto": "", "cam": "course"}
     hub.stop_server("olga")
+
+
+def test_guarantees_beyond_the_pool_are_told_to_the_admin_in_the_hubs_log(docker_client, hub_factory):
+    hub = hub_factory({"gpu_inventory": fake_gpus(1, "over"), "gpu_queue_max_wait": 60})
+    hub.create_users(["cam"])
+    assert hub.api("POST", "/groups/course", json={"users": ["cam"]}).status_code == 201
+    assert hub.api("POST", "/groups/lab", json={"users": []}).status_code == 201
+    assert hub.api("PUT", "/groups/course/properties", json={"gpu_share": {"gpu": 1}}).status_code == 200
+    assert hub.api("PUT", "/groups/lab/properties", json={"gpu_share": {"gpu": {"guaranteed": 1}}}).status_code == 200
+    # nothing is refused: the member takes the one GPU, first come
+    assert hub.spawn("cam", {"profile": "gpu"}).status_code in (201, 202)
+    hub.wait_ready("cam")
+    said = [line for line in hub.log_tail(400).splitlines() if "overcommitted" in line]
+    assert len(said) == 1, said
+    assert "Pool gpu is overcommitted: its groups are guaranteed 2 units (course 1, lab 1) and it has 1" in said[0]

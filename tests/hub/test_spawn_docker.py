@@ -218,18 +218,6 @@ def test_engine_errors_are_reported_as_json(docker_client, hub_factory):
     json.dumps(message)
 
 
-def _until_said(hub, user: str, words: str, timeout: float = 60) -> list[str]:
-    """``user``'s pending spawn's progress messages, read until one contains ``words``."""
-    messages: list[str] = []
-    with hub.api("GET", f"/users/{user}/server/progress", stream=True, timeout=timeout) as r:
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                messages.append(json.loads(line[5:]).get("message", ""))
-                if words in messages[-1]:
-                    return messages
-    raise AssertionError(f"{user} was never told {words!r}: {messages}")
-
-
 @pytest.mark.parametrize("half_life", [24, 0], ids=["fair-share", "off-first-come"])
 def test_in_line_less_recent_gpu_use_goes_first_and_is_told_why(docker_client, hub_factory, half_life):
     hub = hub_factory({"gpu_inventory": fake_gpus(1, f"f{half_life}"), "gpu_queue_max_wait": 60,
@@ -249,12 +237,12 @@ def test_in_line_less_recent_gpu_use_goes_first_and_is_told_why(docker_client, h
         light_post = pool.submit(hub.spawn, "light", {"profile": "gpu"}, 60)
         hub.wait_in_line("light")  # ...light, with no GPU time yet, asked second
         if half_life:
-            told = _until_said(hub, "heavy", "who used less GPU time lately")
+            told = hub.until_said("heavy", "who used less GPU time lately")
             assert "You are #2 of 2 in line" in told[-1], told
             assert "Ahead of you: 1 who used less GPU time lately. Yours: " in told[-1], told
             assert "GPU-minute" in told[-1] and "(past use counts half after 24 h)" in told[-1], told
         else:
-            told = _until_said(hub, "light", "who asked first")
+            told = hub.until_said("light", "who asked first")
             assert "You are #2 of 2 in line" in told[-1] and "Ahead of you: 1 who asked first." in told[-1], told
         hub.stop_server("first")
         winner, waiter = ("light", "heavy") if half_life else ("heavy", "light")
@@ -276,7 +264,7 @@ def test_in_line_the_likely_wait_comes_from_past_holds_and_the_log_compares_it(d
         with cf.ThreadPoolExecutor(2) as pool:
             pool.submit(hub.spawn, "second", {"profile": "gpu"}, 30)
             hub.wait_in_line("second")
-            told = _until_said(hub, "second", "No wait estimate yet")
+            told = hub.until_said("second", "No wait estimate yet")
             told_at = time.monotonic()
             assert "You are #1 of 1 in line" in told[-1], told
             hub.stop_server("second")  # cancelled in line
@@ -288,7 +276,7 @@ def test_in_line_the_likely_wait_comes_from_past_holds_and_the_log_compares_it(d
             time.sleep(max(0.0, told_at + 2.5 - time.monotonic()))  # past the window in which waiters share a read
             post = pool.submit(hub.spawn, "third", {"profile": "gpu"}, 30)
             hub.wait_in_line("third")
-            told = _until_said(hub, "third", "Likely wait:")
+            told = hub.until_said("third", "Likely wait:")
             # first's hold began moments ago: the quartiles of all ten holds (32.5 and 77.5 min) less
             # the time first has held its unit
             assert re.search(r"Likely wait: about 3[12]–7[78] minutes \(from 10 recent servers' hold times\)\.",

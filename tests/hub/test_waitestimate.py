@@ -61,7 +61,49 @@ async def test_each_wait_is_logged_once_with_what_it_was_told(caplog):
     with caplog.at_level(logging.INFO, "test.waits"):
         wait.over("unit")
     (line,) = [r.getMessage() for r in caplog.records if "wait-estimate" in r.getMessage()]
-    assert line.startswith("wait-estimate user=ann pool=gpu place=3 told=") and line.endswith("holds=10 waited=0 outcome=unit")
+    assert line.startswith("wait-estimate user=ann pool=gpu place=3 told=")
+    assert line.endswith("holds=10 waited=0 outcome=unit kept=no")
+
+
+async def test_units_kept_for_a_reservation_are_read_with_the_holds_and_lengthen_the_wait(caplog):
+    """The pool's one unit is free but kept for a course's reservation for 4 more minutes; bob
+    holds the other and is culled in 9: the place's wait is the reservation's lending."""
+    from gpuhub_spawner.core.waits import Keep
+
+    async def load():
+        return PoolHolds([("bob", "", NOW)], PAST, {("bob", ""): time.time() + 540})
+
+    asked = []
+
+    def kept():
+        asked.append(1)
+        return 1, [Keep(1, -360.0, 240.0)]
+
+    wait = LineWait("ann", "gpu", 600, load, lambda: None, logging.getLogger("test.waits"), kept=kept)
+    wait.sentence(1)
+    await asyncio.sleep(0.05)
+    assert wait.sentence(1) == ("Likely wait: about 4 minutes (from 10 recent servers' hold times and the units "
+                                "kept for other groups' reservations and guaranteed shares).")
+    # second in line: bob's cull in 9 minutes
+    assert wait.sentence(2).startswith("Likely wait: about 9 minutes") and asked == [1]  # read once while fresh
+    with caplog.at_level(logging.INFO, "test.waits"):
+        wait.over("unit")
+    assert "outcome=unit kept=yes" in caplog.text
+
+
+async def test_groups_that_cannot_be_read_give_the_estimate_without_them(caplog):
+    async def load():
+        return PoolHolds([("bob", "", NOW)], PAST, {("bob", ""): time.time() + 120})
+
+    def kept():
+        raise ValueError("gpu_share of group 'lab' is not JSON")
+
+    wait = LineWait("ann", "gpu", 600, load, lambda: None, logging.getLogger("test.waits"), kept=kept)
+    with caplog.at_level(logging.WARNING, "test.waits"):
+        wait.sentence(1)
+        await asyncio.sleep(0.05)
+    assert wait.sentence(1) == "Likely wait: about 2 minutes (from 10 recent servers' hold times)."
+    assert "Could not read what groups keep of pool gpu for a wait estimate: gpu_share of group 'lab'" in caplog.text
 
 
 async def test_a_spawn_that_never_waited_logs_nothing(caplog):

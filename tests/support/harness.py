@@ -399,6 +399,17 @@ class HubProcess:
                         break
         return events
 
+    def until_said(self, user: str, words: str, timeout: float = 60) -> list[str]:
+        """``user``'s pending spawn's progress messages, read until one contains ``words``."""
+        messages: list[str] = []
+        with self.api("GET", f"/users/{user}/server/progress", stream=True, timeout=timeout) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    messages.append(json.loads(line[5:]).get("message", ""))
+                    if words in messages[-1]:
+                        return messages
+        raise AssertionError(f"{user} was never told {words!r}: {messages}")
+
     def wait_in_line(self, name: str, timeout: float = 60) -> list[str]:
         """Wait until ``name``'s pending spawn says in its progress stream that it waits in line;
         its messages so far. (The spawn's POST answers 202 only after JupyterHub's

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,16 +382,30 @@ class SwarmRig:
                 pass
 
     def teardown(self) -> None:
-        for name in list(self.nodes):
-            node = self.nodes[name]
+        # the services first, so that swarm does not start again what is removed next; then each
+        # node's containers, the nodes at once (a workshop day leaves dozens of them)
+        manager = self.nodes.get("manager")
+        if manager is not None:
             try:
-                client = node.client(timeout=10)
+                client = manager.client(timeout=10)
+                for service in client.services.list():
+                    service.remove()
+                client.close()
+            except Exception:  # noqa: BLE001 - the manager may already be dead
+                pass
+
+        def clear(name: str) -> None:
+            try:
+                client = self.nodes[name].client(timeout=10)
                 for c in client.containers.list(all=True):
                     c.remove(force=True)
                 client.close()
             except Exception:  # noqa: BLE001 - the node may already be dead
                 pass
             self.remove_node(name)
+
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            list(pool.map(clear, list(self.nodes)))
         for c in self.host.containers.list(all=True, filters={"label": f"{RIG_LABEL}={self.prefix}"}):
             c.remove(force=True)
         if self.network is not None:

@@ -476,7 +476,7 @@ class Browser:
         d = self.driver
         d.find_element(By.CSS_SELECTOR, f"input[name=profile][value='{profile}']").click()
         before = d.current_url
-        t0 = time.perf_counter()
+        t0, clicked = time.perf_counter(), time.time()
         form = d.find_element(By.CSS_SELECTOR, "form input[name=profile]").find_element(By.XPATH, "ancestor::form")
         form.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
         # the next page: the progress page (or the server itself), or the form again with the refusal
@@ -489,8 +489,26 @@ class Browser:
             body = d.find_element(By.TAG_NAME, "body").text[:600]
             return time.perf_counter() - t0, d.current_url, f"no next page within 120 s: {body}"
         took = time.perf_counter() - t0
+        self.last_timing = self._navigation_timing(clicked)
         errors = d.find_elements(By.CSS_SELECTOR, ".spawn-error-msg")
         return took, d.current_url, errors[0].text if errors else ""
+
+    #: where the seconds of the last :meth:`press_start` went (the browser's Navigation Timing)
+    last_timing: dict[str, float] | None = None
+
+    def _navigation_timing(self, clicked: float) -> dict[str, float] | None:
+        """Seconds from the click (``clicked``: time.time()) to the hub's answer to the Start
+        (the redirect's end, or the answering page's first byte), the page's DOM ready, and
+        every asset loaded, from the browser's own clock (Navigation Timing Level 2)."""
+        got = self.driver.execute_script(
+            "const n = performance.getEntriesByType('navigation')[0];"
+            "return n ? {origin: performance.timeOrigin, redirectEnd: n.redirectEnd, fetchStart: n.fetchStart,"
+            " responseStart: n.responseStart, dom: n.domContentLoadedEventEnd, load: n.loadEventEnd} : null;")
+        if not got:
+            return None
+        at = lambda ms: round((got["origin"] + ms) / 1000 - clicked, 3)  # noqa: E731
+        return {"answer_s": at(got["redirectEnd"] or got["responseStart"]), "page_first_byte_s": at(got["responseStart"]),
+                "dom_ready_s": at(got["dom"]), "loaded_s": at(got["load"]) if got["load"] else None}
 
     def quit(self) -> None:
         self.driver.quit()

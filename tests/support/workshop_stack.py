@@ -111,15 +111,17 @@ def remove_stack(rig: SwarmRig, name: str = STACK) -> None:
             labels = s.attrs["Spec"].get("Labels") or {}
             if labels.get("com.docker.stack.namespace") == name or labels.get("org.gpuhub.hub") == HUB_ID:
                 s.remove()
+        # the old stack goes as with a machine lost: its containers are killed, not stopped (a
+        # graceful stop waited out the stack's stop grace periods: a minute per removal)
         ours = {"label": f"com.docker.stack.namespace={name}"}
         deadline = time.monotonic() + 60
-        while client.api.containers(all=True, filters=ours) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for c in client.api.containers(all=True, filters=ours):  # ids only: no inspect of a vanishing one
-            try:
-                client.api.remove_container(c["Id"], force=True)
-            except docker.errors.APIError:
-                pass
+        while (left := client.api.containers(all=True, filters=ours)) and time.monotonic() < deadline:
+            for c in left:  # ids only: no inspect of a vanishing one
+                try:
+                    client.api.remove_container(c["Id"], force=True)
+                except docker.errors.APIError:
+                    pass
+            time.sleep(0.2)
         for kind in (client.secrets, client.configs):
             for obj in kind.list(filters={"label": f"org.gpuhub.stack={name}"}):
                 obj.remove()

@@ -6,7 +6,6 @@ reservation (core/reservations.py) keeps, lends and takes back its unit there, t
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -69,15 +68,16 @@ def test_a_guarantee_a_burst_and_a_line_that_serves_who_may_go(rig, swarm_hub):
 
 
 def test_a_reservation_keeps_then_lends_then_takes_back_its_unit(rig, swarm_hub, tmp_path):
-    """The course reserves one of the two whole GPUs from now on.  For the grace period the unit
-    is kept: a member gets it while an outsider, the pool otherwise full, waits.  After the grace
-    period an unclaimed unit is lent; when a member then waits past the culler's reclaim_after,
-    the borrower is warned and stopped (busy or not) and the member gets the unit."""
-    grace = 70  # seconds the reserved unit is kept from the window's start (phase one must fit in it)
+    """The course reserves one of the two whole GPUs from now on.  For the grace period (the
+    default, 10 min) the unit is kept: a member gets it while an outsider, the pool otherwise
+    full, waits.  After the grace period an unclaimed unit is lent; when a member then waits past
+    the culler's reclaim_after, the borrower is warned and stopped (busy or not) and the member
+    gets the unit.  The hub reads a window's grace from its start at every decision, so the test
+    moves the start back past the grace period rather than sleeping it out."""
     culler = tmp_path / "culler.json"
     culler.write_text(json.dumps({"CullerApp": {"every": 0, "warn_seconds": 3, "reclaim_after": 10,
                                                 "idle_gpu_timeout": 3600, "hub_timeout": 10}}))
-    hub = swarm_hub({"gpu_profiles": PROFILES, "gpu_queue_max_wait": 300, "gpu_reservation_grace": grace / 60},
+    hub = swarm_hub({"gpu_profiles": PROFILES, "gpu_queue_max_wait": 300},
                     "c.JupyterHub.last_activity_interval = 2\n",
                     env={"GPUHUB_CULLER": "on", "GPUHUB_CULLER_CONFIG": str(culler)})
     hub.culler = hub.url + "/services/gpuhub-culler/"
@@ -103,8 +103,9 @@ def test_a_reservation_keeps_then_lends_then_takes_back_its_unit(rig, swarm_hub,
     hub.stop_server("out2")  # gives up waiting
     hub.stop_server("cole")
 
-    # lent: past the grace period nobody keeps the unit; out2 takes it
-    time.sleep(max(0.0, grace - (datetime.now(timezone.utc) - start).total_seconds()) + 1)
+    # lent: the window began 11 min ago, past the grace period; nobody keeps the unit; out2 takes it
+    window["start"] = (datetime.now(timezone.utc) - timedelta(minutes=11)).isoformat(timespec="seconds")
+    assert hub.api("PUT", "/groups/course/properties", json={"gpu_reservations": [window]}).ok
     assert hub.spawn("out2", {"profile": "gpu"}, timeout=120).status_code in (201, 202)
     hub.wait_ready("out2", timeout=240)
     # cole comes back and waits first in line (for any node: the answer to "your files are on

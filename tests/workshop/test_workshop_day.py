@@ -228,7 +228,8 @@ def test_everyone_presses_start_and_each_unit_goes_to_exactly_one(stack, rig, re
                           f"({FIRST_ANSWER_SECONDS} s, gpuhub_spawner/deploy/inhub.py) and the GitHub re-check runs "
                           "inside the spawn (hub/auth.py); the rest is 30 requests at once through Caddy and one hub "
                           "process on a 2-core machine",
-        first_answer_browser_s=round(browser_s, 3), browser_landed_on=landed.split("?")[0], browser_shown=shown,
+        first_answer_browser_s=round(browser_s, 3), browser_timing=state["browsers"][clicker].last_timing,
+        browser_landed_on=landed.split("?")[0], browser_shown=shown,
         per_node={n: sum(1 for s in held.values() if s["node"] == n) for n in WORKERS},
     )
     state["held"], state["in_line"] = held, in_line

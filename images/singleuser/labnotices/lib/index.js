@@ -3,6 +3,9 @@
 // the server's activity to the hub with the server's own token (gpuhub_labnotices.py, the
 // Jupyter server half).  When the culler lifts the warning the toast says so.
 //
+// "Your turn": another server of the user that waited (a GPU server in line, with named servers)
+// is ready; the notification links to it.
+//
 // Polled only while the tab is visible: a hidden tab must not keep an idle server alive.
 import { Notification } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
@@ -73,7 +76,11 @@ class GPUHubNotices {
       for (const [id, entry] of this.shown) {
         if (!current.has(id)) {
           this.shown.delete(id);
-          this.lifted(entry, current.size > 0);
+          if (entry.turn) {
+            Notification.dismiss(entry.toast);
+          } else {
+            this.lifted(entry, (data.notices || []).some(n => n.kind !== 'your-turn'));
+          }
         }
       }
     } catch (e) {
@@ -83,7 +90,32 @@ class GPUHubNotices {
     }
   }
 
+  showTurn(notice) {
+    if (this.shown.has(notice.id)) {
+      return;
+    }
+    // the hub's URL of the server: a path on this origin (the hub's proxy serves both)
+    const url = (notice.url || '').startsWith('/') ? notice.url : '/hub/home';
+    const toast = Notification.success(`GPU Hub: your turn. Your server \u201c${notice.server}\u201d is ready.`, {
+      autoClose: false,
+      actions: [{
+        label: 'Open it',
+        caption: `Open ${notice.server} in a new tab`,
+        displayType: 'accent',
+        callback: event => {
+          event.preventDefault();
+          window.open(url, '_blank');
+        }
+      }]
+    });
+    this.shown.set(notice.id, { toast, turn: true });
+  }
+
   show(notice) {
+    if (notice.kind === 'your-turn') {
+      this.showTurn(notice);
+      return;
+    }
     const entry = this.shown.get(notice.id);
     if (entry && entry.kept) {
       return; // "Kept" stays until the culler lifts the warning
