@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -502,7 +503,17 @@ class NodeAgentApp(Application):
             "gpuhub node agent for %s on %s:%d (host proc %s; %s)", self.node, self.ip, self.port, self.host_proc,
             "no token: loopback only" if token is None else f"token from {self.token_file}",
         )
-        await asyncio.Event().wait()
+        # the container's PID 1: the kernel ignores a signal it does not handle, so without this
+        # `docker stop` (an update of the service, a drain) waited out the grace period and killed it
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread (embedded): no signals here
+                pass
+        await stop.wait()
+        server.stop()
+        log.info("gpuhub node agent for %s stopped (signal)", self.node)
 
     def start(self) -> None:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
@@ -511,7 +522,14 @@ class NodeAgentApp(Application):
         except AgentConfigError as e:
             print(f"gpuhub-node-agent: {e}", file=sys.stderr)
             self.exit(2)
-        asyncio.run(self.serve(token))
+        from docker.errors import DockerException
+
+        try:
+            asyncio.run(self.serve(token))
+        except DockerException as e:
+            print(f"gpuhub-node-agent: cannot reach this node's Docker engine ({e}): mount its socket "
+                  "(/var/run/docker.sock) into the agent, or give --docker-url", file=sys.stderr)
+            self.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -165,3 +166,38 @@ def test_built_image_runs_without_jupyterhub(docker_client):
     }
     help_text = docker_client.containers.run(AGENT_IMAGE, ["--help-all"], remove=True, labels={"org.gpuhub.test": "1"})
     assert b"--token-file" in help_text
+
+
+def test_the_agent_stops_at_once_on_docker_stop_and_says_what_it_lacks(docker_client):
+    """The agent is its container's PID 1: it handles SIGTERM (exit 0), where an unhandled one is
+    ignored by the kernel and `docker stop` kills it when the grace period ends (exit 137)."""
+    import docker
+
+    try:
+        docker_client.images.get(AGENT_IMAGE)
+    except docker.errors.ImageNotFound:
+        unavailable(f"image {AGENT_IMAGE}: run images/build.sh agent")
+    # without the engine's socket: one line that says what to mount, no traceback
+    out = docker_client.containers.run(AGENT_IMAGE, ["--no-auth", "--ip", "127.0.0.1"], detach=True,
+                                       labels={"org.gpuhub.test": "1"})
+    try:
+        assert out.wait(timeout=90)["StatusCode"] == 2
+        said = out.logs().decode(errors="replace")
+        assert "gpuhub-node-agent: cannot reach this node's Docker engine" in said and "Traceback" not in said, said
+    finally:
+        out.remove(force=True)
+
+    container = docker_client.containers.run(
+        AGENT_IMAGE, ["--no-auth", "--ip", "127.0.0.1", "--port", "9469"], detach=True,
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "ro"}},
+        labels={"org.gpuhub.test": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while b"gpuhub node agent for" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert b"gpuhub node agent for" in container.logs(), container.logs()[-2000:]
+        container.stop(timeout=60)
+        assert container.wait(timeout=90)["StatusCode"] == 0, container.logs()[-2000:]
+        assert b"stopped (signal)" in container.logs()
+    finally:
+        container.remove(force=True)
