@@ -169,7 +169,7 @@ class Press:
     first_answer_s: float = 0.0
     message: str = ""
     error: str = ""
-    #: refused after the first answer (202): the stack answers a Start after 0.1 s
+    #: refused after the first answer (202): the stack answers a Start after 0.3 s
     #: (deploy/inhub.py), so a refusal decided later comes as the spawn's failure event
     refused_late: bool = False
 
