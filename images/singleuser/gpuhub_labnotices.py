@@ -194,7 +194,9 @@ class NoticesHandler(APIHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        hub = self.settings.setdefault("gpuhub_servers", HubServers())
+        hub = self.settings.get("gpuhub_servers")
+        if hub is None:  # one per server process: it remembers which servers were seen waiting
+            hub = self.settings["gpuhub_servers"] = HubServers()
         self.finish({"notices": read_notices(notice_path()) + await hub.notices(), "now": time.time()})
 
 

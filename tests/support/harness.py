@@ -387,27 +387,29 @@ class HubProcess:
         assert answer is not None
         return accepted[0], refused[0], answer.json()["message"]
 
+    def events(self, path: str, timeout: float = 60) -> Iterator[dict[str, Any]]:
+        """The events of a spawn's progress stream at ``path`` (the hub API's), as they come."""
+        with self.api("GET", path, stream=True, timeout=timeout) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    yield json.loads(line[5:])
+
     def progress(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
         """All progress events of the pending spawn, until it finishes or fails."""
         events = []
-        with self.api("GET", f"/users/{name}/server/progress", stream=True, timeout=timeout) as r:
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    events.append(event)
-                    if event.get("ready") or event.get("failed"):
-                        break
+        for event in self.events(f"/users/{name}/server/progress", timeout):
+            events.append(event)
+            if event.get("ready") or event.get("failed"):
+                break
         return events
 
     def until_said(self, user: str, words: str, timeout: float = 60) -> list[str]:
         """``user``'s pending spawn's progress messages, read until one contains ``words``."""
         messages: list[str] = []
-        with self.api("GET", f"/users/{user}/server/progress", stream=True, timeout=timeout) as r:
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    messages.append(json.loads(line[5:]).get("message", ""))
-                    if words in messages[-1]:
-                        return messages
+        for event in self.events(f"/users/{user}/server/progress", timeout):
+            messages.append(event.get("message", ""))
+            if words in messages[-1]:
+                return messages
         raise AssertionError(f"{user} was never told {words!r}: {messages}")
 
     def wait_in_line(self, name: str, timeout: float = 60) -> list[str]:
@@ -430,15 +432,12 @@ class HubProcess:
             time.sleep(0.1)
         path = f"/users/{user}/servers/{server_name}/progress" if server_name else f"/users/{user}/server/progress"
         messages: list[str] = []
-        with self.api("GET", path, stream=True, timeout=timeout) as r:
-            for line in r.iter_lines(decode_unicode=True):
-                if line and line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    messages.append(event.get("message", ""))
-                    if "in line" in messages[-1]:
-                        return True, messages
-                    if event.get("ready") or event.get("failed"):
-                        break
+        for event in self.events(path, timeout):
+            messages.append(event.get("message", ""))
+            if "in line" in messages[-1]:
+                return True, messages
+            if event.get("ready") or event.get("failed"):
+                break
         return False, messages
 
     def spawn_quietly(self, user: str, options: dict[str, Any] | None = None, timeout: float = 15) -> None:

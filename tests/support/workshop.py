@@ -506,7 +506,9 @@ class Browser:
             " responseStart: n.responseStart, dom: n.domContentLoadedEventEnd, load: n.loadEventEnd} : null;")
         if not got:
             return None
-        at = lambda ms: round((got["origin"] + ms) / 1000 - clicked, 3)  # noqa: E731
+        def at(ms: float) -> float:
+            return round((got["origin"] + ms) / 1000 - clicked, 3)
+
         return {"answer_s": at(got["redirectEnd"] or got["responseStart"]), "page_first_byte_s": at(got["responseStart"]),
                 "dom_ready_s": at(got["dom"]), "loaded_s": at(got["load"]) if got["load"] else None}
 
